@@ -1,0 +1,195 @@
+"""The command line: parse flags, merge the config file, run, exit with the right code."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Any, cast
+
+import orjson
+import typer
+
+from llmbatch.errors import LLMBatchError
+from llmbatch.settings import Settings, load_config
+
+app = typer.Typer(
+    name="llmbatch",
+    help="Push JSONL rows through an OpenAI-compatible API: paced, validated, resumable.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+Opt = typer.Option
+
+
+def _params(values: list[str] | None) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for item in values or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise typer.BadParameter(f"expected KEY=VALUE, got {item!r}", param_hint="--param")
+        try:
+            out[key] = orjson.loads(value)
+        except orjson.JSONDecodeError:
+            out[key] = value
+    return out
+
+
+def _fail(message: str, code: int = 2) -> typer.Exit:
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(code)
+
+
+@app.command()
+def run(
+    input: Annotated[
+        Path, typer.Argument(help="Input JSONL: Batch API lines, request bodies, or data items.")
+    ],
+    output: Annotated[Path, Opt("--output", "-o", help="Output JSONL (appended; a rerun resumes).")],
+    provider: Annotated[str | None, Opt(help="openai (any compatible server) or fake (offline).")] = None,
+    base_url: Annotated[str | None, Opt(help="API base URL, e.g. http://localhost:8000/v1 for vLLM.")] = None,
+    api_key_file: Annotated[
+        Path | None, Opt(help="Read the API key from this file (else OPENAI_API_KEY).")
+    ] = None,
+    model: Annotated[str | None, Opt("--model", "-m", help="Fill or override each request's model.")] = None,
+    prompt: Annotated[
+        str | None, Opt(help="Prompt template for data items, with {field} placeholders.")
+    ] = None,
+    template: Annotated[Path | None, Opt(help="Read the prompt template from a file.")] = None,
+    system: Annotated[str | None, Opt(help="System message for templated requests.")] = None,
+    id_field: Annotated[str | None, Opt(help="Data items' id field (else the line number).")] = None,
+    endpoint: Annotated[str | None, Opt(help="/v1/chat/completions (default) or /v1/embeddings.")] = None,
+    param: Annotated[list[str] | None, Opt(help="Extra body parameter KEY=JSON, e.g. temperature=0.")] = None,
+    max_tokens: Annotated[int | None, Opt(help="Shorthand for --param max_tokens=N.")] = None,
+    concurrency: Annotated[int | None, Opt("--concurrency", "-c", help="Requests in flight at most.")] = None,
+    rpm: Annotated[float | None, Opt(help="Requests per minute allowed by your provider.")] = None,
+    tpm: Annotated[float | None, Opt(help="Tokens per minute allowed by your provider.")] = None,
+    timeout: Annotated[float | None, Opt(help="Seconds to wait for one answer.")] = None,
+    max_requests: Annotated[int | None, Opt(help="Answered requests per item, re-asks included.")] = None,
+    max_retries: Annotated[int | None, Opt(help="Transport retries per item (429, 5xx, timeouts).")] = None,
+    validate: Annotated[
+        list[str] | None, Opt(help="json | schema:FILE | regex:PATTERN | python:MODULE:FN (repeatable).")
+    ] = None,
+    schema: Annotated[
+        Path | None,
+        Opt(help="JSON Schema file: ask for it (response_format) and validate answers against it."),
+    ] = None,
+    require_finish: Annotated[
+        str | None, Opt(help="Answers must end with this finish_reason (stop).")
+    ] = None,
+    merged: Annotated[
+        bool, Opt(help="Write each data item with its answer instead of Batch API lines.")
+    ] = False,
+    rejects: Annotated[
+        Path | None, Opt(help="Where bad input lines go (default OUTPUT.rejects.jsonl).")
+    ] = None,
+    fresh: Annotated[bool, Opt(help="Start over: empty the output instead of resuming.")] = False,
+    number_duplicates: Annotated[
+        bool, Opt(help="Give duplicate ids a #LINE suffix instead of rejecting.")
+    ] = False,
+    transport: Annotated[
+        str | None, Opt(help="fast (default) or sdk: the openai SDK's per-request path.")
+    ] = None,
+    fake_latency_ms: Annotated[float | None, Opt(help="The fake provider's simulated latency.")] = None,
+    live: Annotated[bool, Opt("--live/--no-live", help="Live panel on a terminal, or plain lines.")] = True,
+    quiet: Annotated[bool, Opt("--quiet", "-q", help="Only errors and the final summary.")] = False,
+    progress_every: Annotated[float | None, Opt(help="Seconds between plain progress lines.")] = None,
+    summary_json: Annotated[Path | None, Opt(help="Also write the final summary as JSON here.")] = None,
+    price_in: Annotated[
+        float | None, Opt(help="USD per million prompt tokens (overrides the table).")
+    ] = None,
+    price_out: Annotated[float | None, Opt(help="USD per million completion tokens.")] = None,
+    config: Annotated[Path | None, Opt(help="Config file (default ./llmbatch.toml if present).")] = None,
+) -> None:
+    """Send one request per input line and append one result line per item to OUTPUT."""
+    from llmbatch.batch import run as run_batch
+
+    try:
+        conf = load_config(config)
+        if template is not None:
+            try:
+                prompt = template.read_text(encoding="utf-8")
+            except OSError as exc:
+                raise _fail(f"cannot read template {template}: {exc.strerror}") from None
+        params = {**conf.pop("params", {}), **_params(param)}
+        if max_tokens is not None:
+            params["max_tokens"] = max_tokens
+        flags: dict[str, Any] = {
+            "provider": provider,
+            "base_url": base_url,
+            "api_key_file": api_key_file,
+            "model": model,
+            "prompt": prompt,
+            "system": system,
+            "id_field": id_field,
+            "endpoint": endpoint,
+            "concurrency": concurrency,
+            "rpm": rpm,
+            "tpm": tpm,
+            "timeout": timeout,
+            "max_requests": max_requests,
+            "max_retries": max_retries,
+            "validate": tuple(validate) if validate else None,
+            "require_finish": require_finish,
+            "schema": schema,
+            "output_format": "merged" if merged else None,
+            "rejects": rejects,
+            "transport": transport,
+            "fake_latency_ms": fake_latency_ms,
+            "progress_every": progress_every,
+            "summary_json": summary_json,
+            "price_in": price_in,
+            "price_out": price_out,
+        }
+        merged_settings = {**conf, **{k: v for k, v in flags.items() if v is not None}}
+        for key in ("api_key_file", "rejects", "summary_json", "schema"):
+            if isinstance(merged_settings.get(key), str):
+                merged_settings[key] = Path(merged_settings[key])
+        settings = Settings(
+            input=input,
+            output=output,
+            params=params,
+            fresh=fresh,
+            number_duplicates=number_duplicates,
+            live=live,
+            quiet=quiet,
+            **merged_settings,
+        )
+        _check(settings)
+        _, code = run_batch(settings)
+    except LLMBatchError as exc:
+        raise _fail(str(exc)) from None
+    raise typer.Exit(code)
+
+
+def _check(s: Settings) -> None:
+    if s.provider not in ("openai", "fake"):
+        raise _fail(f"unknown provider {s.provider!r}: use openai or fake")
+    if s.transport not in ("fast", "sdk"):
+        raise _fail(f"unknown transport {s.transport!r}: use fast or sdk")
+    for name in ("concurrency", "max_requests"):
+        if cast(int, getattr(s, name)) < 1:
+            raise _fail(f"--{name.replace('_', '-')} must be at least 1")
+    if s.max_retries < 0:
+        raise _fail("--max-retries must be 0 or more")
+    for name in ("rpm", "tpm", "timeout"):
+        value = getattr(s, name)
+        if value is not None and value <= 0:
+            raise _fail(f"--{name} must be positive")
+
+
+@app.command()
+def version() -> None:
+    """Print llmbatch's version."""
+    from llmbatch import __version__
+
+    typer.echo(__version__)
+
+
+def main() -> None:
+    app(prog_name="llmbatch")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())  # type: ignore[func-returns-value]

@@ -1,0 +1,101 @@
+"""llmbatch's own errors. Foreign exceptions (aiohttp, openai, OSError) are translated
+once, at the edge that meets them, so the engine only ever sees these:
+
+    LLMBatchError
+    ├── ConfigError           bad flags, unreadable input, unwritable output: exit 2
+    ├── InputError            one bad input line (carries its line number): a reject
+    ├── ProviderError         a request did not produce an answer
+    │   ├── TransientError    408, 409, 5xx, timeouts, resets: retry with backoff
+    │   │   └── RateLimited   429: retry after the server's delay, slow the run down
+    │   ├── PermanentError    400, 404, 422: the request itself is wrong; fail the item
+    │   └── AuthError         401, 403, insufficient_quota: stop dispatching, exit 3
+    └── ValidationFailed      an answer came back but is not usable: ask again
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+__all__ = [
+    "AuthError",
+    "ConfigError",
+    "InputError",
+    "LLMBatchError",
+    "PermanentError",
+    "ProviderError",
+    "RateLimited",
+    "TransientError",
+    "ValidationFailed",
+]
+
+
+class LLMBatchError(Exception):
+    """Base of every error llmbatch raises on purpose."""
+
+
+class ConfigError(LLMBatchError):
+    """The run cannot start: a usage, input-file or output-file problem."""
+
+
+class InputError(LLMBatchError):
+    """One input line cannot become a request."""
+
+    def __init__(self, message: str, *, line: int = 0) -> None:
+        super().__init__(message)
+        self.line = line
+
+
+class ProviderError(LLMBatchError):
+    """A request did not produce an answer. `code` is short and machine-readable."""
+
+    code = "provider_error"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status_code: int | None = None,
+        code: str | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+        if code:
+            self.code = code
+        self.headers: Mapping[str, str] = headers or {}
+
+
+class TransientError(ProviderError):
+    """Worth trying again later: overload, timeout, a dropped connection."""
+
+    code = "transient"
+
+
+class RateLimited(TransientError):
+    """The server said 429. `retry_after` is its requested delay in seconds, if any."""
+
+    code = "rate_limited"
+
+    def __init__(self, message: str, *, retry_after: float | None = None, **kw: object) -> None:
+        super().__init__(message, **kw)  # type: ignore[arg-type]
+        self.retry_after = retry_after
+
+
+class PermanentError(ProviderError):
+    """The request itself is wrong (400, 404, 422): retrying cannot help."""
+
+    code = "invalid_request"
+
+
+class AuthError(ProviderError):
+    """Credentials or quota are the problem: nothing else will succeed either."""
+
+    code = "auth"
+
+
+class ValidationFailed(LLMBatchError):
+    """The answer is not usable; `reason` says why (it is written to the output)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason

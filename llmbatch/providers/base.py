@@ -1,0 +1,91 @@
+"""The one seam to the outside: a `Provider` turns a `Request` into a `Completion` or
+raises one of :mod:`llmbatch.errors`' `ProviderError`s."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+__all__ = ["CHAT", "EMBEDDINGS", "ENDPOINTS", "Completion", "Provider", "Request", "Usage"]
+
+CHAT = "/v1/chat/completions"
+EMBEDDINGS = "/v1/embeddings"
+ENDPOINTS = (CHAT, EMBEDDINGS)
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """One item's request. `body` is sent as is; the rest stays on our side."""
+
+    custom_id: str
+    body: dict[str, Any]
+    url: str = CHAT
+    line: int = 0
+    # What the output needs back but the API must never see: bare bodies' `metadata`,
+    # and the data item that filled a template (merged output, python validators).
+    metadata: Any = None
+    item: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+    @classmethod
+    def from_body(cls, body: Mapping[str, Any]) -> Usage:
+        u = body.get("usage")
+        if not isinstance(u, dict):
+            return cls()
+        return cls(int(u.get("prompt_tokens") or 0), int(u.get("completion_tokens") or 0))
+
+
+@dataclass(frozen=True, slots=True)
+class Completion:
+    """A 2xx answer. The body is kept as the parsed JSON, not as SDK models: building
+    pydantic objects per response is most of the SDK's cost and we only re-serialise."""
+
+    body: Any
+    status_code: int = 200
+    usage: Usage = field(default_factory=Usage)
+    headers: Mapping[str, str] = field(default_factory=dict)
+    request_id: str | None = None
+    latency_ms: float = 0.0
+
+    @property
+    def choice(self) -> dict[str, Any] | None:
+        body = self.body
+        if isinstance(body, dict):
+            choices = body.get("choices")
+            if isinstance(choices, list) and choices and isinstance(choices[0], dict):
+                return choices[0]
+        return None
+
+    @property
+    def text(self) -> str | None:
+        """The first choice's message content, or None when there is none."""
+        c = self.choice
+        if c is None:
+            return None
+        msg = c.get("message")
+        content = msg.get("content") if isinstance(msg, dict) else c.get("text")
+        return content if isinstance(content, str) else None
+
+    @property
+    def finish_reason(self) -> str | None:
+        c = self.choice
+        return c.get("finish_reason") if c is not None else None
+
+
+@runtime_checkable
+class Provider(Protocol):
+    """Anything that can answer a request: OpenAI-compatible HTTP, the fake, a test double."""
+
+    async def complete(self, request: Request, *, timeout: float | None = None) -> Completion: ...
+
+    async def aclose(self) -> None: ...

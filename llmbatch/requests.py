@@ -1,0 +1,150 @@
+"""Turn an input line into a `Request`. Three shapes, told apart per line:
+
+1. an OpenAI Batch API line ``{"custom_id", "method", "url", "body"}`` (the same file
+   can go to the Batch API or ``vllm run-batch``);
+2. a bare request body ``{"model"?, "messages" | "input", ...}`` with optional
+   ``metadata`` (kept for the output, never sent); its id is ``metadata.id``, else
+   ``id``, else the line number;
+3. with a prompt template, any object is a data item whose fields fill the template;
+   its id is ``--id-field``, else the line number.
+"""
+
+from __future__ import annotations
+
+import string
+from dataclasses import dataclass, field
+from typing import Any
+
+from llmbatch.errors import ConfigError, InputError
+from llmbatch.providers.base import CHAT, EMBEDDINGS, ENDPOINTS, Request
+
+__all__ = ["RequestBuilder", "Template", "normalise_endpoint"]
+
+
+def normalise_endpoint(url: str) -> str | None:
+    """'/v1/chat/completions', '/chat/completions' or 'chat/completions' -> the /v1 form."""
+    path = "/" + url.strip().lstrip("/")
+    if not path.startswith("/v1/"):
+        path = "/v1" + path
+    return path if path in ENDPOINTS else None
+
+
+class Template:
+    """A prompt with ``{field}`` placeholders (``{{`` for a brace), checked once."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        try:
+            parsed = list(string.Formatter().parse(text))
+        except ValueError as exc:
+            raise ConfigError(f"bad prompt template: {exc}") from None
+        self.fields = tuple(
+            dict.fromkeys(name.split(".")[0].split("[")[0] for _, name, _, _ in parsed if name)
+        )
+        if any(f == "" or f.isdigit() for f in self.fields):
+            raise ConfigError("bad prompt template: placeholders must be named, like {text}")
+
+    def render(self, item: dict[str, Any], line: int) -> str:
+        missing = [f for f in self.fields if f not in item]
+        if missing:
+            names = ", ".join(missing)
+            raise InputError(f"missing template field{'s' if len(missing) > 1 else ''}: {names}", line=line)
+        values = {k: (v if isinstance(v, str) else _text(v)) for k, v in item.items() if k in self.fields}
+        try:
+            return self.text.format_map(values)
+        except (KeyError, IndexError, AttributeError, ValueError) as exc:
+            raise InputError(f"template could not be filled: {exc}", line=line) from None
+
+
+def _text(value: Any) -> str:
+    import orjson
+
+    return value if isinstance(value, str) else orjson.dumps(value).decode()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RequestBuilder:
+    model: str | None = None
+    template: Template | None = None
+    system: str | None = None
+    id_field: str | None = None
+    endpoint: str = CHAT
+    params: dict[str, Any] = field(default_factory=dict)
+    default_model: str | None = None  # used when neither the line nor --model names one
+
+    def build(self, line: int, obj: dict[str, Any]) -> Request:
+        if self.template is not None:
+            return self._from_item(line, obj)
+        if "body" in obj and "custom_id" in obj:
+            return self._from_batch_line(line, obj)
+        if "messages" in obj or "input" in obj:
+            return self._from_body(line, obj)
+        raise InputError(
+            "not a request: expected a Batch API line (custom_id, url, body), a request body "
+            "(messages or input), or a data item with --prompt/--template",
+            line=line,
+        )
+
+    def _finish_body(self, line: int, body: dict[str, Any], url: str) -> dict[str, Any]:
+        if self.params:
+            body = {**self.params, **body}
+        if self.model:
+            body["model"] = self.model
+        elif not body.get("model"):
+            if not self.default_model:
+                raise InputError('no model: give --model or a "model" field', line=line)
+            body["model"] = self.default_model
+        if url == CHAT and not isinstance(body.get("messages"), list):
+            raise InputError('chat request without a "messages" list', line=line)
+        if url == EMBEDDINGS and "input" not in body:
+            raise InputError('embeddings request without "input"', line=line)
+        return body
+
+    def _from_batch_line(self, line: int, obj: dict[str, Any]) -> Request:
+        cid = obj["custom_id"]
+        if not isinstance(cid, str) or not cid:
+            raise InputError("custom_id must be a non-empty string", line=line)
+        method = str(obj.get("method", "POST")).upper()
+        if method != "POST":
+            raise InputError(f"unsupported method {method!r} (only POST)", line=line)
+        raw_url = obj.get("url", CHAT)
+        url = normalise_endpoint(raw_url) if isinstance(raw_url, str) else None
+        if url is None:
+            raise InputError(f"unknown endpoint {raw_url!r} (use {' or '.join(ENDPOINTS)})", line=line)
+        body = obj["body"]
+        if not isinstance(body, dict):
+            raise InputError("body must be a JSON object", line=line)
+        return Request(cid, self._finish_body(line, dict(body), url), url, line)
+
+    def _from_body(self, line: int, obj: dict[str, Any]) -> Request:
+        body = dict(obj)
+        metadata = body.pop("metadata", None)
+        own_id = body.pop("id", None)
+        cid: Any = None
+        if isinstance(metadata, dict):
+            cid = metadata.get("id")
+        if cid is None:
+            cid = own_id
+        url = self.endpoint if "messages" not in body else CHAT
+        if "input" in body and "messages" not in body:
+            url = EMBEDDINGS
+        custom_id = str(cid) if cid is not None and cid != "" else f"line-{line}"
+        return Request(custom_id, self._finish_body(line, body, url), url, line, metadata=metadata)
+
+    def _from_item(self, line: int, obj: dict[str, Any]) -> Request:
+        assert self.template is not None
+        text = self.template.render(obj, line)
+        if self.id_field is not None:
+            if self.id_field not in obj or obj[self.id_field] in (None, ""):
+                raise InputError(f"missing id field {self.id_field!r}", line=line)
+            custom_id = str(obj[self.id_field])
+        else:
+            custom_id = f"line-{line}"
+        if self.endpoint == EMBEDDINGS:
+            body: dict[str, Any] = {"input": text}
+        else:
+            messages = [{"role": "user", "content": text}]
+            if self.system:
+                messages.insert(0, {"role": "system", "content": self.system})
+            body = {"messages": messages}
+        return Request(custom_id, self._finish_body(line, body, self.endpoint), self.endpoint, line, item=obj)

@@ -1,0 +1,109 @@
+"""The run's counters. Every stage adds to them (plain attribute increments: nothing on
+the hot path formats, locks or allocates); the display and the summary only read."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from typing import Any
+
+__all__ = ["Stats"]
+
+
+class Stats:
+    __slots__ = (
+        "completion_tokens",
+        "done",
+        "failed",
+        "finished",
+        "http_429",
+        "in_flight",
+        "invalid",
+        "model",
+        "prompt_tokens",
+        "reasks",
+        "rejected",
+        "requests",
+        "retries",
+        "rpm_limit",
+        "skipped",
+        "started",
+        "stop_reason",
+        "stopped",
+        "total",
+        "total_exact",
+        "tpm_limit",
+        "valid",
+    )
+
+    def __init__(self) -> None:
+        self.total: int | None = None  # items expected (input lines), if known
+        self.total_exact = True  # False when `total` is estimated from the file size
+        self.done = 0  # items written to the output this run (valid + invalid + failed)
+        self.valid = 0
+        self.invalid = 0  # written with valid: false after --max-requests answers
+        self.failed = 0  # written with an error (request refused, retries exhausted)
+        self.rejected = 0  # bad input lines
+        self.skipped = 0  # already in the output (resume)
+        self.in_flight = 0
+        self.requests = 0  # HTTP requests sent, all attempts
+        self.reasks = 0  # requests repeated because an answer was invalid
+        self.retries: Counter[str] = Counter()  # transport retries by cause
+        self.http_429 = 0
+        self.prompt_tokens = 0
+        self.completion_tokens = 0
+        self.started = time.monotonic()
+        self.finished: float | None = None
+        self.stopped = False
+        self.stop_reason: str | None = None
+        self.model: str | None = None
+        self.rpm_limit: float | None = None
+        self.tpm_limit: float | None = None
+
+    @property
+    def elapsed(self) -> float:
+        end = self.finished if self.finished is not None else time.monotonic()
+        return max(end - self.started, 1e-9)
+
+    @property
+    def accounted(self) -> int:
+        """Input lines that have an outcome: written, rejected, or skipped as done."""
+        return self.done + self.rejected + self.skipped
+
+    @property
+    def rpm(self) -> float:
+        return self.requests / self.elapsed * 60
+
+    @property
+    def tpm(self) -> float:
+        return (self.prompt_tokens + self.completion_tokens) / self.elapsed * 60
+
+    def eta(self) -> float | None:
+        """Seconds left at the pace of this run so far, if it can be told."""
+        if self.total is None or self.done == 0:
+            return None
+        left = max(self.total - self.accounted, 0)
+        return left / (self.done / self.elapsed)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "total": self.total,
+            "done": self.done,
+            "valid": self.valid,
+            "invalid": self.invalid,
+            "failed": self.failed,
+            "rejected": self.rejected,
+            "skipped": self.skipped,
+            "requests": self.requests,
+            "reasks": self.reasks,
+            "retries": dict(self.retries),
+            "http_429": self.http_429,
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "elapsed_s": round(self.elapsed, 3),
+            "requests_per_min": round(self.rpm, 1),
+            "tokens_per_min": round(self.tpm, 1),
+            "stopped": self.stopped,
+            "stop_reason": self.stop_reason,
+            "model": self.model,
+        }
