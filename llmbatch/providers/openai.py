@@ -17,7 +17,9 @@ request (e.g. refreshing tokens). See docs/benchmarks.md.
 
 from __future__ import annotations
 
+import asyncio
 import time
+import urllib.request
 from collections.abc import Mapping
 from typing import Any, Literal
 
@@ -81,6 +83,7 @@ class OpenAIProvider:
             http_client=self._sdk_http_client() if transport == "sdk" else None,
         )
         self._prepared: dict[str, tuple[str, dict[str, str]]] = {}
+        self._preparing: dict[str, asyncio.Task[tuple[str, dict[str, str]]]] = {}
         self._session: aiohttp.ClientSession | None = None
 
     def _sdk_http_client(self) -> httpx2.AsyncClient:
@@ -91,6 +94,17 @@ class OpenAIProvider:
     @property
     def base_url(self) -> str:
         return str(self.client.base_url)
+
+    async def _prepared_for(self, url: str) -> tuple[str, dict[str, str]]:
+        """The first requests of a run arrive together: they share one preparation."""
+        task = self._preparing.get(url)
+        if task is None:
+            task = self._preparing[url] = asyncio.ensure_future(self._prepare(url))
+        try:
+            return await asyncio.shield(task)
+        finally:
+            if task.done() and (task.cancelled() or task.exception() is not None):
+                self._preparing.pop(url, None)
 
     async def _prepare(self, url: str) -> tuple[str, dict[str, str]]:
         capture = _Capture()
@@ -118,7 +132,9 @@ class OpenAIProvider:
         )
         self._session = aiohttp.ClientSession(
             connector=connector,
-            trust_env=True,
+            # aiohttp looks up proxies and .netrc in a thread on every request when
+            # trust_env is on; pay that only when the environment names a proxy.
+            trust_env=bool(urllib.request.getproxies()),
             json_serialize=lambda o: orjson.dumps(o).decode(),
             skip_auto_headers=("User-Agent",),
             auto_decompress=True,
@@ -128,7 +144,7 @@ class OpenAIProvider:
     async def complete(self, request: Request, *, timeout: float | None = None) -> Completion:
         if self.transport == "sdk":
             return await self._complete_sdk(request, timeout)
-        prepared = self._prepared.get(request.url) or await self._prepare(request.url)
+        prepared = self._prepared.get(request.url) or await self._prepared_for(request.url)
         session = self._session or self._open_session()
         data = orjson.dumps(request.body)
         started = time.perf_counter()
