@@ -144,9 +144,20 @@ def requests_from(
         yield req
 
 
-def price_of(settings: Settings) -> Price | None:
+def first_model(path: Path, builder: RequestBuilder) -> str | None:
+    """The model of the first good request: what the price table is looked up by."""
+    for number, raw in read_lines(path):
+        try:
+            model = builder.build(number, parse_line(number, raw)).body.get("model")
+        except InputError:
+            continue
+        return model if isinstance(model, str) else None
+    return None
+
+
+def price_of(settings: Settings, model: str | None = None) -> Price | None:
     overrides = {m: Price(i, o) for m, (i, o) in settings.prices.items()}
-    model = settings.model or ("fake" if settings.provider == "fake" else None)
+    model = settings.model or model or ("fake" if settings.provider == "fake" else None)
     if settings.provider == "fake" and settings.price_in is None and settings.price_out is None:
         return price_for(model, overrides) or Price(0.0, 0.0)
     return price_for(model, overrides, price_in=settings.price_in, price_out=settings.price_out)
@@ -163,11 +174,11 @@ async def run_async(settings: Settings, *, console: Console | None = None) -> tu
     provider = make_provider(settings)
 
     stats = Stats()
-    stats.model = settings.model
+    stats.model = settings.model or first_model(settings.input, builder)
     stats.rpm_limit = settings.rpm
     stats.tpm_limit = settings.tpm
     mode = choose_mode(no_live=not settings.live, quiet=settings.quiet)
-    price = price_of(settings)
+    price = price_of(settings, stats.model)
     display = Display(stats, mode=mode, price=price, progress_every=settings.progress_every, console=console)
 
     if settings.fresh:

@@ -108,10 +108,7 @@ def run(
     try:
         conf = load_config(config)
         if template is not None:
-            try:
-                prompt = template.read_text(encoding="utf-8")
-            except OSError as exc:
-                raise _fail(f"cannot read template {template}: {exc.strerror}") from None
+            prompt = _read_template(template)
         params = {**conf.pop("params", {}), **_params(param)}
         if max_tokens is not None:
             params["max_tokens"] = max_tokens
@@ -177,6 +174,101 @@ def _check(s: Settings) -> None:
         value = getattr(s, name)
         if value is not None and value <= 0:
             raise _fail(f"--{name} must be positive")
+
+
+@app.command()
+def estimate(
+    input: Annotated[Path, typer.Argument(help="Input JSONL, as for `run`.")],
+    provider: Annotated[str | None, Opt(help="openai or fake (decides the default model).")] = None,
+    model: Annotated[str | None, Opt("--model", "-m", help="Fill or override each request's model.")] = None,
+    prompt: Annotated[str | None, Opt(help="Prompt template for data items.")] = None,
+    template: Annotated[Path | None, Opt(help="Read the prompt template from a file.")] = None,
+    system: Annotated[str | None, Opt(help="System message for templated requests.")] = None,
+    id_field: Annotated[str | None, Opt(help="Data items' id field.")] = None,
+    endpoint: Annotated[str | None, Opt(help="/v1/chat/completions (default) or /v1/embeddings.")] = None,
+    param: Annotated[list[str] | None, Opt(help="Extra body parameter KEY=JSON.")] = None,
+    max_tokens: Annotated[int | None, Opt(help="Shorthand for --param max_tokens=N.")] = None,
+    schema: Annotated[Path | None, Opt(help="JSON Schema file, as for `run`.")] = None,
+    answer_tokens: Annotated[
+        int, Opt(help="Expected answer length in tokens when max_tokens is unset.")
+    ] = 256,
+    rpm: Annotated[float | None, Opt(help="Requests per minute you will run at.")] = None,
+    tpm: Annotated[float | None, Opt(help="Tokens per minute you will run at.")] = None,
+    price_in: Annotated[float | None, Opt(help="USD per million prompt tokens.")] = None,
+    price_out: Annotated[float | None, Opt(help="USD per million completion tokens.")] = None,
+    json_output: Annotated[bool, Opt("--json", help="Print the estimate as JSON.")] = False,
+    config: Annotated[Path | None, Opt(help="Config file (default ./llmbatch.toml if present).")] = None,
+) -> None:
+    """Count requests, tokens, cost and time before spending anything. Sends nothing."""
+    from llmbatch.batch import make_builder, price_of
+    from llmbatch.estimate import estimate as make_estimate
+
+    try:
+        conf = load_config(config)
+        if template is not None:
+            prompt = _read_template(template)
+        params = {**conf.pop("params", {}), **_params(param)}
+        if max_tokens is not None:
+            params["max_tokens"] = max_tokens
+        flags = {
+            "provider": provider,
+            "model": model,
+            "prompt": prompt,
+            "system": system,
+            "id_field": id_field,
+            "endpoint": endpoint,
+            "schema": schema,
+            "rpm": rpm,
+            "tpm": tpm,
+            "price_in": price_in,
+            "price_out": price_out,
+        }
+        merged = {**conf, **{k: v for k, v in flags.items() if v is not None}}
+        if isinstance(merged.get("schema"), str):
+            merged["schema"] = Path(merged["schema"])
+        settings = Settings(input=input, output=input.with_name(input.name + ".out"), params=params, **merged)
+        if not input.is_file():
+            raise _fail(f"input file not found: {input}")
+        est = make_estimate(input, make_builder(settings), answer_tokens=answer_tokens)
+        price = price_of(settings, est.model)
+    except LLMBatchError as exc:
+        raise _fail(str(exc)) from None
+    data = est.as_dict(price, rpm=settings.rpm, tpm=settings.tpm)
+    if json_output:
+        typer.echo(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode())
+        return
+    rng = est.cost_range(price)
+    minutes = data["minutes_at_limits"]
+    no_price = "unknown (no price for this model: --price-in/--price-out)"
+    no_limits = "no --rpm/--tpm given: bound by latency and --concurrency"
+    lines = [
+        f"lines:            {est.lines:,} ({est.requests:,} requests, {est.rejects:,} would be rejected)",
+        f"prompt tokens:    ~{est.prompt_tokens:,} (characters/4, +-25%)",
+        f"answer tokens:    ~{est.answer_tokens:,} expected, {est.answer_tokens_max:,} at most",
+        "cost:             " + (f"{_usd(rng[0])} to {_usd(rng[1])}" if rng else no_price),
+        "time at limits:   " + (_minutes(minutes) if minutes is not None else no_limits),
+    ]
+    lines.extend(f"  {r}" for r in est.first_rejects)
+    typer.echo("\n".join(lines))
+
+
+def _usd(x: float) -> str:
+    return f"${x:,.2f}" if x >= 1 else f"${x:.4f}"
+
+
+def _minutes(m: float) -> str:
+    if m < 1:
+        return f"{m * 60:.0f} s"
+    if m < 120:
+        return f"{m:.1f} min"
+    return f"{m / 60:.1f} h"
+
+
+def _read_template(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise _fail(f"cannot read template {path}: {exc.strerror}") from None
 
 
 @app.command()
