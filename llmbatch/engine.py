@@ -108,6 +108,7 @@ class Engine:
         self._tasks: set[asyncio.Task[None]] = set()
         self._wake = asyncio.Event()
         self._seq = itertools.count()
+        self._acquiring: asyncio.Task[None] | None = None
 
     # --- control -----------------------------------------------------------------
 
@@ -119,6 +120,8 @@ class Engine:
             self.stats.stop_reason = reason
             self.log(f"stopping: {reason}")
         self._wake.set()
+        if self._acquiring is not None:
+            self._acquiring.cancel()
 
     def abort(self) -> None:
         """Cancel attempts in flight now (a second Ctrl-C). Written lines stay whole."""
@@ -167,9 +170,24 @@ class Engine:
                 await self._sleep(heap[0].not_before if heap else None)
                 continue
             tokens = estimator.estimate(job.request.body, job.chars) if need_tokens else 0
-            await self.limits.acquire(tokens)
+            if self.limits.may_wait:
+                # A wait on the limits (a long pause after a 429) must not delay a stop.
+                self._acquiring = loop.create_task(self.limits.acquire(tokens))
+                try:
+                    await self._acquiring
+                except asyncio.CancelledError:
+                    if not self._stopping:
+                        raise
+                finally:
+                    self._acquiring = None
+            else:
+                await self.limits.acquire(tokens)
             if self._stopping:
                 break
+            # Counted here, not when the task starts: acquire() may not yield, and the
+            # loop must see this slot taken before it dispatches the next job.
+            stats.in_flight += 1
+            stats.requests += 1
             task = loop.create_task(self._attempt(job, self.limits.clamp(tokens)))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
@@ -192,8 +210,6 @@ class Engine:
 
     async def _attempt(self, job: Job, charged: int) -> None:
         stats = self.stats
-        stats.in_flight += 1
-        stats.requests += 1
         try:
             completion = await self.provider.complete(job.request, timeout=self.config.timeout)
         except RateLimited as exc:
@@ -215,8 +231,13 @@ class Engine:
         except asyncio.CancelledError:
             self._release(job)
             raise
+        except Exception as exc:  # a bug must cost one item, never the run or the line
+            self._internal_error(job, exc)
         else:
-            self._answered(job, completion, charged)
+            try:
+                self._answered(job, completion, charged)
+            except Exception as exc:
+                self._internal_error(job, exc)
         finally:
             stats.in_flight -= 1
             self._wake.set()
@@ -278,6 +299,10 @@ class Engine:
         job.not_before = asyncio.get_running_loop().time() + delay
         job.seq = next(self._seq)
         heapq.heappush(self._retry_heap, job)
+
+    def _internal_error(self, job: Job, exc: Exception) -> None:
+        self.log(f"error: line {job.request.line}: unexpected {type(exc).__name__}: {exc}")
+        self._finish(job, error=ProviderError(f"{type(exc).__name__}: {exc}", code="internal_error"))
 
     def _release(self, job: Job) -> None:
         self._alive -= 1

@@ -112,6 +112,11 @@ class Limits:
         self.estimator = TokenEstimator()
 
     @property
+    def may_wait(self) -> bool:
+        """Whether `acquire` can block at all (no limits and no pushback: never)."""
+        return bool(self._requests or self._tokens or self._pace or self._paused_until)
+
+    @property
     def pace_rpm(self) -> float | None:
         """The adaptive pace in requests/minute, when the server has pushed back."""
         return self._pace * 60 if self._pace else None
