@@ -54,11 +54,14 @@ def check_paths(settings: Settings) -> None:
     if not folder.is_dir():
         raise ConfigError(f"output folder does not exist: {folder}")
     for path in (out, settings.rejects_path):
+        existed = path.exists()
         try:
             with path.open("ab"):
                 pass
         except OSError as exc:
             raise ConfigError(f"cannot write {path}: {exc.strerror}") from None
+        if not existed:
+            path.unlink()  # a run that stops at a later check must leave no empty files
 
 
 def schema_format(path: Path) -> dict[str, object]:
@@ -123,7 +126,7 @@ def requests_from(
     path: Path, builder: RequestBuilder, done: IdSet, stats: Stats, *, number_duplicates: bool
 ) -> Iterator[Request | InputError]:
     """Input lines as requests or rejects; items already done are skipped here."""
-    seen = IdSet()
+    seen = IdSet(stats.total or 0)
     for number, raw in read_lines(path):
         try:
             req = builder.build(number, parse_line(number, raw))
@@ -189,13 +192,9 @@ async def run_async(settings: Settings, *, console: Console | None = None) -> tu
     if len(done):
         display.log(f"resuming: {len(done):,} items already in {settings.output}")
     loop = asyncio.get_running_loop()
-    counting = loop.run_in_executor(None, count_lines, settings.input)
-
-    def counted(fut: asyncio.Future[int]) -> None:
-        if not fut.cancelled() and fut.exception() is None:
-            stats.total = fut.result()
-
-    counting.add_done_callback(counted)
+    # Counted up front (about a second per GB): the total for the progress bar, and
+    # the size of the duplicate-id table, allocated once instead of grown.
+    stats.total = await loop.run_in_executor(None, count_lines, settings.input)
 
     writer = JsonlWriter(settings.output)
     rejects = JsonlWriter(settings.rejects_path)
@@ -242,8 +241,6 @@ async def run_async(settings: Settings, *, console: Console | None = None) -> tu
         writer.close()
         rejects.close()
         await provider.aclose()
-        with contextlib.suppress(Exception):
-            await counting
         display.stop()
     if stats.rejected == 0 and rejects_start == 0:
         with contextlib.suppress(OSError):
@@ -251,7 +248,9 @@ async def run_async(settings: Settings, *, console: Console | None = None) -> tu
     summary_console = console or Console(stderr=True)
     render_summary(stats, price, console=summary_console, rich_table=mode == "live")
     if settings.rejects_path.exists() and stats.rejected:
-        summary_console.print(f"rejected lines are listed in {settings.rejects_path}", highlight=False)
+        summary_console.print(
+            f"rejected lines are listed in {settings.rejects_path}", highlight=False, soft_wrap=True
+        )
     if settings.summary_json is not None:
         summary = summary_dict(stats, price)
         settings.summary_json.write_bytes(orjson.dumps(summary, option=orjson.OPT_INDENT_2))

@@ -1,10 +1,11 @@
 """What an existing output already holds, remembered compactly.
 
 A million ids as Python strings in a set would cost over 100 MB; here each id is a
-64-bit hash in an open-addressing table backed by one `array('q')`: about 16 bytes an
-id at worst. Python's string hash is salted per process, which is fine: the table
-lives and dies with the run that fills it. A collision (about 1 in 10^7 for a million
-ids) would skip one item; the summary's counts would show it.
+64-bit hash in an open-addressing table backed by one `array('q')`: about 11 bytes an
+id when the count is known up front, 16 at worst. Python's string hash is salted per
+process, which is fine: the table lives and dies with the run that fills it. A
+collision (about 1 in 10^7 for a million ids) would skip one item; the summary's
+counts would show it.
 """
 
 from __future__ import annotations
@@ -14,22 +15,27 @@ from pathlib import Path
 
 import orjson
 
-from llmbatch.jsonl import drop_torn_tail, read_lines
+from llmbatch.jsonl import count_lines, drop_torn_tail, read_lines
 
 __all__ = ["IdSet", "done_ids"]
 
 _EMPTY = 0
 _MIN_SLOTS = 1 << 10
+_MAX_LOAD = 0.75
 
 
 class IdSet:
-    """A set of strings that stores only their 64-bit hashes."""
+    """A set of strings that stores only their 64-bit hashes.
 
-    __slots__ = ("_count", "_mask", "_slots")
+    Give `expected` (the input's line count) and the table is allocated once at its
+    final size, ~11 bytes an id: growing by doubling would briefly hold both tables.
+    """
 
-    def __init__(self) -> None:
-        self._slots = array("q", bytes(8 * _MIN_SLOTS))
-        self._mask = _MIN_SLOTS - 1
+    __slots__ = ("_count", "_size", "_slots")
+
+    def __init__(self, expected: int = 0) -> None:
+        self._size = max(_MIN_SLOTS, int(expected / _MAX_LOAD) + 1)
+        self._slots = array("q", bytes(8 * self._size))
         self._count = 0
 
     def __len__(self) -> int:
@@ -43,23 +49,23 @@ class IdSet:
         if not isinstance(text, str) or not self._count:
             return False
         key = self._key(text)
-        slots, mask = self._slots, self._mask
-        i = key & mask
+        slots, size = self._slots, self._size
+        i = key % size
         while True:
             v = slots[i]
             if v == key:
                 return True
             if v == _EMPTY:
                 return False
-            i = (i + 1) & mask
+            i = i + 1 if i + 1 < size else 0
 
     def add(self, text: str) -> bool:
         """Add; True when it was not there before."""
-        if (self._count + 1) * 4 > len(self._slots) * 3:
+        if self._count + 1 > self._size * _MAX_LOAD:
             self._grow()
         key = self._key(text)
-        slots, mask = self._slots, self._mask
-        i = key & mask
+        slots, size = self._slots, self._size
+        i = key % size
         while True:
             v = slots[i]
             if v == key:
@@ -68,27 +74,26 @@ class IdSet:
                 slots[i] = key
                 self._count += 1
                 return True
-            i = (i + 1) & mask
+            i = i + 1 if i + 1 < size else 0
 
     def _grow(self) -> None:
         old = self._slots
-        size = len(old) * 2
+        self._size = size = self._size * 2
         self._slots = slots = array("q", bytes(8 * size))
-        self._mask = mask = size - 1
         for key in old:
             if key != _EMPTY:
-                i = key & mask
+                i = key % size
                 while slots[i] != _EMPTY:
-                    i = (i + 1) & mask
+                    i = i + 1 if i + 1 < size else 0
                 slots[i] = key
 
 
 def done_ids(output: Path) -> IdSet:
     """The custom_ids already written to `output` (a torn last line is dropped first)."""
-    ids = IdSet()
     if not output.exists():
-        return ids
+        return IdSet()
     drop_torn_tail(output)
+    ids = IdSet(count_lines(output))
     for _, raw in read_lines(output):
         try:
             rec = orjson.loads(raw)
