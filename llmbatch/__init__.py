@@ -11,7 +11,16 @@ from llmbatch.errors import (
     TransientError,
     ValidationFailed,
 )
+from llmbatch.executor import (
+    DeterministicTask,
+    LLMMessage,
+    LLMResponse,
+    LLMTask,
+    ParallelLLMExecutor,
+    TaskResult,
+)
 from llmbatch.providers.base import Completion, Provider, Request, Usage
+from llmbatch.providers.echo import EchoProvider
 from llmbatch.retry import BackoffStrategy, RetryConfig
 
 __version__ = "0.1.0"
@@ -21,14 +30,21 @@ __all__ = [
     "BackoffStrategy",
     "Completion",
     "ConfigError",
+    "DeterministicTask",
+    "EchoProvider",
     "InputError",
     "LLMBatchError",
+    "LLMMessage",
+    "LLMResponse",
+    "LLMTask",
+    "ParallelLLMExecutor",
     "PermanentError",
     "Provider",
     "ProviderError",
     "RateLimited",
     "Request",
     "RetryConfig",
+    "TaskResult",
     "TransientError",
     "Usage",
     "ValidationFailed",
