@@ -10,6 +10,8 @@ from __future__ import annotations
 import os
 import sys
 import threading
+import time
+from collections import deque
 from types import TracebackType
 from typing import Any, Literal, Self, TextIO
 
@@ -99,7 +101,7 @@ def _retries(stats: Stats) -> str:
 
 
 def _rate(achieved: float, limit: float | None) -> str:
-    return f"{_si(achieved)}/min" + (f" of {_si(limit)}" if limit else "")
+    return _si(achieved) + (f" of {_si(limit)}" if limit else "")
 
 
 def progress_line(stats: Stats, price: Price | None) -> str:
@@ -128,41 +130,98 @@ def progress_line(stats: Stats, price: Price | None) -> str:
     )
 
 
+# Rates against --rpm/--tpm are read over the last minute, the span the limits count in;
+# a whole-run average lags behind a run that slowed for a 429 or sped up after one.
+RATE_WINDOW = 60.0
+# Below this much history the recent rates are noise: show the whole-run averages.
+MIN_RATE_WINDOW = 5.0
+PANEL_WIDTH = 78  # fixed so the frame does not jump as figures grow; a narrow terminal shrinks it
+
+
+class _RecentPace:
+    """Rates over the last `RATE_WINDOW` seconds, from a sample taken at each draw."""
+
+    def __init__(self) -> None:
+        self._samples: deque[tuple[float, int, int, int]] = deque()
+
+    def rates(self, s: Stats) -> tuple[float, float, float | None]:
+        """(requests/min, tokens/min, eta seconds) at the recent pace."""
+        if s.finished is not None:
+            return s.rpm, s.tpm, s.eta()
+        now = time.monotonic()
+        samples = self._samples
+        samples.append((now, s.requests, s.prompt_tokens + s.completion_tokens, s.done))
+        while len(samples) > 1 and samples[1][0] <= now - RATE_WINDOW:
+            samples.popleft()
+        then, requests, tokens, done = samples[0]
+        span = now - then
+        if span < MIN_RATE_WINDOW:
+            return s.rpm, s.tpm, s.eta()
+        eta = s.eta()
+        if s.total is not None and s.done > done:
+            eta = max(s.total - s.accounted, 0) / ((s.done - done) / span)
+        return (
+            (s.requests - requests) / span * 60,
+            (s.prompt_tokens + s.completion_tokens - tokens) / span * 60,
+            eta,
+        )
+
+
+def _count(n: int, style: str) -> Text:
+    """A counter, coloured when it is not zero: trouble should catch the eye."""
+    return Text(f"{n:,}", style=style if n else "")
+
+
 class StatsView:
-    """A rich renderable that reads `stats` each time it is drawn."""
+    """A rich renderable that reads `stats` each time it is drawn.
+
+    Rates and the ETA are over the last minute once there is enough history (see
+    `RATE_WINDOW`); the summary keeps the whole-run averages.
+    """
 
     def __init__(self, stats: Stats, price: Price | None) -> None:
         self.stats = stats
         self.price = price
+        self._pace = _RecentPace()
 
     def __rich__(self) -> Panel:
         s = self.stats
-        head = Table.grid(padding=(0, 1))
+        rpm, tpm, eta = self._pace.rates(s)
+        head = Table.grid(padding=(0, 1), expand=True)
+        head.add_column(ratio=1)
+        head.add_column(justify="right", no_wrap=True)
         head.add_row(
-            ProgressBar(total=s.total or None, completed=s.accounted, width=30),
-            f"{s.accounted:,}/{_total(s, long=True)}",
-            _percent(s),
-            f"eta {_duration(s.eta())}",
-            f"elapsed {_duration(s.elapsed)}",
+            ProgressBar(total=s.total or None, completed=s.accounted),
+            f"{s.accounted:,}/{_total(s, long=True)}  {_percent(s) or '':>6}",
         )
-        figures = Table.grid(padding=(0, 2))
-        figures.add_column()
-        figures.add_column(justify="right")
-        figures.add_column()
-        figures.add_column(justify="right")
-        rows = (
-            ("in flight", f"{s.in_flight:,}", "requests sent", f"{s.requests:,}"),
-            ("requests", _rate(s.rpm, s.rpm_limit), "tokens", _rate(s.tpm, s.tpm_limit)),
-            ("prompt tokens", f"{s.prompt_tokens:,}", "completion tokens", f"{s.completion_tokens:,}"),
-            ("cost so far", _usd(_spent(s, self.price)), "projected", _usd(_projected(s, self.price))),
-            ("valid", f"{s.valid:,}", "invalid", f"{s.invalid:,}"),
-            ("failed", f"{s.failed:,}", "rejected", f"{s.rejected:,}"),
-            ("skipped (resume)", f"{s.skipped:,}", "re-asks", f"{s.reasks:,}"),
-            ("429s", f"{s.http_429:,}", "retries", _retries(s)),
+        times = Text(f"elapsed {_duration(s.elapsed)}   eta {_duration(eta)}", style="dim")
+        figures = Table.grid(padding=(0, 1), expand=True)
+        figures.add_column(style="dim", no_wrap=True)
+        figures.add_column(justify="right", ratio=3, no_wrap=True)
+        figures.add_column(ratio=1)
+        figures.add_column(style="dim", no_wrap=True)
+        figures.add_column(justify="right", ratio=3, no_wrap=True)
+        rows: tuple[tuple[str, str | Text, str, str | Text], ...] = (
+            ("in flight", f"{s.in_flight:,}", "valid", f"{s.valid:,}"),
+            ("req/min", _rate(rpm, s.rpm_limit), "invalid", _count(s.invalid, "yellow")),
+            ("tok/min", _rate(tpm, s.tpm_limit), "failed", _count(s.failed, "bold red")),
+            ("requests", f"{s.requests:,}", "rejected", _count(s.rejected, "yellow")),
+            ("tokens in", f"{s.prompt_tokens:,}", "re-asks", _count(s.reasks, "yellow")),
+            ("tokens out", f"{s.completion_tokens:,}", "429s", _count(s.http_429, "yellow")),
+            ("cost so far", _usd(_spent(s, self.price)), "skipped", f"{s.skipped:,}"),
+            ("projected", _usd(_projected(s, self.price)), "", ""),
         )
         for a, x, b, y in rows:
-            figures.add_row(Text(a, style="dim"), x, Text(b, style="dim"), y)
-        return Panel(Group(head, figures), title="llmbatch", subtitle=s.model, expand=False)
+            figures.add_row(a, x, "", b, y)
+        retries = Text.assemble(("retries  ", "dim"), (_retries(s), "yellow" if s.retries else ""))
+        title = "llmbatch" + (f" · {s.model}" if s.model else "")
+        subtitle = Text(f"stopping: {s.stop_reason}", style="yellow") if s.stopped else None
+        return Panel(
+            Group(head, times, Text(""), figures, retries),
+            title=title,
+            subtitle=subtitle,
+            width=PANEL_WIDTH,
+        )
 
 
 class Display:
@@ -282,9 +341,9 @@ def _summary_rows(stats: Stats, price: Price | None) -> list[tuple[str, str]]:
         ("prompt tokens", f"{stats.prompt_tokens:,}"),
         ("completion tokens", f"{stats.completion_tokens:,}"),
         ("cost", _usd(spent) if spent is not None else f"unknown (no price for {stats.model or 'model'})"),
-        ("elapsed", _duration(stats.elapsed)),
-        ("requests/min", f"{stats.rpm:,.1f}"),
-        ("tokens/min", f"{stats.tpm:,.1f}"),
+        ("elapsed", f"{stats.elapsed:.1f}s" if stats.elapsed < 60 else _duration(stats.elapsed)),
+        ("requests/min", f"{stats.rpm:,.0f}"),
+        ("tokens/min", f"{stats.tpm:,.0f}"),
     ]
     if stats.stopped:
         rows.append(("stopped", stats.stop_reason or "yes"))

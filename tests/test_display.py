@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import time
 
 import pytest
@@ -211,3 +212,46 @@ def test_choose_mode(monkeypatch: pytest.MonkeyPatch) -> None:
     assert choose_mode(no_live=True, quiet=True, stream=FakeStream(True)) == "quiet"
     monkeypatch.setenv("TERM", "dumb")
     assert choose_mode(no_live=False, quiet=False, stream=FakeStream(True)) == "plain"
+
+
+def test_live_rates_follow_the_last_minute(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Once a minute has passed, the panel's req/min is the recent pace, not the run's average."""
+    now = [1_000.0]
+    monkeypatch.setattr(time, "monotonic", lambda: now[0])
+    stats = Stats()
+    stats.total = 10_000
+    view = StatsView(stats, PRICE)
+    console = Console(width=100, record=True, file=io.StringIO())
+    for _ in range(20):  # ten minutes at 600 requests a minute, drawn every 30 s
+        now[0] += 30
+        stats.requests += 300
+        stats.done += 300
+        console.print(view)
+    for _ in range(4):  # then two minutes at 60 a minute
+        now[0] += 30
+        stats.requests += 30
+        stats.done += 30
+        console.print(view)
+    console.export_text()
+    console.print(view)
+    text = console.export_text()
+    assert re.search(r"req/min\s+60\b", text), text  # the whole-run average would say 510
+    # 3,880 items left at 60 a minute.
+    assert "eta 1h04m" in text
+
+
+def test_live_panel_keeps_its_width_and_says_when_stopping() -> None:
+    """The frame does not jump as figures grow, and a stopping run says why."""
+    stats = make_stats()
+    view = StatsView(stats, PRICE)
+    console = Console(width=120, record=True, file=io.StringIO())
+    console.print(view)
+    small = console.export_text().splitlines()
+    stats.done = stats.valid = 9_999_999
+    stats.prompt_tokens = 123_456_789_012
+    stats.stopped = True
+    stats.stop_reason = "SIGINT received"
+    console.print(view)
+    big = console.export_text().splitlines()
+    assert {len(line) for line in small} == {len(line) for line in big}
+    assert "stopping: SIGINT received" in big[-1]
