@@ -71,6 +71,10 @@ class Job:
     retries: int = 0  # transport retries so far
     last_delay: float = 0.0
     latency_ms: float = 0.0
+    # Usage summed over every answered request of the item, re-asks included: what the
+    # provider bills, so the output file adds up to the summary's totals.
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
     last: Completion | None = None
     reason: str | None = None
     not_before: float = 0.0
@@ -259,6 +263,8 @@ class Engine:
                 limits.pushed_back(wait)
         limits.succeeded()
         job.requests += 1
+        job.prompt_tokens += usage.prompt_tokens
+        job.completion_tokens += usage.completion_tokens
         job.last = completion
         job.latency_ms = completion.latency_ms
         try:
@@ -360,6 +366,7 @@ def batch_record(job: Job, valid: bool, error: ProviderError | None) -> dict[str
         "retries": job.retries,
         "valid": valid and error is None,
         "latency_ms": round(job.latency_ms, 1),
+        "usage": {"prompt_tokens": job.prompt_tokens, "completion_tokens": job.completion_tokens},
     }
     if req.metadata is not None:
         meta["metadata"] = req.metadata
@@ -390,8 +397,8 @@ def merged_record(job: Job, valid: bool, error: ProviderError | None) -> dict[st
             "llm_valid": valid and error is None,
             "llm_error": err["message"] if err else None,
             "llm_requests": job.requests,
-            "llm_prompt_tokens": last.usage.prompt_tokens if last is not None else 0,
-            "llm_completion_tokens": last.usage.completion_tokens if last is not None else 0,
+            "llm_prompt_tokens": job.prompt_tokens,
+            "llm_completion_tokens": job.completion_tokens,
         }
     )
     return base
