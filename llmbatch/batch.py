@@ -101,7 +101,10 @@ def make_provider(settings: Settings) -> Provider:
         return FakeProvider(latency_ms=settings.fake_latency_ms, jitter_ms=settings.fake_latency_ms / 2)
     key = read_api_key(settings.api_key_file)
     if key is None:
-        raise ConfigError("no API key: set OPENAI_API_KEY or pass --api-key-file (or use --provider fake)")
+        raise ConfigError(
+            "no API key: set OPENAI_API_KEY or pass --api-key-file "
+            "(any value for a local server that needs none; --provider fake runs offline)"
+        )
     from llmbatch.providers.openai import OpenAIProvider
 
     return OpenAIProvider(
