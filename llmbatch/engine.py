@@ -194,7 +194,7 @@ class Engine:
             stats.requests += 1
             task = loop.create_task(self._attempt(job, self.limits.clamp(tokens)))
             self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            task.add_done_callback(self._attempt_done)
             idle_reads = 0
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -242,9 +242,13 @@ class Engine:
                 self._answered(job, completion, charged)
             except Exception as exc:
                 self._internal_error(job, exc)
-        finally:
-            stats.in_flight -= 1
-            self._wake.set()
+
+    def _attempt_done(self, task: asyncio.Task[None]) -> None:
+        # A callback, not a `finally`: a task cancelled before it ever ran (a second
+        # Ctrl-C) has no frame to run one, and must still give its slot back.
+        self._tasks.discard(task)
+        self.stats.in_flight -= 1
+        self._wake.set()
 
     def _answered(self, job: Job, completion: Completion, charged: int) -> None:
         stats = self.stats

@@ -100,7 +100,9 @@ def done_ids(output: Path) -> IdSet:
         except orjson.JSONDecodeError:
             continue
         if isinstance(rec, dict):
-            cid = rec.get("custom_id", rec.get("llm_custom_id"))
+            # A merged line is the data item itself, which may have a `custom_id` field
+            # of its own; `llm_custom_id` is ours (Batch lines never have it).
+            cid = rec.get("llm_custom_id", rec.get("custom_id"))
             if isinstance(cid, str):
                 ids.add(cid)
     return ids

@@ -72,6 +72,9 @@ class OpenAIProvider:
     ) -> None:
         self.concurrency = max(1, concurrency)
         self.transport = transport
+        # A server (or proxy) may quote our Authorization header back in a body; the
+        # key must not reach the output or the terminal through it.
+        self._secret = api_key.encode() if len(api_key) >= 8 else b""
         self.client = openai.AsyncOpenAI(
             api_key=api_key,
             base_url=base_url,
@@ -164,7 +167,7 @@ class OpenAIProvider:
             raise TransientError(
                 f"connection failed: {type(exc).__name__}: {exc}", code="connection"
             ) from None
-        return _completion(status, raw, headers, started)
+        return _completion(status, self._redact(raw), headers, started)
 
     async def _complete_sdk(self, request: Request, timeout: float | None) -> Completion:
         started = time.perf_counter()
@@ -180,12 +183,16 @@ class OpenAIProvider:
             )
         except openai.APIStatusError as exc:
             r = exc.response
-            raise error_for_status(r.status_code, r.content, r.headers) from None
+            raise error_for_status(r.status_code, self._redact(r.content), r.headers) from None
         except openai.APITimeoutError:
             raise TransientError(f"no answer within {timeout:g}s", code="timeout") from None
         except openai.APIConnectionError as exc:
             raise TransientError(f"connection failed: {exc}", code="connection") from None
-        return _completion(resp.status_code, resp.content, resp.headers, started)
+        return _completion(resp.status_code, self._redact(resp.content), resp.headers, started)
+
+    def _redact(self, raw: bytes) -> bytes:
+        secret = self._secret
+        return raw.replace(secret, b"[redacted]") if secret and secret in raw else raw
 
     async def aclose(self) -> None:
         if self._session is not None:

@@ -142,7 +142,7 @@ class FakeServer:
         self._loop = loop
         if self.rpm:
             self._bucket = _Bucket(self.rpm, loop)
-        self._server = await loop.create_server(lambda: _Connection(self), self.host, self.port)
+        self._server = await loop.create_server(lambda: _Connection(self), self.host, self.port, backlog=1024)
         self.port = self._server.sockets[0].getsockname()[1]
 
     async def close(self) -> None:

@@ -1,0 +1,135 @@
+"""Fixtures shared by every test file: loopback fake servers, the CLI run in-process,
+JSONL helpers, and a hermetic environment (no real keys, proxies or config files)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from typer.testing import CliRunner, Result
+
+from llmbatch import retry
+from llmbatch.cli import app
+from llmbatch.testing.server import FakeServer
+
+ROOT = Path(__file__).resolve().parent.parent
+SAMPLES = ROOT / "samples"
+# The interpreter running the tests: `python -m llmbatch` in subprocess tests uses it.
+PYTHON = sys.executable
+
+# Variables that would make a test talk to a real provider or through a proxy.
+_FOREIGN_ENV = (
+    "OPENAI_API_KEY",
+    "OPENAI_BASE_URL",
+    "OPENAI_ORG_ID",
+    "OPENAI_PROJECT_ID",
+    "HTTP_PROXY",
+    "HTTPS_PROXY",
+    "ALL_PROXY",
+    "http_proxy",
+    "https_proxy",
+    "all_proxy",
+)
+
+
+@pytest.fixture(autouse=True)
+def _hermetic_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No test ever reads a developer's real API key or goes through their proxy."""
+    for name in _FOREIGN_ENV:
+        monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture
+def no_backoff() -> Iterator[None]:
+    """Retries happen at once (server-requested delays are still honoured)."""
+    with retry.no_backoff():
+        yield
+
+
+class RecordingServer(FakeServer):
+    """A FakeServer that also keeps what it was sent: `received` holds
+    (method, path, headers, parsed JSON body or None) per request."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.received: list[tuple[str, str, dict[str, str], Any]] = []
+
+    def handle(self, conn: Any, method: str, path: str, headers: dict[str, str], raw: bytes) -> None:
+        try:
+            body = orjson.loads(raw) if raw else None
+        except orjson.JSONDecodeError:
+            body = None
+        self.received.append((method, path, dict(headers), body))
+        super().handle(conn, method, path, headers, raw)
+
+    @property
+    def bodies(self) -> list[Any]:
+        """The JSON bodies of the API requests received, in arrival order."""
+        return [body for method, path, _, body in self.received if not path.startswith("/_stats")]
+
+
+@pytest.fixture
+def fake_server() -> Iterator[Callable[..., RecordingServer]]:
+    """`fake_server(**FakeServer kwargs)`: a started loopback server, stopped at teardown."""
+    servers: list[RecordingServer] = []
+
+    def start(**kwargs: Any) -> RecordingServer:
+        server = RecordingServer(**kwargs)
+        server.start()
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+@pytest.fixture
+def api_key(monkeypatch: pytest.MonkeyPatch) -> str:
+    """A distinctive OPENAI_API_KEY, set for the test (so leaks are easy to grep for)."""
+    key = "sk-test-LEAKCHECK-7f3a9c1e5b2d4f60"
+    monkeypatch.setenv("OPENAI_API_KEY", key)
+    return key
+
+
+@pytest.fixture
+def run_cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[..., Result]:
+    """`run_cli(*args, env=None)`: `llmbatch ARGS` in-process, from an empty working
+    directory (no stray llmbatch.toml). The result has exit_code, stdout and stderr
+    apart (typer's CliRunner always separates them; `output` is both interleaved).
+    An exception escaping the CLI is raised in the test, never mistaken for exit 1."""
+    workdir = tmp_path / "cwd"
+    workdir.mkdir(exist_ok=True)
+    monkeypatch.chdir(workdir)
+    runner = CliRunner()
+
+    def invoke(*args: object, env: dict[str, str | None] | None = None) -> Result:
+        argv = [os.fspath(a) if isinstance(a, Path) else str(a) for a in args]
+        return runner.invoke(app, argv, env=env, catch_exceptions=False)
+
+    return invoke
+
+
+def write_jsonl(path: Path, rows: Iterable[Any]) -> Path:
+    """Write one line per row: objects as JSON, `str`/`bytes` as the raw line itself
+    (for bad lines). Returns `path`."""
+    with path.open("wb") as f:
+        for row in rows:
+            if isinstance(row, bytes):
+                f.write(row + b"\n")
+            elif isinstance(row, str):
+                f.write(row.encode() + b"\n")
+            else:
+                f.write(orjson.dumps(row) + b"\n")
+    return path
+
+
+def read_jsonl(path: Path) -> list[Any]:
+    """Every line of a JSONL file, parsed (a torn or bad line fails the test)."""
+    with path.open("rb") as f:
+        return [orjson.loads(line) for line in f]
