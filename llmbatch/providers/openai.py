@@ -27,6 +27,7 @@ import aiohttp
 import httpx2
 import openai
 import orjson
+from yarl import URL
 
 from llmbatch.errors import ConfigError, TransientError
 from llmbatch.providers.base import Completion, Request, Usage
@@ -85,8 +86,10 @@ class OpenAIProvider:
             timeout=DEFAULT_TIMEOUT,
             http_client=self._sdk_http_client() if transport == "sdk" else None,
         )
-        self._prepared: dict[str, tuple[str, dict[str, str]]] = {}
-        self._preparing: dict[str, asyncio.Task[tuple[str, dict[str, str]]]] = {}
+        self._prepared: dict[str, tuple[URL, dict[str, str]]] = {}
+        self._session_headers: dict[str, str] | None = None
+        self._timeouts: dict[float | None, aiohttp.ClientTimeout] = {}
+        self._preparing: dict[str, asyncio.Task[tuple[URL, dict[str, str]]]] = {}
         self._session: aiohttp.ClientSession | None = None
 
     def _sdk_http_client(self) -> httpx2.AsyncClient:
@@ -98,7 +101,7 @@ class OpenAIProvider:
     def base_url(self) -> str:
         return str(self.client.base_url)
 
-    async def _prepared_for(self, url: str) -> tuple[str, dict[str, str]]:
+    async def _prepared_for(self, url: str) -> tuple[URL, dict[str, str]]:
         """The first requests of a run arrive together: they share one preparation."""
         task = self._preparing.get(url)
         if task is None:
@@ -109,7 +112,7 @@ class OpenAIProvider:
             if task.done() and (task.cancelled() or task.exception() is not None):
                 self._preparing.pop(url, None)
 
-    async def _prepare(self, url: str) -> tuple[str, dict[str, str]]:
+    async def _prepare(self, url: str) -> tuple[URL, dict[str, str]]:
         capture = _Capture()
         probe = self.client.copy(http_client=httpx2.AsyncClient(transport=capture))
         try:
@@ -125,49 +128,58 @@ class OpenAIProvider:
         if req is None:  # pragma: no cover - the SDK always sends through its client
             raise ConfigError("the openai SDK did not build a request")
         headers = {k: v for k, v in req.headers.items() if k.lower() not in _PER_REQUEST_HEADERS}
-        prepared = (str(req.url), headers)
+        prepared = (URL(str(req.url), encoded=True), headers)
         self._prepared[url] = prepared
         return prepared
 
-    def _open_session(self) -> aiohttp.ClientSession:
+    def _open_session(self, headers: dict[str, str]) -> aiohttp.ClientSession:
         connector = aiohttp.TCPConnector(
             limit=self.concurrency, limit_per_host=self.concurrency, ttl_dns_cache=300
         )
         self._session = aiohttp.ClientSession(
             connector=connector,
+            # The SDK's headers as the session's own: aiohttp merges per-request
+            # headers on every call, session headers once.
+            headers=headers,
             # aiohttp looks up proxies and .netrc in a thread on every request when
             # trust_env is on; pay that only when the environment names a proxy.
-            trust_env=bool(urllib.request.getproxies()),
-            json_serialize=lambda o: orjson.dumps(o).decode(),
-            skip_auto_headers=("User-Agent",),
+            trust_env=any(scheme != "no" for scheme in urllib.request.getproxies()),
             auto_decompress=True,
         )
+        self._session_headers = headers
         return self._session
+
+    def _timeout(self, seconds: float | None) -> aiohttp.ClientTimeout:
+        cached = self._timeouts.get(seconds)
+        if cached is None:
+            cached = self._timeouts[seconds] = aiohttp.ClientTimeout(total=seconds)
+        return cached
 
     async def complete(self, request: Request, *, timeout: float | None = None) -> Completion:
         if self.transport == "sdk":
             return await self._complete_sdk(request, timeout)
         prepared = self._prepared.get(request.url) or await self._prepared_for(request.url)
-        session = self._session or self._open_session()
+        url, headers = prepared
+        session = self._session or self._open_session(headers)
         data = orjson.dumps(request.body)
         started = time.perf_counter()
         try:
             async with session.post(
-                prepared[0],
+                url,
                 data=data,
-                headers=prepared[1],
-                timeout=aiohttp.ClientTimeout(total=timeout) if timeout else None,
+                headers=None if headers is self._session_headers else headers,
+                timeout=self._timeout(timeout),
             ) as resp:
                 raw = await resp.read()
                 status = resp.status
-                headers: Mapping[str, str] = resp.headers
+                resp_headers: Mapping[str, str] = resp.headers
         except TimeoutError:
             raise TransientError(f"no answer within {timeout:g}s", code="timeout") from None
         except aiohttp.ClientError as exc:
             raise TransientError(
                 f"connection failed: {type(exc).__name__}: {exc}", code="connection"
             ) from None
-        return _completion(status, self._redact(raw), headers, started)
+        return _completion(status, self._redact(raw), resp_headers, started)
 
     async def _complete_sdk(self, request: Request, timeout: float | None) -> Completion:
         started = time.perf_counter()
