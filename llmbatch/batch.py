@@ -128,26 +128,63 @@ def first_item(path: Path) -> dict[str, object] | None:
 def requests_from(
     path: Path, builder: RequestBuilder, done: IdSet, stats: Stats, *, number_duplicates: bool
 ) -> Iterator[Request | InputError]:
-    """Input lines as requests or rejects; items already done are skipped here."""
-    seen = IdSet(stats.total or 0)
+    """Input lines as requests or rejects; items already done are skipped here.
+
+    Duplicate ids are found with 32-bit fingerprints (half the memory of full hashes,
+    which matters at millions of lines). A fingerprint seen before only makes a line a
+    suspect: suspects wait until the end of the input, when one more pass over the
+    file tells true duplicates from the few dozen chance matches.
+    """
+    seen = IdSet(stats.total or 0, bits=32)
+    suspects: list[Request] = []
+
+    def fresh(req: Request) -> Request | None:
+        if done and req.custom_id in done:
+            stats.skipped += 1
+            return None
+        return req
+
     for number, raw in read_lines(path):
         try:
             req = builder.build(number, parse_line(number, raw))
         except InputError as err:
             yield err
             continue
-        cid = req.custom_id
-        if not seen.add(cid):
-            if not number_duplicates:
-                yield InputError(f"duplicate custom_id {cid!r} (an earlier line has it)", line=number)
-                continue
-            cid = f"{cid}#{number}"
-            seen.add(cid)
-            req = Request(cid, req.body, req.url, req.line, req.metadata, req.item)
-        if done and cid in done:
-            stats.skipped += 1
+        if not seen.add(req.custom_id):
+            suspects.append(req)
             continue
-        yield req
+        if (ok := fresh(req)) is not None:
+            yield ok
+    if not suspects:
+        return
+    first = first_lines(path, builder, {r.custom_id for r in suspects})
+    for req in suspects:
+        if first.get(req.custom_id, req.line) < req.line:
+            if not number_duplicates:
+                yield InputError(
+                    f"duplicate custom_id {req.custom_id!r} (line {first[req.custom_id]} has it)",
+                    line=req.line,
+                )
+                continue
+            cid = f"{req.custom_id}#{req.line}"
+            req = Request(cid, req.body, req.url, req.line, req.metadata, req.item)
+        if (ok := fresh(req)) is not None:
+            yield ok
+
+
+def first_lines(path: Path, builder: RequestBuilder, ids: set[str]) -> dict[str, int]:
+    """The first line that has each of `ids`, by building every request again."""
+    first: dict[str, int] = {}
+    for number, raw in read_lines(path):
+        try:
+            cid = builder.build(number, parse_line(number, raw)).custom_id
+        except InputError:
+            continue
+        if cid in ids and cid not in first:
+            first[cid] = number
+            if len(first) == len(ids):
+                break
+    return first
 
 
 def first_model(path: Path, builder: RequestBuilder) -> str | None:
@@ -200,6 +237,10 @@ async def run_async(settings: Settings, *, console: Console | None = None) -> tu
     stats.total = await loop.run_in_executor(None, count_lines, settings.input)
 
     writer = JsonlWriter(settings.output)
+    # Each run reads the whole input again and rejects its bad lines again: the rejects
+    # file is rewritten, not appended to, so a bad line is listed once however many
+    # reruns it takes.
+    settings.rejects_path.write_bytes(b"")
     rejects = JsonlWriter(settings.rejects_path)
     rejects_start = rejects.path.stat().st_size
     engine = Engine(

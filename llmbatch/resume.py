@@ -25,25 +25,31 @@ _MAX_LOAD = 0.75
 
 
 class IdSet:
-    """A set of strings that stores only their 64-bit hashes.
+    """A set of strings that stores only their hashes: 64 bits by default, so a false
+    "already there" is about one in 10^7 for a million ids.
+
+    With ``bits=32`` it takes half the memory, but membership only means *maybe*
+    (about a hundred false hits per million ids): callers must confirm a hit another
+    way, as duplicate detection does by a second look at the input.
 
     Give `expected` (the input's line count) and the table is allocated once at its
-    final size, ~11 bytes an id: growing by doubling would briefly hold both tables.
+    final size (~11 bytes an id at 64 bits): growing by doubling would briefly hold both.
     """
 
-    __slots__ = ("_count", "_size", "_slots")
+    __slots__ = ("_count", "_mask", "_size", "_slots")
 
-    def __init__(self, expected: int = 0) -> None:
+    def __init__(self, expected: int = 0, *, bits: int = 64) -> None:
         self._size = max(_MIN_SLOTS, int(expected / _MAX_LOAD) + 1)
-        self._slots = array("q", bytes(8 * self._size))
+        typecode = {64: "q", 32: "I"}[bits]
+        self._slots = array(typecode, bytes(array(typecode).itemsize * self._size))
+        self._mask = -1 if bits == 64 else 0xFFFFFFFF
         self._count = 0
 
     def __len__(self) -> int:
         return self._count
 
-    @staticmethod
-    def _key(text: str) -> int:
-        return hash(text) or 1  # 0 marks an empty slot
+    def _key(self, text: str) -> int:
+        return (hash(text) & self._mask) or 1  # 0 marks an empty slot
 
     def __contains__(self, text: object) -> bool:
         if not isinstance(text, str) or not self._count:
@@ -79,7 +85,7 @@ class IdSet:
     def _grow(self) -> None:
         old = self._slots
         self._size = size = self._size * 2
-        self._slots = slots = array("q", bytes(8 * size))
+        self._slots = slots = array(old.typecode, bytes(old.itemsize * size))
         for key in old:
             if key != _EMPTY:
                 i = key % size
