@@ -35,7 +35,7 @@ from llmbatch.errors import (
 from llmbatch.jsonl import JsonlWriter
 from llmbatch.limits import Limits
 from llmbatch.providers.base import Completion, Provider, Request
-from llmbatch.retry import BackoffStrategy, RetryConfig, server_delay
+from llmbatch.retry import BackoffStrategy, RetryConfig
 from llmbatch.stats import Stats
 
 __all__ = ["DEFAULT_RETRY", "Engine", "EngineConfig", "Job"]
@@ -261,10 +261,7 @@ class Engine:
             limits.estimator.observe(job.chars, usage.prompt_tokens, usage.completion_tokens)
         headers = completion.headers
         if headers:
-            limits.observe_headers(headers)
-            wait = server_delay(headers)
-            if wait:
-                limits.pushed_back(wait)
+            limits.observe_headers(headers)  # learns the limit; pauses on a spent budget
         limits.succeeded()
         job.requests += 1
         job.prompt_tokens += usage.prompt_tokens
@@ -297,10 +294,10 @@ class Engine:
         if self._stopping:
             self._release(job)
             return
-        job.retries += 1
-        if job.retries > self.config.max_retries:
+        if job.retries >= self.config.max_retries:
             self._finish(job, error=exc)
             return
+        job.retries += 1
         self.stats.retries[cause] += 1
         delay = exc.retry_after if isinstance(exc, RateLimited) and exc.retry_after is not None else None
         if delay is None:

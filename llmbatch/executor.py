@@ -44,7 +44,7 @@ from llmbatch.errors import (
 )
 from llmbatch.limits import Limits
 from llmbatch.providers.base import Completion, Provider, Request, Usage
-from llmbatch.retry import RetryConfig, server_delay
+from llmbatch.retry import RetryConfig
 
 __all__ = [
     "DEFAULT_MAX_CONCURRENCY",
@@ -353,10 +353,7 @@ class ParallelLLMExecutor:
             chars = limits.estimator.prompt_chars(request.body)
             limits.estimator.observe(chars, usage.prompt_tokens, usage.completion_tokens)
         if completion.headers:
-            limits.observe_headers(completion.headers)
-            wait = server_delay(completion.headers)
-            if wait:
-                limits.pushed_back(wait)
+            limits.observe_headers(completion.headers)  # learns the limit; pauses on a spent budget
         limits.succeeded()
         return LLMResponse.from_completion(completion)
 

@@ -2,12 +2,14 @@
 
 Three gates, passed in order before each request:
 
-1. a *pause*: after a 429 (or an exhausted ``x-ratelimit-remaining-*``) nothing is
-   sent until the time the server asked for has passed;
-2. an *adaptive pace*: after a 429 the whole run slows to a fraction of the rate it was
-   achieving, then climbs back a little with each success (AIMD, like TCP). A limit the
-   server announces (``x-ratelimit-limit-requests``) becomes the ceiling when the user
-   gave none, so a run with no ``--rpm`` still settles near the server's real limit;
+1. a *pause*: after a 429, or a response that spent the last of a budget
+   (``x-ratelimit-remaining-* == 0``), nothing is sent until the time the server asked
+   for has passed;
+2. an *adaptive pace*: a 429 slows the whole run to a fraction of the rate the server
+   refused, once per burst of 429s; each success then climbs back, quickly to just
+   under that rate and slowly past it (AIMD, like TCP), until the pace reaches its
+   ceiling (``--rpm``, or the ``x-ratelimit-limit-requests`` a server announces when
+   the user gave none) and the bucket alone paces again;
 3. ``aiolimiter.AsyncLimiter`` buckets for ``--rpm`` and ``--tpm``, each holding one
    second's worth so a minute's budget is never spent in a burst. The token bucket is
    charged an estimate up front and corrected by the real usage afterwards.
@@ -21,12 +23,26 @@ from typing import Any
 
 from aiolimiter import AsyncLimiter
 
+from llmbatch.retry import parse_duration
+
 __all__ = ["Limits", "TokenEstimator", "bucket"]
 
-# After a 429, pace at this fraction of the rate achieved just before it.
+# After a 429, pace at this fraction of the rate the server refused.
 BACKOFF_FACTOR = 0.7
-# Each success raises the adaptive pace by this fraction of its ceiling's distance.
-RECOVERY_STEP = 0.002
+# 429s that arrive within this long of a cut answer requests sent at the old pace: a
+# burst of them (a whole window refused at once) is one signal, not one cut each.
+CUT_HOLD = 1.0
+# Recovery, in fractions of the refused rate per second of successes: fast back to
+# RECOVERED of it (only the last of it was too much), then a slow probe above, so a run
+# spends its time just under the limit instead of in a sawtooth below it.
+RECOVERED = 0.95
+FAST_RECOVERY = 0.25
+SLOW_RECOVERY = 0.02
+# With no ceiling known, a pace this many times the refused rate is released: the
+# limit has evidently moved.
+RELEASE_FACTOR = 2.0
+# Never stop entirely: one request a minute.
+MIN_PACE = 1.0 / 60.0
 # Default answer length charged to --tpm when the request sets no max_tokens and no
 # answer has been seen yet.
 DEFAULT_ANSWER_TOKENS = 256
@@ -96,7 +112,11 @@ class TokenEstimator:
 
 
 class Limits:
-    """The gates in front of every request. One instance per run (per event loop)."""
+    """The gates in front of every request. One instance per run (per event loop).
+
+    The caller reports every outcome: `pushed_back` on a 429, then on an answer
+    `observe_headers`, `settle` (the real token usage) and `succeeded`.
+    """
 
     def __init__(self, *, rpm: float | None = None, tpm: float | None = None) -> None:
         self.rpm = rpm
@@ -104,9 +124,14 @@ class Limits:
         self._requests = bucket(rpm) if rpm else None
         self._tokens = bucket(tpm) if tpm else None
         self._paused_until = 0.0
-        # Adaptive pace in requests/second; None while no 429 has been seen.
+        # Adaptive pace in requests/second; None while the buckets alone pace.
         self._pace: float | None = None
         self._ceiling: float | None = rpm / 60.0 if rpm else None
+        self._refused = 0.0  # the rate the server refused at the last cut
+        self._hold_until = float("-inf")  # 429s before this belong to the last cut
+        # Set by observe_headers when an answer spent a budget's last unit: the caller's
+        # pushed_back() for that answer then pauses without cutting the pace.
+        self._spent = False
         self._next_slot = 0.0
         self._recent: list[float] = []  # send times, to measure the achieved rate
         self.estimator = TokenEstimator()
@@ -121,6 +146,11 @@ class Limits:
         """The adaptive pace in requests/minute, when the server has pushed back."""
         return self._pace * 60 if self._pace else None
 
+    @property
+    def ceiling_rpm(self) -> float | None:
+        """The request limit paced at: --rpm, else the one the server announced."""
+        return self._ceiling * 60 if self._ceiling else None
+
     def clamp(self, tokens: int) -> int:
         """A token charge the bucket can grant: an oversized request must not hang."""
         if self._tokens is None:
@@ -130,11 +160,9 @@ class Limits:
     async def acquire(self, tokens: int = 0) -> None:
         """Wait until a request costing `tokens` (an estimate) may be sent."""
         loop = asyncio.get_running_loop()
-        now = loop.time()
-        if now < self._paused_until:
-            await asyncio.sleep(self._paused_until - now)
-            now = loop.time()
+        await self._wait_pause(loop)
         if self._pace is not None:
+            now = loop.time()
             slot = max(self._next_slot, now)
             self._next_slot = slot + 1.0 / self._pace
             if slot > now:
@@ -143,23 +171,35 @@ class Limits:
             await self._requests.acquire()
         if self._tokens is not None and tokens > 0:
             await self._tokens.acquire(self.clamp(tokens))
+        await self._wait_pause(loop)  # a 429 may have come back while this one waited
         recent = self._recent
         recent.append(loop.time())
-        if len(recent) > 512:
-            del recent[:256]
+        if len(recent) > 1024:
+            del recent[:512]
+
+    async def _wait_pause(self, loop: asyncio.AbstractEventLoop) -> None:
+        while (left := self._paused_until - loop.time()) > 0:
+            await asyncio.sleep(left)
 
     def settle(self, charged: int, actual: int) -> None:
-        """Correct the token bucket once the real usage is known. The bucket's level is
-        aiolimiter's own accounting; moving it is how a refund (or a debt) is booked."""
+        """Correct the token bucket once the real usage is known: refund an
+        overestimate, book a debt for an underestimate (the bucket then waits it off).
+
+        The bucket's level is aiolimiter's own accounting; it is drained up to now
+        first, or a debt would be forgiven for the time that passed before it was
+        booked, and waiters are woken to see the new level."""
         if self._tokens is None or charged == actual:
             return
         t = self._tokens
+        t._leak()
         t._level = max(0.0, t._level + (actual - charged))
+        t._wake_next()
 
     def achieved_rate(self, window: float = 5.0) -> float:
-        """Requests/second sent over the last `window` seconds."""
+        """Requests/second sent over the last `window` seconds (at least one second's
+        span, as servers count: a burst of ten is ten per second, not a thousand)."""
         recent = self._recent
-        if len(recent) < 2:
+        if not recent:
             return 0.0
         now = asyncio.get_running_loop().time()
         start = now - window
@@ -170,43 +210,79 @@ class Limits:
                 break
             n += 1
             first = t
-        return n / max(now - first, 0.05) if n > 1 else 0.0
+        return n / max(now - first, 1.0)
 
     def pushed_back(self, delay: float | None) -> None:
-        """The server said 429 (or a budget is exhausted): pause, then pace lower."""
-        loop = asyncio.get_running_loop()
-        now = loop.time()
+        """The server said 429: pause for `delay`, and lower the pace once per burst.
+
+        Called right after `observe_headers` saw an answer spend a budget's last unit,
+        it only pauses: that answer was a success, and the run is at the limit, where
+        it should be."""
+        now = asyncio.get_running_loop().time()
         if delay is not None and delay > 0:
             self._paused_until = max(self._paused_until, now + delay)
-        achieved = self.achieved_rate()
-        current = self._pace or achieved or (self._ceiling or 1.0)
-        floor = 1.0 / 60.0  # one request a minute: never stop entirely
-        self._pace = max(floor, min(current, achieved or current) * BACKOFF_FACTOR)
         self._next_slot = max(self._next_slot, self._paused_until)
+        if self._spent:
+            self._spent = False
+            return
+        if now < self._hold_until:
+            return
+        # Nothing sent before the pause ends can tell whether the new pace is right.
+        self._hold_until = max(now + CUT_HOLD, self._paused_until)
+        rates = [r for r in (self._pace, self.achieved_rate(), self._ceiling) if r]
+        refused = min(rates) if rates else 1.0
+        self._refused = refused
+        self._pace = pace = max(MIN_PACE, refused * BACKOFF_FACTOR)
+        if self._recent:  # the new pace counts from the last request sent
+            self._next_slot = max(self._next_slot, self._recent[-1] + 1.0 / pace)
 
     def observe_headers(self, headers: Mapping[str, str]) -> None:
-        """Learn the server's announced request limit, when it sends one."""
-        limit = headers.get("x-ratelimit-limit-requests")
+        """Learn from an answer's rate-limit headers: the announced request limit
+        (when the user gave no --rpm), and a budget spent to its last unit (pause until
+        its reset)."""
+        get = headers.get
+        limit = get("x-ratelimit-limit-requests")
         if limit and self.rpm is None:
             try:
-                per_sec = float(limit) / 60.0
+                per_minute = float(limit)
             except ValueError:
-                return
-            if per_sec > 0 and self._ceiling != per_sec:
-                self._ceiling = per_sec
-                self._requests = bucket(float(limit))
+                per_minute = 0.0
+            if per_minute > 0 and self._ceiling != per_minute / 60.0:
+                self._learn_limit(per_minute)
+        for kind in ("requests", "tokens"):
+            if get(f"x-ratelimit-remaining-{kind}") == "0":
+                self._spent = True
+                reset = get(f"x-ratelimit-reset-{kind}")
+                wait = parse_duration(reset) if reset else None
+                if wait:
+                    now = asyncio.get_running_loop().time()
+                    self._paused_until = max(self._paused_until, now + wait)
+
+    def _learn_limit(self, per_minute: float) -> None:
+        self._ceiling = per_minute / 60.0
+        limiter = bucket(per_minute)
+        # Born full with what was sent in the last second: a new bucket must not
+        # allow a second's burst on top of what the server has just counted.
+        now = asyncio.get_running_loop().time()
+        sent = sum(1 for t in self._recent[-int(limiter.max_rate) - 1 :] if t > now - 1.0)
+        limiter._level = min(float(sent), limiter.max_rate)
+        limiter._last_check = now
+        self._requests = limiter
+        if self._pace is not None and self._pace >= self._ceiling:
+            self._pace = None
 
     def succeeded(self) -> None:
         """One success: let the adaptive pace climb back toward its ceiling."""
+        self._spent = False
         pace = self._pace
         if pace is None:
             return
+        refused = self._refused
+        slope = FAST_RECOVERY if pace < RECOVERED * refused else SLOW_RECOVERY
+        # One success takes about 1/pace seconds: the pace climbs linearly in time.
+        pace += slope * refused / pace
         ceiling = self._ceiling
-        if ceiling is None:
-            self._pace = pace * (1 + RECOVERY_STEP * 5)
-            if self._pace > 10_000:
-                self._pace = None
+        if pace >= (ceiling if ceiling is not None else RELEASE_FACTOR * refused):
+            self._pace = None  # the bucket alone paces at the ceiling
         else:
-            self._pace = pace + max(ceiling - pace, ceiling * 0.05) * RECOVERY_STEP
-            if self._pace >= ceiling:
-                self._pace = None  # the bucket alone paces at the ceiling
+            self._pace = pace

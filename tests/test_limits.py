@@ -1,0 +1,500 @@
+"""Pacing and adaptation in virtual time: the loop's clock only moves when every task
+is waiting, and then jumps straight to the next timer (aiolimiter's own tests patch the
+loop clock the same way). Nothing here really sleeps, and every figure is exact to
+a microsecond."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import selectors
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import pytest
+
+from llmbatch.limits import BACKOFF_FACTOR, CUT_HOLD, Limits, TokenEstimator, bucket
+
+T = TypeVar("T")
+
+
+class _FastForward(selectors.DefaultSelector):
+    """Polls without blocking; the time it would have blocked passes on the clock.
+
+    Each turn of the loop also costs a nanosecond, as a real one does: a timer set for
+    "now" by rounding (aiolimiter's wake-up maths) must not spin a frozen clock."""
+
+    loop: VirtualTimeLoop
+
+    def select(self, timeout: float | None = None) -> Any:
+        events = super().select(0)
+        if events:
+            return events
+        if timeout is None:
+            raise RuntimeError("deadlock: every task waits and no timer is set")
+        self.loop.now += max(timeout, 1e-9)
+        return events
+
+
+class VirtualTimeLoop(asyncio.SelectorEventLoop):
+    def __init__(self) -> None:
+        selector = _FastForward()
+        super().__init__(selector)
+        selector.loop = self
+        self.now = 1000.0  # not 0: a clock starting at 0 hides "0 means unset" bugs
+
+    def time(self) -> float:
+        return self.now
+
+
+def virtual(main: Callable[[], Awaitable[T]]) -> T:
+    """Run `main()` on a loop with a virtual clock; returns its result."""
+    loop = VirtualTimeLoop()
+    try:
+        return loop.run_until_complete(main())
+    finally:
+        loop.close()
+
+
+def now() -> float:
+    return asyncio.get_running_loop().time()
+
+
+async def send_times(limits: Limits, n: int, tokens: int = 0) -> list[float]:
+    """Acquire n times in a row (as the engine's dispatcher does); the clock at each."""
+    out = []
+    for _ in range(n):
+        await limits.acquire(tokens)
+        out.append(now())
+    return out
+
+
+def most_in_any_window(times: list[float], window: float = 1.0) -> int:
+    """The largest number of sends within any `window` seconds (what a server counts)."""
+    best = 0
+    j = 0
+    for i, t in enumerate(times):
+        while times[j] <= t - window:
+            j += 1
+        best = max(best, i - j + 1)
+    return best
+
+
+def test_virtual_clock_really_is_virtual():
+    """A 100-second sleep takes no real time and moves the clock exactly 100 s."""
+
+    async def main() -> float:
+        start = now()
+        await asyncio.sleep(100)
+        return now() - start
+
+    assert virtual(main) == pytest.approx(100.0, abs=1e-6)
+
+
+# --- the request bucket --------------------------------------------------------------
+
+
+def test_bucket_holds_one_seconds_worth():
+    """--rpm 6000 is a bucket of 100 refilled at 100/s; --rpm 30 still holds one."""
+    b = bucket(6000)
+    assert b.max_rate == 100
+    assert b.max_rate / b.time_period == pytest.approx(100.0)
+    small = bucket(30)
+    assert small.max_rate == 1
+    assert small.time_period == pytest.approx(2.0)
+
+
+def test_rpm_paces_smoothly_never_a_minutes_budget_at_once():
+    """--rpm 6000: 1,000 requests take 9 s (one second's worth up front, then 100/s).
+    The first second sees at most two seconds' worth (the burst, then the refill) and
+    every later one at most one: never the minute's 6,000 at once."""
+
+    async def main() -> list[float]:
+        return await send_times(Limits(rpm=6000), 1000)
+
+    times = virtual(main)
+    start = times[0]
+    assert sum(1 for t in times if t - start < 1e-6) == 100
+    assert times[-1] - start == pytest.approx(9.0, abs=0.02)
+    assert most_in_any_window(times) <= 200
+    assert most_in_any_window(times[100:]) <= 101
+
+
+def test_slow_rpm_spaces_every_request():
+    """--rpm 60: one request a second, from the first one."""
+
+    async def main() -> list[float]:
+        return await send_times(Limits(rpm=60), 10)
+
+    times = virtual(main)
+    gaps = [b - a for a, b in itertools.pairwise(times)]
+    assert gaps == pytest.approx([1.0] * 9, abs=1e-6)
+
+
+def test_no_limits_never_wait():
+    """Without --rpm/--tpm and before any pushback, acquire never waits."""
+
+    async def main() -> list[float]:
+        limits = Limits()
+        assert not limits.may_wait
+        return await send_times(limits, 500)
+
+    times = virtual(main)
+    assert times[-1] - times[0] < 1e-6
+
+
+# --- the token bucket ----------------------------------------------------------------
+
+
+def test_tpm_charges_the_estimate():
+    """--tpm 6000 (100 tokens/s): two 50-token requests go at once, the third waits
+    half a second."""
+
+    async def main() -> list[float]:
+        return await send_times(Limits(tpm=6000), 4, tokens=50)
+
+    t = virtual(main)
+    assert [x - t[0] for x in t] == pytest.approx([0.0, 0.0, 0.5, 1.0], abs=1e-6)
+
+
+def test_an_oversized_request_is_clamped_and_never_hangs():
+    """A request estimated at 10x the bucket's capacity is charged the capacity: it
+    goes through (aiolimiter alone would refuse it outright)."""
+
+    async def main() -> float:
+        limits = Limits(tpm=600)  # 10 tokens/s, capacity 10
+        assert limits.clamp(100_000) == 10
+        assert limits.clamp(7) == 7
+        start = now()
+        await asyncio.wait_for(limits.acquire(100_000), timeout=5)
+        await asyncio.wait_for(limits.acquire(100_000), timeout=5)
+        return now() - start
+
+    assert virtual(main) == pytest.approx(1.0, abs=1e-6)
+
+
+def test_settle_refunds_an_overestimate():
+    """Charged 100, used 20: the 80 left are available again at once."""
+
+    async def main() -> float:
+        limits = Limits(tpm=6000)
+        await limits.acquire(100)
+        limits.settle(100, 20)
+        start = now()
+        await limits.acquire(80)
+        return now() - start
+
+    assert virtual(main) < 1e-6
+
+
+def test_settle_books_a_debt_from_now_even_after_an_idle_spell():
+    """Charged 50, used 250, reported after 10 idle seconds: the 200 extra tokens are
+    owed from now (2 s at 100/s), not forgiven for the time that passed before."""
+
+    async def main() -> float:
+        limits = Limits(tpm=6000)
+        await limits.acquire(50)
+        await asyncio.sleep(10)
+        limits.settle(50, 250)
+        start = now()
+        await limits.acquire(100)
+        return now() - start
+
+    assert virtual(main) == pytest.approx(2.0, abs=1e-6)
+
+
+def test_settle_wakes_a_waiter_with_a_refund():
+    """A request waiting on the bucket goes as soon as a refund makes room."""
+
+    async def main() -> float:
+        limits = Limits(tpm=6000)
+        await limits.acquire(100)
+        start = now()
+        waiter = asyncio.ensure_future(limits.acquire(100))
+        await asyncio.sleep(0.1)
+        limits.settle(100, 0)
+        await waiter
+        return now() - start
+
+    assert virtual(main) == pytest.approx(0.1, abs=1e-6)
+
+
+# --- pushback and recovery -----------------------------------------------------------
+
+
+def test_pushed_back_pauses_everything_until_the_delay_has_passed():
+    """A 429 with Retry-After 2 s: nothing is sent for 2 s, and the pace drops to
+    BACKOFF_FACTOR of the rate the server refused (10/s here)."""
+
+    async def main() -> tuple[float, float | None, list[float]]:
+        limits = Limits(rpm=600)
+        await send_times(limits, 30)  # running at 10/s
+        hit = now()
+        limits.pushed_back(2.0)
+        times = await send_times(limits, 5)
+        return hit, limits.pace_rpm, times
+
+    hit, pace, times = virtual(main)
+    assert times[0] >= hit + 2.0
+    assert pace is not None
+    assert pace == pytest.approx(600 * BACKOFF_FACTOR, rel=0.05)
+    gaps = [b - a for a, b in itertools.pairwise(times)]
+    assert min(gaps) >= 60 / pace - 1e-6  # the lower pace spaces the requests
+
+
+def test_a_pause_that_starts_while_waiting_is_honoured():
+    """A request already waiting for its slot when a 429 arrives waits for the new
+    pause too."""
+
+    async def main() -> tuple[float, float]:
+        limits = Limits(rpm=60)
+        await send_times(limits, 5)
+        limits.pushed_back(None)  # pace now 0.7/s: the next slot is ~1.4 s away
+        waiting = asyncio.ensure_future(limits.acquire())
+        await asyncio.sleep(0.5)
+        pause_end = now() + 5.0
+        limits.pushed_back(5.0)
+        await waiting
+        return now(), pause_end
+
+    sent, pause_end = virtual(main)
+    assert sent >= pause_end
+
+
+def test_a_burst_of_429s_is_one_cut():
+    """Twenty 429s from one refused window lower the pace once; a 429 after the hold
+    (for a request sent at the new pace) lowers it again."""
+
+    async def main() -> tuple[float | None, float | None, float | None]:
+        limits = Limits(rpm=600)
+        await send_times(limits, 30)
+        for _ in range(20):
+            limits.pushed_back(0.01)
+        once = limits.pace_rpm
+        await asyncio.sleep(CUT_HOLD + 0.1)
+        await send_times(limits, 20)
+        limits.pushed_back(0.01)
+        return once, limits.pace_rpm, limits.ceiling_rpm
+
+    once, twice, ceiling = virtual(main)
+    assert once == pytest.approx(600 * BACKOFF_FACTOR, rel=0.05)
+    assert twice is not None and once is not None
+    assert twice <= once * BACKOFF_FACTOR * 1.01
+    assert ceiling == 600
+
+
+def test_a_burst_counts_as_what_the_server_saw_in_a_second():
+    """Ten requests sent at once, then a 429, with no limit known: the refused rate is
+    10/s (ten in one second), not ten in a millisecond."""
+
+    async def main() -> float | None:
+        limits = Limits()
+        await send_times(limits, 10)
+        limits.pushed_back(None)
+        return limits.pace_rpm
+
+    assert virtual(main) == pytest.approx(10 * 60 * BACKOFF_FACTOR)
+
+
+def test_succeeded_climbs_back_to_the_ceiling_then_lets_the_bucket_pace():
+    """After a 429 at --rpm 6000, successes at the pace bring the run back: past 95 %
+    within two seconds, to the ceiling within six, and then the adaptive pace is
+    released (only the bucket paces)."""
+
+    async def main() -> tuple[list[tuple[float, float]], float]:
+        limits = Limits(rpm=6000)
+        await send_times(limits, 300)
+        limits.pushed_back(None)
+        start = now()
+        trace = []
+        while limits.pace_rpm is not None and now() - start < 60:
+            await limits.acquire()
+            limits.succeeded()
+            trace.append((now() - start, limits.pace_rpm or 6000.0))
+        return trace, now() - start
+
+    trace, released_after = virtual(main)
+    paces = [p for _, p in trace]
+    assert paces[0] == pytest.approx(6000 * BACKOFF_FACTOR, rel=0.02)
+    assert paces == sorted(paces)  # never lower on a success
+    assert next(t for t, p in trace if p >= 0.95 * 6000) < 2.0
+    assert 2.0 < released_after < 6.0
+
+
+def test_without_a_ceiling_the_pace_probes_past_the_refused_rate_then_releases():
+    """No --rpm and no announced limit: after a cut the pace returns to the refused
+    rate and beyond; far past it the limit has evidently moved, and pacing stops."""
+
+    async def main() -> tuple[float | None, int]:
+        limits = Limits()
+        await send_times(limits, 50)  # 50/s
+        limits.pushed_back(None)
+        first = limits.pace_rpm
+        n = 0
+        while limits.pace_rpm is not None and n < 100_000:
+            limits.succeeded()
+            n += 1
+        return first, n
+
+    first, successes = virtual(main)
+    assert first == pytest.approx(50 * 60 * BACKOFF_FACTOR)
+    assert successes < 100_000
+
+
+def test_pace_never_stops_entirely():
+    """However many 429s, at least one request a minute is sent."""
+
+    async def main() -> float | None:
+        limits = Limits()
+        for _ in range(60):
+            await limits.acquire()
+            limits.pushed_back(None)
+            await asyncio.sleep(CUT_HOLD)
+        return limits.pace_rpm
+
+    pace = virtual(main)
+    assert pace is not None
+    assert pace >= 1.0
+
+
+# --- what the headers teach -----------------------------------------------------------
+
+
+LIMIT_600 = {
+    "x-ratelimit-limit-requests": "600",
+    "x-ratelimit-remaining-requests": "599",
+    "x-ratelimit-reset-requests": "100ms",
+}
+
+
+def test_announced_limit_is_learned_when_the_user_gave_none():
+    """No --rpm: x-ratelimit-limit-requests 600 makes the run pace at 10/s."""
+
+    async def main() -> tuple[float | None, list[float]]:
+        limits = Limits()
+        limits.observe_headers(LIMIT_600)
+        return limits.ceiling_rpm, await send_times(limits, 30)
+
+    ceiling, times = virtual(main)
+    assert ceiling == 600
+    assert sum(1 for t in times if t - times[0] < 1e-6) == 10  # one second's worth
+    gaps = [b - a for a, b in itertools.pairwise(times[10:])]
+    assert gaps == pytest.approx([0.1] * 19, abs=1e-6)  # then 10/s
+
+
+def test_announced_limit_never_overrides_the_users_rpm():
+    """--rpm 300 stays 300 whatever the server announces."""
+
+    async def main() -> tuple[float | None, list[float]]:
+        limits = Limits(rpm=300)
+        limits.observe_headers(LIMIT_600)
+        return limits.ceiling_rpm, await send_times(limits, 20)
+
+    ceiling, times = virtual(main)
+    assert ceiling == 300
+    assert times[-1] - times[0] == pytest.approx(3.0, abs=0.21)  # 5/s after the first 5
+
+
+def test_a_learned_limit_counts_what_was_already_sent():
+    """64 requests went out unpaced before the first answer announced a limit of 100/s:
+    only the 36 left of that second go at once, not a fresh second's worth."""
+
+    async def main() -> int:
+        limits = Limits()
+        await send_times(limits, 64)
+        limits.observe_headers({"x-ratelimit-limit-requests": "6000"})
+        start = now()
+        times = await send_times(limits, 100)
+        return sum(1 for t in times if t - start < 1e-6)
+
+    assert virtual(main) == 36
+
+
+def test_an_answer_that_spends_the_budget_pauses_without_slowing_the_run():
+    """remaining-requests 0 on a success: wait for the reset, but keep the pace (the run
+    is at the limit, where it should be). The caller's pushed_back for the same answer
+    (as the engine relays server_delay) must not count as a 429."""
+
+    async def main() -> tuple[float | None, float, float]:
+        limits = Limits(rpm=600)
+        await send_times(limits, 20)
+        headers = {
+            "x-ratelimit-limit-requests": "600",
+            "x-ratelimit-remaining-requests": "0",
+            "x-ratelimit-reset-requests": "1.5s",
+        }
+        answered = now()
+        limits.observe_headers(headers)
+        limits.pushed_back(1.5)
+        pace = limits.pace_rpm
+        limits.succeeded()
+        await limits.acquire()
+        return pace, answered, now()
+
+    pace, answered, sent = virtual(main)
+    assert pace is None
+    assert sent >= answered + 1.5
+
+
+def test_a_429_after_a_spent_budget_still_slows_the_run():
+    """The spent-budget exemption lasts one answer: the next 429 cuts the pace."""
+
+    async def main() -> float | None:
+        limits = Limits(rpm=600)
+        await send_times(limits, 20)
+        limits.observe_headers({"x-ratelimit-remaining-requests": "0", "x-ratelimit-reset-requests": "10ms"})
+        limits.succeeded()
+        limits.pushed_back(0.01)
+        return limits.pace_rpm
+
+    assert virtual(main) == pytest.approx(600 * BACKOFF_FACTOR, rel=0.05)
+
+
+# --- the token estimator -------------------------------------------------------------
+
+
+CHAT = {"model": "m", "messages": [{"role": "user", "content": "x" * 400}]}
+
+
+def test_estimator_starts_at_four_chars_a_token_plus_a_default_answer():
+    est = TokenEstimator()
+    chars = est.prompt_chars(CHAT)
+    assert chars == 416  # content plus framing
+    assert est.estimate(CHAT) == int(416 / 4 + 256) + 1
+
+
+def test_estimator_charges_max_tokens_when_the_request_caps_the_answer():
+    """A request's max_tokens (or max_completion_tokens) is what providers count."""
+    est = TokenEstimator()
+    assert est.estimate({**CHAT, "max_tokens": 10}) == int(416 / 4 + 10) + 1
+    assert est.estimate({**CHAT, "max_completion_tokens": 20}) == int(416 / 4 + 20) + 1
+
+
+def test_estimator_calibrates_from_observed_usage():
+    """Seen: 416 chars were 208 prompt tokens and answers average 30 tokens. The next
+    estimate uses 2 chars/token and a 30-token answer."""
+    est = TokenEstimator()
+    chars = est.prompt_chars(CHAT)
+    est.observe(chars, prompt_tokens=208, completion_tokens=20)
+    est.observe(chars, prompt_tokens=208, completion_tokens=40)
+    assert est.chars_per_token == pytest.approx(2.0)
+    assert est.answer_tokens == pytest.approx(30.0)
+    assert est.estimate(CHAT) == 208 + 30 + 1
+
+
+def test_estimator_ignores_empty_usage():
+    """A response without usage (0 tokens) teaches nothing."""
+    est = TokenEstimator()
+    est.observe(400, prompt_tokens=0, completion_tokens=0)
+    assert est.chars_per_token == 4.0
+    assert est.answer_tokens == 256.0
+
+
+def test_estimator_reads_content_parts_and_embeddings_input():
+    """Content parts count their text; embeddings count their input and no answer."""
+    est = TokenEstimator()
+    parts = {"messages": [{"role": "user", "content": [{"type": "text", "text": "y" * 100}]}]}
+    assert est.prompt_chars(parts) == 116
+    emb = {"model": "e", "input": ["a" * 40, "b" * 40]}
+    assert est.prompt_chars(emb) == 80
+    assert est.estimate(emb) == 21  # 80 / 4, no answer
