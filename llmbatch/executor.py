@@ -346,6 +346,7 @@ class ParallelLLMExecutor:
             raise
         except BaseException:
             limits.settle(charged, 0)
+            limits.failed()
             raise
         usage = completion.usage
         limits.settle(charged, usage.total_tokens)

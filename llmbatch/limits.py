@@ -5,11 +5,15 @@ Three gates, passed in order before each request:
 1. a *pause*: after a 429, or a response that spent the last of a budget
    (``x-ratelimit-remaining-* == 0``), nothing is sent until the time the server asked
    for has passed;
-2. an *adaptive pace*: a 429 slows the whole run to a fraction of the rate the server
-   refused, once per burst of 429s; each success then climbs back, quickly to just
-   under that rate and slowly past it (AIMD, like TCP), until the pace reaches its
-   ceiling (``--rpm``, or the ``x-ratelimit-limit-requests`` a server announces when
-   the user gave none) and the bucket alone paces again;
+2. an *adaptive pace*: when 429s are a real share of recent answers (not a stray
+   one), the whole run slows to a fraction of the rate the server refused (at most a
+   little above what it was accepting), once per burst. The new pace is on trial until
+   answers sent at it come back: if they hold as many 429s as before, slowing did not
+   help (a flaky server, not a limit) and the cut is undone; otherwise successes climb
+   back, quickly to just under the refused rate and slowly past it (AIMD, like TCP),
+   until the pace reaches its ceiling (``--rpm``, or the
+   ``x-ratelimit-limit-requests`` a server announces when the user gave none) and the
+   bucket alone paces again;
 3. ``aiolimiter.AsyncLimiter`` buckets for ``--rpm`` and ``--tpm``, each holding one
    second's worth so a minute's budget is never spent in a burst. The token bucket is
    charged an estimate up front and corrected by the real usage afterwards.
@@ -18,6 +22,7 @@ Three gates, passed in order before each request:
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from collections.abc import Mapping
 from typing import Any
 
@@ -41,6 +46,24 @@ SLOW_RECOVERY = 0.02
 # With no ceiling known, a pace this many times the refused rate is released: the
 # limit has evidently moved.
 RELEASE_FACTOR = 2.0
+# A 429 slows (and pauses) the whole run only while 429s are at least this share of
+# the last answers: a run over its limit sees many, a flaky server a scattered few,
+# and cutting the pace for each of those would ratchet a long run down to a crawl.
+# Isolated 429s are retried after their own Retry-After, like any transient fault.
+SIGNIFICANT_SHARE = 0.1
+SHARE_WINDOW = 100
+# Until this many answers are in, any 429 counts (the first burst of a run).
+SHARE_MIN = 20
+# After a cut, answers to requests sent at the new pace should hold fewer 429s. If they
+# hold at least this fraction of the share that caused the cut, the 429s are not about
+# our pace (a flaky server, a shared key's other users): the cut is undone.
+UNRELIEVED = 0.7
+# A server refusing requests is taken to have refused at most this much above the
+# rate it was answering at.
+OVER_ACCEPTED = 1.05
+NEW_OVERLOAD = 1.5
+# When most answers are 429s, slowing down is right whatever the cause.
+MOSTLY_REFUSED = 0.5
 # Never stop entirely: one request a minute.
 MIN_PACE = 1.0 / 60.0
 # Default answer length charged to --tpm when the request sets no max_tokens and no
@@ -134,6 +157,18 @@ class Limits:
         self._spent = False
         self._next_slot = 0.0
         self._recent: list[float] = []  # send times, to measure the achieved rate
+        # The last answers, True for a 429, and how many of them are 429s.
+        self._outcomes: deque[bool] = deque(maxlen=SHARE_WINDOW)
+        self._limited = 0
+        self._accepted: deque[float] = deque(maxlen=4096)  # when answers came back
+        self._sent = 0  # requests let through so far
+        self._answers = 0  # answers (429s included) recorded so far
+        # Answers to requests sent after the last cut, and their 429s; the share of
+        # 429s that caused that cut.
+        self._count_from = 0
+        self._after_cut = 0
+        self._after_cut_limited = 0
+        self._share_at_cut = 0.0
         self.estimator = TokenEstimator()
 
     @property
@@ -172,6 +207,7 @@ class Limits:
         if self._tokens is not None and tokens > 0:
             await self._tokens.acquire(self.clamp(tokens))
         await self._wait_pause(loop)  # a 429 may have come back while this one waited
+        self._sent += 1
         recent = self._recent
         recent.append(loop.time())
         if len(recent) > 1024:
@@ -212,12 +248,36 @@ class Limits:
             first = t
         return n / max(now - first, 1.0)
 
+    def accepted_rate(self, window: float = 2.0) -> float:
+        """Answers/second received over the last `window` seconds (429s not counted);
+        0 until answers have been coming back for a second (too soon to tell)."""
+        done = self._accepted
+        now = asyncio.get_running_loop().time()
+        if not done or now - done[0] < 1.0:
+            return 0.0
+        start = now - window
+        n = 0
+        first = now
+        for t in reversed(done):
+            if t < start:
+                break
+            n += 1
+            first = t
+        return n / max(now - first, 1.0)
+
     def pushed_back(self, delay: float | None) -> None:
         """The server said 429: pause for `delay`, and lower the pace once per burst.
 
         Called right after `observe_headers` saw an answer spend a budget's last unit,
         it only pauses: that answer was a success, and the run is at the limit, where
         it should be."""
+        self._record(True)
+        if not self._spent and not self.overloaded:
+            return
+        if not self._spent and self._unrelieved():
+            self._pace = None
+            self._start_counting(self._share_at_cut)
+            return
         now = asyncio.get_running_loop().time()
         if delay is not None and delay > 0:
             self._paused_until = max(self._paused_until, now + delay)
@@ -225,14 +285,18 @@ class Limits:
         if self._spent:
             self._spent = False
             return
-        if now < self._hold_until:
-            return
+        if now < self._hold_until or (self._share_at_cut > 0 and self._after_cut < SHARE_MIN):
+            return  # no new cut before answers at the last cut's pace have come back
         # Nothing sent before the pause ends can tell whether the new pace is right.
         self._hold_until = max(now + CUT_HOLD, self._paused_until)
-        rates = [r for r in (self._pace, self.achieved_rate(), self._ceiling) if r]
+        # The server refused what we sent, but it accepted about its limit: far over a
+        # limit, cutting the send rate by a fraction would still be far over it.
+        accepted = self.accepted_rate()
+        rates = [r for r in (self._pace, self.achieved_rate(), self._ceiling, accepted * OVER_ACCEPTED) if r]
         refused = min(rates) if rates else 1.0
         self._refused = refused
         self._pace = pace = max(MIN_PACE, refused * BACKOFF_FACTOR)
+        self._start_counting(self._limited / max(len(self._outcomes), 1))
         if self._recent:  # the new pace counts from the last request sent
             self._next_slot = max(self._next_slot, self._recent[-1] + 1.0 / pace)
 
@@ -271,12 +335,50 @@ class Limits:
         if self._pace is not None and self._pace >= self._ceiling:
             self._pace = None
 
+    def _start_counting(self, share: float) -> None:
+        self._share_at_cut = share
+        self._count_from = self._sent
+        self._after_cut = self._after_cut_limited = 0
+
+    def _unrelieved(self) -> bool:
+        """Whether the last cut left 429s about as common as they were (see UNRELIEVED);
+        a share well above it is a new overload, which is cut for again."""
+        n = self._after_cut
+        if not 0 < self._share_at_cut < MOSTLY_REFUSED or n < SHARE_MIN:
+            return False
+        share = self._after_cut_limited / n
+        return UNRELIEVED * self._share_at_cut <= share <= NEW_OVERLOAD * self._share_at_cut
+
+    def _record(self, limited: bool) -> None:
+        self._answers += 1
+        if self._answers > self._count_from:  # answers come back in about send order
+            self._after_cut += 1
+            self._after_cut_limited += limited
+        outcomes = self._outcomes
+        if len(outcomes) == SHARE_WINDOW and outcomes[0]:
+            self._limited -= 1
+        outcomes.append(limited)
+        self._limited += limited
+
+    @property
+    def overloaded(self) -> bool:
+        """Whether 429s are a real share of recent answers (see SIGNIFICANT_SHARE)."""
+        n = len(self._outcomes)
+        return n < SHARE_MIN or self._limited >= SIGNIFICANT_SHARE * n
+
+    def failed(self) -> None:
+        """An attempt ended without an answer for another reason (5xx, timeout): it
+        counts among the answers that 429s are a share of."""
+        self._record(False)
+
     def succeeded(self) -> None:
         """One success: let the adaptive pace climb back toward its ceiling."""
+        self._record(False)
+        self._accepted.append(asyncio.get_running_loop().time())
         self._spent = False
         pace = self._pace
-        if pace is None:
-            return
+        if pace is None or self._after_cut < SHARE_MIN:
+            return  # the new pace is on trial: its answers must show whether it helped
         refused = self._refused
         slope = FAST_RECOVERY if pace < RECOVERED * refused else SLOW_RECOVERY
         # One success takes about 1/pace seconds: the pace climbs linearly in time.

@@ -84,6 +84,18 @@ def test_no_rpm_learns_the_servers_limit_and_finishes(run_cli, fake_server, tmp_
     assert summary["retries"].get("rate_limited", 0) == server.stats.rate_limited
 
 
+def test_a_server_that_announces_no_limit_is_found_by_its_429s(run_cli, fake_server, tmp_path):
+    """No --rpm, and a 3,000/min server that sends no x-ratelimit headers: the 429s of
+    the first burst slow the run to about the limit; every item is answered."""
+    server = fake_server(rpm=3000, latency_ms=5, limit_headers=False)
+    items = [item(f"r{i:03d}") for i in range(300)]
+    result, rows, summary = run(run_cli, server, tmp_path, items, "-c", "32")
+    assert result.exit_code == 0, result.output
+    assert all(answered(r) for r in rows.values())
+    assert server.stats.rate_limited <= 60  # the first burst, not a storm
+    assert summary["elapsed_s"] < 300 / 50 * 2  # at least half the server's limit
+
+
 def test_scripted_429s_are_retried_and_counted(run_cli, fake_server, tmp_path):
     """Items whose first attempt gets a 429 succeed on the retry; their output line says
     one retry; the summary counts the 429s and the retries by cause."""

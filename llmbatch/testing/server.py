@@ -105,6 +105,7 @@ class FakeServer:
         fault_rate: float = 0.0,
         faults: tuple[int | str, ...] = FAULT_KINDS,
         retry_after: bool = True,
+        limit_headers: bool = True,
         api_key: str | None = None,
         hang_seconds: float = 30.0,
         seed: int = 0,
@@ -117,6 +118,7 @@ class FakeServer:
         self.fault_rate = fault_rate
         self.faults = faults
         self.retry_after = retry_after
+        self.limit_headers = limit_headers  # x-ratelimit-*: off for servers that announce nothing
         self.api_key = api_key
         self.hang_seconds = hang_seconds
         self.rng = random.Random(seed)
@@ -259,7 +261,7 @@ class FakeServer:
         self._later(conn, delay, 200, orjson.dumps(payload), hdrs)
 
     def _limit_headers(self) -> list[tuple[str, str]]:
-        if self._bucket is None or self.rpm is None:
+        if self._bucket is None or self.rpm is None or not self.limit_headers:
             return []
         reset = 1.0 / self._bucket.rate
         return [
@@ -398,6 +400,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rpm", type=float, default=None)
     parser.add_argument("--fault-rate", type=float, default=0.0)
     parser.add_argument("--no-retry-after", action="store_true")
+    parser.add_argument("--no-limit-headers", action="store_true", help="send no x-ratelimit-* headers")
     parser.add_argument("--api-key", default=None)
     args = parser.parse_args(argv)
     server = FakeServer(
@@ -406,6 +409,7 @@ def main(argv: list[str] | None = None) -> None:
         rpm=args.rpm,
         fault_rate=args.fault_rate,
         retry_after=not args.no_retry_after,
+        limit_headers=not args.no_limit_headers,
         api_key=args.api_key,
         host=args.host,
         port=args.port,
