@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import signal
 import time
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -158,6 +159,8 @@ def requests_from(
     if not suspects:
         return
     first = first_lines(path, builder, {r.custom_id for r in suspects})
+    dupes = [r for r in suspects if first.get(r.custom_id, r.line) < r.line]
+    names = numbered_ids(path, builder, dupes) if number_duplicates and dupes else {}
     for req in suspects:
         if first.get(req.custom_id, req.line) < req.line:
             if not number_duplicates:
@@ -166,10 +169,24 @@ def requests_from(
                     line=req.line,
                 )
                 continue
-            cid = f"{req.custom_id}#{req.line}"
-            req = Request(cid, req.body, req.url, req.line, req.metadata, req.item)
+            req = Request(names[req.line], req.body, req.url, req.line, req.metadata, req.item)
         if (ok := fresh(req)) is not None:
             yield ok
+
+
+def numbered_ids(path: Path, builder: RequestBuilder, dupes: list[Request]) -> dict[int, str]:
+    """`ID#LINE` for each duplicate (by line), made longer while another input line, or
+    another duplicate, already has that name: the output's ids stay unique, and the same
+    input gets the same names on every rerun, so a resume recognises them."""
+    names = {r.line: f"{r.custom_id}#{r.line}" for r in dupes}
+    while True:
+        taken = first_lines(path, builder, set(names.values()))
+        counts = Counter(names.values())
+        clash = [line for line, name in names.items() if name in taken or counts[name] > 1]
+        if not clash:
+            return names
+        for line in clash:
+            names[line] += f"#{line}"
 
 
 def first_lines(path: Path, builder: RequestBuilder, ids: set[str]) -> dict[str, int]:
@@ -284,6 +301,7 @@ async def run_async(settings: Settings, *, console: Console | None = None) -> tu
         stats.finished = time.monotonic()
         writer.close()
         rejects.close()
+        engine.check_writers()
         await provider.aclose()
         display.stop()
     if stats.rejected == 0 and rejects_start == 0:

@@ -223,14 +223,17 @@ class Engine:
             self._retry(job, exc, "rate_limited")
         except TransientError as exc:
             self.limits.settle(charged, 0)
+            self.limits.failed()
             self._retry(job, exc, exc.code)
         except AuthError as exc:
             self.fatal = LLMBatchStop(str(exc), exit_code=3)
             self.stop(f"the provider refused the credentials or quota: {exc}")
             self._release(job)
         except PermanentError as exc:
+            self.limits.failed()
             self._finish(job, error=exc)
         except ProviderError as exc:
+            self.limits.failed()
             self._retry(job, exc, exc.code)
         except asyncio.CancelledError:
             self._release(job)
@@ -320,6 +323,16 @@ class Engine:
         self.stats.rejected += 1
         if self.rejects is not None:
             self.rejects.write({"line": err.line, "error": str(err)})
+            self.check_writers()
+
+    def check_writers(self) -> None:
+        """A write that failed (disk full) stops the run: exit 3, and the rerun redoes
+        what did not reach the file."""
+        for w in (self.writer, self.rejects):
+            if w is not None and w.error is not None and self.fatal is None:
+                message = f"cannot write {w.path}: {w.error.strerror or w.error}"
+                self.fatal = LLMBatchStop(message, exit_code=3)
+                self.stop(f"{message}; make room and rerun to resume")
 
     def _finish(self, job: Job, *, valid: bool = False, error: ProviderError | None = None) -> None:
         self._alive -= 1
@@ -336,6 +349,7 @@ class Engine:
         else:
             record = batch_record(job, valid, error)
         self.writer.write(record)
+        self.check_writers()
 
 
 class LLMBatchStop(Exception):

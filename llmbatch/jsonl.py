@@ -107,8 +107,13 @@ class JsonlWriter:
         self._last_sync = time.monotonic()
         self._timer: asyncio.TimerHandle | None = None
         self.lines = 0
+        # The first failed write (disk full, quota, I/O error). Nothing is written after
+        # it: the owner stops the run, and a rerun redoes every line not in the file.
+        self.error: OSError | None = None
 
     def write(self, record: dict[str, Any]) -> None:
+        if self.error is not None:
+            return
         self._buf += orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE)
         self.lines += 1
         if len(self._buf) >= FLUSH_BYTES or self._flush_interval <= 0:
@@ -125,21 +130,35 @@ class JsonlWriter:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        if self._buf:
-            view = memoryview(self._buf)
-            while view:
-                written = self._f.write(view)
-                view = view[written or 0 :]
-            view.release()
+        if self.error is not None:
             self._buf.clear()
-        now = time.monotonic()
-        if now - self._last_sync >= self._fsync_interval:
-            os.fsync(self._f.fileno())
-            self._last_sync = now
+            return
+        # Raising here would go to the event loop's handler (this runs from a timer) and
+        # leave the buffer exported: the error is kept for the owner to act on instead.
+        try:
+            if self._buf:
+                view = memoryview(self._buf)
+                try:
+                    while view:
+                        written = self._f.write(view)
+                        view = view[written or 0 :]
+                finally:
+                    view.release()
+            now = time.monotonic()
+            if now - self._last_sync >= self._fsync_interval:
+                os.fsync(self._f.fileno())
+                self._last_sync = now
+        except OSError as exc:
+            self.error = exc  # a line cut short is a torn tail: resume drops it
+        self._buf.clear()
 
     def close(self) -> None:
         if self._f.closed:
             return
         self.flush()
-        os.fsync(self._f.fileno())
+        if self.error is None:
+            try:
+                os.fsync(self._f.fileno())
+            except OSError as exc:
+                self.error = exc
         self._f.close()

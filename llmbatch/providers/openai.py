@@ -18,6 +18,7 @@ request (e.g. refreshing tokens). See docs/benchmarks.md.
 from __future__ import annotations
 
 import asyncio
+import io
 import time
 import urllib.request
 from collections.abc import Mapping
@@ -36,6 +37,7 @@ from llmbatch.retry import error_for_status
 __all__ = ["OpenAIProvider"]
 
 DEFAULT_TIMEOUT = 600.0
+_LARGE_BODY = 1 << 20
 # Headers the SDK sets per request that must not be replayed on every item.
 _PER_REQUEST_HEADERS = frozenset({"content-length", "idempotency-key", "x-stainless-retry-count", "host"})
 
@@ -162,11 +164,14 @@ class OpenAIProvider:
         url, headers = prepared
         session = self._session or self._open_session(headers)
         data = orjson.dumps(request.body)
+        # aiohttp warns about a bytes body over 1 MB (an error under -W error, so the
+        # item failed); a BytesIO body goes out in chunks instead.
+        payload: bytes | io.BytesIO = io.BytesIO(data) if len(data) > _LARGE_BODY else data
         started = time.perf_counter()
         try:
             async with session.post(
                 url,
-                data=data,
+                data=payload,
                 headers=None if headers is self._session_headers else headers,
                 timeout=self._timeout(timeout),
             ) as resp:
