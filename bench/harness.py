@@ -131,11 +131,15 @@ def run_measured(argv: Sequence[str], *, timeout: float, env: dict[str, str] | N
 class Server:
     """`python -m llmbatch.testing.server` in its own process on the server core."""
 
-    def __init__(self, *, latency_ms: float = 0.0, rpm: float | None = None) -> None:
+    def __init__(
+        self, *, latency_ms: float = 0.0, rpm: float | None = None, limit_headers: bool = True
+    ) -> None:
         self.argv = [sys.executable, "-m", "llmbatch.testing.server", "--port", "0"]
         self.argv += ["--latency-ms", str(latency_ms)]
         if rpm is not None:
             self.argv += ["--rpm", str(rpm)]
+        if not limit_headers:
+            self.argv += ["--no-limit-headers"]
         self.proc: subprocess.Popen[bytes] | None = None
         self.base_url = ""
 

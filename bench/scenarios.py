@@ -347,6 +347,16 @@ def rate_limited(ctx: Context) -> list[Row]:
     row.target, row.met = "all N, ≥ 80% of R", run.ok and achieved >= 0.8 * rpm
     rows.append(row)
 
+    ctx.log("rate-limited: no --rpm, server announces no limit")
+    with Server(rpm=rpm, limit_headers=False) as server:
+        run = ctx.run("llmbatch", inp, n, server=server, timeout=120 + expected * 5)
+    row = run.row(f"rate limit {rpm:,}/min", "llmbatch, not told, no x-ratelimit headers")
+    achieved = n / run.run_s * 60
+    share = (run.http_429 or 0) / n
+    row.result = f"{achieved / rpm:.1%} of R ({achieved:,.0f}/min); 429s {share:.1%} of N"
+    row.target, row.met = "all N, ≥ 80% of R", run.ok and achieved >= 0.8 * rpm
+    rows.append(row)
+
     tpm, max_tokens, small = 600, 1000, ctx.sizes.tpm_n
     inp_tpm = ctx.input("tpm", small, max_tokens=max_tokens)
     ctx.log(f"rate-limited: --tpm {tpm} below one request's estimate")
