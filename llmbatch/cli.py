@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from dataclasses import fields
 from pathlib import Path
 from typing import Annotated, Any, cast
 
@@ -106,18 +107,12 @@ def run(
     from llmbatch.batch import run as run_batch
 
     try:
-        conf = load_config(config)
-        if template is not None:
-            prompt = _read_template(template)
-        params = {**conf.pop("params", {}), **_params(param)}
-        if max_tokens is not None:
-            params["max_tokens"] = max_tokens
         flags: dict[str, Any] = {
+            "prompt": _read_template(template) if template is not None else prompt,
             "provider": provider,
             "base_url": base_url,
             "api_key_file": api_key_file,
             "model": model,
-            "prompt": prompt,
             "system": system,
             "id_field": id_field,
             "endpoint": endpoint,
@@ -139,25 +134,49 @@ def run(
             "price_in": price_in,
             "price_out": price_out,
         }
-        merged_settings = {**conf, **{k: v for k, v in flags.items() if v is not None}}
-        for key in ("api_key_file", "rejects", "summary_json", "schema"):
-            if isinstance(merged_settings.get(key), str):
-                merged_settings[key] = Path(merged_settings[key])
-        settings = Settings(
-            input=input,
-            output=output,
-            params=params,
+        settings = _settings(
+            input,
+            output,
+            config=config,
+            param=param,
+            max_tokens=max_tokens,
+            flags=flags,
             fresh=fresh,
             number_duplicates=number_duplicates,
             live=live,
             quiet=quiet,
-            **merged_settings,
         )
         _check(settings)
         _, code = run_batch(settings)
     except LLMBatchError as exc:
         raise _fail(str(exc)) from None
     raise typer.Exit(code)
+
+
+def _settings(
+    input: Path,
+    output: Path,
+    *,
+    config: Path | None,
+    param: list[str] | None,
+    max_tokens: int | None,
+    flags: dict[str, Any],
+    **fixed: Any,
+) -> Settings:
+    """Settings from the config file, overridden by the flags that were given."""
+    conf = load_config(config)
+    params = {**conf.pop("params", {}), **_params(param)}
+    if max_tokens is not None:
+        params["max_tokens"] = max_tokens
+    merged = {**conf, **{k: v for k, v in flags.items() if v is not None}}
+    for key in ("api_key_file", "rejects", "summary_json", "schema"):
+        if isinstance(merged.get(key), str):
+            merged[key] = Path(merged[key])
+    defaults = {f.name: f.default for f in fields(Settings)}
+    for key, value in fixed.items():  # switches: the config's value unless the flag was flipped
+        if key not in merged or value != defaults[key]:
+            merged[key] = value
+    return Settings(input=input, output=output, params=params, **merged)
 
 
 def _check(s: Settings) -> None:
@@ -204,16 +223,10 @@ def estimate(
     from llmbatch.estimate import estimate as make_estimate
 
     try:
-        conf = load_config(config)
-        if template is not None:
-            prompt = _read_template(template)
-        params = {**conf.pop("params", {}), **_params(param)}
-        if max_tokens is not None:
-            params["max_tokens"] = max_tokens
-        flags = {
+        flags: dict[str, Any] = {
+            "prompt": _read_template(template) if template is not None else prompt,
             "provider": provider,
             "model": model,
-            "prompt": prompt,
             "system": system,
             "id_field": id_field,
             "endpoint": endpoint,
@@ -223,10 +236,14 @@ def estimate(
             "price_in": price_in,
             "price_out": price_out,
         }
-        merged = {**conf, **{k: v for k, v in flags.items() if v is not None}}
-        if isinstance(merged.get("schema"), str):
-            merged["schema"] = Path(merged["schema"])
-        settings = Settings(input=input, output=input.with_name(input.name + ".out"), params=params, **merged)
+        settings = _settings(
+            input,
+            input.with_name(input.name + ".out"),
+            config=config,
+            param=param,
+            max_tokens=max_tokens,
+            flags=flags,
+        )
         if not input.is_file():
             raise _fail(f"input file not found: {input}")
         est = make_estimate(input, make_builder(settings), answer_tokens=answer_tokens)

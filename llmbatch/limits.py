@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from aiolimiter import AsyncLimiter
@@ -232,21 +232,8 @@ class Limits:
         t._wake_next()
 
     def achieved_rate(self, window: float = 5.0) -> float:
-        """Requests/second sent over the last `window` seconds (at least one second's
-        span, as servers count: a burst of ten is ten per second, not a thousand)."""
-        recent = self._recent
-        if not recent:
-            return 0.0
-        now = asyncio.get_running_loop().time()
-        start = now - window
-        n = 0
-        first = now
-        for t in reversed(recent):
-            if t < start:
-                break
-            n += 1
-            first = t
-        return n / max(now - first, 1.0)
+        """Requests/second sent over the last `window` seconds."""
+        return _rate(self._recent, asyncio.get_running_loop().time(), window)
 
     def accepted_rate(self, window: float = 2.0) -> float:
         """Answers/second received over the last `window` seconds (429s not counted);
@@ -255,15 +242,7 @@ class Limits:
         now = asyncio.get_running_loop().time()
         if not done or now - done[0] < 1.0:
             return 0.0
-        start = now - window
-        n = 0
-        first = now
-        for t in reversed(done):
-            if t < start:
-                break
-            n += 1
-            first = t
-        return n / max(now - first, 1.0)
+        return _rate(done, now, window)
 
     def pushed_back(self, delay: float | None) -> None:
         """The server said 429: pause for `delay`, and lower the pace once per burst.
@@ -388,3 +367,18 @@ class Limits:
             self._pace = None  # the bucket alone paces at the ceiling
         else:
             self._pace = pace
+
+
+def _rate(times: Sequence[float], now: float, window: float) -> float:
+    """Events/second among `times` (ascending) in the last `window` seconds, over at
+    least one second's span, as servers count: a burst of ten is ten per second, not a
+    thousand."""
+    start = now - window
+    n = 0
+    first = now
+    for t in reversed(times):
+        if t < start:
+            break
+        n += 1
+        first = t
+    return n / max(now - first, 1.0)
