@@ -8,7 +8,7 @@ keep-alive aiohttp session sized to the run's concurrency.
 
 Why not ``client.chat.completions.create`` per item: measured here, that path costs
 about 3-5 ms of CPU per request (parameter transforms, httpx URL and header models,
-pydantic response models), and still ~0.9 ms with raw responses over the SDK's aiohttp
+pydantic response models), and still 1.1-2 ms with raw responses over the SDK's aiohttp
 transport; a bulk client must stay near the ~0.3 ms of a bare HTTP client to reach
 thousands of requests per second from one core. ``transport="sdk"`` keeps the SDK's
 per-request path (raw response, aiohttp transport) for servers whose auth changes per
