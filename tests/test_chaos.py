@@ -7,7 +7,7 @@ from __future__ import annotations
 import errno
 import os
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -39,18 +39,9 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
 
 
 @pytest.fixture
-def server() -> Iterator[Any]:
-    """`server(**kwargs)` starts a loopback FakeServer, stopped at teardown."""
-    started: list[FakeServer] = []
-
-    def start(**kwargs: Any) -> FakeServer:
-        s = FakeServer(**kwargs).start()
-        started.append(s)
-        return s
-
-    yield start
-    for s in started:
-        s.stop()
+def server(fake_server: Callable[..., FakeServer]) -> Callable[..., FakeServer]:
+    """`server(**kwargs)`: conftest's loopback FakeServer factory, stopped at teardown."""
+    return fake_server
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -73,17 +73,9 @@ def wait_until_sending(srv: FakeServer, sent_before: int, proc: subprocess.Popen
 
 
 @pytest.fixture
-def server() -> Iterator[Callable[..., FakeServer]]:
-    started: list[FakeServer] = []
-
-    def start(**kwargs: Any) -> FakeServer:
-        s = FakeServer(**kwargs).start()
-        started.append(s)
-        return s
-
-    yield start
-    for s in started:
-        s.stop()
+def server(fake_server: Callable[..., FakeServer]) -> Callable[..., FakeServer]:
+    """`server(**kwargs)`: conftest's loopback FakeServer factory, stopped at teardown."""
+    return fake_server
 
 
 @pytest.fixture
