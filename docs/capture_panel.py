@@ -18,7 +18,7 @@ from typing import Any
 
 from rich.console import Console
 
-from llmbatch import batch
+from llmbatch import run as run_module
 from llmbatch.display import Display
 from llmbatch.settings import Settings
 
@@ -59,8 +59,8 @@ async def capture(out_dir: Path) -> Console:
         price_out=10,
         quiet=True,  # the panel is drawn below, once, from the run's counters
     )
-    batch.Display = RememberedDisplay  # type: ignore[attr-defined]
-    run = asyncio.create_task(batch.run_async(settings, console=Console(file=io.StringIO())))
+    run_module.Display = RememberedDisplay  # type: ignore[attr-defined]
+    run = asyncio.create_task(run_module.run_async(settings, console=Console(file=io.StringIO())))
     screen = Console(record=True, width=WIDTH, file=io.StringIO(), force_terminal=True)
     while not run.done():
         await asyncio.sleep(0.05)

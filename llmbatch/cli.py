@@ -1,17 +1,31 @@
-"""The command line: parse flags, merge the config file, run, exit with the right code."""
+"""The command line: parse flags, merge the config file, run, exit with the right code.
+
+Each option's parameter name is the `Settings` field it sets; only the options given on
+the command line override the config file (click tells given from default), so a
+default shown in `--help` is the real one and `--live` beats ``live = false``.
+"""
 
 from __future__ import annotations
 
 import sys
-from dataclasses import fields
 from pathlib import Path
-from typing import Annotated, Any, cast
+from typing import Annotated, Any
 
 import orjson
 import typer
 
-from llmbatch.errors import LLMBatchError
-from llmbatch.settings import Settings, load_config
+from llmbatch.errors import ExitCode, LLMBatchError
+from llmbatch.settings import (
+    DEFAULT_CONCURRENCY,
+    DEFAULT_FAKE_LATENCY_MS,
+    DEFAULT_MAX_REQUESTS,
+    DEFAULT_MAX_RETRIES,
+    DEFAULT_PROGRESS_EVERY,
+    DEFAULT_TIMEOUT,
+    Settings,
+    load_config,
+    make_settings,
+)
 
 app = typer.Typer(
     name="llmbatch",
@@ -19,9 +33,32 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,
 )
 
-Opt = typer.Option
+INPUT = "Input"
+REQUEST = "Requests"
+LIMITS = "Limits and retries"
+VALIDATION = "Validation"
+OUTPUT = "Output and resume"
+DISPLAY = "Display"
+OFFLINE = "Offline model (--provider fake)"
+
+
+def Opt(*names: str, help: str, panel: str, show_default: bool = True) -> Any:
+    return typer.Option(*names, help=help, rich_help_panel=panel, show_default=show_default)
+
+
+# Options that are not a Settings field of the same name.
+_NOT_SETTINGS = frozenset(
+    {"config", "template", "param", "max_tokens", "merged", "json_output", "answer_tokens"}
+)
+
+
+def _given(ctx: typer.Context) -> dict[str, Any]:
+    """The options given on the command line (or by environment), by name."""
+    given = ("COMMANDLINE", "ENVIRONMENT")
+    return {k: v for k, v in ctx.params.items() if getattr(ctx.get_parameter_source(k), "name", "") in given}
 
 
 def _params(values: list[str] | None) -> dict[str, Any]:
@@ -37,217 +74,219 @@ def _params(values: list[str] | None) -> dict[str, Any]:
     return out
 
 
-def _fail(message: str, code: int = 2) -> typer.Exit:
+def _read_template(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise LLMBatchError(f"cannot read template {path}: {exc.strerror}") from None
+
+
+def settings_from(ctx: typer.Context, *, input: str, output: str) -> Settings:
+    """Settings from the defaults, the config file and the flags given, in that order."""
+    given = _given(ctx)
+    config, config_path = load_config(ctx.params.get("config"))
+    flags = {k: v for k, v in given.items() if k not in _NOT_SETTINGS}
+    flags["input"] = Path(input)
+    flags["output"] = Path(output)
+    if "template" in given:
+        flags["prompt"] = _read_template(given["template"])
+    params = _params(given.get("param"))
+    if "max_tokens" in given:
+        params["max_tokens"] = given["max_tokens"]
+    if params:
+        flags["params"] = params
+    if given.get("merged"):
+        flags["output_format"] = "merged"
+    if "validate" in flags:
+        flags["validate"] = tuple(flags["validate"])
+    return make_settings(flags=flags, config=config, config_path=config_path)
+
+
+def _fail(message: str, code: ExitCode = ExitCode.USAGE) -> typer.Exit:
     typer.echo(f"error: {message}", err=True)
-    return typer.Exit(code)
+    return typer.Exit(int(code))
+
+
+def _version(value: bool) -> None:
+    if value:
+        from llmbatch import __version__
+
+        typer.echo(f"llmbatch {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_options(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", help="Print llmbatch's version and exit.", callback=_version, is_eager=True
+        ),
+    ] = False,
+) -> None:
+    """Push JSONL rows through an OpenAI-compatible API: paced, validated, resumable."""
 
 
 @app.command()
 def run(
+    ctx: typer.Context,
     input: Annotated[
-        Path, typer.Argument(help="Input JSONL: Batch API lines, request bodies, or data items.")
+        str, typer.Argument(help="Input JSONL (- for standard input; .gz and .zst are read as such).")
     ],
-    output: Annotated[Path, Opt("--output", "-o", help="Output JSONL (appended; a rerun resumes).")],
-    provider: Annotated[str | None, Opt(help="openai (any compatible server) or fake (offline).")] = None,
-    base_url: Annotated[str | None, Opt(help="API base URL, e.g. http://localhost:8000/v1 for vLLM.")] = None,
-    api_key_file: Annotated[
-        Path | None, Opt(help="Read the API key from this file (else OPENAI_API_KEY).")
-    ] = None,
-    model: Annotated[str | None, Opt("--model", "-m", help="Fill or override each request's model.")] = None,
+    output: Annotated[
+        str, Opt("--output", "-o", help="Output JSONL (appended; a rerun resumes).", panel=OUTPUT)
+    ],
+    # input
     prompt: Annotated[
-        str | None, Opt(help="Prompt template for data items, with {field} placeholders.")
+        str | None, Opt(help="Prompt template for data items, with {field} placeholders.", panel=INPUT)
     ] = None,
-    template: Annotated[Path | None, Opt(help="Read the prompt template from a file.")] = None,
-    system: Annotated[str | None, Opt(help="System message for templated requests.")] = None,
-    id_field: Annotated[str | None, Opt(help="Data items' id field (else the line number).")] = None,
-    endpoint: Annotated[str | None, Opt(help="/v1/chat/completions (default) or /v1/embeddings.")] = None,
-    param: Annotated[list[str] | None, Opt(help="Extra body parameter KEY=JSON, e.g. temperature=0.")] = None,
-    max_tokens: Annotated[int | None, Opt(help="Shorthand for --param max_tokens=N.")] = None,
-    concurrency: Annotated[int | None, Opt("--concurrency", "-c", help="Requests in flight at most.")] = None,
-    rpm: Annotated[float | None, Opt(help="Requests per minute allowed by your provider.")] = None,
-    tpm: Annotated[float | None, Opt(help="Tokens per minute allowed by your provider.")] = None,
-    timeout: Annotated[float | None, Opt(help="Seconds to wait for one answer.")] = None,
-    max_requests: Annotated[int | None, Opt(help="Answered requests per item, re-asks included.")] = None,
-    max_retries: Annotated[int | None, Opt(help="Transport retries per item (429, 5xx, timeouts).")] = None,
+    template: Annotated[Path | None, Opt(help="Read the prompt template from a file.", panel=INPUT)] = None,
+    system: Annotated[str | None, Opt(help="System message for templated requests.", panel=INPUT)] = None,
+    id_field: Annotated[
+        str | None, Opt(help="Data items' id field (else the line number).", panel=INPUT)
+    ] = None,
+    number_duplicates: Annotated[
+        bool, Opt(help="Give duplicate ids a #LINE suffix instead of rejecting them.", panel=INPUT)
+    ] = False,
+    # requests
+    provider: Annotated[str, Opt(help="openai (any compatible server) or fake (offline).", panel=REQUEST)] = (
+        "openai"
+    ),
+    base_url: Annotated[
+        str | None, Opt(help="API base URL, e.g. http://localhost:8000/v1 for vLLM.", panel=REQUEST)
+    ] = None,
+    api_key_file: Annotated[
+        Path | None, Opt(help="Read the API key from this file (else OPENAI_API_KEY).", panel=REQUEST)
+    ] = None,
+    model: Annotated[
+        str | None, Opt("--model", "-m", help="Fill or override each request's model.", panel=REQUEST)
+    ] = (None),
+    endpoint: Annotated[str, Opt(help="/v1/chat/completions or /v1/embeddings.", panel=REQUEST)] = (
+        "/v1/chat/completions"
+    ),
+    param: Annotated[
+        list[str] | None, Opt(help="Extra body parameter KEY=JSON, e.g. temperature=0.", panel=REQUEST)
+    ] = None,
+    max_tokens: Annotated[int | None, Opt(help="Shorthand for --param max_tokens=N.", panel=REQUEST)] = None,
+    transport: Annotated[
+        str, Opt(help="fast, or sdk: the openai SDK's per-request path.", panel=REQUEST)
+    ] = "fast",
+    # limits
+    concurrency: Annotated[
+        int, Opt("--concurrency", "-c", help="Requests in flight at most.", panel=LIMITS)
+    ] = (DEFAULT_CONCURRENCY),
+    rpm: Annotated[
+        float | None, Opt(help="Requests per minute allowed by your provider.", panel=LIMITS)
+    ] = None,
+    tpm: Annotated[
+        float | None, Opt(help="Tokens per minute allowed by your provider.", panel=LIMITS)
+    ] = None,
+    timeout: Annotated[float, Opt(help="Seconds to wait for one answer.", panel=LIMITS)] = DEFAULT_TIMEOUT,
+    max_retries: Annotated[
+        int, Opt(help="Transport retries per item (429, 5xx, timeouts).", panel=LIMITS)
+    ] = DEFAULT_MAX_RETRIES,
+    # validation
     validate: Annotated[
-        list[str] | None, Opt(help="json | schema:FILE | regex:PATTERN | python:MODULE:FN (repeatable).")
+        list[str] | None,
+        Opt(help="json | schema:FILE | regex:PATTERN | python:MODULE:FN (repeatable).", panel=VALIDATION),
     ] = None,
     schema: Annotated[
         Path | None,
-        Opt(help="JSON Schema file: ask for it (response_format) and validate answers against it."),
+        Opt(
+            help="JSON Schema file: ask for it (response_format) and validate answers against it.",
+            panel=VALIDATION,
+        ),
     ] = None,
     require_finish: Annotated[
-        str | None, Opt(help="Answers must end with this finish_reason (stop).")
+        str | None, Opt(help="Answers must end with this finish_reason (stop).", panel=VALIDATION)
     ] = None,
+    max_requests: Annotated[
+        int, Opt(help="Answered requests per item, re-asks included.", panel=VALIDATION)
+    ] = DEFAULT_MAX_REQUESTS,
+    # output
     merged: Annotated[
-        bool, Opt(help="Write each data item with its answer instead of Batch API lines.")
+        bool, Opt(help="Write each data item with its answer instead of Batch API lines.", panel=OUTPUT)
     ] = False,
     rejects: Annotated[
-        Path | None, Opt(help="Where bad input lines go (default OUTPUT.rejects.jsonl).")
+        Path | None, Opt(help="Where bad input lines go (default OUTPUT.rejects.jsonl).", panel=OUTPUT)
     ] = None,
-    fresh: Annotated[bool, Opt(help="Start over: empty the output instead of resuming.")] = False,
-    number_duplicates: Annotated[
-        bool, Opt(help="Give duplicate ids a #LINE suffix instead of rejecting.")
+    fresh: Annotated[
+        bool, Opt(help="Start over: empty the output instead of resuming.", panel=OUTPUT)
     ] = False,
-    transport: Annotated[
-        str | None, Opt(help="fast (default) or sdk: the openai SDK's per-request path.")
+    summary_json: Annotated[
+        Path | None, Opt(help="Also write the final summary as JSON here.", panel=OUTPUT)
     ] = None,
-    fake_latency_ms: Annotated[float | None, Opt(help="The fake provider's simulated latency.")] = None,
-    live: Annotated[bool, Opt("--live/--no-live", help="Live panel on a terminal, or plain lines.")] = True,
-    quiet: Annotated[bool, Opt("--quiet", "-q", help="Only errors and the final summary.")] = False,
-    progress_every: Annotated[float | None, Opt(help="Seconds between plain progress lines.")] = None,
-    summary_json: Annotated[Path | None, Opt(help="Also write the final summary as JSON here.")] = None,
+    # display
+    live: Annotated[
+        bool, Opt("--live/--no-live", help="Live panel on a terminal, or plain lines.", panel=DISPLAY)
+    ] = (True),
+    quiet: Annotated[
+        bool, Opt("--quiet", "-q", help="Only errors and the final summary.", panel=DISPLAY)
+    ] = False,
+    progress_every: Annotated[
+        float, Opt(help="Seconds between plain progress lines.", panel=DISPLAY)
+    ] = DEFAULT_PROGRESS_EVERY,
     price_in: Annotated[
-        float | None, Opt(help="USD per million prompt tokens (overrides the table).")
+        float | None, Opt(help="USD per million prompt tokens (overrides the table).", panel=DISPLAY)
     ] = None,
-    price_out: Annotated[float | None, Opt(help="USD per million completion tokens.")] = None,
-    config: Annotated[Path | None, Opt(help="Config file (default ./llmbatch.toml if present).")] = None,
+    price_out: Annotated[float | None, Opt(help="USD per million completion tokens.", panel=DISPLAY)] = None,
+    config: Annotated[
+        Path | None, Opt(help="Config file (default ./llmbatch.toml if present).", panel=DISPLAY)
+    ] = None,
+    # offline model
+    fake_latency_ms: Annotated[
+        float, Opt(help="The fake provider's simulated latency.", panel=OFFLINE)
+    ] = DEFAULT_FAKE_LATENCY_MS,
 ) -> None:
     """Send one request per input line and append one result line per item to OUTPUT."""
-    from llmbatch.batch import run as run_batch
+    from llmbatch.run import run as run_all
 
     try:
-        flags: dict[str, Any] = {
-            "prompt": _read_template(template) if template is not None else prompt,
-            "provider": provider,
-            "base_url": base_url,
-            "api_key_file": api_key_file,
-            "model": model,
-            "system": system,
-            "id_field": id_field,
-            "endpoint": endpoint,
-            "concurrency": concurrency,
-            "rpm": rpm,
-            "tpm": tpm,
-            "timeout": timeout,
-            "max_requests": max_requests,
-            "max_retries": max_retries,
-            "validate": tuple(validate) if validate else None,
-            "require_finish": require_finish,
-            "schema": schema,
-            "output_format": "merged" if merged else None,
-            "rejects": rejects,
-            "transport": transport,
-            "fake_latency_ms": fake_latency_ms,
-            "progress_every": progress_every,
-            "summary_json": summary_json,
-            "price_in": price_in,
-            "price_out": price_out,
-        }
-        settings = _settings(
-            input,
-            output,
-            config=config,
-            param=param,
-            max_tokens=max_tokens,
-            flags=flags,
-            fresh=fresh,
-            number_duplicates=number_duplicates,
-            live=live,
-            quiet=quiet,
-        )
-        _check(settings)
-        _, code = run_batch(settings)
+        settings = settings_from(ctx, input=input, output=output)
+        _, code = run_all(settings)
     except LLMBatchError as exc:
         raise _fail(str(exc)) from None
-    raise typer.Exit(code)
-
-
-def _settings(
-    input: Path,
-    output: Path,
-    *,
-    config: Path | None,
-    param: list[str] | None,
-    max_tokens: int | None,
-    flags: dict[str, Any],
-    **fixed: Any,
-) -> Settings:
-    """Settings from the config file, overridden by the flags that were given."""
-    conf = load_config(config)
-    params = {**conf.pop("params", {}), **_params(param)}
-    if max_tokens is not None:
-        params["max_tokens"] = max_tokens
-    merged = {**conf, **{k: v for k, v in flags.items() if v is not None}}
-    for key in ("api_key_file", "rejects", "summary_json", "schema"):
-        if isinstance(merged.get(key), str):
-            merged[key] = Path(merged[key])
-    defaults = {f.name: f.default for f in fields(Settings)}
-    for key, value in fixed.items():  # switches: the config's value unless the flag was flipped
-        if key not in merged or value != defaults[key]:
-            merged[key] = value
-    return Settings(input=input, output=output, params=params, **merged)
-
-
-def _check(s: Settings) -> None:
-    if s.provider not in ("openai", "fake"):
-        raise _fail(f"unknown provider {s.provider!r}: use openai or fake")
-    if s.transport not in ("fast", "sdk"):
-        raise _fail(f"unknown transport {s.transport!r}: use fast or sdk")
-    for name in ("concurrency", "max_requests"):
-        if cast(int, getattr(s, name)) < 1:
-            raise _fail(f"--{name.replace('_', '-')} must be at least 1")
-    if s.max_retries < 0:
-        raise _fail("--max-retries must be 0 or more")
-    for name in ("rpm", "tpm", "timeout"):
-        value = getattr(s, name)
-        if value is not None and value <= 0:
-            raise _fail(f"--{name} must be positive")
+    raise typer.Exit(int(code))
 
 
 @app.command()
 def estimate(
-    input: Annotated[Path, typer.Argument(help="Input JSONL, as for `run`.")],
-    provider: Annotated[str | None, Opt(help="openai or fake (decides the default model).")] = None,
-    model: Annotated[str | None, Opt("--model", "-m", help="Fill or override each request's model.")] = None,
-    prompt: Annotated[str | None, Opt(help="Prompt template for data items.")] = None,
-    template: Annotated[Path | None, Opt(help="Read the prompt template from a file.")] = None,
-    system: Annotated[str | None, Opt(help="System message for templated requests.")] = None,
-    id_field: Annotated[str | None, Opt(help="Data items' id field.")] = None,
-    endpoint: Annotated[str | None, Opt(help="/v1/chat/completions (default) or /v1/embeddings.")] = None,
-    param: Annotated[list[str] | None, Opt(help="Extra body parameter KEY=JSON.")] = None,
-    max_tokens: Annotated[int | None, Opt(help="Shorthand for --param max_tokens=N.")] = None,
-    schema: Annotated[Path | None, Opt(help="JSON Schema file, as for `run`.")] = None,
+    ctx: typer.Context,
+    input: Annotated[str, typer.Argument(help="Input JSONL, as for `run`.")],
+    provider: Annotated[
+        str, Opt(help="openai or fake (decides the default model).", panel=REQUEST)
+    ] = "openai",
+    model: Annotated[
+        str | None, Opt("--model", "-m", help="Fill or override each request's model.", panel=REQUEST)
+    ] = (None),
+    prompt: Annotated[str | None, Opt(help="Prompt template for data items.", panel=INPUT)] = None,
+    template: Annotated[Path | None, Opt(help="Read the prompt template from a file.", panel=INPUT)] = None,
+    system: Annotated[str | None, Opt(help="System message for templated requests.", panel=INPUT)] = None,
+    id_field: Annotated[str | None, Opt(help="Data items' id field.", panel=INPUT)] = None,
+    endpoint: Annotated[str, Opt(help="/v1/chat/completions or /v1/embeddings.", panel=REQUEST)] = (
+        "/v1/chat/completions"
+    ),
+    param: Annotated[list[str] | None, Opt(help="Extra body parameter KEY=JSON.", panel=REQUEST)] = None,
+    max_tokens: Annotated[int | None, Opt(help="Shorthand for --param max_tokens=N.", panel=REQUEST)] = None,
+    schema: Annotated[Path | None, Opt(help="JSON Schema file, as for `run`.", panel=REQUEST)] = None,
     answer_tokens: Annotated[
-        int, Opt(help="Expected answer length in tokens when max_tokens is unset.")
+        int, Opt(help="Expected answer length in tokens when max_tokens is unset.", panel=REQUEST)
     ] = 256,
-    rpm: Annotated[float | None, Opt(help="Requests per minute you will run at.")] = None,
-    tpm: Annotated[float | None, Opt(help="Tokens per minute you will run at.")] = None,
-    price_in: Annotated[float | None, Opt(help="USD per million prompt tokens.")] = None,
-    price_out: Annotated[float | None, Opt(help="USD per million completion tokens.")] = None,
-    json_output: Annotated[bool, Opt("--json", help="Print the estimate as JSON.")] = False,
-    config: Annotated[Path | None, Opt(help="Config file (default ./llmbatch.toml if present).")] = None,
+    rpm: Annotated[float | None, Opt(help="Requests per minute you will run at.", panel=LIMITS)] = None,
+    tpm: Annotated[float | None, Opt(help="Tokens per minute you will run at.", panel=LIMITS)] = None,
+    price_in: Annotated[float | None, Opt(help="USD per million prompt tokens.", panel=DISPLAY)] = None,
+    price_out: Annotated[float | None, Opt(help="USD per million completion tokens.", panel=DISPLAY)] = None,
+    json_output: Annotated[bool, Opt("--json", help="Print the estimate as JSON.", panel=DISPLAY)] = False,
+    config: Annotated[
+        Path | None, Opt(help="Config file (default ./llmbatch.toml if present).", panel=DISPLAY)
+    ] = None,
 ) -> None:
     """Count requests, tokens, cost and time before spending anything. Sends nothing."""
-    from llmbatch.batch import make_builder, price_of
-    from llmbatch.estimate import estimate as make_estimate
+    from llmbatch.estimate import estimate_input
 
     try:
-        flags: dict[str, Any] = {
-            "prompt": _read_template(template) if template is not None else prompt,
-            "provider": provider,
-            "model": model,
-            "system": system,
-            "id_field": id_field,
-            "endpoint": endpoint,
-            "schema": schema,
-            "rpm": rpm,
-            "tpm": tpm,
-            "price_in": price_in,
-            "price_out": price_out,
-        }
-        settings = _settings(
-            input,
-            input.with_name(input.name + ".out"),
-            config=config,
-            param=param,
-            max_tokens=max_tokens,
-            flags=flags,
-        )
-        if not input.is_file():
-            raise _fail(f"input file not found: {input}")
-        est = make_estimate(input, make_builder(settings), answer_tokens=answer_tokens)
-        price = price_of(settings, est.model)
+        settings = settings_from(ctx, input=input, output=input + ".out")
+        est, price = estimate_input(settings, answer_tokens=answer_tokens)
     except LLMBatchError as exc:
         raise _fail(str(exc)) from None
     data = est.as_dict(price, rpm=settings.rpm, tpm=settings.tpm)
@@ -279,13 +318,6 @@ def _minutes(m: float) -> str:
     if m < 120:
         return f"{m:.1f} min"
     return f"{m / 60:.1f} h"
-
-
-def _read_template(path: Path) -> str:
-    try:
-        return path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise _fail(f"cannot read template {path}: {exc.strerror}") from None
 
 
 @app.command()

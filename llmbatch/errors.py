@@ -1,5 +1,6 @@
-"""llmbatch's own errors. Foreign exceptions (aiohttp, openai, OSError) are translated
-once, at the edge that meets them, so the engine only ever sees these:
+"""llmbatch's own errors, and the exit codes they end a run with. Foreign exceptions
+(aiohttp, openai, OSError) are translated once, at the edge that meets them, so the
+engine only ever sees these:
 
     LLMBatchError
     ├── ConfigError           bad flags, unreadable input, unwritable output: exit 2
@@ -9,24 +10,48 @@ once, at the edge that meets them, so the engine only ever sees these:
     │   │   └── RateLimited   429: retry after the server's delay, slow the run down
     │   ├── PermanentError    400, 404, 422: the request itself is wrong; fail the item
     │   └── AuthError         401, 403, insufficient_quota: stop dispatching, exit 3
-    └── ValidationFailed      an answer came back but is not usable: ask again
+    ├── ValidationFailed      an answer came back but is not usable: ask again
+    └── Stop                  why a run ended early, with its exit code
+
+The exit codes (DESIGN.md): when several apply, the first of 2, 3, 4, 1, 0 wins.
 """
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Mapping
 
 __all__ = [
     "AuthError",
     "ConfigError",
+    "ExitCode",
     "InputError",
     "LLMBatchError",
     "PermanentError",
     "ProviderError",
     "RateLimited",
+    "Stop",
     "TransientError",
     "ValidationFailed",
+    "worst",
 ]
+
+
+class ExitCode(enum.IntEnum):
+    OK = 0  # every item in scope has a valid line in the output
+    FAILED = 1  # the run finished; some items are failed or invalid, or lines were rejected
+    USAGE = 2  # nothing was sent: usage, input or configuration error, stale answers, locked
+    STOPPED = 3  # stopped early (auth, quota, cap, signal, unreachable, disk): a rerun resumes
+    PENDING = 4  # Batch API mode with --no-wait: batches still running, rerun to collect
+
+
+# The first of these that applies is the run's exit code.
+PRECEDENCE = (ExitCode.USAGE, ExitCode.STOPPED, ExitCode.PENDING, ExitCode.FAILED, ExitCode.OK)
+
+
+def worst(*codes: ExitCode) -> ExitCode:
+    """The code that wins when several apply (see PRECEDENCE)."""
+    return min(codes, key=PRECEDENCE.index, default=ExitCode.OK)
 
 
 class LLMBatchError(Exception):
@@ -38,11 +63,16 @@ class ConfigError(LLMBatchError):
 
 
 class InputError(LLMBatchError):
-    """One input line cannot become a request."""
+    """One input line cannot become a request.
 
-    def __init__(self, message: str, *, line: int = 0) -> None:
+    `kind` names mistakes that, made by every row, are the command's fault rather
+    than the rows' (no model anywhere, a template field no row has): the source turns
+    those into one usage error instead of a reject per row."""
+
+    def __init__(self, message: str, *, line: int = 0, kind: str = "") -> None:
         super().__init__(message)
         self.line = line
+        self.kind = kind
 
 
 class ProviderError(LLMBatchError):
@@ -99,3 +129,17 @@ class ValidationFailed(LLMBatchError):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
+
+
+class Stop(LLMBatchError):
+    """Why a run stops before its end, and the exit code that says so.
+
+    `interrupt` marks a stop asked for by a signal: a second one aborts."""
+
+    def __init__(
+        self, reason: str, *, exit_code: ExitCode = ExitCode.STOPPED, interrupt: bool = False
+    ) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.exit_code = exit_code
+        self.interrupt = interrupt

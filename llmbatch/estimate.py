@@ -1,20 +1,23 @@
 """`llmbatch estimate`: what a run will cost and how long it will take, before it
 spends anything. Reads the input once, builds every request as `run` would, and counts
-characters; no request is sent and no tokenizer is downloaded."""
+characters; no request is sent and no tokenizer is downloaded. Setup mistakes are
+refused as `run` refuses them."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from llmbatch.errors import InputError
-from llmbatch.jsonl import parse_line, read_lines
-from llmbatch.limits import DEFAULT_ANSWER_TOKENS, TokenEstimator
-from llmbatch.prices import Price, cost
-from llmbatch.requests import RequestBuilder
+from llmbatch.prices import Price, cost, run_price
+from llmbatch.providers.base import Request
+from llmbatch.requests import builder_for
+from llmbatch.settings import Settings
+from llmbatch.source import Source
+from llmbatch.tokens import DEFAULT_ANSWER_TOKENS, TokenEstimator
 
-__all__ = ["Estimate", "estimate"]
+__all__ = ["Estimate", "estimate", "estimate_input"]
 
 # Characters per token varies with language and content; English prose is ~4. The
 # range printed is this much either side of the estimate.
@@ -63,22 +66,37 @@ class Estimate:
         }
 
 
-def estimate(path: Path, builder: RequestBuilder, *, answer_tokens: int = DEFAULT_ANSWER_TOKENS) -> Estimate:
+def estimate_input(
+    settings: Settings, *, answer_tokens: int = DEFAULT_ANSWER_TOKENS
+) -> tuple[Estimate, Price | None]:
+    """The estimate for a run with these settings, and the price it is costed at. The
+    input is checked as `run` checks it: a setup mistake is a ConfigError."""
+    source = Source(settings.input, builder_for(settings), number_duplicates=settings.number_duplicates)
+    source.check()
+    try:
+        source.preflight()
+        est = estimate(source.requests(), answer_tokens=answer_tokens)
+    finally:
+        source.close()
+    return est, run_price(settings, est.model)
+
+
+def estimate(
+    requests: Iterable[Request | InputError], *, answer_tokens: int = DEFAULT_ANSWER_TOKENS
+) -> Estimate:
     est = TokenEstimator()
-    lines = requests = rejects = 0
+    lines = n_requests = rejects = 0
     prompt = answers = answers_max = 0
     first: list[str] = []
     model: str | None = None
-    for number, raw in read_lines(path):
+    for req in requests:
         lines += 1
-        try:
-            req = builder.build(number, parse_line(number, raw))
-        except InputError as err:
+        if isinstance(req, InputError):
             rejects += 1
             if len(first) < 5:
-                first.append(f"line {err.line}: {err}")
+                first.append(f"line {req.line}: {req}")
             continue
-        requests += 1
+        n_requests += 1
         body = req.body
         if model is None and isinstance(body.get("model"), str):
             model = body["model"]
@@ -92,4 +110,4 @@ def estimate(path: Path, builder: RequestBuilder, *, answer_tokens: int = DEFAUL
         else:
             answers += answer_tokens
             answers_max += answer_tokens * 4
-    return Estimate(lines, requests, rejects, prompt, answers, answers_max, tuple(first), model)
+    return Estimate(lines, n_requests, rejects, prompt, answers, answers_max, tuple(first), model)

@@ -334,28 +334,13 @@ class ParallelLLMExecutor:
         if limits is None:
             completion = await self.provider.complete(request, timeout=timeout)
             return LLMResponse.from_completion(completion)
-        charged = 0
-        if limits.tpm is not None:
-            charged = limits.clamp(limits.estimator.estimate(request.body))
-        await limits.acquire(charged)
+        permit = await limits.admit(request.body)
         try:
             completion = await self.provider.complete(request, timeout=timeout)
-        except RateLimited as exc:
-            limits.settle(charged, 0)
-            limits.pushed_back(exc.retry_after)
+        except BaseException as exc:
+            permit.settle(exc)
             raise
-        except BaseException:
-            limits.settle(charged, 0)
-            limits.failed()
-            raise
-        usage = completion.usage
-        limits.settle(charged, usage.total_tokens)
-        if limits.tpm is not None:
-            chars = limits.estimator.prompt_chars(request.body)
-            limits.estimator.observe(chars, usage.prompt_tokens, usage.completion_tokens)
-        if completion.headers:
-            limits.observe_headers(completion.headers)  # learns the limit; pauses on a spent budget
-        limits.succeeded()
+        permit.settle(completion)
         return LLMResponse.from_completion(completion)
 
 

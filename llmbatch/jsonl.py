@@ -4,17 +4,19 @@ that only ever leaves whole lines behind."""
 from __future__ import annotations
 
 import asyncio
+import gzip
+import io
 import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, cast
 
 import orjson
 
 from llmbatch.errors import InputError
 
-__all__ = ["JsonlWriter", "count_lines", "drop_torn_tail", "parse_line", "read_lines"]
+__all__ = ["BOM", "JsonlWriter", "count_lines", "decompressed", "drop_torn_tail", "parse_line", "read_lines"]
 
 # Finished lines are handed to the OS in one write at most this long after they finish
 # (one syscall per line cost more than the HTTP request itself); a SIGKILL loses at most
@@ -23,6 +25,26 @@ FLUSH_INTERVAL = 0.05
 FLUSH_BYTES = 1 << 18
 # The OS is asked to put written lines on disk at most this often, and at close.
 FSYNC_INTERVAL = 1.0
+
+
+GZIP_MAGIC = b"\x1f\x8b"
+ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+BOM = b"\xef\xbb\xbf"
+
+
+def decompressed(raw: BinaryIO) -> BinaryIO:
+    """`raw` itself, or a reader of its decompressed bytes when it starts like a gzip
+    or zstd stream: told by the first bytes, so a pipe or a misnamed file works too."""
+    reader = raw if isinstance(raw, io.BufferedReader) else io.BufferedReader(cast(Any, raw))
+    head = reader.peek(4)[:4]
+    if head.startswith(GZIP_MAGIC):
+        return cast(BinaryIO, gzip.GzipFile(fileobj=reader, mode="rb"))
+    if head.startswith(ZSTD_MAGIC):
+        import zstandard
+
+        stream = zstandard.ZstdDecompressor().stream_reader(reader, read_across_frames=True)
+        return cast(BinaryIO, io.BufferedReader(cast(Any, stream)))
+    return cast(BinaryIO, reader)
 
 
 def read_lines(path: Path) -> Iterator[tuple[int, bytes]]:

@@ -14,9 +14,15 @@ Three gates, passed in order before each request:
    until the pace reaches its ceiling (``--rpm``, or the
    ``x-ratelimit-limit-requests`` a server announces when the user gave none) and the
    bucket alone paces again;
-3. ``aiolimiter.AsyncLimiter`` buckets for ``--rpm`` and ``--tpm``, each holding one
+3. buckets (:mod:`llmbatch.buckets`) for ``--rpm`` and ``--tpm``, each holding one
    second's worth so a minute's budget is never spent in a burst. The token bucket is
    charged an estimate up front and corrected by the real usage afterwards.
+
+One attempt protocol for every caller (the CLI's engine, the library's executor):
+``permit = await limits.admit(body)`` before the request, then exactly one
+``permit.settle(outcome)`` with the answer or the exception that ended the attempt.
+The permit knows what each outcome means for the gates (a refund, a debt, a 429's
+pause, a learned limit); callers never touch the gates' accounting themselves.
 """
 
 from __future__ import annotations
@@ -26,11 +32,13 @@ from collections import deque
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from aiolimiter import AsyncLimiter
-
+from llmbatch.buckets import Bucket, LocalBucket
+from llmbatch.errors import AuthError, RateLimited
+from llmbatch.providers.base import Completion
 from llmbatch.retry import parse_duration
+from llmbatch.tokens import TokenEstimator
 
-__all__ = ["Limits", "TokenEstimator", "bucket"]
+__all__ = ["Limits", "Permit"]
 
 # After a 429, pace at this fraction of the rate the server refused.
 BACKOFF_FACTOR = 0.7
@@ -66,86 +74,21 @@ NEW_OVERLOAD = 1.5
 MOSTLY_REFUSED = 0.5
 # Never stop entirely: one request a minute.
 MIN_PACE = 1.0 / 60.0
-# Default answer length charged to --tpm when the request sets no max_tokens and no
-# answer has been seen yet.
-DEFAULT_ANSWER_TOKENS = 256
-
-
-def bucket(per_minute: float) -> AsyncLimiter:
-    """A limiter pacing `per_minute` smoothly: capacity of one second's worth (>= 1)."""
-    capacity = max(1.0, per_minute / 60.0)
-    return AsyncLimiter(capacity, capacity * 60.0 / per_minute)
-
-
-class TokenEstimator:
-    """Tokens a request will cost, before it is sent, without a tokenizer download.
-
-    Characters / 4 is a fair first guess for English; the ratio is then calibrated from
-    the real `usage.prompt_tokens` the server reports, and the answer length from the
-    real completions seen so far.
-    """
-
-    __slots__ = ("_answered", "_answers", "_seen_chars", "_seen_tokens", "answer_tokens", "chars_per_token")
-
-    def __init__(self) -> None:
-        self.chars_per_token = 4.0
-        self.answer_tokens = float(DEFAULT_ANSWER_TOKENS)
-        self._seen_chars = 0
-        self._seen_tokens = 0
-        self._answers = 0
-        self._answered = 0
-
-    @staticmethod
-    def prompt_chars(body: Mapping[str, Any]) -> int:
-        n = 0
-        messages = body.get("messages")
-        if isinstance(messages, list):
-            for m in messages:
-                c = m.get("content") if isinstance(m, dict) else None
-                if isinstance(c, str):
-                    n += len(c) + 16  # role and framing tokens
-                elif isinstance(c, list):
-                    n += sum(len(p.get("text", "")) for p in c if isinstance(p, dict)) + 16
-        inp = body.get("input")
-        if isinstance(inp, str):
-            n += len(inp)
-        elif isinstance(inp, list):
-            n += sum(len(x) for x in inp if isinstance(x, str))
-        return n
-
-    def estimate(self, body: Mapping[str, Any], chars: int | None = None) -> int:
-        if chars is None:
-            chars = self.prompt_chars(body)
-        prompt = chars / self.chars_per_token
-        cap = body.get("max_completion_tokens") or body.get("max_tokens")
-        answer = float(cap) if isinstance(cap, int | float) else self.answer_tokens
-        if "input" in body and "messages" not in body:
-            answer = 0.0  # embeddings have no answer
-        return int(prompt + answer) + 1
-
-    def observe(self, chars: int, prompt_tokens: int, completion_tokens: int) -> None:
-        if prompt_tokens > 0 and chars > 0:
-            self._seen_chars += chars
-            self._seen_tokens += prompt_tokens
-            self.chars_per_token = max(self._seen_chars / self._seen_tokens, 0.5)
-        if completion_tokens > 0:
-            self._answers += completion_tokens
-            self._answered += 1
-            self.answer_tokens = self._answers / self._answered
 
 
 class Limits:
     """The gates in front of every request. One instance per run (per event loop).
 
-    The caller reports every outcome: `pushed_back` on a 429, then on an answer
-    `observe_headers`, `settle` (the real token usage) and `succeeded`.
+    Callers go through `admit` and `Permit.settle`; the methods those call
+    (`pushed_back`, `observe_headers`, `settle`, `succeeded`, `failed`) are public for
+    the tests of the pacing maths.
     """
 
     def __init__(self, *, rpm: float | None = None, tpm: float | None = None) -> None:
         self.rpm = rpm
         self.tpm = tpm
-        self._requests = bucket(rpm) if rpm else None
-        self._tokens = bucket(tpm) if tpm else None
+        self._requests: Bucket | None = LocalBucket(rpm) if rpm else None
+        self._tokens: Bucket | None = LocalBucket(tpm) if tpm else None
         self._paused_until = 0.0
         # Adaptive pace in requests/second; None while the buckets alone pace.
         self._pace: float | None = None
@@ -190,7 +133,7 @@ class Limits:
         """A token charge the bucket can grant: an oversized request must not hang."""
         if self._tokens is None:
             return tokens
-        return min(tokens, int(self._tokens.max_rate))
+        return min(tokens, int(self._tokens.capacity))
 
     async def acquire(self, tokens: int = 0) -> None:
         """Wait until a request costing `tokens` (an estimate) may be sent."""
@@ -203,7 +146,7 @@ class Limits:
             if slot > now:
                 await asyncio.sleep(slot - now)
         if self._requests is not None:
-            await self._requests.acquire()
+            await self._requests.acquire(1)
         if self._tokens is not None and tokens > 0:
             await self._tokens.acquire(self.clamp(tokens))
         await self._wait_pause(loop)  # a 429 may have come back while this one waited
@@ -213,6 +156,18 @@ class Limits:
         if len(recent) > 1024:
             del recent[:512]
 
+    async def admit(self, body: Mapping[str, Any], chars: int | None = None) -> Permit:
+        """Wait until a request with this body may be sent; the permit it returns must
+        be settled once with the attempt's outcome. `chars` is the body's prompt size
+        when the caller has it already (it does not change between attempts)."""
+        charged = 0
+        if self._tokens is not None:
+            if chars is None:
+                chars = self.estimator.prompt_chars(body)
+            charged = self.clamp(self.estimator.estimate(body, chars))
+        await self.acquire(charged)
+        return Permit(self, charged, chars or 0)
+
     async def _wait_pause(self, loop: asyncio.AbstractEventLoop) -> None:
         while (left := self._paused_until - loop.time()) > 0:
             await asyncio.sleep(left)
@@ -221,15 +176,9 @@ class Limits:
         """Correct the token bucket once the real usage is known: refund an
         overestimate, book a debt for an underestimate (the bucket then waits it off).
 
-        The bucket's level is aiolimiter's own accounting; it is drained up to now
-        first, or a debt would be forgiven for the time that passed before it was
-        booked, and waiters are woken to see the new level."""
-        if self._tokens is None or charged == actual:
-            return
-        t = self._tokens
-        t._leak()
-        t._level = max(0.0, t._level + (actual - charged))
-        t._wake_next()
+        """
+        if self._tokens is not None:
+            self._tokens.adjust(actual - charged)
 
     def achieved_rate(self, window: float = 5.0) -> float:
         """Requests/second sent over the last `window` seconds."""
@@ -303,14 +252,12 @@ class Limits:
 
     def _learn_limit(self, per_minute: float) -> None:
         self._ceiling = per_minute / 60.0
-        limiter = bucket(per_minute)
-        # Born full with what was sent in the last second: a new bucket must not
-        # allow a second's burst on top of what the server has just counted.
+        # Born holding what was sent in the last second: a new bucket must not allow a
+        # second's burst on top of what the server has just counted.
         now = asyncio.get_running_loop().time()
-        sent = sum(1 for t in self._recent[-int(limiter.max_rate) - 1 :] if t > now - 1.0)
-        limiter._level = min(float(sent), limiter.max_rate)
-        limiter._last_check = now
-        self._requests = limiter
+        capacity = max(1, int(per_minute / 60.0))
+        sent = sum(1 for t in self._recent[-capacity - 1 :] if t > now - 1.0)
+        self._requests = LocalBucket(per_minute, spent=sent)
         if self._pace is not None and self._pace >= self._ceiling:
             self._pace = None
 
@@ -382,3 +329,47 @@ def _rate(times: Sequence[float], now: float, window: float) -> float:
         n += 1
         first = t
     return n / max(now - first, 1.0)
+
+
+class Permit:
+    """One attempt's pass through the limits: settled exactly once, whatever the
+    outcome, by `settle`.
+
+    What each outcome does: an answer settles the token charge against its real usage,
+    teaches the estimator and the header-announced limits, and counts as a success; a
+    429 refunds the charge and pushes the pace back; a refused request (4xx, auth) or a
+    failed connection refunds the charge, since the server did no work; a timeout or a
+    cancelled attempt keeps its charge, since the server may have done the work (and
+    counted it) all the same.
+    """
+
+    __slots__ = ("_limits", "charged", "chars", "settled")
+
+    def __init__(self, limits: Limits, charged: int, chars: int) -> None:
+        self._limits = limits
+        self.charged = charged  # tokens charged to the budget up front (0 without --tpm)
+        self.chars = chars  # the prompt's characters, to calibrate the estimator
+        self.settled = False
+
+    def settle(self, outcome: Completion | BaseException) -> None:
+        if self.settled:
+            raise RuntimeError("a permit was settled twice")
+        self.settled = True
+        limits = self._limits
+        if isinstance(outcome, Completion):
+            usage = outcome.usage
+            if limits.tpm is not None:
+                limits.settle(self.charged, usage.total_tokens)
+                limits.estimator.observe(self.chars, usage.prompt_tokens, usage.completion_tokens)
+            if outcome.headers:
+                limits.observe_headers(outcome.headers)
+            limits.succeeded()
+            return
+        if isinstance(outcome, asyncio.CancelledError):
+            return
+        if getattr(outcome, "code", None) != "timeout":
+            limits.settle(self.charged, 0)
+        if isinstance(outcome, RateLimited):
+            limits.pushed_back(outcome.retry_after)
+        elif not isinstance(outcome, AuthError):
+            limits.failed()

@@ -7,8 +7,12 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-__all__ = ["PRICES", "PRICES_CHECKED", "Price", "cost", "price_for"]
+if TYPE_CHECKING:
+    from llmbatch.settings import Settings
+
+__all__ = ["PRICES", "PRICES_CHECKED", "Price", "cost", "price_for", "run_price"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,3 +97,13 @@ def cost(price: Price | None, prompt_tokens: int, completion_tokens: int) -> flo
     if price is None:
         return None
     return (prompt_tokens * price.input + completion_tokens * price.output) / 1_000_000
+
+
+def run_price(settings: Settings, model: str | None = None) -> Price | None:
+    """The price a run's settings charge for `model` (or --model): flags, then the
+    config file's table, then the built-in one. The offline fake model is free."""
+    overrides = {m: Price(i, o) for m, (i, o) in settings.prices.items()}
+    model = settings.model or model or ("fake" if settings.provider == "fake" else None)
+    if settings.provider == "fake" and settings.price_in is None and settings.price_out is None:
+        return price_for(model, overrides) or Price(0.0, 0.0)
+    return price_for(model, overrides, price_in=settings.price_in, price_out=settings.price_out)

@@ -13,12 +13,27 @@ from __future__ import annotations
 
 import string
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import orjson
 
 from llmbatch.errors import ConfigError, InputError
 from llmbatch.providers.base import CHAT, EMBEDDINGS, ENDPOINTS, Request
 
-__all__ = ["RequestBuilder", "Template", "normalise_endpoint"]
+if TYPE_CHECKING:
+    from llmbatch.settings import Settings
+
+__all__ = ["SETUP_KINDS", "RequestBuilder", "Template", "builder_for", "normalise_endpoint", "schema_format"]
+
+# InputError kinds that, made by every row, are a mistake in the command rather than in
+# the rows, with what to check.
+SETUP_KINDS = {
+    "no_model": "",
+    "template_field": "check the template's {placeholders} against the input's fields",
+    "id_field": "check --id-field against the input's fields",
+    "shape": "for data items, give --prompt or --template",
+}
 
 
 def normalise_endpoint(url: str) -> str | None:
@@ -48,7 +63,11 @@ class Template:
         missing = [f for f in self.fields if f not in item]
         if missing:
             names = ", ".join(missing)
-            raise InputError(f"missing template field{'s' if len(missing) > 1 else ''}: {names}", line=line)
+            raise InputError(
+                f"missing template field{'s' if len(missing) > 1 else ''}: {names}",
+                line=line,
+                kind="template_field",
+            )
         values = {k: (v if isinstance(v, str) else _text(v)) for k, v in item.items() if k in self.fields}
         try:
             return self.text.format_map(values)
@@ -57,8 +76,6 @@ class Template:
 
 
 def _text(value: Any) -> str:
-    import orjson
-
     return value if isinstance(value, str) else orjson.dumps(value).decode()
 
 
@@ -83,6 +100,7 @@ class RequestBuilder:
             "not a request: expected a Batch API line (custom_id, url, body), a request body "
             "(messages or input), or a data item with --prompt/--template",
             line=line,
+            kind="shape",
         )
 
     def _finish_body(self, line: int, body: dict[str, Any], url: str) -> dict[str, Any]:
@@ -92,7 +110,7 @@ class RequestBuilder:
             body["model"] = self.model
         elif not body.get("model"):
             if not self.default_model:
-                raise InputError('no model: give --model or a "model" field', line=line)
+                raise InputError('no model: give --model or a "model" field', line=line, kind="no_model")
             body["model"] = self.default_model
         if url == CHAT and not isinstance(body.get("messages"), list):
             raise InputError('chat request without a "messages" list', line=line)
@@ -136,7 +154,7 @@ class RequestBuilder:
         text = self.template.render(obj, line)
         if self.id_field is not None:
             if self.id_field not in obj or obj[self.id_field] in (None, ""):
-                raise InputError(f"missing id field {self.id_field!r}", line=line)
+                raise InputError(f"missing id field {self.id_field!r}", line=line, kind="id_field")
             custom_id = str(obj[self.id_field])
         else:
             custom_id = f"line-{line}"
@@ -148,3 +166,34 @@ class RequestBuilder:
                 messages.insert(0, {"role": "system", "content": self.system})
             body = {"messages": messages}
         return Request(custom_id, self._finish_body(line, body, self.endpoint), self.endpoint, line, item=obj)
+
+
+def schema_format(path: Path) -> dict[str, object]:
+    """A structured-outputs response_format asking for the schema in `path`."""
+    try:
+        schema = orjson.loads(path.read_bytes())
+    except OSError as exc:
+        raise ConfigError(f"cannot read schema {path}: {exc.strerror}") from None
+    except orjson.JSONDecodeError as exc:
+        raise ConfigError(f"schema {path} is not JSON: {exc}") from None
+    name = "".join(c if c.isalnum() or c in "_-" else "_" for c in path.stem.split(".")[0])[:64] or "answer"
+    return {"type": "json_schema", "json_schema": {"name": name, "schema": schema}}
+
+
+def builder_for(settings: Settings) -> RequestBuilder:
+    """The builder a run's settings ask for (run and estimate alike)."""
+    endpoint = normalise_endpoint(settings.endpoint)
+    if endpoint is None:
+        raise ConfigError(f"unknown endpoint {settings.endpoint!r} (use {' or '.join(ENDPOINTS)})")
+    params = dict(settings.params)
+    if settings.schema is not None:
+        params.setdefault("response_format", schema_format(settings.schema))
+    return RequestBuilder(
+        model=settings.model,
+        template=Template(settings.prompt) if settings.prompt is not None else None,
+        system=settings.system,
+        id_field=settings.id_field,
+        endpoint=endpoint,
+        params=params,
+        default_model="fake" if settings.provider == "fake" else None,
+    )

@@ -1,27 +1,36 @@
-"""Everything a run needs to know, frozen, with named defaults; and the config file.
+"""Everything a run needs to know, frozen, with every default named once; the config
+file; and the checking of values, wherever they come from.
 
 Flags override the config file (``llmbatch.toml`` in the working directory, or
 ``--config FILE``), which overrides the defaults here. The file holds what a cron job
 repeats: ``model``, ``rpm``, ``tpm``, ``concurrency``, ``validate``, ``prices`` ...
+`make_settings` checks every value's type and range, for flags and file alike, and
+turns a bad one into a one-line `ConfigError` naming the flag or the file's key.
 """
 
 from __future__ import annotations
 
 import os
 import tomllib
-from dataclasses import dataclass, field, fields
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 
 from llmbatch.errors import ConfigError
 
 __all__ = [
+    "CONFIG_NAME",
     "DEFAULT_CONCURRENCY",
     "DEFAULT_MAX_REQUESTS",
     "DEFAULT_MAX_RETRIES",
+    "DEFAULT_PROGRESS_EVERY",
     "DEFAULT_TIMEOUT",
     "Settings",
     "load_config",
+    "make_settings",
     "read_api_key",
 ]
 
@@ -30,7 +39,12 @@ DEFAULT_MAX_REQUESTS = 4
 DEFAULT_MAX_RETRIES = 10
 DEFAULT_TIMEOUT = 120.0
 DEFAULT_PROGRESS_EVERY = 10.0
+DEFAULT_FAKE_LATENCY_MS = 40.0
 CONFIG_NAME = "llmbatch.toml"
+
+
+def _at_least(low: float, *, strict: bool = False) -> dict[str, Any]:
+    return {"low": low, "strict": strict}
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -46,12 +60,12 @@ class Settings:
     id_field: str | None = None
     endpoint: str = "/v1/chat/completions"
     params: dict[str, Any] = field(default_factory=dict)
-    concurrency: int = DEFAULT_CONCURRENCY
-    rpm: float | None = None
-    tpm: float | None = None
-    timeout: float | None = DEFAULT_TIMEOUT
-    max_requests: int = DEFAULT_MAX_REQUESTS
-    max_retries: int = DEFAULT_MAX_RETRIES
+    concurrency: int = field(default=DEFAULT_CONCURRENCY, metadata=_at_least(1))
+    rpm: float | None = field(default=None, metadata=_at_least(0, strict=True))
+    tpm: float | None = field(default=None, metadata=_at_least(0, strict=True))
+    timeout: float | None = field(default=DEFAULT_TIMEOUT, metadata=_at_least(0, strict=True))
+    max_requests: int = field(default=DEFAULT_MAX_REQUESTS, metadata=_at_least(1))
+    max_retries: int = field(default=DEFAULT_MAX_RETRIES, metadata=_at_least(0))
     validate: tuple[str, ...] = ()
     schema: Path | None = None  # structured outputs + a schema validator, in one flag
     require_finish: str | None = None
@@ -60,13 +74,13 @@ class Settings:
     fresh: bool = False
     number_duplicates: bool = False
     transport: Literal["fast", "sdk"] = "fast"
-    fake_latency_ms: float = 40.0
+    fake_latency_ms: float = field(default=DEFAULT_FAKE_LATENCY_MS, metadata=_at_least(0))
     live: bool = True
     quiet: bool = False
-    progress_every: float = DEFAULT_PROGRESS_EVERY
+    progress_every: float = field(default=DEFAULT_PROGRESS_EVERY, metadata=_at_least(0, strict=True))
     summary_json: Path | None = None
-    price_in: float | None = None
-    price_out: float | None = None
+    price_in: float | None = field(default=None, metadata=_at_least(0))
+    price_out: float | None = field(default=None, metadata=_at_least(0))
     prices: dict[str, tuple[float, float]] = field(default_factory=dict)
 
     @property
@@ -74,33 +88,136 @@ class Settings:
         return self.rejects or self.output.with_name(self.output.name + ".rejects.jsonl")
 
 
-def load_config(path: Path | None) -> dict[str, Any]:
-    """The config file's settings as Settings field names (dashes become underscores)."""
+# Settings the config file may not hold: they name this run's own files.
+_NOT_IN_CONFIG = frozenset({"input", "output"})
+_HINTS = typing.get_type_hints(Settings)
+FIELDS = {f.name: f for f in fields(Settings)}
+
+
+def default(name: str) -> Any:
+    """A setting's default value."""
+    f = FIELDS[name]
+    if f.default is not MISSING:
+        return f.default
+    if f.default_factory is not MISSING:
+        return f.default_factory()
+    raise KeyError(name)
+
+
+def _type_name(t: Any) -> str:
+    if typing.get_origin(t) is Literal:
+        return " or ".join(repr(c) for c in typing.get_args(t))
+    names = {int: "an integer", float: "a number", bool: "true or false", str: "a string", Path: "a path"}
+    if t in names:
+        return names[t]
+    origin = typing.get_origin(t)
+    return {tuple: "a list of strings", dict: "a table"}.get(origin, str(t))
+
+
+def _coerce(value: Any, t: Any) -> Any:
+    """`value` as type `t`, or raise ValueError with what was expected."""
+    origin = typing.get_origin(t)
+    if origin in (types.UnionType, typing.Union):
+        args = [a for a in typing.get_args(t) if a is not type(None)]
+        if value is None:
+            return None
+        return _coerce(value, args[0])
+    if origin is Literal:
+        if value in typing.get_args(t):
+            return value
+    elif t is bool:
+        if isinstance(value, bool):
+            return value
+    elif t is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif t is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+    elif t is str:
+        if isinstance(value, str):
+            return value
+    elif t is Path:
+        if isinstance(value, str | Path):
+            return Path(value).expanduser()
+    elif origin is tuple:
+        if isinstance(value, str):
+            value = [value]
+        if isinstance(value, list | tuple) and all(isinstance(v, str) for v in value):
+            return tuple(value)
+    elif origin is dict and isinstance(value, dict):
+        return value
+    raise ValueError(_type_name(t))
+
+
+def check_value(name: str, value: Any, where: str) -> Any:
+    """A setting's value, checked and converted; `where` names it in the error
+    (``--concurrency``, or ``llmbatch.toml: concurrency``)."""
+    try:
+        value = _coerce(value, _HINTS[name])
+    except ValueError as exc:
+        raise ConfigError(f"{where} must be {exc}, not {value!r}") from None
+    bound = FIELDS[name].metadata
+    if bound and value is not None:
+        low, strict = bound["low"], bound["strict"]
+        if value < low or (strict and value == low):
+            raise ConfigError(
+                f"{where} must be {'more than' if strict else 'at least'} {low:g}, not {value!r}"
+            )
+    return value
+
+
+def flag_name(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def make_settings(*, flags: Mapping[str, Any], config: Mapping[str, Any], config_path: str = "") -> Settings:
+    """Settings from the defaults, overridden by the config file's values, overridden by
+    the flags given. Every value is checked (see `check_value`)."""
+    values: dict[str, Any] = {}
+    for name, value in config.items():
+        values[name] = check_value(name, value, f"{config_path}: {name}")
+    for name, value in flags.items():
+        values[name] = check_value(name, value, flag_name(name))
+    if "params" in config and "params" in flags:
+        values["params"] = {**config["params"], **flags["params"]}
+    for name in ("input", "output"):
+        if name not in values:
+            raise ConfigError(f"missing {name}")
+    return Settings(**values)
+
+
+def load_config(path: Path | None) -> tuple[dict[str, Any], str]:
+    """The config file's settings as Settings field names (dashes become underscores),
+    unchecked, and the file's name for messages."""
     if path is None:
-        default = Path(CONFIG_NAME)
-        if not default.is_file():
-            return {}
-        path = default
+        default_path = Path(CONFIG_NAME)
+        if not default_path.is_file():
+            return {}, ""
+        path = default_path
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ConfigError(f"config file not found: {path}") from None
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise ConfigError(f"cannot read config file {path}: {exc}") from None
-    known = {f.name for f in fields(Settings)}
     out: dict[str, Any] = {}
     for key, value in data.items():
         name = key.replace("-", "_")
-        if name == "prices" and isinstance(value, dict):
-            try:
-                out["prices"] = {m: (float(p["input"]), float(p["output"])) for m, p in value.items()}
-            except (KeyError, TypeError, ValueError):
-                raise ConfigError(f"{path}: [prices.MODEL] needs numeric 'input' and 'output'") from None
-        elif name in known and name not in ("input", "output"):
-            out[name] = tuple(value) if name == "validate" else value
+        if name == "prices":
+            out["prices"] = _prices(value, path)
+        elif name in FIELDS and name not in _NOT_IN_CONFIG:
+            out[name] = value
         else:
             raise ConfigError(f"{path}: unknown setting {key!r}")
-    return out
+    return out, str(path)
+
+
+def _prices(value: Any, path: Path) -> dict[str, tuple[float, float]]:
+    try:
+        return {m: (float(p["input"]), float(p["output"])) for m, p in value.items()}
+    except (AttributeError, KeyError, TypeError, ValueError):
+        raise ConfigError(f"{path}: [prices.MODEL] needs numeric 'input' and 'output'") from None
 
 
 def read_api_key(api_key_file: Path | None) -> str | None:

@@ -7,11 +7,14 @@ import time
 from collections import Counter
 from typing import Any
 
+from llmbatch.errors import Stop
+
 __all__ = ["Stats"]
 
 
 class Stats:
     __slots__ = (
+        "blank",
         "completion_tokens",
         "done",
         "failed",
@@ -28,8 +31,7 @@ class Stats:
         "rpm_limit",
         "skipped",
         "started",
-        "stop_reason",
-        "stopped",
+        "stop",
         "total",
         "total_exact",
         "tpm_limit",
@@ -45,6 +47,7 @@ class Stats:
         self.failed = 0  # written with an error (request refused, retries exhausted)
         self.rejected = 0  # bad input lines
         self.skipped = 0  # already in the output (resume)
+        self.blank = 0  # blank input lines, passed over
         self.in_flight = 0
         self.requests = 0  # HTTP requests sent, all attempts
         self.reasks = 0  # requests repeated because an answer was invalid
@@ -54,8 +57,8 @@ class Stats:
         self.completion_tokens = 0
         self.started = time.monotonic()
         self.finished: float | None = None
-        self.stopped = False
-        self.stop_reason: str | None = None
+        # Why the run is stopping early, once it is: the one place that says so.
+        self.stop: Stop | None = None
         self.model: str | None = None
         self.rpm_limit: float | None = None
         self.tpm_limit: float | None = None
@@ -66,9 +69,17 @@ class Stats:
         return max(end - self.started, 1e-9)
 
     @property
+    def stopped(self) -> bool:
+        return self.stop is not None
+
+    @property
+    def stop_reason(self) -> str | None:
+        return self.stop.reason if self.stop is not None else None
+
+    @property
     def accounted(self) -> int:
-        """Input lines that have an outcome: written, rejected, or skipped as done."""
-        return self.done + self.rejected + self.skipped
+        """Input lines that have an outcome: written, rejected, skipped as done, blank."""
+        return self.done + self.rejected + self.skipped + self.blank
 
     @property
     def rpm(self) -> float:
@@ -94,6 +105,7 @@ class Stats:
             "failed": self.failed,
             "rejected": self.rejected,
             "skipped": self.skipped,
+            "blank": self.blank,
             "requests": self.requests,
             "reasks": self.reasks,
             "retries": dict(self.retries),

@@ -77,8 +77,6 @@ BAD_LINES: list[tuple[bytes, str]] = [
     (b"null", "not a JSON object (got NoneType)"),
     (b'{"custom_id": "bad-\xff\xfe", "body": {"messages": []}}', "not valid UTF-8"),
     (b"\xc3\x28 latin-1 caf\xe9", "not valid UTF-8"),
-    (b"", "blank line"),
-    (b"   \t  ", "blank line"),
     (b"\x00\x00\x00", "not JSON"),
     (b"[" * 5000, "not JSON"),
     (b'{"x": "\\ud800"}', "not JSON"),
@@ -97,9 +95,13 @@ BAD_LINES: list[tuple[bytes, str]] = [
 ]
 
 
+BLANK_LINES = [b"", b"   \t  "]
+
+
 def test_each_bad_line_is_one_reject_naming_its_line_and_reason(cli, tmp_path):
     """Twenty-odd kinds of bad line between good ones: each is one reject with its line
-    number and reason, every good line is answered once, and the run says exit 1."""
+    number and reason, every good line is answered once, and the run says exit 1. Blank
+    lines among them are passed over and counted, not rejected."""
     lines: list[bytes] = []
     expected: dict[int, str] = {}
     good_ids: list[str] = []
@@ -108,6 +110,8 @@ def test_each_bad_line_is_one_reject_naming_its_line_and_reason(cli, tmp_path):
         good_ids.append(f"g{i}")
         lines.append(raw)
         expected[len(lines)] = reason
+        if i < len(BLANK_LINES):
+            lines.append(BLANK_LINES[i])
     lines.append(good("last") + b"\r")  # a CRLF file's line is a good line
     good_ids.append("last")
     src = write_lines(tmp_path / "in.jsonl", lines)
@@ -125,9 +129,10 @@ def test_each_bad_line_is_one_reject_naming_its_line_and_reason(cli, tmp_path):
     assert sorted(r["custom_id"] for r in records) == sorted(good_ids)
     assert all(r["llmbatch"]["valid"] for r in records)
     summary = orjson.loads((tmp_path / "s.json").read_bytes())
-    assert (summary["done"], summary["rejected"], summary["total"]) == (
+    assert (summary["done"], summary["rejected"], summary["blank"], summary["total"]) == (
         len(good_ids),
         len(expected),
+        len(BLANK_LINES),
         len(lines),
     )
     assert "rejected lines are listed in" in result.stderr
@@ -299,11 +304,13 @@ mixed_lines = st.lists(st.tuples(st.booleans(), junk_line), min_size=1, max_size
 @given(lines=mixed_lines)
 def test_arbitrary_lines_each_end_as_one_output_line_or_one_reject(cli, tmp_path, lines):
     """Good lines mixed with arbitrary bytes, JSON values and near-requests: the run
-    never crashes (exit 0 or 1), every line number ends in exactly one output line or
-    one reject, and every good line's id is written exactly once."""
+    never crashes (exit 0 or 1), every line number but a blank one ends in exactly one
+    output line or one reject, and every good line's id is written exactly once. (The
+    first line is good: rows that all fail the same way are a usage error instead, see
+    the preflight tests.)"""
     work = Path(tempfile.mkdtemp(dir=tmp_path))
-    raw: list[bytes] = []
-    good_ids: list[str] = []
+    raw: list[bytes] = [good("good-first-6f1c")]
+    good_ids: list[str] = ["good-first-6f1c"]
     for n, (is_good, junk) in enumerate(lines):
         if is_good:
             good_ids.append(f"good-{n}-6f1c")
@@ -318,8 +325,9 @@ def test_arbitrary_lines_each_end_as_one_output_line_or_one_reject(cli, tmp_path
     assert result.exit_code in (0, 1), result.output
     records = read_jsonl(out)
     rejects = read_jsonl(work / "out.jsonl.rejects.jsonl")
-    assert len(records) + len(rejects) == len(raw)
-    lines_seen = sorted([r["llmbatch"]["line"] for r in records] + [r["line"] for r in rejects])
+    blank = [n for n, line in enumerate(raw, 1) if not line.rstrip(b"\r").strip()]
+    assert len(records) + len(rejects) + len(blank) == len(raw)
+    lines_seen = sorted([r["llmbatch"]["line"] for r in records] + [r["line"] for r in rejects] + blank)
     assert lines_seen == list(range(1, len(raw) + 1))
     ids = Counter(r["custom_id"] for r in records)
     assert all(ids[cid] == 1 for cid in good_ids)

@@ -257,7 +257,7 @@ BAD_DATA_LINES = [
     '{"id": "b", "text": "cut off',  # 2: not JSON
     '["not", "an", "object"]',  # 3
     b'{"id": "c", "text": "caf\xe9 au lait"}',  # 4: Latin-1, not UTF-8
-    "",  # 5: blank
+    "",  # 5: blank: passed over, not a reject
     {"id": "d"},  # 6: no "text" for the template
     DUP,  # 7
     {"id": "e", "text": "good two"},  # 8
@@ -282,7 +282,6 @@ BAD_BATCH_LINES = [
                 2: "not JSON",
                 3: "not a JSON object",
                 4: "not valid UTF-8",
-                5: "blank line",
                 6: "missing template field: text",
                 7: "duplicate custom_id 'a'",
             },

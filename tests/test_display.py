@@ -18,6 +18,7 @@ from llmbatch.display import (
     render_summary,
     summary_dict,
 )
+from llmbatch.errors import Stop
 from llmbatch.prices import Price
 from llmbatch.stats import Stats
 
@@ -156,8 +157,7 @@ def test_live_display_draws_final_frame_and_logs_above() -> None:
 def test_summary_plain_lines() -> None:
     """Without a terminal the summary is uncoloured key: value lines, stop reason included."""
     stats = make_stats()
-    stats.stopped = True
-    stats.stop_reason = "interrupted"
+    stats.stop = Stop("interrupted")
     out = io.StringIO()
     render_summary(stats, PRICE, console=Console(file=out), rich_table=False)
     text = out.getvalue()
@@ -249,8 +249,7 @@ def test_live_panel_keeps_its_width_and_says_when_stopping() -> None:
     small = console.export_text().splitlines()
     stats.done = stats.valid = 9_999_999
     stats.prompt_tokens = 123_456_789_012
-    stats.stopped = True
-    stats.stop_reason = "SIGINT received"
+    stats.stop = Stop("SIGINT received")
     console.print(view)
     big = console.export_text().splitlines()
     assert {len(line) for line in small} == {len(line) for line in big}

@@ -7,12 +7,12 @@ from pathlib import Path
 import orjson
 import pytest
 
-from llmbatch import batch
+from llmbatch import source
 from llmbatch.errors import InputError
+from llmbatch.idset import IdSet
 from llmbatch.providers.base import Request
 from llmbatch.requests import RequestBuilder
-from llmbatch.resume import IdSet
-from llmbatch.stats import Stats
+from llmbatch.source import Source
 
 
 class EverythingCollides(IdSet):
@@ -32,10 +32,10 @@ def _lines(path: Path, ids: list[str]) -> None:
 @pytest.mark.parametrize("table", [IdSet, EverythingCollides])
 def test_chance_fingerprint_matches_are_sent_and_true_duplicates_rejected(tmp_path, monkeypatch, table):
     """Only true duplicates are rejected, naming the line that had the id first."""
-    monkeypatch.setattr(batch, "IdSet", table)
+    monkeypatch.setattr(source, "IdSet", table)
     src = tmp_path / "in.jsonl"
     _lines(src, ["a", "b", "a", "c", "b", "d"])
-    out = list(batch.requests_from(src, RequestBuilder(), IdSet(), Stats(), number_duplicates=False))
+    out = list(Source(src, RequestBuilder()).requests())
     sent = sorted(r.custom_id for r in out if isinstance(r, Request))
     rejected = {e.line: str(e) for e in out if isinstance(e, InputError)}
     assert sent == ["a", "b", "c", "d"]
@@ -47,10 +47,10 @@ def test_chance_fingerprint_matches_are_sent_and_true_duplicates_rejected(tmp_pa
 
 def test_numbered_duplicates_are_all_sent(tmp_path, monkeypatch):
     """--number-duplicates sends every line, the repeats with a #LINE suffix."""
-    monkeypatch.setattr(batch, "IdSet", EverythingCollides)
+    monkeypatch.setattr(source, "IdSet", EverythingCollides)
     src = tmp_path / "in.jsonl"
     _lines(src, ["a", "b", "a"])
-    out = list(batch.requests_from(src, RequestBuilder(), IdSet(), Stats(), number_duplicates=True))
+    out = list(Source(src, RequestBuilder(), number_duplicates=True).requests())
     assert sorted(r.custom_id for r in out if isinstance(r, Request)) == ["a", "a#3", "b"]
 
 

@@ -13,7 +13,9 @@ from typing import Any, TypeVar
 
 import pytest
 
-from llmbatch.limits import BACKOFF_FACTOR, CUT_HOLD, Limits, TokenEstimator, bucket
+from llmbatch.buckets import LocalBucket
+from llmbatch.limits import BACKOFF_FACTOR, CUT_HOLD, Limits
+from llmbatch.tokens import TokenEstimator
 
 T = TypeVar("T")
 
@@ -96,12 +98,12 @@ def test_virtual_clock_really_is_virtual():
 
 def test_bucket_holds_one_seconds_worth():
     """--rpm 6000 is a bucket of 100 refilled at 100/s; --rpm 30 still holds one."""
-    b = bucket(6000)
-    assert b.max_rate == 100
-    assert b.max_rate / b.time_period == pytest.approx(100.0)
-    small = bucket(30)
-    assert small.max_rate == 1
-    assert small.time_period == pytest.approx(2.0)
+    b = LocalBucket(6000)
+    assert b.capacity == 100
+    assert b.rate == pytest.approx(100.0)
+    small = LocalBucket(30)
+    assert small.capacity == 1
+    assert 1 / small.rate == pytest.approx(2.0)
 
 
 def test_rpm_paces_smoothly_never_a_minutes_budget_at_once():

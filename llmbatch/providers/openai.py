@@ -33,10 +33,10 @@ from yarl import URL
 from llmbatch.errors import ConfigError, TransientError
 from llmbatch.providers.base import Completion, Request, Usage
 from llmbatch.retry import error_for_status
+from llmbatch.settings import DEFAULT_TIMEOUT
 
 __all__ = ["OpenAIProvider"]
 
-DEFAULT_TIMEOUT = 600.0
 _LARGE_BODY = 1 << 20
 # Headers the SDK sets per request that must not be replayed on every item.
 _PER_REQUEST_HEADERS = frozenset({"content-length", "idempotency-key", "x-stainless-retry-count", "host"})
@@ -72,6 +72,7 @@ class OpenAIProvider:
         project: str | None = None,
         headers: Mapping[str, str] | None = None,
         transport: Literal["fast", "sdk"] = "fast",
+        timeout: float | None = DEFAULT_TIMEOUT,
     ) -> None:
         self.concurrency = max(1, concurrency)
         self.transport = transport
@@ -85,7 +86,7 @@ class OpenAIProvider:
             project=project,
             default_headers=dict(headers or {}),
             max_retries=0,
-            timeout=DEFAULT_TIMEOUT,
+            timeout=timeout,
             http_client=self._sdk_http_client() if transport == "sdk" else None,
         )
         self._prepared: dict[str, tuple[URL, dict[str, str]]] = {}
@@ -195,7 +196,7 @@ class OpenAIProvider:
                 content=orjson.dumps(request.body),
                 options={
                     "headers": {"Content-Type": "application/json"},
-                    "timeout": timeout or DEFAULT_TIMEOUT,
+                    "timeout": timeout or self.client.timeout,
                 },
             )
         except openai.APIStatusError as exc:

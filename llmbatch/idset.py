@@ -1,4 +1,4 @@
-"""What an existing output already holds, remembered compactly.
+"""A set of strings remembered by their hashes only: ids by the million, compactly.
 
 A million ids as Python strings in a set would cost over 100 MB; here each id is a
 64-bit hash in an open-addressing table backed by one `array('q')`: about 11 bytes an
@@ -11,13 +11,8 @@ counts would show it.
 from __future__ import annotations
 
 from array import array
-from pathlib import Path
 
-import orjson
-
-from llmbatch.jsonl import count_lines, drop_torn_tail, read_lines
-
-__all__ = ["IdSet", "done_ids"]
+__all__ = ["IdSet"]
 
 _EMPTY = 0
 _MIN_SLOTS = 1 << 10
@@ -92,23 +87,3 @@ class IdSet:
                 while slots[i] != _EMPTY:
                     i = i + 1 if i + 1 < size else 0
                 slots[i] = key
-
-
-def done_ids(output: Path) -> IdSet:
-    """The custom_ids already written to `output` (a torn last line is dropped first)."""
-    if not output.exists():
-        return IdSet()
-    drop_torn_tail(output)
-    ids = IdSet(count_lines(output))
-    for _, raw in read_lines(output):
-        try:
-            rec = orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            continue
-        if isinstance(rec, dict):
-            # A merged line is the data item itself, which may have a `custom_id` field
-            # of its own; `llm_custom_id` is ours (Batch lines never have it).
-            cid = rec.get("llm_custom_id", rec.get("custom_id"))
-            if isinstance(cid, str):
-                ids.add(cid)
-    return ids

@@ -1,0 +1,76 @@
+"""Budgets that refill at a steady rate: what `--rpm` and `--tpm` are paced by.
+
+`Bucket` is the interface the limits use; `LocalBucket` keeps the budget in this
+process (an `aiolimiter.AsyncLimiter`); a bucket shared by several processes can
+implement the same interface. Every touch of aiolimiter's internals lives in
+`LocalBucket`, so an aiolimiter upgrade has one place to look.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from aiolimiter import AsyncLimiter
+
+__all__ = ["Bucket", "LocalBucket"]
+
+
+class Bucket(Protocol):
+    """A budget of units (requests or tokens) refilling at `rate` per second, holding
+    at most `capacity` (one second's worth: a minute's budget is never spent in a
+    burst)."""
+
+    @property
+    def rate(self) -> float: ...
+
+    @property
+    def capacity(self) -> float: ...
+
+    async def acquire(self, amount: float) -> None:
+        """Wait until `amount` (at most `capacity`) may be spent, and spend it."""
+        ...
+
+    def adjust(self, delta: float) -> None:
+        """Correct a spend once the truth is known: a positive `delta` is a debt (the
+        bucket waits it off), a negative one a refund."""
+        ...
+
+
+class LocalBucket:
+    """A `Bucket` in this process, for `per_minute` units a minute.
+
+    `spent` is how much of one second's capacity is already used at birth: a bucket
+    made mid-run (a limit just learned from a server) must not grant a second's burst
+    on top of what the server has just counted."""
+
+    __slots__ = ("_limiter",)
+
+    def __init__(self, per_minute: float, *, spent: float = 0.0) -> None:
+        capacity = max(1.0, per_minute / 60.0)
+        self._limiter = AsyncLimiter(capacity, capacity * 60.0 / per_minute)
+        if spent:
+            lim = self._limiter
+            lim._level = min(float(spent), capacity)
+            lim._last_check = lim._loop.time()
+
+    @property
+    def rate(self) -> float:
+        lim = self._limiter
+        return float(lim.max_rate / lim.time_period)
+
+    @property
+    def capacity(self) -> float:
+        return float(self._limiter.max_rate)
+
+    async def acquire(self, amount: float) -> None:
+        await self._limiter.acquire(min(amount, self.capacity))
+
+    def adjust(self, delta: float) -> None:
+        # The level is drained up to now first, or a debt would be forgiven for the
+        # time that passed before it was booked; waiters then see the new level.
+        if not delta:
+            return
+        lim = self._limiter
+        lim._leak()
+        lim._level = max(0.0, lim._level + delta)
+        lim._wake_next()
