@@ -26,6 +26,11 @@ class Bucket(Protocol):
     @property
     def capacity(self) -> float: ...
 
+    @property
+    def level(self) -> float:
+        """How much of the capacity is spent now (above `capacity`: a debt)."""
+        ...
+
     async def acquire(self, amount: float) -> None:
         """Wait until `amount` (at most `capacity`) may be spent, and spend it."""
         ...
@@ -61,6 +66,12 @@ class LocalBucket:
     @property
     def capacity(self) -> float:
         return float(self._limiter.max_rate)
+
+    @property
+    def level(self) -> float:
+        lim = self._limiter
+        lim._leak()
+        return float(lim._level)
 
     async def acquire(self, amount: float) -> None:
         await self._limiter.acquire(min(amount, self.capacity))

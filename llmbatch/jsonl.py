@@ -32,13 +32,27 @@ ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 BOM = b"\xef\xbb\xbf"
 
 
+class _GzipReader(gzip.GzipFile):
+    """A gzip reader that closes the file it reads, as the other readers do."""
+
+    def __init__(self, source: io.BufferedReader) -> None:
+        super().__init__(fileobj=source, mode="rb")
+        self._source = source
+
+    def close(self) -> None:
+        try:
+            super().close()
+        finally:
+            self._source.close()
+
+
 def decompressed(raw: BinaryIO) -> BinaryIO:
     """`raw` itself, or a reader of its decompressed bytes when it starts like a gzip
     or zstd stream: told by the first bytes, so a pipe or a misnamed file works too."""
     reader = raw if isinstance(raw, io.BufferedReader) else io.BufferedReader(cast(Any, raw))
     head = reader.peek(4)[:4]
     if head.startswith(GZIP_MAGIC):
-        return cast(BinaryIO, gzip.GzipFile(fileobj=reader, mode="rb"))
+        return cast(BinaryIO, _GzipReader(reader))
     if head.startswith(ZSTD_MAGIC):
         import zstandard
 

@@ -183,6 +183,9 @@ class Source:
         yield from self._read(again, None)
 
     def close(self) -> None:
+        """Close the input and remove the spool."""
+        if self._stream is not None:
+            self._stream.close()
         if self._spool is not None:
             self._spool.close()
             self._spool = None

@@ -3,11 +3,13 @@ JSONL helpers, and a hermetic environment (no real keys, proxies or config files
 
 from __future__ import annotations
 
+import asyncio
 import os
+import selectors
 import sys
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 import pytest
@@ -133,3 +135,46 @@ def read_jsonl(path: Path) -> list[Any]:
     """Every line of a JSONL file, parsed (a torn or bad line fails the test)."""
     with path.open("rb") as f:
         return [orjson.loads(line) for line in f]
+
+
+# --- virtual time -------------------------------------------------------------------
+
+T = TypeVar("T")
+
+
+class _FastForward(selectors.DefaultSelector):
+    """Polls without blocking; the time it would have blocked passes on the clock.
+
+    Each turn of the loop also costs a nanosecond, as a real one does: a timer set for
+    "now" by rounding (aiolimiter's wake-up maths) must not spin a frozen clock."""
+
+    loop: VirtualTimeLoop
+
+    def select(self, timeout: float | None = None) -> Any:
+        events = super().select(0)
+        if events:
+            return events
+        if timeout is None:
+            raise RuntimeError("deadlock: every task waits and no timer is set")
+        self.loop.now += max(timeout, 1e-9)
+        return events
+
+
+class VirtualTimeLoop(asyncio.SelectorEventLoop):
+    def __init__(self) -> None:
+        selector = _FastForward()
+        super().__init__(selector)
+        selector.loop = self
+        self.now = 1000.0  # not 0: a clock starting at 0 hides "0 means unset" bugs
+
+    def time(self) -> float:
+        return self.now
+
+
+def virtual(main: Callable[[], Awaitable[T]]) -> T:
+    """Run `main()` on a loop with a virtual clock; returns its result."""
+    loop = VirtualTimeLoop()
+    try:
+        return loop.run_until_complete(main())
+    finally:
+        loop.close()

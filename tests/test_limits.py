@@ -7,55 +7,13 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import selectors
-from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
 
 import pytest
+from conftest import virtual
 
 from llmbatch.buckets import LocalBucket
 from llmbatch.limits import BACKOFF_FACTOR, CUT_HOLD, Limits
 from llmbatch.tokens import TokenEstimator
-
-T = TypeVar("T")
-
-
-class _FastForward(selectors.DefaultSelector):
-    """Polls without blocking; the time it would have blocked passes on the clock.
-
-    Each turn of the loop also costs a nanosecond, as a real one does: a timer set for
-    "now" by rounding (aiolimiter's wake-up maths) must not spin a frozen clock."""
-
-    loop: VirtualTimeLoop
-
-    def select(self, timeout: float | None = None) -> Any:
-        events = super().select(0)
-        if events:
-            return events
-        if timeout is None:
-            raise RuntimeError("deadlock: every task waits and no timer is set")
-        self.loop.now += max(timeout, 1e-9)
-        return events
-
-
-class VirtualTimeLoop(asyncio.SelectorEventLoop):
-    def __init__(self) -> None:
-        selector = _FastForward()
-        super().__init__(selector)
-        selector.loop = self
-        self.now = 1000.0  # not 0: a clock starting at 0 hides "0 means unset" bugs
-
-    def time(self) -> float:
-        return self.now
-
-
-def virtual(main: Callable[[], Awaitable[T]]) -> T:
-    """Run `main()` on a loop with a virtual clock; returns its result."""
-    loop = VirtualTimeLoop()
-    try:
-        return loop.run_until_complete(main())
-    finally:
-        loop.close()
 
 
 def now() -> float:
