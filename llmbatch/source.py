@@ -30,7 +30,7 @@ import stat
 import sys
 import tempfile
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
 from typing import IO, Any, BinaryIO
 
@@ -74,7 +74,7 @@ class Source:
         self.name = "standard input" if self.path is None else self.spec
         self._rereadable: bool | None = None
         self._head: list[tuple[int, bytes]] = []  # lines read ahead by the preflight
-        self._stream: Iterator[tuple[int, bytes]] | None = None
+        self._stream: Generator[tuple[int, bytes]] | None = None
         self._spool: IO[bytes] | None = None
         self._spooled = False  # the whole input has reached the spool
 
@@ -139,7 +139,7 @@ class Source:
 
     # --- lines -----------------------------------------------------------------------
 
-    def _read(self, f: BinaryIO, spool: IO[bytes] | None) -> Iterator[tuple[int, bytes]]:
+    def _read(self, f: BinaryIO, spool: IO[bytes] | None) -> Generator[tuple[int, bytes]]:
         with f:
             for number, raw in enumerate(f, 1):
                 if spool is not None:
