@@ -33,7 +33,6 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
-    rich_markup_mode=None,
 )
 
 INPUT = "Input"
@@ -146,7 +145,12 @@ def run(
         str | None, Opt(help="Data items' id field (else the line number).", panel=INPUT)
     ] = None,
     number_duplicates: Annotated[
-        bool, Opt(help="Give duplicate ids a #LINE suffix instead of rejecting them.", panel=INPUT)
+        bool,
+        Opt(
+            "--number-duplicates",
+            help="Give duplicate ids a #LINE suffix instead of rejecting them.",
+            panel=INPUT,
+        ),
     ] = False,
     # requests
     provider: Annotated[str, Opt(help="openai (any compatible server) or fake (offline).", panel=REQUEST)] = (
@@ -205,7 +209,10 @@ def run(
     ] = DEFAULT_MAX_REQUESTS,
     # output
     merged: Annotated[
-        bool, Opt(help="Write each data item with its answer instead of Batch API lines.", panel=OUTPUT)
+        bool,
+        Opt(
+            "--merged", help="Write each data item with its answer instead of Batch API lines.", panel=OUTPUT
+        ),
     ] = False,
     rejects: Annotated[
         Path | None, Opt(help="Where bad input lines go (default OUTPUT.rejects.jsonl).", panel=OUTPUT)
@@ -221,7 +228,7 @@ def run(
         bool, Opt("--live/--no-live", help="Live panel on a terminal, or plain lines.", panel=DISPLAY)
     ] = (True),
     quiet: Annotated[
-        bool, Opt("--quiet", "-q", help="Only errors and the final summary.", panel=DISPLAY)
+        bool, Opt("--quiet/--no-quiet", "-q", help="Only errors and the final summary.", panel=DISPLAY)
     ] = False,
     progress_every: Annotated[
         float, Opt(help="Seconds between plain progress lines.", panel=DISPLAY)
