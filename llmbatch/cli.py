@@ -39,7 +39,8 @@ INPUT = "Input"
 REQUEST = "Requests"
 LIMITS = "Limits and retries"
 VALIDATION = "Validation"
-OUTPUT = "Output and resume"
+OUTPUT = "Output"
+RERUN = "Reruns and cache"
 DISPLAY = "Display"
 OFFLINE = "Offline model (--provider fake)"
 
@@ -130,7 +131,7 @@ def main_options(
 def run(
     ctx: typer.Context,
     input: Annotated[
-        str, typer.Argument(help="Input JSONL (- for standard input; .gz and .zst are read as such).")
+        str, typer.Argument(help="Input JSONL (- for standard input; gzip and zstd are read as such).")
     ],
     output: Annotated[
         str, Opt("--output", "-o", help="Output JSONL (appended; a rerun resumes).", panel=OUTPUT)
@@ -145,26 +146,21 @@ def run(
         str | None, Opt(help="Data items' id field (else the line number).", panel=INPUT)
     ] = None,
     number_duplicates: Annotated[
-        bool,
-        Opt(
-            "--number-duplicates",
-            help="Give duplicate ids a #LINE suffix instead of rejecting them.",
-            panel=INPUT,
-        ),
+        bool, Opt("--number-duplicates", help="Give duplicate ids a #LINE suffix, not a reject.", panel=INPUT)
     ] = False,
     # requests
     provider: Annotated[str, Opt(help="openai (any compatible server) or fake (offline).", panel=REQUEST)] = (
         "openai"
     ),
     base_url: Annotated[
-        str | None, Opt(help="API base URL, e.g. http://localhost:8000/v1 for vLLM.", panel=REQUEST)
+        str | None, Opt(help="API base URL, e.g. http://localhost:8000/v1.", panel=REQUEST)
     ] = None,
     api_key_file: Annotated[
         Path | None, Opt(help="Read the API key from this file (else OPENAI_API_KEY).", panel=REQUEST)
     ] = None,
     model: Annotated[
         str | None, Opt("--model", "-m", help="Fill or override each request's model.", panel=REQUEST)
-    ] = (None),
+    ] = None,
     endpoint: Annotated[str, Opt(help="/v1/chat/completions or /v1/embeddings.", panel=REQUEST)] = (
         "/v1/chat/completions"
     ),
@@ -209,24 +205,63 @@ def run(
     ] = DEFAULT_MAX_REQUESTS,
     # output
     merged: Annotated[
-        bool,
-        Opt(
-            "--merged", help="Write each data item with its answer instead of Batch API lines.", panel=OUTPUT
-        ),
+        bool, Opt("--merged", help="Write each data item with its answer, not Batch API lines.", panel=OUTPUT)
     ] = False,
     rejects: Annotated[
         Path | None, Opt(help="Where bad input lines go (default OUTPUT.rejects.jsonl).", panel=OUTPUT)
     ] = None,
-    fresh: Annotated[
-        bool, Opt(help="Start over: empty the output instead of resuming.", panel=OUTPUT)
-    ] = False,
     summary_json: Annotated[
         Path | None, Opt(help="Also write the final summary as JSON here.", panel=OUTPUT)
+    ] = None,
+    # reruns
+    fresh: Annotated[
+        bool, Opt("--fresh", help="Start over: empty the output, do not resume.", panel=RERUN)
+    ] = False,
+    force: Annotated[
+        bool,
+        Opt("--force", help="With --fresh: empty OUTPUT even if llmbatch did not write it.", panel=RERUN),
+    ] = False,
+    redo: Annotated[
+        str | None,
+        Opt(
+            help="Ask again what the output holds as failed, invalid, stale, all (a comma list), or none "
+            "(keep every line). Transient failures are redone unless none.",
+            panel=RERUN,
+        ),
+    ] = None,
+    keep_stale: Annotated[
+        bool,
+        Opt(
+            "--keep-stale",
+            help="Keep answers made for a different request (the prompt, model or params changed) "
+            "instead of refusing to run.",
+            panel=RERUN,
+        ),
+    ] = False,
+    revalidate: Annotated[
+        bool,
+        Opt(
+            "--revalidate",
+            help="Run today's validators over the answers kept; ask again those that fail. A tighter "
+            "--schema changes the request: --keep-stale --revalidate keeps the old answers and "
+            "re-asks only those that fail it.",
+            panel=RERUN,
+        ),
+    ] = False,
+    max_items: Annotated[
+        int | None, Opt(help="Only the first N items that still need work (a trial run).", panel=RERUN)
+    ] = None,
+    cache: Annotated[
+        Path | None,
+        Opt(
+            help="Response cache, a SQLite file on a local disk: a repeated request costs nothing.",
+            panel=RERUN,
+        ),
     ] = None,
     # display
     live: Annotated[
         bool, Opt("--live/--no-live", help="Live panel on a terminal, or plain lines.", panel=DISPLAY)
-    ] = (True),
+    ] = True,
     quiet: Annotated[
         bool, Opt("--quiet/--no-quiet", "-q", help="Only errors and the final summary.", panel=DISPLAY)
     ] = False,

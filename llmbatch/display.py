@@ -114,6 +114,8 @@ def progress_line(stats: Stats, price: Price | None) -> str:
     )
     if stats.skipped:
         counts += f" skipped {stats.skipped:,}"
+    if stats.cached:
+        counts += f" cached {stats.cached:,}"
     rates = f"{_si(stats.rpm)} req/min {_si(stats.tpm)} tok/min"
     if stats.retries or stats.http_429:
         rates += f" retries {sum(dict(stats.retries).values()):,} 429s {stats.http_429:,}"
@@ -209,7 +211,7 @@ class StatsView:
             ("tokens in", f"{s.prompt_tokens:,}", "re-asks", _count(s.reasks, "yellow")),
             ("tokens out", f"{s.completion_tokens:,}", "429s", _count(s.http_429, "yellow")),
             ("cost so far", _usd(_spent(s, self.price)), "skipped", f"{s.skipped:,}"),
-            ("projected", _usd(_projected(s, self.price)), "", ""),
+            ("projected", _usd(_projected(s, self.price)), "cached", f"{s.cached:,}"),
         )
         for a, x, b, y in rows:
             figures.add_row(a, x, "", b, y)
@@ -334,6 +336,7 @@ def _summary_rows(stats: Stats, price: Price | None) -> list[tuple[str, str]]:
         ),
         ("rejected", f"{stats.rejected:,}"),
         ("skipped (already done)", f"{stats.skipped:,}"),
+        ("cached (no request)", f"{stats.cached:,}"),
         ("requests", f"{stats.requests:,}"),
         ("re-asks", f"{stats.reasks:,}"),
         ("retries", _retries(stats)),
@@ -345,9 +348,21 @@ def _summary_rows(stats: Stats, price: Price | None) -> list[tuple[str, str]]:
         ("requests/min", f"{stats.rpm:,.0f}"),
         ("tokens/min", f"{stats.tpm:,.0f}"),
     ]
+    if stats.redone:
+        rows.insert(4, ("redone", _by_reason(stats.redone)))
+    kept = {k: v for k, v in stats.kept.items() if v}
+    if kept:
+        rows.insert(4, ("kept (not redone)", _by_reason(kept)))
+    if stats.blank:
+        rows.insert(3, ("blank lines", f"{stats.blank:,}"))
     if stats.stopped:
         rows.append(("stopped", stats.stop_reason or "yes"))
     return rows
+
+
+def _by_reason(counts: dict[str, int]) -> str:
+    detail = ", ".join(f"{why} {n:,}" for why, n in sorted(counts.items()))
+    return f"{sum(counts.values()):,} ({detail})"
 
 
 def render_summary(stats: Stats, price: Price | None, *, console: Console, rich_table: bool) -> None:

@@ -69,6 +69,14 @@ class Output(Protocol):
     def write(self, finished: Finished) -> None: ...
 
 
+class Cache(Protocol):
+    """Valid answers by request fingerprint (see `llmbatch.cache.ResponseCache`)."""
+
+    def get(self, fp: int) -> Completion | None: ...
+
+    def put(self, fp: int, completion: Completion) -> None: ...
+
+
 class Rejects(Protocol):
     """Where bad input lines go."""
 
@@ -109,11 +117,12 @@ class Job:
     reason: str | None = None
     not_before: float = 0.0
     seq: int = field(default=0)
+    live: bool = False  # asked of the provider, not the cache (a re-ask, a bad cached answer)
 
     def __lt__(self, other: Job) -> bool:  # heap order: due time, then arrival
         return (self.not_before, self.seq) < (other.not_before, other.seq)
 
-    def finished(self, state: State, error: ProviderError | None = None) -> Finished:
+    def finished(self, state: State, error: ProviderError | None = None, via: str = "live") -> Finished:
         return Finished(
             request=self.request,
             state=state,
@@ -125,6 +134,7 @@ class Job:
             last=self.last,
             reason=self.reason,
             error=error,
+            via=via,
         )
 
 
@@ -139,6 +149,7 @@ class Engine:
         stats: Stats,
         config: EngineConfig,
         rejects: Rejects | None = None,
+        cache: Cache | None = None,
         log: Callable[[str], None] = lambda _: None,
     ) -> None:
         self.provider = provider
@@ -146,6 +157,10 @@ class Engine:
         self.validator = validator
         self.output = output
         self.rejects = rejects
+        self.cache = cache
+        # With a cache, identical requests in one run are sent once: the first is the
+        # leader, the others wait here for its answer (holding no slot).
+        self._followers: dict[int, list[Job]] = {}
         self.stats = stats
         self.config = config
         self.log = log
@@ -218,6 +233,8 @@ class Engine:
                 if need_chars:
                     job.chars = limits.estimator.prompt_chars(nxt.body)
                 self._alive += 1
+                if self.cache is not None and not self._sent_live(job):
+                    continue  # answered from the cache, or waiting for an identical request
             if job is None:
                 if exhausted and self._alive == 0:
                     break
@@ -239,6 +256,56 @@ class Engine:
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
         return stats
+
+    def _sent_live(self, job: Job) -> bool:
+        """With a cache: False when the job needs no request of its own (a valid cached
+        answer finished it, or an identical request in flight will answer it)."""
+        assert self.cache is not None
+        fp = job.request.fp
+        cached = self.cache.get(fp)
+        if cached is not None and self._from_cache(job, cached):
+            return False
+        followers = self._followers.get(fp)
+        if followers is not None:
+            followers.append(job)
+            return False
+        self._followers[fp] = []
+        return True
+
+    def _from_cache(self, job: Job, completion: Completion) -> bool:
+        """Finish the job with an answer it did not ask for, if that answer is valid for
+        it (validators may look at the item, not only the request)."""
+        try:
+            reason = self.validator(job.request, completion)
+        except ConfigError as exc:
+            self.stop(Stop(f"the validator is broken: {exc}", exit_code=ExitCode.USAGE))
+            self._release(job)
+            return True
+        if reason is not None:
+            job.live = True
+            return False
+        job.last = completion
+        self.stats.cached += 1
+        self._finish(job, State.VALID, via="cached")
+        return True
+
+    def _lead_done(self, job: Job, answer: Completion | None) -> None:
+        """The leader of identical requests is done: a valid `answer` answers the
+        requests that waited for it; otherwise each is sent on its own."""
+        if job.live or self.cache is None:
+            return
+        followers = self._followers.pop(job.request.fp, None)
+        if not followers:
+            return
+        for follower in followers:
+            follower.live = True
+            if self.stopping:
+                self._release(follower)
+            elif answer is None or not self._from_cache(follower, answer):
+                follower.not_before = 0.0
+                follower.seq = next(self._seq)
+                heapq.heappush(self._retry_heap, follower)
+        self._wake.set()
 
     async def _admit(self, job: Job) -> Permit | None:
         """A permit for the job's next attempt, or None when the run stopped meanwhile
@@ -336,6 +403,8 @@ class Engine:
             self._release(job)
             return
         if reason is None:
+            if self.cache is not None:
+                self.cache.put(job.request.fp, completion)
             self._finish(job, State.VALID)
             return
         job.reason = reason
@@ -374,6 +443,7 @@ class Engine:
     def _release(self, job: Job) -> None:
         """The job leaves the window unwritten: a rerun does it."""
         self._alive -= 1
+        self._lead_done(job, None)
 
     # --- output ------------------------------------------------------------------
 
@@ -391,7 +461,7 @@ class Engine:
                 message = f"cannot write {w.path}: {w.error.strerror or w.error}"
                 self.stop(Stop(f"{message}; make room and rerun to resume"))
 
-    def _finish(self, job: Job, state: State, error: ProviderError | None = None) -> None:
+    def _finish(self, job: Job, state: State, error: ProviderError | None = None, via: str = "live") -> None:
         self._alive -= 1
         stats = self.stats
         stats.done += 1
@@ -401,5 +471,7 @@ class Engine:
             stats.invalid += 1
         else:
             stats.failed += 1
-        self.output.write(job.finished(state, error))
+        self.output.write(job.finished(state, error, via))
         self.check_writers()
+        if via == "live":
+            self._lead_done(job, job.last if state is State.VALID else None)

@@ -60,6 +60,32 @@ class IdSet:
                 return False
             i = i + 1 if i + 1 < size else 0
 
+    @property
+    def capacity(self) -> int:
+        """Slots in the table: indexes from `locate` are below this."""
+        return self._size
+
+    def locate(self, text: str, *, add: bool = False) -> int:
+        """The slot of `text` (added first when `add`), or -1 when it is not there.
+        Slots let a caller keep values beside the table in arrays of `capacity`; they
+        move when the table grows, so such a table must be made big enough up front."""
+        key = self._key(text)
+        slots, size = self._slots, self._size
+        i = key % size
+        while True:
+            v = slots[i]
+            if v == key:
+                return i
+            if v == _EMPTY:
+                if not add:
+                    return -1
+                if self._count + 1 > size * _MAX_LOAD:
+                    raise OverflowError("the table is full: make it for more ids")
+                slots[i] = key
+                self._count += 1
+                return i
+            i = i + 1 if i + 1 < size else 0
+
     def add(self, text: str) -> bool:
         """Add; True when it was not there before."""
         if self._count + 1 > self._size * _MAX_LOAD:

@@ -15,14 +15,19 @@ columns, one flat row for spreadsheets and pandas. Embeddings keep their vectors
 both: in ``response.body`` and in ``llm_answer``.
 
 Every line says what a rerun needs to judge it: the custom_id, the input line, the
+request fingerprint (``fp``: a hash of the endpoint and the canonical body as sent), the
 state (valid / invalid / failed) and, for a failure, its error code and whose fault it
-was (``request``: 400/404/422, retrying cannot help; ``transient``: worth another try).
+was (``request``: 400/404/422, retrying cannot help; ``transient``: worth another try),
+the server it was sent to (``server``: a hash of the base URL, never the URL itself),
+and how it was answered (``via``: ``live``, ``cached``, or ``batch`` with the batch id).
+The Batch-shaped line keeps these in its ``llmbatch`` block, the merged row in
+``llm_*`` columns. `read_line` reads them back from either.
 """
 
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterator
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -30,20 +35,23 @@ from typing import Any, Literal
 import orjson
 
 from llmbatch.errors import InputError, PermanentError, ProviderError
-from llmbatch.idset import IdSet
-from llmbatch.jsonl import JsonlWriter, count_lines, drop_torn_tail, read_lines
+from llmbatch.jsonl import JsonlWriter
 from llmbatch.providers.base import Completion, Request
 
 __all__ = [
     "Finished",
     "Format",
+    "Line",
     "OutputFile",
     "State",
     "batch_record",
+    "completion_of",
     "custom_id_of",
-    "done_ids",
+    "is_ours",
     "merged_record",
+    "read_line",
     "reject_record",
+    "server_hash",
 ]
 
 Format = Literal["batch", "merged"]
@@ -71,6 +79,8 @@ class Finished:
     last: Completion | None = None  # the last answer, if any
     reason: str | None = None  # why the last answer is invalid
     error: ProviderError | None = None  # why the item failed
+    via: str = "live"  # live, cached or batch
+    batch_id: str | None = None
 
 
 def fault_of(error: ProviderError) -> str:
@@ -86,7 +96,17 @@ def _error_block(f: Finished) -> dict[str, Any] | None:
     return None
 
 
-def batch_record(f: Finished) -> dict[str, Any]:
+def fp_hex(fp: int) -> str:
+    return (fp & 0xFFFFFFFFFFFFFFFF).to_bytes(8, "big").hex()
+
+
+def server_hash(base_url: str) -> str:
+    """A short hash of where requests go: enough to see that it changed, and nothing
+    of the URL itself (it may carry a token)."""
+    return hashlib.blake2b(base_url.rstrip("/").encode(), digest_size=4).hexdigest()
+
+
+def batch_record(f: Finished, server: str = "") -> dict[str, Any]:
     """An OpenAI Batch API output line, plus our `llmbatch` block."""
     req = f.request
     last = f.last
@@ -101,7 +121,12 @@ def batch_record(f: Finished) -> dict[str, Any]:
         "valid": f.state is State.VALID,
         "latency_ms": round(f.latency_ms, 1),
         "usage": {"prompt_tokens": f.prompt_tokens, "completion_tokens": f.completion_tokens},
+        "fp": fp_hex(req.fp),
+        "server": server,
+        "via": f.via,
     }
+    if f.batch_id is not None:
+        meta["batch_id"] = f.batch_id
     if f.error is not None:
         meta["fault"] = fault_of(f.error)
     if req.metadata is not None:
@@ -129,7 +154,7 @@ def _answer(last: Completion | None) -> Any:
     return last.text
 
 
-def merged_record(f: Finished) -> dict[str, Any]:
+def merged_record(f: Finished, server: str = "") -> dict[str, Any]:
     """The data item itself plus the answer: one flat row for spreadsheets and pandas."""
     req = f.request
     base: dict[str, Any] = dict(req.item) if req.item is not None else {}
@@ -146,9 +171,14 @@ def merged_record(f: Finished) -> dict[str, Any]:
             "llm_error": err["message"] if err else None,
             "llm_error_code": err["code"] if err else None,
             "llm_fault": fault_of(f.error) if f.error is not None else None,
+            "llm_finish_reason": f.last.finish_reason if f.last is not None else None,
             "llm_requests": f.requests,
             "llm_prompt_tokens": f.prompt_tokens,
             "llm_completion_tokens": f.completion_tokens,
+            "llm_fp": fp_hex(req.fp),
+            "llm_server": server,
+            "llm_via": f.via,
+            "llm_batch_id": f.batch_id,
         }
     )
     return base
@@ -163,24 +193,132 @@ class OutputFile:
     """Where finished items go: one whole line each, appended (see `JsonlWriter` for
     when lines reach the disk). `error` is the first failed write, if any."""
 
-    def __init__(self, path: Path, *, format: Format = "batch") -> None:
+    def __init__(self, path: Path, *, format: Format = "batch", server: str = "") -> None:
         self.path = path
         self.format: Format = format
+        self.server = server
         self._record = merged_record if format == "merged" else batch_record
         self._writer = JsonlWriter(path)
+        self.lines = 0
 
     @property
     def error(self) -> OSError | None:
         return self._writer.error
 
     def write(self, finished: Finished) -> None:
-        self._writer.write(self._record(finished))
+        self._writer.write(self._record(finished, self.server))
+        self.lines += 1
 
     def close(self) -> None:
         self._writer.close()
 
 
 # --- read-back ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Line:
+    """What a rerun needs to know of one output line."""
+
+    custom_id: str
+    format: Format
+    state: State
+    fp: int | None = None  # None: an older llmbatch wrote the line
+    fault: str | None = None  # for a failure: "request" or "transient"
+    server: str | None = None
+
+
+# Error codes an older llmbatch wrote for failures that were the request's fault.
+_TRANSIENT_CODES = frozenset(
+    {"transient", "timeout", "connection", "rate_limited", "internal_error", "malformed"}
+)
+
+
+def _old_fault(code: Any) -> str:
+    if not isinstance(code, str) or code in _TRANSIENT_CODES or code in ("http_408", "http_409"):
+        return "transient"
+    return "transient" if code.startswith("http_5") else "request"
+
+
+def _fp(value: Any) -> int | None:
+    if not isinstance(value, str) or len(value) != 16:
+        return None
+    try:
+        return int.from_bytes(bytes.fromhex(value), "big", signed=True)
+    except ValueError:
+        return None
+
+
+def read_line(rec: Any) -> Line | None:
+    """The rerun's view of an output line of either format, None when it is not ours."""
+    if not isinstance(rec, dict):
+        return None
+    cid = rec.get("llm_custom_id")
+    if isinstance(cid, str):
+        return _read_merged(cid, rec)
+    cid = rec.get("custom_id")
+    meta = rec.get("llmbatch")
+    if not isinstance(cid, str) or not isinstance(meta, dict):
+        return None
+    error = rec.get("error")
+    code = error.get("code") if isinstance(error, dict) else None
+    state = _state(meta.get("state"))
+    if state is None:  # an older line
+        if meta.get("valid") is True:
+            state = State.VALID
+        else:
+            state = State.INVALID if code == "invalid_answer" else State.FAILED
+    fault = meta.get("fault") if isinstance(meta.get("fault"), str) else None
+    if state is State.FAILED and fault is None:
+        fault = _old_fault(code)
+    server = meta.get("server")
+    return Line(cid, "batch", state, _fp(meta.get("fp")), fault, server if isinstance(server, str) else None)
+
+
+def _read_merged(cid: str, rec: dict[str, Any]) -> Line:
+    state = _state(rec.get("llm_state"))
+    if state is None:
+        if rec.get("llm_valid") is True:
+            state = State.VALID
+        else:
+            state = State.INVALID if rec.get("llm_answer") is not None else State.FAILED
+    fault = rec.get("llm_fault") if isinstance(rec.get("llm_fault"), str) else None
+    if state is State.FAILED and fault is None:
+        fault = _old_fault(rec.get("llm_error_code"))
+    server = rec.get("llm_server")
+    return Line(
+        cid, "merged", state, _fp(rec.get("llm_fp")), fault, server if isinstance(server, str) else None
+    )
+
+
+def _state(value: Any) -> State | None:
+    try:
+        return State(value)
+    except ValueError:
+        return None
+
+
+def completion_of(rec: dict[str, Any]) -> Completion | None:
+    """The answer an output line holds, as the validators see answers; None when the
+    line holds none."""
+    if "llm_custom_id" in rec:
+        answer = rec.get("llm_answer")
+        if isinstance(answer, list):
+            vectors = answer if answer and isinstance(answer[0], list) else [answer]
+            body: Any = {"object": "list", "data": [{"embedding": v} for v in vectors]}
+        elif isinstance(answer, str):
+            choice = {
+                "message": {"role": "assistant", "content": answer},
+                "finish_reason": rec.get("llm_finish_reason"),
+            }
+            body = {"object": "chat.completion", "choices": [choice]}
+        else:
+            return None
+        return Completion(body=body)
+    response = rec.get("response")
+    if not isinstance(response, dict) or "body" not in response:
+        return None
+    return Completion(body=response["body"], status_code=int(response.get("status_code") or 200))
 
 
 def custom_id_of(record: Any) -> str | None:
@@ -193,25 +331,10 @@ def custom_id_of(record: Any) -> str | None:
     return cid if isinstance(cid, str) else None
 
 
-def records(output: Path) -> Iterator[dict[str, Any]]:
-    """The output's lines, parsed; a line that is not a JSON object is passed over."""
-    for _, raw in read_lines(output):
-        try:
-            rec = orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            continue
-        if isinstance(rec, dict):
-            yield rec
-
-
-def done_ids(output: Path) -> IdSet:
-    """The custom_ids already written to `output` (a torn last line is dropped first)."""
-    if not output.exists():
-        return IdSet()
-    drop_torn_tail(output)
-    ids = IdSet(count_lines(output))
-    for rec in records(output):
-        cid = custom_id_of(rec)
-        if cid is not None:
-            ids.add(cid)
-    return ids
+def is_ours(first_line: bytes) -> bool:
+    """Whether a file's first line is an llmbatch output line (`--fresh` empties only
+    those)."""
+    try:
+        return read_line(orjson.loads(first_line)) is not None
+    except orjson.JSONDecodeError:
+        return False

@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import string
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +25,15 @@ from llmbatch.providers.base import CHAT, EMBEDDINGS, ENDPOINTS, Request
 if TYPE_CHECKING:
     from llmbatch.settings import Settings
 
-__all__ = ["SETUP_KINDS", "RequestBuilder", "Template", "builder_for", "normalise_endpoint", "schema_format"]
+__all__ = [
+    "SETUP_KINDS",
+    "RequestBuilder",
+    "Template",
+    "builder_for",
+    "fingerprint",
+    "normalise_endpoint",
+    "schema_format",
+]
 
 # InputError kinds that, made by every row, are a mistake in the command rather than in
 # the rows, with what to check.
@@ -34,6 +43,17 @@ SETUP_KINDS = {
     "id_field": "check --id-field against the input's fields",
     "shape": "for data items, give --prompt or --template",
 }
+
+
+_Parts = tuple[str, dict[str, Any], str, Any, "dict[str, Any] | None"]
+
+
+def fingerprint(url: str, body: dict[str, Any]) -> int:
+    """A 64-bit hash of what is sent: the endpoint and the body with its keys sorted
+    (so the order a file or a template writes them in does not matter), model and
+    parameters included; the custom_id and metadata, never sent, are not part of it."""
+    data = url.encode() + b"\0" + orjson.dumps(body, option=orjson.OPT_SORT_KEYS)
+    return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "big", signed=True)
 
 
 def normalise_endpoint(url: str) -> str | None:
@@ -91,17 +111,24 @@ class RequestBuilder:
 
     def build(self, line: int, obj: dict[str, Any]) -> Request:
         if self.template is not None:
-            return self._from_item(line, obj)
-        if "body" in obj and "custom_id" in obj:
-            return self._from_batch_line(line, obj)
-        if "messages" in obj or "input" in obj:
-            return self._from_body(line, obj)
-        raise InputError(
+            cid, body, url, metadata, item = self._from_item(line, obj)
+        elif "body" in obj and "custom_id" in obj:
+            cid, body, url, metadata, item = self._from_batch_line(line, obj)
+        elif "messages" in obj or "input" in obj:
+            cid, body, url, metadata, item = self._from_body(line, obj)
+        else:
+            raise self._not_a_request(line)
+        return Request(cid, body, url, line, metadata, item, fingerprint(url, body))
+
+    def _not_a_request(self, line: int) -> InputError:
+        return InputError(
             "not a request: expected a Batch API line (custom_id, url, body), a request body "
             "(messages or input), or a data item with --prompt/--template",
             line=line,
             kind="shape",
         )
+
+    # Each shape gives (custom_id, body, url, metadata, item).
 
     def _finish_body(self, line: int, body: dict[str, Any], url: str) -> dict[str, Any]:
         if self.params:
@@ -118,7 +145,7 @@ class RequestBuilder:
             raise InputError('embeddings request without "input"', line=line)
         return body
 
-    def _from_batch_line(self, line: int, obj: dict[str, Any]) -> Request:
+    def _from_batch_line(self, line: int, obj: dict[str, Any]) -> _Parts:
         cid = obj["custom_id"]
         if not isinstance(cid, str) or not cid:
             raise InputError("custom_id must be a non-empty string", line=line)
@@ -132,9 +159,9 @@ class RequestBuilder:
         body = obj["body"]
         if not isinstance(body, dict):
             raise InputError("body must be a JSON object", line=line)
-        return Request(cid, self._finish_body(line, dict(body), url), url, line)
+        return cid, self._finish_body(line, dict(body), url), url, None, None
 
-    def _from_body(self, line: int, obj: dict[str, Any]) -> Request:
+    def _from_body(self, line: int, obj: dict[str, Any]) -> _Parts:
         body = dict(obj)
         metadata = body.pop("metadata", None)
         own_id = body.pop("id", None)
@@ -147,9 +174,9 @@ class RequestBuilder:
         if "input" in body and "messages" not in body:
             url = EMBEDDINGS
         custom_id = str(cid) if cid is not None and cid != "" else f"line-{line}"
-        return Request(custom_id, self._finish_body(line, body, url), url, line, metadata=metadata)
+        return custom_id, self._finish_body(line, body, url), url, metadata, None
 
-    def _from_item(self, line: int, obj: dict[str, Any]) -> Request:
+    def _from_item(self, line: int, obj: dict[str, Any]) -> _Parts:
         assert self.template is not None
         text = self.template.render(obj, line)
         if self.id_field is not None:
@@ -165,7 +192,7 @@ class RequestBuilder:
             if self.system:
                 messages.insert(0, {"role": "system", "content": self.system})
             body = {"messages": messages}
-        return Request(custom_id, self._finish_body(line, body, self.endpoint), self.endpoint, line, item=obj)
+        return custom_id, self._finish_body(line, body, self.endpoint), self.endpoint, None, obj
 
 
 def schema_format(path: Path) -> dict[str, object]:

@@ -7,29 +7,36 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import signal
 import time
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import orjson
 from rich.console import Console
 
+from llmbatch.cache import ResponseCache
 from llmbatch.display import Display, choose_mode, render_summary, summary_dict
 from llmbatch.engine import Engine, EngineConfig
 from llmbatch.errors import ConfigError, ExitCode, InputError, Stop
-from llmbatch.idset import IdSet
 from llmbatch.jsonl import JsonlWriter
 from llmbatch.limits import Limits
-from llmbatch.output import OutputFile, done_ids, reject_record
+from llmbatch.locking import OutputLock
+from llmbatch.output import Format, OutputFile, is_ours, reject_record, server_hash
 from llmbatch.prices import run_price
 from llmbatch.providers.base import Provider, Request
 from llmbatch.requests import builder_for
+from llmbatch.resume import OutputIndex, Plan, Rules, compact, make_plan, parse_redo
 from llmbatch.settings import Settings, read_api_key
 from llmbatch.source import Source
 from llmbatch.stats import Stats
 from llmbatch.validate import build_validator
 
 __all__ = ["exit_code", "run", "run_async"]
+
+# Where the openai SDK sends requests when neither --base-url nor OPENAI_BASE_URL says.
+DEFAULT_BASE_URL = "https://api.openai.com/v1"
 
 
 def check_output(settings: Settings, source: Source) -> None:
@@ -53,17 +60,26 @@ def check_output(settings: Settings, source: Source) -> None:
             path.unlink()  # a run that stops at a later check must leave no empty files
 
 
-def make_provider(settings: Settings) -> Provider:
+def check_api_key(settings: Settings) -> str | None:
+    """The API key (None for the offline model), or a ConfigError saying how to give one."""
     if settings.provider == "fake":
-        from llmbatch.providers.fake import FakeProvider
-
-        return FakeProvider(latency_ms=settings.fake_latency_ms, jitter_ms=settings.fake_latency_ms / 2)
+        return None
     key = read_api_key(settings.api_key_file)
     if key is None:
         raise ConfigError(
             "no API key: set OPENAI_API_KEY or pass --api-key-file "
             "(any value for a local server that needs none; --provider fake runs offline)"
         )
+    return key
+
+
+def make_provider(settings: Settings) -> Provider:
+    if settings.provider == "fake":
+        from llmbatch.providers.fake import FakeProvider
+
+        return FakeProvider(latency_ms=settings.fake_latency_ms, jitter_ms=settings.fake_latency_ms / 2)
+    key = check_api_key(settings)
+    assert key is not None
     from llmbatch.providers.openai import OpenAIProvider
 
     return OpenAIProvider(
@@ -103,22 +119,82 @@ class RejectsFile:
 
 async def run_async(settings: Settings, *, console: Console | None = None) -> tuple[Stats, ExitCode]:
     source = Source(settings.input, builder_for(settings), number_duplicates=settings.number_duplicates)
+    lock = OutputLock(settings.output)
     try:
+        source.check()
+        check_output(settings, source)
+        lock.acquire()
         return await _run(settings, source, console)
     finally:
+        lock.release()
         source.close()
 
 
+def server_of(settings: Settings) -> str:
+    """The hash of where this run's requests go, as the output lines carry it."""
+    if settings.provider == "fake":
+        return server_hash("fake")
+    url = settings.base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL
+    return server_hash(url)
+
+
+def start_fresh(output: Path, *, force: bool) -> None:
+    """Empty the output for --fresh: only a file llmbatch wrote, unless --force."""
+    if not force and output.exists() and output.stat().st_size:
+        with output.open("rb") as f:
+            first = f.readline()
+        if not is_ours(first):
+            raise ConfigError(
+                f"{output} does not look like an llmbatch output: --fresh would empty it "
+                "(add --force if that is what you want)"
+            )
+    output.write_bytes(b"")
+    with contextlib.suppress(FileNotFoundError):
+        output.with_name(output.name + ".compacting").unlink()
+
+
+def stale_message(n: int, output: Path) -> str:
+    answers = "1 answer" if n == 1 else f"{n:,} answers"
+    return (
+        f"{answers} in {output} were made for a different request (the prompt, model or parameters "
+        "changed); nothing was sent. Rerun with --redo stale to ask them again, or --keep-stale to keep them"
+    )
+
+
+def _rerun_note(plan: Plan, index: OutputIndex, output: Path) -> str:
+    parts = [f"resuming: {len(index):,} items already in {output} ({plan.skipped:,} done)"]
+    if plan.redo:
+        parts.append(f"redoing {plan.redo.total():,} ({_counts(plan.redo)})")
+    kept = {k: v for k, v in plan.kept.items() if v}
+    if kept:
+        parts.append(f"kept {_counts(kept)}")
+    if index.no_fp:
+        parts.append(
+            f"{index.no_fp:,} lines carry no fingerprint (an older llmbatch wrote them): kept as they are"
+        )
+    return "; ".join(parts)
+
+
+def _counts(c: Mapping[str, int]) -> str:
+    return ", ".join(f"{k} {v:,}" for k, v in sorted(c.items()))
+
+
 async def _run(settings: Settings, source: Source, console: Console | None) -> tuple[Stats, ExitCode]:
-    source.check()
-    check_output(settings, source)
     specs = list(settings.validate)
     if settings.schema is not None:
         specs.append(f"schema:{settings.schema}")
     validator = build_validator(specs, require_finish=settings.require_finish)
     first = source.preflight()
     validator.preflight(first.first_item)
-    provider = make_provider(settings)
+    check_api_key(settings)
+    rules = Rules(
+        redo=parse_redo(settings.redo),
+        keep_stale=settings.keep_stale,
+        revalidate=settings.revalidate,
+        max_items=settings.max_items,
+    )
+    server = server_of(settings)
+    output_path = settings.output
 
     stats = Stats()
     stats.model = settings.model or first.model
@@ -129,18 +205,48 @@ async def _run(settings: Settings, source: Source, console: Console | None) -> t
     display = Display(stats, mode=mode, price=price, progress_every=settings.progress_every, console=console)
 
     if settings.fresh:
-        settings.output.write_bytes(b"")
-        done = IdSet()
-    else:
-        done = done_ids(settings.output)
-    if len(done):
-        display.log(f"resuming: {len(done):,} items already in {settings.output}")
+        start_fresh(output_path, force=settings.force)
+    index = OutputIndex.scan(output_path, offsets=rules.revalidate)
+    plan: Plan | None = None
     loop = asyncio.get_running_loop()
-    # Counted up front when cheap (about a second per GB): the total for the progress
-    # bar, and the size of the duplicate-id table, allocated once instead of grown.
-    stats.total = await loop.run_in_executor(None, source.count)
+    if len(index):
+        other: Format = "merged" if settings.output_format == "batch" else "batch"
+        if index.formats[other]:
+            raise ConfigError(
+                f"{output_path} holds {other} lines, and this run would write {settings.output_format} ones: "
+                f"{'drop' if other == 'merged' else 'add'} --merged, or choose another --output"
+            )
+        # The pre-pass: every input line built and judged before anything is sent.
+        plan = await loop.run_in_executor(
+            None,
+            lambda: make_plan(
+                source, index, rules, server=server, validator=validator, output=output_path, stats=stats
+            ),
+        )
+        if plan.stale:
+            raise ConfigError(stale_message(plan.stale, output_path))
+        display.log(_rerun_note(plan, index, output_path))
+        stats.skipped = plan.skipped
+        stats.redone = plan.redo
+        stats.kept = plan.kept
+        stats.total = plan.items + plan.rejects + stats.blank
+        requests: Iterator[Request | InputError] = source.planned(
+            plan.todo, plan.bad, plan.dupes, plan.renamed, until=plan.last_line if rules.max_items else None
+        )
+    else:
+        # Counted up front when cheap (about a second per GB): the total for the progress
+        # bar, and the size of the duplicate-id table, allocated once instead of grown.
+        stats.total = await loop.run_in_executor(None, source.count)
+        requests = source.requests(expected=stats.total or 0, stats=stats)
+        if rules.max_items is not None:
+            requests = _first_items(requests, rules.max_items)
+    if rules.max_items is not None:
+        stats.counts_skipped = False
+        stats.total = plan.work if plan is not None else rules.max_items
 
-    output = OutputFile(settings.output, format=settings.output_format)
+    provider = make_provider(settings)
+    cache = ResponseCache(settings.cache, server=server) if settings.cache is not None else None
+    output = OutputFile(output_path, format=settings.output_format, server=server)
     rejects = RejectsFile(settings.rejects_path)
     engine = Engine(
         provider=provider,
@@ -149,6 +255,7 @@ async def _run(settings: Settings, source: Source, console: Console | None) -> t
         output=output,
         rejects=rejects,
         stats=stats,
+        cache=cache,
         config=EngineConfig(
             concurrency=settings.concurrency,
             max_requests=settings.max_requests,
@@ -166,20 +273,12 @@ async def _run(settings: Settings, source: Source, console: Console | None) -> t
         else:
             engine.abort()
 
-    def not_done(req: Request) -> bool:
-        if req.custom_id in done:
-            stats.skipped += 1
-            return False
-        return True
-
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, on_signal, sig.name)
     display.start()
     try:
-        await engine.run(
-            source.requests(expected=stats.total or 0, wanted=not_done if done else None, stats=stats)
-        )
+        await engine.run(requests)
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError, RuntimeError):
@@ -187,9 +286,14 @@ async def _run(settings: Settings, source: Source, console: Console | None) -> t
         stats.finished = time.monotonic()
         output.close()
         rejects.close()
+        if cache is not None:
+            cache.close()
         engine.check_writers()
         await provider.aclose()
         display.stop()
+    if stats.stop is None and (index.repeated or (plan is not None and plan.redo and stats.done)):
+        # A run that redid items ends with one line per id.
+        await loop.run_in_executor(None, compact, output_path)
     summary_console = console or Console(stderr=True)
     render_summary(stats, price, console=summary_console, rich_table=mode == "live")
     if stats.rejected:
@@ -199,13 +303,26 @@ async def _run(settings: Settings, source: Source, console: Console | None) -> t
     if settings.summary_json is not None:
         summary = summary_dict(stats, price)
         settings.summary_json.write_bytes(orjson.dumps(summary, option=orjson.OPT_INDENT_2))
-    return stats, exit_code(stats)
+    kept_bad = plan.kept_bad if plan is not None and rules.max_items is None else 0
+    return stats, exit_code(stats, kept_bad=kept_bad)
 
 
-def exit_code(stats: Stats) -> ExitCode:
+def _first_items(requests: Iterator[Request | InputError], n: int) -> Iterator[Request | InputError]:
+    """The input up to its `n`th request (--max-items on a first run)."""
+    for item in requests:
+        yield item
+        if isinstance(item, Request):
+            n -= 1
+            if n == 0:
+                return
+
+
+def exit_code(stats: Stats, *, kept_bad: int = 0) -> ExitCode:
+    """The run's exit code (DESIGN.md): `kept_bad` counts the items in scope whose kept
+    line is not valid."""
     if stats.stop is not None:
         return stats.stop.exit_code
-    if stats.invalid or stats.failed or stats.rejected:
+    if stats.invalid or stats.failed or stats.rejected or kept_bad:
         return ExitCode.FAILED
     return ExitCode.OK
 

@@ -72,6 +72,12 @@ class Settings:
     output_format: Literal["batch", "merged"] = "batch"
     rejects: Path | None = None
     fresh: bool = False
+    force: bool = False  # --fresh may empty a file that is not an llmbatch output
+    redo: str | None = None  # comma list: failed, invalid, stale, all, none
+    keep_stale: bool = False
+    revalidate: bool = False
+    max_items: int | None = field(default=None, metadata=_at_least(1))
+    cache: Path | None = None
     number_duplicates: bool = False
     transport: Literal["fast", "sdk"] = "fast"
     fake_latency_ms: float = field(default=DEFAULT_FAKE_LATENCY_MS, metadata=_at_least(0))

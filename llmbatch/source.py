@@ -25,12 +25,13 @@ true duplicates from the few chance matches.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import stat
 import sys
 import tempfile
 from collections import Counter
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Callable, Container, Generator, Iterator, Mapping
 from pathlib import Path
 from typing import IO, Any, BinaryIO
 
@@ -77,6 +78,7 @@ class Source:
         self._stream: Generator[tuple[int, bytes]] | None = None
         self._spool: IO[bytes] | None = None
         self._spooled = False  # the whole input has reached the spool
+        self.renamed: dict[int, str] = {}  # duplicates given a #LINE name, by line
 
     # --- opening -------------------------------------------------------------------
 
@@ -259,21 +261,51 @@ class Source:
         if suspects:
             yield from self._settle_suspects(suspects, wanted)
 
+    def planned(
+        self,
+        todo: Container[int],
+        bad: Container[int],
+        dupes: Mapping[int, str],
+        renamed: Mapping[int, str],
+        *,
+        until: int | None = None,
+    ) -> Iterator[Request | InputError]:
+        """A rerun's main pass, after a pre-pass decided: lines in `todo` become
+        requests (renamed as `renamed` says), lines in `bad` and `dupes` rejects; every
+        other line is passed over without being parsed. `until`: the last line to read."""
+        build = self.builder.build
+        for number, raw in self.lines():
+            if until is not None and number > until:
+                return
+            if number in dupes:
+                yield InputError(dupes[number], line=number, kind="duplicate")
+            elif number in todo or number in bad:
+                try:
+                    req = build(number, parse_line(number, raw))
+                except InputError as err:
+                    yield err
+                    continue
+                if number in renamed:
+                    req = dataclasses.replace(req, custom_id=renamed[number])
+                yield req
+
     def _settle_suspects(
         self, suspects: list[Request], wanted: Callable[[Request], bool] | None
     ) -> Iterator[Request | InputError]:
         first = self._first_lines({r.custom_id for r in suspects})
         dupes = [r for r in suspects if first.get(r.custom_id, r.line) < r.line]
         names = self._numbered_ids(dupes) if self.number_duplicates and dupes else {}
+        self.renamed.update(names)
         for req in suspects:
             if first.get(req.custom_id, req.line) < req.line:
                 if not self.number_duplicates:
                     yield InputError(
                         f"duplicate custom_id {req.custom_id!r} (line {first[req.custom_id]} has it)",
                         line=req.line,
+                        kind="duplicate",
                     )
                     continue
-                req = Request(names[req.line], req.body, req.url, req.line, req.metadata, req.item)
+                req = dataclasses.replace(req, custom_id=names[req.line])
             if wanted is None or wanted(req):
                 yield req
 

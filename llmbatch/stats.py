@@ -15,16 +15,20 @@ __all__ = ["Stats"]
 class Stats:
     __slots__ = (
         "blank",
+        "cached",
         "completion_tokens",
+        "counts_skipped",
         "done",
         "failed",
         "finished",
         "http_429",
         "in_flight",
         "invalid",
+        "kept",
         "model",
         "prompt_tokens",
         "reasks",
+        "redone",
         "rejected",
         "requests",
         "retries",
@@ -48,6 +52,12 @@ class Stats:
         self.rejected = 0  # bad input lines
         self.skipped = 0  # already in the output (resume)
         self.blank = 0  # blank input lines, passed over
+        self.cached = 0  # answered from the response cache, no request
+        self.redone: Counter[str] = Counter()  # items sent again, by why (a rerun)
+        self.kept: Counter[str] = Counter()  # written lines kept although not valid, or stale
+        # Whether `total` counts the items skipped and kept (a whole rerun), or only
+        # those in scope (--max-items).
+        self.counts_skipped = True
         self.in_flight = 0
         self.requests = 0  # HTTP requests sent, all attempts
         self.reasks = 0  # requests repeated because an answer was invalid
@@ -78,8 +88,12 @@ class Stats:
 
     @property
     def accounted(self) -> int:
-        """Input lines that have an outcome: written, rejected, skipped as done, blank."""
-        return self.done + self.rejected + self.skipped + self.blank
+        """Input lines that have an outcome: written, rejected, skipped as done, kept,
+        blank."""
+        n = self.done + self.rejected + self.blank
+        if self.counts_skipped:
+            n += self.skipped + sum(self.kept.values()) - self.kept["stale"]  # stale: also one of those
+        return n
 
     @property
     def rpm(self) -> float:
@@ -106,6 +120,9 @@ class Stats:
             "rejected": self.rejected,
             "skipped": self.skipped,
             "blank": self.blank,
+            "cached": self.cached,
+            "redone": dict(self.redone),
+            "kept": dict(self.kept),
             "requests": self.requests,
             "reasks": self.reasks,
             "retries": dict(self.retries),

@@ -26,6 +26,9 @@ class Request:
     # and the data item that filled a template (merged output, python validators).
     metadata: Any = None
     item: dict[str, Any] | None = None
+    # A hash of what is sent (endpoint and canonical body): a rerun tells an answer to
+    # this very request from one to an older prompt by it. 0 when not computed.
+    fp: int = 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,357 @@
+"""Reruns: what the output already holds, what each id needs now, and the compaction
+that leaves one line per id.
+
+A rerun reads the output once into an `OutputIndex` (per custom_id: the fingerprint,
+state, fault and server of its newest line, in a few arrays: ~20 bytes an id), then
+makes a `Plan` in a pre-pass over the whole input, before anything is sent. Per id, in
+this order (DESIGN.md, "skip done"):
+
+1. an answer to a different request (*stale*: the prompt, model or params changed)
+   stops the run before anything is sent, unless ``--redo stale`` (ask again) or
+   ``--keep-stale`` (keep it);
+2. valid: skipped; failed for a transient cause: redone; failed by the request's
+   fault (400/404/422): redone with ``--redo failed``, or when the server it was sent
+   to has changed; invalid after ``--max-requests``: kept unless ``--redo invalid``;
+3. ``--revalidate``: today's validators run over the valid answers kept, with no
+   request; those that now fail are asked again.
+
+Lines written by an older llmbatch carry no fingerprint: they are kept as they are
+(only an explicit ``--redo`` applies to them), and reported once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from array import array
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import orjson
+
+from llmbatch.errors import ConfigError, InputError
+from llmbatch.idset import IdSet
+from llmbatch.jsonl import count_lines, drop_torn_tail
+from llmbatch.output import Format, Line, State, completion_of, read_line
+from llmbatch.providers.base import Completion, Request
+from llmbatch.source import Source
+from llmbatch.stats import Stats
+
+__all__ = ["REDO_CHOICES", "OutputIndex", "Plan", "Rules", "compact", "make_plan", "parse_redo"]
+
+REDO_CHOICES = ("failed", "invalid", "stale", "all", "none")
+
+# An index entry's flags, one byte an id.
+_STATE = {State.VALID: 1, State.INVALID: 2, State.FAILED: 3}
+_STATES = {v: k for k, v in _STATE.items()}
+_REQUEST_FAULT = 4
+_HAS_FP = 8
+
+
+def parse_redo(text: str | None) -> frozenset[str]:
+    """``--redo failed,invalid`` -> what to redo. Transient failures are redone unless
+    ``none``; ``all`` is failed, invalid and stale."""
+    if text is None:
+        return frozenset({"transient"})
+    words = {w.strip() for w in text.split(",") if w.strip()}
+    unknown = words - set(REDO_CHOICES)
+    if unknown or not words:
+        raise ConfigError(f"--redo takes a comma list of {', '.join(REDO_CHOICES)}, not {text!r}")
+    if "none" in words:
+        if len(words) > 1:
+            raise ConfigError("--redo none keeps every written line: it cannot go with anything else")
+        return frozenset()
+    if "all" in words:
+        words = {"failed", "invalid", "stale"}
+    return frozenset(words | {"transient"})
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Rules:
+    redo: frozenset[str] = frozenset({"transient"})
+    keep_stale: bool = False
+    revalidate: bool = False
+    max_items: int | None = None  # only the first N items that need work
+
+    @property
+    def stale_kept(self) -> bool:
+        """`--keep-stale`, or `--redo none` (which keeps every written line)."""
+        return self.keep_stale or not self.redo
+
+
+class OutputIndex:
+    """Per custom_id, what the newest line of an output says: fingerprint, state,
+    fault and server (and, for ``--revalidate``, where the line is)."""
+
+    def __init__(self, expected: int, *, offsets: bool = False) -> None:
+        self.ids = IdSet(expected)
+        size = self.ids.capacity
+        self.fp = array("q", bytes(8 * size))
+        self.flags = array("B", bytes(size))
+        self.server = array("B", bytes(size))
+        self.offset = array("q", bytes(8 * size)) if offsets else None
+        self.servers: list[str] = [""]  # server hashes; slot 0 is "unknown"
+        self.lines = 0
+        self.repeated = 0  # lines for an id that has a newer one: compaction removes them
+        self.no_fp = 0  # ids whose newest line an older llmbatch wrote
+        self.formats: Counter[Format] = Counter()
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @classmethod
+    def scan(cls, path: Path, *, offsets: bool = False) -> OutputIndex:
+        """Read an output (a torn last line is cut first: the crash that tore it lost it)."""
+        if not path.exists() or path.stat().st_size == 0:
+            return cls(0)
+        drop_torn_tail(path)
+        index = cls(count_lines(path), offsets=offsets)
+        with path.open("rb") as f:
+            pos = 0
+            for raw in f:
+                at, pos = pos, pos + len(raw)
+                try:
+                    rec = orjson.loads(raw)
+                except orjson.JSONDecodeError:
+                    continue
+                line = read_line(rec)
+                if line is not None:
+                    index.add(line, at)
+        index.no_fp = sum(
+            1 for i in range(index.ids.capacity) if index.flags[i] and not index.flags[i] & _HAS_FP
+        )
+        return index
+
+    def add(self, line: Line, offset: int = 0) -> None:
+        self.lines += 1
+        self.formats[line.format] += 1
+        slot = self.ids.locate(line.custom_id, add=True)
+        if self.flags[slot]:
+            self.repeated += 1
+        flags = _STATE[line.state]
+        if line.fault == "request":
+            flags |= _REQUEST_FAULT
+        if line.fp is not None:
+            flags |= _HAS_FP
+            self.fp[slot] = line.fp
+        self.flags[slot] = flags
+        self.server[slot] = self._server_index(line.server)
+        if self.offset is not None:
+            self.offset[slot] = offset
+
+    def _server_index(self, server: str | None) -> int:
+        if not server:
+            return 0
+        try:
+            return self.servers.index(server)
+        except ValueError:
+            if len(self.servers) < 255:
+                self.servers.append(server)
+                return len(self.servers) - 1
+            return 0
+
+
+class Bitmap:
+    """A set of line numbers, one bit each (a million lines: 125 KB)."""
+
+    __slots__ = ("_bits",)
+
+    def __init__(self) -> None:
+        self._bits = bytearray()
+
+    def add(self, n: int) -> None:
+        byte = n >> 3
+        if byte >= len(self._bits):
+            self._bits.extend(bytes(byte - len(self._bits) + 1 + len(self._bits) // 2))
+        self._bits[byte] |= 1 << (n & 7)
+
+    def __contains__(self, n: object) -> bool:
+        if not isinstance(n, int):
+            return False
+        byte = n >> 3
+        return byte < len(self._bits) and bool(self._bits[byte] & (1 << (n & 7)))
+
+
+@dataclass(slots=True)
+class Plan:
+    """What a rerun does with each input line, decided before anything is sent."""
+
+    todo: Bitmap = field(default_factory=Bitmap)  # lines to send
+    bad: Bitmap = field(default_factory=Bitmap)  # lines that are rejects
+    dupes: dict[int, str] = field(default_factory=dict)  # duplicate lines: their reject reason
+    renamed: dict[int, str] = field(default_factory=dict)  # --number-duplicates: line -> id
+    items: int = 0  # input items (rejects not counted)
+    rejects: int = 0
+    work: int = 0  # items to send
+    skipped: int = 0  # valid, kept
+    kept: Counter[str] = field(default_factory=Counter)  # not valid (by state), and stale kept
+    kept_bad: int = 0  # kept lines that are not valid: in scope, they make the exit code 1
+    redo: Counter[str] = field(default_factory=Counter)  # why items are sent again
+    stale: int = 0  # stale answers with no rule for them yet
+    out_of_scope: int = 0  # needing work, beyond --max-items
+    last_line: int = 0  # the last line sent: with --max-items, the scope ends there
+
+
+Validator = Callable[[Request, Completion], "str | None"]
+
+
+def make_plan(
+    source: Source,
+    index: OutputIndex,
+    rules: Rules,
+    *,
+    server: str,
+    validator: Validator | None = None,
+    output: Path | None = None,
+    stats: Stats | None = None,
+) -> Plan:
+    """The pre-pass: every input line built and judged against the output's index
+    (blank lines are counted into `stats`)."""
+    plan = Plan()
+    current_server = index.servers.index(server) if server in index.servers else -1
+    revalidate = None
+    if rules.revalidate and output is not None and validator is not None:
+        revalidate = _Revalidator(output, validator, index)
+    try:
+        for item in source.requests(expected=index.lines, stats=stats):
+            if isinstance(item, InputError):
+                plan.rejects += 1
+                if item.kind == "duplicate":
+                    plan.dupes[item.line] = str(item)
+                else:
+                    plan.bad.add(item.line)
+                continue
+            if item.line in source.renamed:
+                plan.renamed[item.line] = item.custom_id
+            plan.items += 1
+            action, why, stale = _judge(item, index, rules, current_server, revalidate)
+            if stale and action != "send":
+                plan.kept["stale"] += action != "refuse"
+            if action == "skip":
+                plan.skipped += 1
+            elif action == "keep":
+                plan.kept[why] += 1
+                plan.kept_bad += 1
+            elif action == "refuse":
+                plan.stale += 1
+            elif rules.max_items is not None and plan.work >= rules.max_items:
+                plan.out_of_scope += 1
+            else:
+                plan.work += 1
+                plan.last_line = item.line
+                plan.todo.add(item.line)
+                if why != "new":
+                    plan.redo[why] += 1
+    finally:
+        if revalidate is not None:
+            revalidate.close()
+    return plan
+
+
+def _judge(
+    req: Request, index: OutputIndex, rules: Rules, server: int, revalidate: _Revalidator | None
+) -> tuple[str, str, bool]:
+    """(action, why, stale): the action is "send" (why: "new" or the reason to redo),
+    "skip" (a valid answer), "keep" (a line that is not valid; why: its state), or
+    "refuse" (a stale answer that no rule covers yet)."""
+    slot = index.ids.locate(req.custom_id)
+    if slot < 0:
+        return "send", "new", False
+    flags = index.flags[slot]
+    state = _STATES[flags & 3]
+    redo = rules.redo
+    stale = bool(flags & _HAS_FP) and index.fp[slot] != req.fp
+    if stale:
+        if "stale" in redo:
+            return "send", "stale", True
+        if not rules.stale_kept:
+            return "refuse", "stale", True
+    if state is State.VALID:
+        if revalidate is not None and revalidate.fails(req, slot):
+            return "send", "revalidate", stale
+        return "skip", "valid", stale
+    if stale:
+        return "keep", state.value, True
+    old = not flags & _HAS_FP
+    if state is State.INVALID:
+        return ("send", "invalid", False) if "invalid" in redo else ("keep", "invalid", False)
+    if "failed" in redo:
+        return "send", "failed", False
+    if old or "transient" not in redo:  # an older line, or --redo none: kept as it is
+        return "keep", "failed", False
+    if not flags & _REQUEST_FAULT:
+        return "send", "transient", False
+    if index.server[slot] != server:
+        return "send", "server", False
+    return "keep", "failed", False
+
+
+class _Revalidator:
+    """Today's validators over a kept answer, read from its line in the output."""
+
+    def __init__(self, output: Path, validator: Validator, index: OutputIndex) -> None:
+        if index.offset is None:
+            raise ValueError("revalidation needs an index with offsets")
+        self.validator = validator
+        self.offset = index.offset
+        self._f = output.open("rb")
+
+    def fails(self, req: Request, slot: int) -> bool:
+        self._f.seek(self.offset[slot])
+        try:
+            rec = orjson.loads(self._f.readline())
+        except orjson.JSONDecodeError:
+            return True
+        completion = completion_of(rec)
+        if completion is None:
+            return True
+        return self.validator(req, completion) is not None
+
+    def close(self) -> None:
+        self._f.close()
+
+
+def compact(path: Path, *, order: Callable[[dict[str, object]], int] | None = None) -> int:
+    """Rewrite `path` with only the newest line of each id (and, with `order`, sorted by
+    it), atomically: a new file is written beside it, synced, and renamed over it. A
+    crash before the rename leaves the old file (old lines and new) and a stray temp
+    file, which the next compaction replaces. Streams: memory is the index, not the
+    file. Returns the number of lines dropped."""
+    index = OutputIndex.scan(path, offsets=True)
+    if index.repeated == 0 and order is None:
+        return 0
+    assert index.offset is not None
+    tmp = path.with_name(path.name + ".compacting")
+    kept = 0
+    with path.open("rb") as src, tmp.open("wb") as dst:
+        pos = 0
+        for raw in src:
+            at, pos = pos, pos + len(raw)
+            try:
+                rec = orjson.loads(raw)
+            except orjson.JSONDecodeError:
+                continue
+            line = read_line(rec)
+            if line is None:
+                dst.write(raw)  # not ours to judge: kept
+                continue
+            slot = index.ids.locate(line.custom_id)
+            if index.offset[slot] == at:
+                dst.write(raw)
+                kept += 1
+        dst.flush()
+        os.fsync(dst.fileno())
+    os.replace(tmp, path)
+    _sync_dir(path.parent)
+    return index.lines - kept
+
+
+def _sync_dir(folder: Path) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
