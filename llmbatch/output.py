@@ -28,9 +28,10 @@ from __future__ import annotations
 
 import enum
 import hashlib
+import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import orjson
 
@@ -50,6 +51,7 @@ __all__ = [
     "is_ours",
     "merged_record",
     "read_line",
+    "read_tail",
     "reject_record",
     "server_hash",
 ]
@@ -115,22 +117,24 @@ def batch_record(f: Finished, server: str = "") -> dict[str, Any]:
         response = {"status_code": last.status_code, "request_id": last.request_id, "body": last.body}
     meta: dict[str, Any] = {
         "line": req.line,
-        "state": f.state.value,
         "requests": f.requests,
         "retries": f.retries,
         "valid": f.state is State.VALID,
         "latency_ms": round(f.latency_ms, 1),
         "usage": {"prompt_tokens": f.prompt_tokens, "completion_tokens": f.completion_tokens},
-        "fp": fp_hex(req.fp),
-        "server": server,
-        "via": f.via,
     }
-    if f.batch_id is not None:
-        meta["batch_id"] = f.batch_id
-    if f.error is not None:
-        meta["fault"] = fault_of(f.error)
     if req.metadata is not None:
         meta["metadata"] = req.metadata
+    if f.batch_id is not None:
+        meta["batch_id"] = f.batch_id
+    # What a rerun reads comes last, in this order, and nothing of the user's after it:
+    # `read_tail` finds it at the end of the line without parsing the whole answer.
+    if f.error is not None:
+        meta["fault"] = fault_of(f.error)
+    meta["via"] = f.via
+    meta["server"] = server
+    meta["fp"] = fp_hex(req.fp)
+    meta["state"] = f.state.value
     return {
         "id": f"batch_req_{last.request_id}"
         if last is not None and last.request_id
@@ -216,9 +220,8 @@ class OutputFile:
 # --- read-back ---------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class Line:
-    """What a rerun needs to know of one output line."""
+class Line(NamedTuple):
+    """What a rerun needs to know of one output line (a tuple: a rerun reads millions)."""
 
     custom_id: str
     format: Format
@@ -244,9 +247,39 @@ def _fp(value: Any) -> int | None:
     if not isinstance(value, str) or len(value) != 16:
         return None
     try:
-        return int.from_bytes(bytes.fromhex(value), "big", signed=True)
+        fp = int(value, 16)
     except ValueError:
         return None
+    return fp - (1 << 64) if fp >= 1 << 63 else fp
+
+
+_TAIL = re.compile(rb'"via":"[a-z]+","server":"([0-9a-f]{0,16})","fp":"([0-9a-f]{16})","state":"([a-z]+)"}}')
+_CUSTOM_ID = b'","custom_id":"'
+_FAULTS = {b'"fault":"request",': "request", b'"fault":"transient",': "transient"}
+
+
+def read_tail(raw: bytes) -> Line | None:
+    """`read_line` of a Batch-shaped line this llmbatch wrote, from its first and last
+    bytes alone: a rerun reads millions of lines, and parsing every answer whole costs
+    most of that. None when the line is not in that shape (the caller parses it)."""
+    if not raw.startswith(b'{"id":"'):
+        return None
+    m = _TAIL.search(raw, max(0, len(raw) - 160))
+    if m is None or raw[m.end() :].strip() or (state := _STATES.get(m[3].decode())) is None:
+        return None
+    # Inside a JSON string every quote is escaped: the first `","custom_id":"` is the key.
+    at = raw.find(_CUSTOM_ID, 7)
+    end = raw.find(b'"', at + len(_CUSTOM_ID)) if at > 0 else -1
+    if end < 0:
+        return None
+    cid = raw[at + len(_CUSTOM_ID) : end]
+    if b"\\" in cid:
+        return None  # an escaped id: the parser knows best
+    start = m.start()
+    fault = _FAULTS.get(raw[start - 18 : start]) or _FAULTS.get(raw[start - 20 : start])
+    value = int(m[2], 16)
+    fp = value - (1 << 64) if value >= 1 << 63 else value
+    return Line(cid.decode(), "batch", state, fp, fault, m[1].decode())
 
 
 def read_line(rec: Any) -> Line | None:
@@ -291,11 +324,11 @@ def _read_merged(cid: str, rec: dict[str, Any]) -> Line:
     )
 
 
+_STATES = {s.value: s for s in State}
+
+
 def _state(value: Any) -> State | None:
-    try:
-        return State(value)
-    except ValueError:
-        return None
+    return _STATES.get(value) if isinstance(value, str) else None
 
 
 def completion_of(rec: dict[str, Any]) -> Completion | None:

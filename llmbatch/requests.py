@@ -56,6 +56,30 @@ def fingerprint(url: str, body: dict[str, Any]) -> int:
     return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "big", signed=True)
 
 
+def _body_id(obj: dict[str, Any], line: int) -> str:
+    """A bare body's id: `metadata.id`, else `id`, else the line number."""
+    metadata = obj.get("metadata")
+    cid = metadata.get("id") if isinstance(metadata, dict) else None
+    if cid is None:
+        cid = obj.get("id")
+    return str(cid) if cid is not None and cid != "" else f"line-{line}"
+
+
+_ENDPOINTS: dict[str, str | None] = {}
+
+
+def _endpoint(url: str) -> str | None:
+    """`normalise_endpoint`, remembered: a file names the same one or two endpoints on
+    every line."""
+    try:
+        return _ENDPOINTS[url]
+    except KeyError:
+        if len(_ENDPOINTS) > 64:
+            return normalise_endpoint(url)
+        found = _ENDPOINTS[url] = normalise_endpoint(url)
+        return found
+
+
 def normalise_endpoint(url: str) -> str | None:
     """'/v1/chat/completions', '/chat/completions' or 'chat/completions' -> the /v1 form."""
     path = "/" + url.strip().lstrip("/")
@@ -120,6 +144,22 @@ class RequestBuilder:
             raise self._not_a_request(line)
         return Request(cid, body, url, line, metadata, item, fingerprint(url, body))
 
+    def custom_id(self, line: int, obj: dict[str, Any]) -> str | None:
+        """The id `build` would give this object, found without building the request
+        (a second look at the input needs only ids); None when there is none. A line
+        whose id matches must still be built: it may be a reject."""
+        if self.template is not None:
+            if self.id_field is None:
+                return f"line-{line}"
+            value = obj.get(self.id_field)
+            return None if value in (None, "") else str(value)
+        if "body" in obj and "custom_id" in obj:
+            cid = obj["custom_id"]
+            return cid if isinstance(cid, str) else None
+        if "messages" in obj or "input" in obj:
+            return _body_id(obj, line)
+        return None
+
     def _not_a_request(self, line: int) -> InputError:
         return InputError(
             "not a request: expected a Batch API line (custom_id, url, body), a request body "
@@ -153,7 +193,7 @@ class RequestBuilder:
         if method != "POST":
             raise InputError(f"unsupported method {method!r} (only POST)", line=line)
         raw_url = obj.get("url", CHAT)
-        url = normalise_endpoint(raw_url) if isinstance(raw_url, str) else None
+        url = _endpoint(raw_url) if isinstance(raw_url, str) else None
         if url is None:
             raise InputError(f"unknown endpoint {raw_url!r} (use {' or '.join(ENDPOINTS)})", line=line)
         body = obj["body"]
@@ -162,18 +202,13 @@ class RequestBuilder:
         return cid, self._finish_body(line, dict(body), url), url, None, None
 
     def _from_body(self, line: int, obj: dict[str, Any]) -> _Parts:
+        custom_id = _body_id(obj, line)
         body = dict(obj)
         metadata = body.pop("metadata", None)
-        own_id = body.pop("id", None)
-        cid: Any = None
-        if isinstance(metadata, dict):
-            cid = metadata.get("id")
-        if cid is None:
-            cid = own_id
+        body.pop("id", None)
         url = self.endpoint if "messages" not in body else CHAT
         if "input" in body and "messages" not in body:
             url = EMBEDDINGS
-        custom_id = str(cid) if cid is not None and cid != "" else f"line-{line}"
         return custom_id, self._finish_body(line, body, url), url, metadata, None
 
     def _from_item(self, line: int, obj: dict[str, Any]) -> _Parts:

@@ -34,7 +34,7 @@ import orjson
 from llmbatch.errors import ConfigError, InputError
 from llmbatch.idset import IdSet
 from llmbatch.jsonl import count_lines, drop_torn_tail
-from llmbatch.output import Format, Line, State, completion_of, read_line
+from llmbatch.output import Format, Line, State, completion_of, custom_id_of, read_line, read_tail
 from llmbatch.providers.base import Completion, Request
 from llmbatch.source import Source
 from llmbatch.stats import Stats
@@ -93,6 +93,7 @@ class OutputIndex:
         self.server = array("B", bytes(size))
         self.offset = array("q", bytes(8 * size)) if offsets else None
         self.servers: list[str] = [""]  # server hashes; slot 0 is "unknown"
+        self._servers: dict[str, int] = {}
         self.lines = 0
         self.repeated = 0  # lines for an id that has a newer one: compaction removes them
         self.no_fp = 0  # ids whose newest line an older llmbatch wrote
@@ -108,49 +109,50 @@ class OutputIndex:
             return cls(0)
         drop_torn_tail(path)
         index = cls(count_lines(path), offsets=offsets)
+        add, loads = index.add, orjson.loads
         with path.open("rb") as f:
             pos = 0
             for raw in f:
                 at, pos = pos, pos + len(raw)
-                try:
-                    rec = orjson.loads(raw)
-                except orjson.JSONDecodeError:
-                    continue
-                line = read_line(rec)
+                line = read_tail(raw)
+                if line is None:
+                    try:
+                        line = read_line(loads(raw))
+                    except orjson.JSONDecodeError:
+                        continue
                 if line is not None:
-                    index.add(line, at)
-        index.no_fp = sum(
-            1 for i in range(index.ids.capacity) if index.flags[i] and not index.flags[i] & _HAS_FP
-        )
+                    add(line, at)
         return index
 
     def add(self, line: Line, offset: int = 0) -> None:
         self.lines += 1
         self.formats[line.format] += 1
         slot = self.ids.locate(line.custom_id, add=True)
-        if self.flags[slot]:
+        old = self.flags[slot]
+        if old:
             self.repeated += 1
+            self.no_fp -= not old & _HAS_FP
         flags = _STATE[line.state]
         if line.fault == "request":
             flags |= _REQUEST_FAULT
         if line.fp is not None:
             flags |= _HAS_FP
             self.fp[slot] = line.fp
+        else:
+            self.no_fp += 1
         self.flags[slot] = flags
-        self.server[slot] = self._server_index(line.server)
+        server = line.server
+        if server:
+            self.server[slot] = self._servers.get(server) or self._server_index(server)
         if self.offset is not None:
             self.offset[slot] = offset
 
-    def _server_index(self, server: str | None) -> int:
-        if not server:
+    def _server_index(self, server: str) -> int:
+        if len(self.servers) >= 255:
             return 0
-        try:
-            return self.servers.index(server)
-        except ValueError:
-            if len(self.servers) < 255:
-                self.servers.append(server)
-                return len(self.servers) - 1
-            return 0
+        self.servers.append(server)
+        self._servers[server] = len(self.servers) - 1
+        return len(self.servers) - 1
 
 
 class Bitmap:
@@ -313,39 +315,46 @@ class _Revalidator:
         self._f.close()
 
 
-def compact(path: Path, *, order: Callable[[dict[str, object]], int] | None = None) -> int:
-    """Rewrite `path` with only the newest line of each id (and, with `order`, sorted by
-    it), atomically: a new file is written beside it, synced, and renamed over it. A
-    crash before the rename leaves the old file (old lines and new) and a stray temp
-    file, which the next compaction replaces. Streams: memory is the index, not the
-    file. Returns the number of lines dropped."""
-    index = OutputIndex.scan(path, offsets=True)
-    if index.repeated == 0 and order is None:
-        return 0
-    assert index.offset is not None
-    tmp = path.with_name(path.name + ".compacting")
-    kept = 0
-    with path.open("rb") as src, tmp.open("wb") as dst:
-        pos = 0
-        for raw in src:
-            at, pos = pos, pos + len(raw)
+def compact(path: Path) -> int:
+    """Rewrite `path` with only the newest line of each id, atomically: a new file is
+    written beside it, synced, and renamed over it. A crash before the rename leaves
+    the old file (old lines and new) and a stray temp file, which the next compaction
+    replaces. Streams: memory is one number per id and one bit per line, not the file;
+    lines are parsed once (to find their ids) and copied as they are. Returns the number
+    of lines dropped."""
+    drop_torn_tail(path)
+    ids = IdSet(count_lines(path))
+    newest = array("I", bytes(4 * ids.capacity))  # per id, the number of its newest line
+    keep = Bitmap()
+    repeated = 0
+    with path.open("rb") as src:
+        for number, raw in enumerate(src, 1):
             try:
-                rec = orjson.loads(raw)
+                cid = custom_id_of(orjson.loads(raw))
             except orjson.JSONDecodeError:
+                cid = None
+            if cid is None:
+                keep.add(number)  # not ours to judge: kept
                 continue
-            line = read_line(rec)
-            if line is None:
-                dst.write(raw)  # not ours to judge: kept
-                continue
-            slot = index.ids.locate(line.custom_id)
-            if index.offset[slot] == at:
+            slot = ids.locate(cid, add=True)
+            repeated += newest[slot] != 0
+            newest[slot] = number
+    if not repeated:
+        return 0
+    for number in newest:
+        if number:
+            keep.add(number)
+    del newest, ids
+    tmp = path.with_name(path.name + ".compacting")
+    with path.open("rb") as src, tmp.open("wb") as dst:
+        for number, raw in enumerate(src, 1):
+            if number in keep:
                 dst.write(raw)
-                kept += 1
         dst.flush()
         os.fsync(dst.fileno())
     os.replace(tmp, path)
     _sync_dir(path.parent)
-    return index.lines - kept
+    return repeated
 
 
 def _sync_dir(folder: Path) -> None:

@@ -324,18 +324,23 @@ class Source:
                 names[line] += f"#{line}"
 
     def _first_lines(self, ids: set[str]) -> dict[str, int]:
-        """The first line that has each of `ids`, by building every request again."""
+        """The first line that has each of `ids`, by reading the input again. Only the
+        ids are read (building every request again would cost a whole pre-pass); a line
+        with a matching id is built, to tell an item from a reject."""
         first: dict[str, int] = {}
-        build = self.builder.build
+        builder = self.builder
         for number, raw in self._reread():
             if not raw.strip():
                 continue
             try:
-                cid = build(number, parse_line(number, raw)).custom_id
+                obj = parse_line(number, raw)
+                cid = builder.custom_id(number, obj)
+                if cid not in ids or cid in first:
+                    continue
+                builder.build(number, obj)
             except InputError:
                 continue
-            if cid in ids and cid not in first:
-                first[cid] = number
-                if len(first) == len(ids):
-                    break
+            first[cid] = number
+            if len(first) == len(ids):
+                break
         return first
