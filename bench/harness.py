@@ -84,8 +84,15 @@ class Measured:
         return {}
 
 
-def run_measured(argv: Sequence[str], *, timeout: float, env: dict[str, str] | None = None) -> Measured:
-    """Run `argv` pinned to the client core; kill it after `timeout` seconds."""
+def run_measured(
+    argv: Sequence[str],
+    *,
+    timeout: float,
+    env: dict[str, str] | None = None,
+    poll: Callable[[float], None] | None = None,
+) -> Measured:
+    """Run `argv` pinned to the client core; kill it after `timeout` seconds. `poll` is
+    called with the seconds since the start, every 20 ms while it runs."""
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         started = time.perf_counter()
         proc = subprocess.Popen(
@@ -103,12 +110,17 @@ def run_measured(argv: Sequence[str], *, timeout: float, env: dict[str, str] | N
                 pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
                 if pid:
                     break
-                if time.perf_counter() > deadline:
+                now = time.perf_counter()
+                if now > deadline:
                     timed_out = True
                     proc.kill()
                     pid, status, usage = os.wait4(proc.pid, 0)
                     break
-                time.sleep(0.005)
+                if poll is not None:
+                    poll(now - started)
+                    time.sleep(0.02)
+                else:
+                    time.sleep(0.005)
         except BaseException:  # interrupted: the client must not outlive the benchmark
             proc.kill()
             proc.wait(10)

@@ -31,6 +31,7 @@ class Sizes:
     rate_n: int
     tpm_n: int
     memory_ns: tuple[int, ...]  # the first is the baseline
+    rerun_ns: tuple[int, ...]  # outputs a rerun finds; the first is the baseline
 
 
 FULL = Sizes(
@@ -41,6 +42,7 @@ FULL = Sizes(
     rate_n=15_000,
     tpm_n=6,
     memory_ns=(10_000, 200_000, 1_000_000),
+    rerun_ns=(10_000, 1_000_000),
 )
 QUICK = Sizes(
     overhead_n=2_000,
@@ -50,6 +52,7 @@ QUICK = Sizes(
     rate_n=2_000,
     tpm_n=4,
     memory_ns=(10_000, 200_000),
+    rerun_ns=(10_000, 100_000),
 )
 
 
@@ -402,9 +405,73 @@ def memory(ctx: Context) -> list[Row]:
     return rows
 
 
+# --- 5. reruns --------------------------------------------------------------------------
+
+RERUN_LEFT = 10  # items of the output still to do (written failed by a flaky server)
+
+
+def rerun(ctx: Context) -> list[Row]:
+    """A rerun on a big output with a few items left: the time before its first request
+    (reading the output back, the pre-pass over the input) and its memory, against the
+    same rerun over a small output."""
+    rows: list[Row] = []
+    base: tuple[float, float] | None = None
+    for n in ctx.sizes.rerun_ns:
+        inp, out = ctx.tmp / f"rerun-in-{n}.jsonl", ctx.tmp / f"rerun-out-{n}.jsonl"
+        summary = ctx.tmp / "rerun-summary.json"
+        ctx.log(f"rerun: writing a {n:,}-line output with {RERUN_LEFT} items left")
+        subprocess.run(
+            [sys.executable, str(BENCH_DIR / "rerun_files.py"), str(inp), str(out), str(n), str(RERUN_LEFT)],
+            check=True,
+            env=ctx.env,
+            timeout=1800,
+        )
+        first: list[float] = []
+        with Server() as server:
+
+            def poll(elapsed: float, server: Server = server, first: list[float] = first) -> None:
+                if not first and _answered(server):
+                    first.append(elapsed)
+
+            argv = [sys.executable, "-m", "llmbatch", "run", str(inp), "-o", str(out), "--no-live", "-q",
+                    "--summary-json", str(summary), "--base-url", server.base_url]  # fmt: skip
+            ctx.log(f"rerun: {n:,} lines")
+            measured = run_measured(argv, timeout=600, env=ctx.env, poll=poll)
+            sent = _answered(server)
+        info = orjson.loads(summary.read_bytes()) if summary.exists() else {}
+        run = Run(n=n, measured=measured, info=info, check=_verify(out))
+        inp.unlink()
+        out.unlink()
+        row = run.row("rerun, 10 items left", f"rerun over {n:,} output lines")
+        phases = info.get("phases_s", {})
+        to_first = first[0] if first else float("nan")
+        pre = float(phases.get("pre_pass", float("nan")))
+        row.result = (
+            f"first request after {to_first:.1f}s (reading the output {phases.get('read_output', '?')}s, "
+            f"pre-pass {pre}s), compaction {phases.get('compact', '?')}s; {sent} requests"
+        )
+        rss = measured.maxrss_mb
+        if base is None:
+            base = (rss, to_first)
+        else:
+            per_million = pre * 1_000_000 / n
+            row.result += f"; RSS +{rss - base[0]:.0f} MB over {ctx.sizes.rerun_ns[0]:,} lines"
+            row.result += f"; pre-pass {per_million:.1f}s per 1M"
+            row.target = "RSS within +40 MB; pre-pass < 15 s per 1M lines"
+            row.met = rss - base[0] <= 40 and per_million < 15 and sent == RERUN_LEFT
+        rows.append(row)
+    return rows
+
+
+def _answered(server: Server) -> int:
+    """API requests the server has answered (its own /_stats calls are not among them)."""
+    return sum(int(v) for v in server.stats().get("by_status", {}).values())
+
+
 SCENARIOS: dict[str, Callable[[Context], list[Row]]] = {
     "overhead": overhead,
     "latency": latency,
     "ratelimit": rate_limited,
     "memory": memory,
+    "rerun": rerun,
 }

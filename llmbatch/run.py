@@ -31,7 +31,7 @@ from llmbatch.resume import OutputIndex, Plan, Rules, compact, make_plan, parse_
 from llmbatch.settings import Settings, read_api_key
 from llmbatch.source import Source
 from llmbatch.stats import Stats
-from llmbatch.validate import build_validator
+from llmbatch.validate import Validator, build_validator
 
 __all__ = ["exit_code", "run", "run_async"]
 
@@ -206,43 +206,11 @@ async def _run(settings: Settings, source: Source, console: Console | None) -> t
 
     if settings.fresh:
         start_fresh(output_path, force=settings.force)
-    index = OutputIndex.scan(output_path, offsets=rules.revalidate)
-    plan: Plan | None = None
     loop = asyncio.get_running_loop()
-    if len(index):
-        other: Format = "merged" if settings.output_format == "batch" else "batch"
-        if index.formats[other]:
-            raise ConfigError(
-                f"{output_path} holds {other} lines, and this run would write {settings.output_format} ones: "
-                f"{'drop' if other == 'merged' else 'add'} --merged, or choose another --output"
-            )
-        # The pre-pass: every input line built and judged before anything is sent.
-        plan = await loop.run_in_executor(
-            None,
-            lambda: make_plan(
-                source, index, rules, server=server, validator=validator, output=output_path, stats=stats
-            ),
-        )
-        if plan.stale:
-            raise ConfigError(stale_message(plan.stale, output_path))
+    work = _work(settings, source, rules, server=server, validator=validator, stats=stats)
+    index, plan, requests = await work
+    if plan is not None:
         display.log(_rerun_note(plan, index, output_path))
-        stats.skipped = plan.skipped
-        stats.redone = plan.redo
-        stats.kept = plan.kept
-        stats.total = plan.items + plan.rejects + stats.blank
-        requests: Iterator[Request | InputError] = source.planned(
-            plan.todo, plan.bad, plan.dupes, plan.renamed, until=plan.last_line if rules.max_items else None
-        )
-    else:
-        # Counted up front when cheap (about a second per GB): the total for the progress
-        # bar, and the size of the duplicate-id table, allocated once instead of grown.
-        stats.total = await loop.run_in_executor(None, source.count)
-        requests = source.requests(expected=stats.total or 0, stats=stats)
-        if rules.max_items is not None:
-            requests = _first_items(requests, rules.max_items)
-    if rules.max_items is not None:
-        stats.counts_skipped = False
-        stats.total = plan.work if plan is not None else rules.max_items
 
     provider = make_provider(settings)
     cache = ResponseCache(settings.cache, server=server) if settings.cache is not None else None
@@ -293,7 +261,8 @@ async def _run(settings: Settings, source: Source, console: Console | None) -> t
         display.stop()
     if stats.stop is None and (index.repeated or (plan is not None and plan.redo and stats.done)):
         # A run that redid items ends with one line per id.
-        await loop.run_in_executor(None, compact, output_path)
+        with _phase(stats, "compact"):
+            await loop.run_in_executor(None, compact, output_path)
     summary_console = console or Console(stderr=True)
     render_summary(stats, price, console=summary_console, rich_table=mode == "live")
     if stats.rejected:
@@ -305,6 +274,59 @@ async def _run(settings: Settings, source: Source, console: Console | None) -> t
         settings.summary_json.write_bytes(orjson.dumps(summary, option=orjson.OPT_INDENT_2))
     kept_bad = plan.kept_bad if plan is not None and rules.max_items is None else 0
     return stats, exit_code(stats, kept_bad=kept_bad)
+
+
+async def _work(
+    settings: Settings, source: Source, rules: Rules, *, server: str, validator: Validator, stats: Stats
+) -> tuple[OutputIndex, Plan | None, Iterator[Request | InputError]]:
+    """What this run sends: everything (a first run), or what the rerun rules say, judged
+    in a pre-pass over the whole input before anything is sent."""
+    loop = asyncio.get_running_loop()
+    output = settings.output
+    with _phase(stats, "read_output"):
+        index = await loop.run_in_executor(None, lambda: OutputIndex.scan(output, offsets=rules.revalidate))
+    if not len(index):
+        # Counted up front when cheap (about a second per GB): the total for the progress
+        # bar, and the size of the duplicate-id table, allocated once instead of grown.
+        stats.total = await loop.run_in_executor(None, source.count)
+        requests = source.requests(expected=stats.total or 0, stats=stats)
+        if rules.max_items is not None:
+            stats.counts_skipped = False
+            stats.total = rules.max_items
+            requests = _first_items(requests, rules.max_items)
+        return index, None, requests
+    other: Format = "merged" if settings.output_format == "batch" else "batch"
+    if index.formats[other]:
+        raise ConfigError(
+            f"{output} holds {other} lines, and this run would write {settings.output_format} ones: "
+            f"{'drop' if other == 'merged' else 'add'} --merged, or choose another --output"
+        )
+
+    def pre_pass() -> Plan:
+        return make_plan(source, index, rules, server=server, validator=validator, output=output, stats=stats)
+
+    with _phase(stats, "pre_pass"):
+        plan = await loop.run_in_executor(None, pre_pass)
+    if plan.stale:
+        raise ConfigError(stale_message(plan.stale, output))
+    stats.skipped = plan.skipped
+    stats.redone = plan.redo
+    stats.kept = plan.kept
+    stats.total = plan.items + plan.rejects + stats.blank
+    if rules.max_items is not None:
+        stats.counts_skipped = False
+        stats.total = plan.work
+    until = plan.last_line if rules.max_items is not None else None
+    return index, plan, source.planned(plan.todo, plan.bad, plan.dupes, plan.renamed, until=until)
+
+
+@contextlib.contextmanager
+def _phase(stats: Stats, name: str) -> Iterator[None]:
+    started = time.perf_counter()
+    try:
+        yield
+    finally:
+        stats.phases[name] = time.perf_counter() - started
 
 
 def _first_items(requests: Iterator[Request | InputError], n: int) -> Iterator[Request | InputError]:

@@ -26,6 +26,7 @@ class Stats:
         "invalid",
         "kept",
         "model",
+        "phases",
         "prompt_tokens",
         "reasks",
         "redone",
@@ -70,6 +71,9 @@ class Stats:
         # Why the run is stopping early, once it is: the one place that says so.
         self.stop: Stop | None = None
         self.model: str | None = None
+        # Seconds spent outside sending: reading the output back, the rerun's pre-pass,
+        # the compaction. A rerun of a big file is judged by them.
+        self.phases: dict[str, float] = {}
         self.rpm_limit: float | None = None
         self.tpm_limit: float | None = None
 
@@ -135,4 +139,5 @@ class Stats:
             "stopped": self.stopped,
             "stop_reason": self.stop_reason,
             "model": self.model,
+            "phases_s": {k: round(v, 3) for k, v in self.phases.items()},
         }
