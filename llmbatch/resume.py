@@ -2,7 +2,7 @@
 that leaves one line per id.
 
 A rerun reads the output once into an `OutputIndex` (per custom_id: the fingerprint,
-state, fault and server of its newest line, in a few arrays: ~20 bytes an id), then
+state, fault and server of its newest line, in a few arrays: ~25 bytes an id), then
 makes a `Plan` in a pre-pass over the whole input, before anything is sent. Per id, in
 this order (DESIGN.md, "skip done"):
 
