@@ -16,10 +16,13 @@ import typer
 
 from llmbatch.errors import ExitCode, LLMBatchError
 from llmbatch.settings import (
+    DEFAULT_BATCH_BYTES,
+    DEFAULT_BATCH_REQUESTS,
     DEFAULT_CONCURRENCY,
     DEFAULT_FAKE_LATENCY_MS,
     DEFAULT_MAX_REQUESTS,
     DEFAULT_MAX_RETRIES,
+    DEFAULT_POLL_EVERY,
     DEFAULT_PROGRESS_EVERY,
     DEFAULT_TIMEOUT,
     Settings,
@@ -41,6 +44,7 @@ LIMITS = "Limits and retries"
 VALIDATION = "Validation"
 OUTPUT = "Output"
 RERUN = "Reruns and cache"
+BATCH = "Batch API (half price)"
 DISPLAY = "Display"
 OFFLINE = "Offline model (--provider fake)"
 
@@ -258,6 +262,48 @@ def run(
             panel=RERUN,
         ),
     ] = None,
+    # batch API
+    batch_api: Annotated[
+        bool,
+        Opt(
+            "--batch-api",
+            help="Send through the provider's Batch API: half price, answers within 24 h.",
+            panel=BATCH,
+        ),
+    ] = False,
+    batch_requests: Annotated[int, Opt(help="Requests per batch input file at most.", panel=BATCH)] = (
+        DEFAULT_BATCH_REQUESTS
+    ),
+    batch_bytes: Annotated[
+        int, Opt(help="Bytes per batch input file at most.", panel=BATCH)
+    ] = DEFAULT_BATCH_BYTES,
+    batch_max_tokens: Annotated[
+        int | None,
+        Opt(help="Enqueued input tokens allowed at once (your tier's batch queue limit).", panel=BATCH),
+    ] = None,
+    poll_every: Annotated[float, Opt(help="Seconds between looks at running batches.", panel=BATCH)] = (
+        DEFAULT_POLL_EVERY
+    ),
+    no_wait: Annotated[
+        bool,
+        Opt(
+            "--no-wait",
+            help="Submit, collect what has finished, exit 4 while batches still run.",
+            panel=BATCH,
+        ),
+    ] = False,
+    cancel: Annotated[
+        bool,
+        Opt(
+            "--cancel",
+            help="Cancel this output's running batches and collect what they finished.",
+            panel=BATCH,
+        ),
+    ] = False,
+    then: Annotated[
+        str,
+        Opt(help="Where follow-ups go (invalid, retryable, expired): batch, or live at once.", panel=BATCH),
+    ] = "batch",
     # display
     live: Annotated[
         bool, Opt("--live/--no-live", help="Live panel on a terminal, or plain lines.", panel=DISPLAY)

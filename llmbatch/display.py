@@ -122,14 +122,28 @@ def progress_line(stats: Stats, price: Price | None) -> str:
     cost_part = _usd(_spent(stats, price))
     if cost_part == "unknown":
         cost_part = "cost unknown"
-    return " | ".join(
-        (
-            f"{head} {counts}",
-            rates,
-            cost_part,
-            f"eta {_duration(stats.eta())} elapsed {_duration(stats.elapsed)}",
-        )
-    )
+    parts = [
+        f"{head} {counts}",
+        rates,
+        cost_part,
+        f"eta {_duration(stats.eta())} elapsed {_duration(stats.elapsed)}",
+    ]
+    if stats.batches:
+        parts.append(batches_line(stats))
+    return " | ".join(parts)
+
+
+def batches_line(stats: Stats) -> str:
+    """The batches of a Batch API run, each with its status, counts and age."""
+    now = time.time()
+    views = []
+    for batch_id, (status, completed, failed, total, since) in list(stats.batches.items())[-6:]:
+        view = f"{batch_id} {status} {completed:,}/{total:,}"
+        if failed:
+            view += f" ({failed:,} failed)"
+        views.append(view + f", {_duration(now - since)} old")
+    more = len(stats.batches) - len(views)
+    return "batches: " + ", ".join(views) + (f" and {more} more" if more > 0 else "")
 
 
 # Rates against --rpm/--tpm are read over the last minute, the span the limits count in;
@@ -216,6 +230,8 @@ class StatsView:
         for a, x, b, y in rows:
             figures.add_row(a, x, "", b, y)
         retries = Text.assemble(("retries  ", "dim"), (_retries(s), "yellow" if s.retries else ""))
+        if s.batches:
+            retries.append("\n" + batches_line(s).replace(", ", "\n  "), style="dim")
         title = "llmbatch" + (f" · {s.model}" if s.model else "")
         subtitle = Text(f"stopping: {s.stop_reason}", style="yellow") if s.stopped else None
         return Panel(

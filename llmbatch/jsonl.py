@@ -188,6 +188,16 @@ class JsonlWriter:
             self.error = exc  # a line cut short is a torn tail: resume drops it
         self._buf.clear()
 
+    def sync(self) -> None:
+        """Flush and fsync now."""
+        self.flush()
+        if self.error is None:
+            try:
+                os.fsync(self._f.fileno())
+                self._last_sync = time.monotonic()
+            except OSError as exc:
+                self.error = exc
+
     def close(self) -> None:
         if self._f.closed:
             return

@@ -213,6 +213,10 @@ class OutputFile:
         self._writer.write(self._record(finished, self.server))
         self.lines += 1
 
+    def sync(self) -> None:
+        """Everything written so far, on disk now (before a record says it is)."""
+        self._writer.sync()
+
     def close(self) -> None:
         self._writer.close()
 

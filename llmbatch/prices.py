@@ -99,11 +99,19 @@ def cost(price: Price | None, prompt_tokens: int, completion_tokens: int) -> flo
     return (prompt_tokens * price.input + completion_tokens * price.output) / 1_000_000
 
 
+# The Batch API's discount on input and output tokens.
+BATCH_DISCOUNT = 0.5
+
+
 def run_price(settings: Settings, model: str | None = None) -> Price | None:
     """The price a run's settings charge for `model` (or --model): flags, then the
-    config file's table, then the built-in one. The offline fake model is free."""
+    config file's table, then the built-in one; with --batch-api, half of it. The offline
+    fake model is free."""
     overrides = {m: Price(i, o) for m, (i, o) in settings.prices.items()}
     model = settings.model or model or ("fake" if settings.provider == "fake" else None)
     if settings.provider == "fake" and settings.price_in is None and settings.price_out is None:
         return price_for(model, overrides) or Price(0.0, 0.0)
-    return price_for(model, overrides, price_in=settings.price_in, price_out=settings.price_out)
+    price = price_for(model, overrides, price_in=settings.price_in, price_out=settings.price_out)
+    if price is not None and settings.batch_api:
+        price = Price(price.input * BATCH_DISCOUNT, price.output * BATCH_DISCOUNT)
+    return price

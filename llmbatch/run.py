@@ -10,20 +10,23 @@ import contextlib
 import os
 import signal
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 import orjson
 from rich.console import Console
 
+from llmbatch.batchapi import BatchConfig, BatchMode, RemoteBatches
+from llmbatch.batchstate import BatchState, state_path
 from llmbatch.cache import ResponseCache
 from llmbatch.display import Display, choose_mode, render_summary, summary_dict
 from llmbatch.engine import Engine, EngineConfig
-from llmbatch.errors import ConfigError, ExitCode, InputError, Stop
+from llmbatch.errors import ConfigError, ExitCode, InputError, Stop, worst
+from llmbatch.idset import IdSet
 from llmbatch.jsonl import JsonlWriter
 from llmbatch.limits import Limits
 from llmbatch.locking import OutputLock
-from llmbatch.output import Format, OutputFile, is_ours, reject_record, server_hash
+from llmbatch.output import Finished, Format, OutputFile, is_ours, reject_record, server_hash
 from llmbatch.prices import run_price
 from llmbatch.providers.base import Provider, Request
 from llmbatch.requests import builder_for
@@ -204,13 +207,21 @@ async def _run(settings: Settings, source: Source, console: Console | None) -> t
     price = run_price(settings, stats.model)
     display = Display(stats, mode=mode, price=price, progress_every=settings.progress_every, console=console)
 
+    batch_state = open_batches_check(settings)
     if settings.fresh:
         start_fresh(output_path, force=settings.force)
     loop = asyncio.get_running_loop()
     work = _work(settings, source, rules, server=server, validator=validator, stats=stats)
-    index, plan, requests = await work
+    try:
+        index, plan, requests = await work
+    except ConfigError as exc:
+        if batch_state is not None and batch_state.open_batches() and "different request" in str(exc):
+            raise ConfigError(f"{exc}; and batches are still open at the provider: {_BATCH_WAYS}") from None
+        raise
     if plan is not None:
         display.log(_rerun_note(plan, index, output_path))
+    if batch_state is not None:
+        requests = _not_in_batches(requests, batch_state)
 
     provider = make_provider(settings)
     cache = ResponseCache(settings.cache, server=server) if settings.cache is not None else None
@@ -232,21 +243,30 @@ async def _run(settings: Settings, source: Source, console: Console | None) -> t
         ),
         log=display.log,
     )
+    batches = _batch_mode(
+        settings, provider, engine, batch_state, validator, output, stats, cache, display.log
+    )
+    stopper: Engine | BatchMode = batches or engine
 
     def on_signal(signame: str) -> None:
         if stats.stop is None:
-            engine.stop(
-                Stop(f"{signame} received; finishing requests in flight (again to abort)", interrupt=True)
+            stopper.stop(
+                Stop(f"{signame} received; finishing what is in flight (again to abort)", interrupt=True)
             )
         else:
             engine.abort()
+            stopper.stop(Stop("aborted"))
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, on_signal, sig.name)
     display.start()
+    pending = ExitCode.OK
     try:
-        await engine.run(requests)
+        if batches is not None:
+            pending = await batches.run(requests, engine.reject)
+        else:
+            await engine.run(requests)
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError, RuntimeError):
@@ -256,6 +276,8 @@ async def _run(settings: Settings, source: Source, console: Console | None) -> t
         rejects.close()
         if cache is not None:
             cache.close()
+        if batch_state is not None:
+            batch_state.close()
         engine.check_writers()
         await provider.aclose()
         display.stop()
@@ -273,7 +295,124 @@ async def _run(settings: Settings, source: Source, console: Console | None) -> t
         summary = summary_dict(stats, price)
         settings.summary_json.write_bytes(orjson.dumps(summary, option=orjson.OPT_INDENT_2))
     kept_bad = plan.kept_bad if plan is not None and rules.max_items is None else 0
-    return stats, exit_code(stats, kept_bad=kept_bad)
+    return stats, exit_code(stats, kept_bad=kept_bad, pending=pending)
+
+
+_BATCH_WAYS = "rerun with --batch-api to collect them, or --batch-api --cancel to cancel them"
+
+
+def open_batches_check(settings: Settings) -> BatchState | None:
+    """The Batch API mode's record of this output, if it has one. Open batches bind the
+    output: only a --batch-api run (which collects them first) may go on."""
+    for name in ("no_wait", "cancel"):
+        if getattr(settings, name) and not settings.batch_api:
+            raise ConfigError(f"--{name.replace('_', '-')} goes with --batch-api")
+    if settings.then == "live" and not settings.batch_api:
+        raise ConfigError("--then live goes with --batch-api")
+    if settings.batch_api and settings.provider == "fake":
+        raise ConfigError(
+            "--batch-api needs a server with the OpenAI Batch API; the offline fake model has none "
+            "(python -m llmbatch.testing.server has one, for trying it out)"
+        )
+    existing = BatchState.existing(settings.output)
+    open_ = existing.open_batches() if existing is not None else []
+    if open_ and (not settings.batch_api or settings.fresh):
+        existing_n = f"{len(open_)} batch{'es' if len(open_) != 1 else ''}"
+        if existing is not None:
+            existing.close()
+        how = "--fresh would lose them" if settings.fresh else "a live run would pay for them twice"
+        raise ConfigError(
+            f"{settings.output} has {existing_n} still open at the provider ({how}): {_BATCH_WAYS}"
+        )
+    if settings.batch_api:
+        return existing or BatchState(state_path(settings.output))
+    if existing is not None:
+        existing.close()
+    return None
+
+
+def _not_in_batches(
+    requests: Iterator[Request | InputError], state: BatchState
+) -> Iterator[Request | InputError]:
+    """The work, less the items already in a batch (a rerun collects those)."""
+    known = IdSet(0)
+    for cid in state.known_ids():
+        known.add(cid)
+    if not len(known):
+        yield from requests
+        return
+    for item in requests:
+        if isinstance(item, Request) and item.custom_id in known:
+            continue
+        yield item
+
+
+def _batch_mode(
+    settings: Settings,
+    provider: Provider,
+    engine: Engine,
+    state: BatchState | None,
+    validator: Validator,
+    output: OutputFile,
+    stats: Stats,
+    cache: ResponseCache | None,
+    log: Callable[[str], None],
+) -> BatchMode | None:
+    if not settings.batch_api or state is None:
+        return None
+    from llmbatch.providers.openai import OpenAIProvider
+
+    assert isinstance(provider, OpenAIProvider)
+
+    async def live(requests: Iterator[Request]) -> list[str]:
+        recorder = _Recording(output)
+        engine.output = recorder
+        try:
+            await engine.run(requests)
+        finally:
+            engine.output = output
+        output.sync()
+        return recorder.ids
+
+    return BatchMode(
+        remote=RemoteBatches(provider.client, log=log),
+        state=state,
+        output=output,
+        validator=validator,
+        stats=stats,
+        config=BatchConfig(
+            requests_per_file=settings.batch_requests,
+            bytes_per_file=settings.batch_bytes,
+            max_tokens=settings.batch_max_tokens,
+            poll_every=settings.poll_every,
+            no_wait=settings.no_wait,
+            cancel=settings.cancel,
+            then_live=settings.then == "live",
+            max_requests=settings.max_requests,
+            max_retries=settings.max_retries,
+        ),
+        cache=cache,
+        live=live,
+        log=log,
+        label=settings.output.name,
+    )
+
+
+class _Recording:
+    """An output that also remembers the ids it was given (for the batch record)."""
+
+    def __init__(self, output: OutputFile) -> None:
+        self._output = output
+        self.path = output.path
+        self.ids: list[str] = []
+
+    @property
+    def error(self) -> OSError | None:
+        return self._output.error
+
+    def write(self, finished: Finished) -> None:
+        self._output.write(finished)
+        self.ids.append(finished.request.custom_id)
 
 
 async def _work(
@@ -339,14 +478,15 @@ def _first_items(requests: Iterator[Request | InputError], n: int) -> Iterator[R
                 return
 
 
-def exit_code(stats: Stats, *, kept_bad: int = 0) -> ExitCode:
+def exit_code(stats: Stats, *, kept_bad: int = 0, pending: ExitCode = ExitCode.OK) -> ExitCode:
     """The run's exit code (DESIGN.md): `kept_bad` counts the items in scope whose kept
-    line is not valid."""
+    line is not valid; `pending` is PENDING when batches are still running."""
+    codes = [pending]
     if stats.stop is not None:
-        return stats.stop.exit_code
+        codes.append(stats.stop.exit_code)
     if stats.invalid or stats.failed or stats.rejected or kept_bad:
-        return ExitCode.FAILED
-    return ExitCode.OK
+        codes.append(ExitCode.FAILED)
+    return worst(*codes)
 
 
 def run(settings: Settings, *, console: Console | None = None) -> tuple[Stats, ExitCode]:

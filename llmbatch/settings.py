@@ -23,6 +23,8 @@ from llmbatch.errors import ConfigError
 
 __all__ = [
     "CONFIG_NAME",
+    "DEFAULT_BATCH_BYTES",
+    "DEFAULT_BATCH_REQUESTS",
     "DEFAULT_CONCURRENCY",
     "DEFAULT_MAX_REQUESTS",
     "DEFAULT_MAX_RETRIES",
@@ -40,6 +42,10 @@ DEFAULT_MAX_RETRIES = 10
 DEFAULT_TIMEOUT = 120.0
 DEFAULT_PROGRESS_EVERY = 10.0
 DEFAULT_FAKE_LATENCY_MS = 40.0
+# OpenAI's limits for one Batch API input file, and how often to look at a batch.
+DEFAULT_BATCH_REQUESTS = 50_000
+DEFAULT_BATCH_BYTES = 200_000_000
+DEFAULT_POLL_EVERY = 30.0
 CONFIG_NAME = "llmbatch.toml"
 
 
@@ -78,6 +84,14 @@ class Settings:
     revalidate: bool = False
     max_items: int | None = field(default=None, metadata=_at_least(1))
     cache: Path | None = None
+    batch_api: bool = False
+    batch_requests: int = field(default=DEFAULT_BATCH_REQUESTS, metadata=_at_least(1))
+    batch_bytes: int = field(default=DEFAULT_BATCH_BYTES, metadata=_at_least(1024))
+    batch_max_tokens: int | None = field(default=None, metadata=_at_least(1))
+    poll_every: float = field(default=DEFAULT_POLL_EVERY, metadata=_at_least(0, strict=True))
+    no_wait: bool = False
+    cancel: bool = False
+    then: Literal["batch", "live"] = "batch"  # where a batch's follow-ups go
     number_duplicates: bool = False
     transport: Literal["fast", "sdk"] = "fast"
     fake_latency_ms: float = field(default=DEFAULT_FAKE_LATENCY_MS, metadata=_at_least(0))

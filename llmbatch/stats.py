@@ -14,6 +14,7 @@ __all__ = ["Stats"]
 
 class Stats:
     __slots__ = (
+        "batches",
         "blank",
         "cached",
         "completion_tokens",
@@ -54,6 +55,8 @@ class Stats:
         self.skipped = 0  # already in the output (resume)
         self.blank = 0  # blank input lines, passed over
         self.cached = 0  # answered from the response cache, no request
+        # Batch API mode: per batch id, (status, completed, failed, total, when submitted).
+        self.batches: dict[str, tuple[str, int, int, int, float]] = {}
         self.redone: Counter[str] = Counter()  # items sent again, by why (a rerun)
         self.kept: Counter[str] = Counter()  # written lines kept although not valid, or stale
         # Whether `total` counts the items skipped and kept (a whole rerun), or only
