@@ -18,7 +18,9 @@ __all__ = ["Bucket", "LocalBucket"]
 class Bucket(Protocol):
     """A budget of units (requests or tokens) refilling at `rate` per second, holding
     at most `capacity` (one second's worth: a minute's budget is never spent in a
-    burst)."""
+    burst). Spending more than it has (a debt) is allowed up to one minute's budget:
+    a request that turned out bigger than its estimate costs at most the wait a
+    provider's one-minute window would impose."""
 
     @property
     def rate(self) -> float: ...
@@ -40,6 +42,19 @@ class Bucket(Protocol):
         bucket waits it off), a negative one a refund."""
         ...
 
+    def cap_available(self, available: float) -> None:
+        """The server says only `available` is left: never offer more than that now
+        (0 drains the bucket: the next unit waits for the refill)."""
+        ...
+
+    def set_rate(self, per_minute: float) -> None:
+        """Pace at another rate from now on, keeping what is spent."""
+        ...
+
+    def wait_for(self, amount: float) -> float:
+        """Seconds until `amount` could be spent, at the current level."""
+        ...
+
 
 class LocalBucket:
     """A `Bucket` in this process, for `per_minute` units a minute.
@@ -48,9 +63,10 @@ class LocalBucket:
     made mid-run (a limit just learned from a server) must not grant a second's burst
     on top of what the server has just counted."""
 
-    __slots__ = ("_limiter",)
+    __slots__ = ("_limiter", "per_minute")
 
     def __init__(self, per_minute: float, *, spent: float = 0.0) -> None:
+        self.per_minute = per_minute
         capacity = max(1.0, per_minute / 60.0)
         self._limiter = AsyncLimiter(capacity, capacity * 60.0 / per_minute)
         if spent:
@@ -83,5 +99,28 @@ class LocalBucket:
             return
         lim = self._limiter
         lim._leak()
-        lim._level = max(0.0, lim._level + delta)
+        ceiling = lim.max_rate + self.per_minute  # a debt of one minute's budget at most
+        lim._level = min(max(0.0, lim._level + delta), max(ceiling, lim._level))
         lim._wake_next()
+
+    def cap_available(self, available: float) -> None:
+        lim = self._limiter
+        lim._leak()
+        lim._level = max(lim._level, lim.max_rate - max(0.0, available))
+        lim._wake_next()
+
+    def set_rate(self, per_minute: float) -> None:
+        lim = self._limiter
+        lim._leak()
+        capacity = max(1.0, per_minute / 60.0)
+        lim.max_rate = capacity
+        lim.time_period = capacity * 60.0 / per_minute
+        lim._rate_per_sec = capacity / lim.time_period
+        lim._level = min(lim._level, capacity + self.per_minute)
+        lim._wake_next()
+
+    def wait_for(self, amount: float) -> float:
+        lim = self._limiter
+        lim._leak()
+        needed = lim._level + min(amount, lim.max_rate) - lim.max_rate
+        return max(0.0, needed / lim._rate_per_sec)

@@ -2,9 +2,8 @@
 
 Three gates, passed in order before each request:
 
-1. a *pause*: after a 429, or a response that spent the last of a budget
-   (``x-ratelimit-remaining-* == 0``), nothing is sent until the time the server asked
-   for has passed;
+1. a *pause*: after a 429, nothing is sent until the time the server asked for has
+   passed;
 2. an *adaptive pace*: when 429s are a real share of recent answers (not a stray
    one), the whole run slows to a fraction of the rate the server refused (at most a
    little above what it was accepting), once per burst. The new pace is on trial until
@@ -14,9 +13,21 @@ Three gates, passed in order before each request:
    until the pace reaches its ceiling (``--rpm``, or the
    ``x-ratelimit-limit-requests`` a server announces when the user gave none) and the
    bucket alone paces again;
-3. buckets (:mod:`llmbatch.buckets`) for ``--rpm`` and ``--tpm``, each holding one
+3. buckets (:mod:`llmbatch.buckets`) for ``--rpm`` and ``--tpm`` (or the limits a
+   server announces in ``x-ratelimit-limit-*`` when none is given), each holding one
    second's worth so a minute's budget is never spent in a burst. The token bucket is
-   charged an estimate up front and corrected by the real usage afterwards.
+   charged an estimate up front and corrected by the real usage afterwards; a debt is
+   capped at one minute's budget.
+
+The server's own budget is followed too: ``x-ratelimit-remaining-*`` caps what the
+bucket offers, so a budget spent to 0 (another client used the key, or a burst before
+the limit was known) makes the next request wait for the refill of what it needs, at
+the known rate: about one request, or its token estimate. (``x-ratelimit-reset-*`` is
+only an upper bound: OpenAI's means the time until the budget is *full* again.) While
+the server's budget is empty, the bucket paces a little under the limit, so the
+requests that follow do not meet a budget refilled a moment too late. A 429 that says
+the budget is empty, for a limit already known, pauses without lowering the pace: the
+pace is right, the budget was spent.
 
 One attempt protocol for every caller (the CLI's engine, the library's executor):
 ``permit = await limits.admit(body)`` before the request, then exactly one
@@ -74,6 +85,13 @@ NEW_OVERLOAD = 1.5
 MOSTLY_REFUSED = 0.5
 # Never stop entirely: one request a minute.
 MIN_PACE = 1.0 / 60.0
+# While the server's budget is empty, pace at this share of the limit: at exactly the
+# refill rate, network jitter makes every other request arrive a moment too early.
+DRAINED_PACE = 0.97
+# With no known rate, a spent budget waits at most this long before trying (a 429
+# then says how long, exactly).
+UNKNOWN_RATE_WAIT = 1.0
+KINDS = ("requests", "tokens")
 
 
 class Limits:
@@ -89,7 +107,15 @@ class Limits:
         self.tpm = tpm
         self._requests: Bucket | None = LocalBucket(rpm) if rpm else None
         self._tokens: Bucket | None = LocalBucket(tpm) if tpm else None
+        # The limits per minute, given or learned, by kind; and the kinds whose
+        # budget the server last said was empty (paced at DRAINED_PACE meanwhile).
+        self._limit: dict[str, float] = {k: v for k, v in (("requests", rpm), ("tokens", tpm)) if v}
+        self._given = frozenset(self._limit)
+        self._drained: set[str] = set()
         self._paused_until = 0.0
+        self._pause_cause = ""
+        # What acquire() waits for right now, for the display: (kind, amount).
+        self.waiting: tuple[str, float] | None = None
         # Adaptive pace in requests/second; None while the buckets alone pace.
         self._pace: float | None = None
         self._ceiling: float | None = rpm / 60.0 if rpm else None
@@ -146,9 +172,12 @@ class Limits:
             if slot > now:
                 await asyncio.sleep(slot - now)
         if self._requests is not None:
+            self.waiting = ("requests", 1)
             await self._requests.acquire(1)
         if self._tokens is not None and tokens > 0:
+            self.waiting = ("tokens", self.clamp(tokens))
             await self._tokens.acquire(self.clamp(tokens))
+        self.waiting = None
         await self._wait_pause(loop)  # a 429 may have come back while this one waited
         self._sent += 1
         recent = self._recent
@@ -167,6 +196,18 @@ class Limits:
             charged = self.clamp(self.estimator.estimate(body, chars))
         await self.acquire(charged)
         return Permit(self, charged, chars or 0)
+
+    def oversized(self, body: Mapping[str, Any], chars: int | None = None) -> int:
+        """The token estimate of a request bigger than a minute of --tpm allows (0 for
+        any other): it is sent alone, and costs at most a minute's wait after it."""
+        tpm = self._limit.get("tokens")
+        if tpm is None:
+            return 0
+        tokens = self.estimator.estimate(body, chars)
+        return tokens if tokens > tpm else 0
+
+    def _bucket(self, kind: str) -> Bucket | None:
+        return self._requests if kind == "requests" else self._tokens
 
     async def _wait_pause(self, loop: asyncio.AbstractEventLoop) -> None:
         while (left := self._paused_until - loop.time()) > 0:
@@ -193,13 +234,20 @@ class Limits:
             return 0.0
         return _rate(done, now, window)
 
-    def pushed_back(self, delay: float | None) -> None:
+    def pushed_back(self, delay: float | None, headers: Mapping[str, str] | None = None) -> None:
         """The server said 429: pause for `delay`, and lower the pace once per burst.
 
         Called right after `observe_headers` saw an answer spend a budget's last unit,
         it only pauses: that answer was a success, and the run is at the limit, where
-        it should be."""
+        it should be. So does a 429 whose own headers say the budget of a known limit
+        is empty, unless most of the last answers were 429s (then the pace is wrong
+        after all: another client shares the key)."""
+        drained = self.observe_headers(headers, answer=False) if headers else False
         self._record(True)
+        if drained and not self._mostly_refused():
+            if delay is not None and delay > 0:
+                self._pause(delay, "429, the server's budget is empty")
+            return
         if not self._spent and not self.overloaded:
             return
         if not self._spent and self._unrelieved():
@@ -208,7 +256,7 @@ class Limits:
             return
         now = asyncio.get_running_loop().time()
         if delay is not None and delay > 0:
-            self._paused_until = max(self._paused_until, now + delay)
+            self._pause(delay, "429, Retry-After" if headers else "429")
         self._next_slot = max(self._next_slot, self._paused_until)
         if self._spent:
             self._spent = False
@@ -228,29 +276,66 @@ class Limits:
         if self._recent:  # the new pace counts from the last request sent
             self._next_slot = max(self._next_slot, self._recent[-1] + 1.0 / pace)
 
-    def observe_headers(self, headers: Mapping[str, str]) -> None:
-        """Learn from an answer's rate-limit headers: the announced request limit
-        (when the user gave no --rpm), and a budget spent to its last unit (pause until
-        its reset)."""
-        get = headers.get
-        limit = get("x-ratelimit-limit-requests")
-        if limit and self.rpm is None:
-            try:
-                per_minute = float(limit)
-            except ValueError:
-                per_minute = 0.0
-            if per_minute > 0 and self._ceiling != per_minute / 60.0:
-                self._learn_limit(per_minute)
-        for kind in ("requests", "tokens"):
-            if get(f"x-ratelimit-remaining-{kind}") == "0":
-                self._spent = True
-                reset = get(f"x-ratelimit-reset-{kind}")
-                wait = parse_duration(reset) if reset else None
-                if wait:
-                    now = asyncio.get_running_loop().time()
-                    self._paused_until = max(self._paused_until, now + wait)
+    def _pause(self, seconds: float, cause: str) -> None:
+        until = asyncio.get_running_loop().time() + seconds
+        if until > self._paused_until:
+            self._paused_until = until
+            self._pause_cause = cause
 
-    def _learn_limit(self, per_minute: float) -> None:
+    def _mostly_refused(self) -> bool:
+        n = len(self._outcomes)
+        return n == SHARE_WINDOW and self._limited >= MOSTLY_REFUSED * n
+
+    def observe_headers(self, headers: Mapping[str, str], *, answer: bool = True) -> bool:
+        """Learn from an answer's (or a 429's) rate-limit headers: the limits announced
+        (when the user gave none), and what is left of the server's budgets (see the
+        module docstring). Returns whether a budget of a known limit is empty."""
+        get = headers.get
+        for kind in KINDS:
+            limit = get(f"x-ratelimit-limit-{kind}")
+            if limit and kind not in self._given:
+                try:
+                    per_minute = float(limit)
+                except ValueError:
+                    per_minute = 0.0
+                if per_minute > 0 and self._limit.get(kind) != per_minute:
+                    self._learn_limit(kind, per_minute)
+        drained = False
+        for kind in KINDS:
+            left = get(f"x-ratelimit-remaining-{kind}")
+            if left is None:
+                continue
+            try:
+                remaining = float(left)
+            except ValueError:
+                continue
+            bucket = self._bucket(kind)
+            if remaining <= 0:
+                if answer:
+                    self._spent = True
+                if bucket is None:  # no known rate: the reset is all there is
+                    reset = get(f"x-ratelimit-reset-{kind}")
+                    wait = parse_duration(reset) if reset else None
+                    if wait:
+                        self._pause(min(wait, UNKNOWN_RATE_WAIT), f"the server's {kind} budget is spent")
+                    continue
+                drained = True
+                if kind not in self._drained:
+                    self._drained.add(kind)
+                    bucket.set_rate(self._limit[kind] * DRAINED_PACE)
+            elif bucket is not None and kind in self._drained and remaining >= 2 * bucket.capacity:
+                self._drained.discard(kind)  # the server's budget filled up again
+                bucket.set_rate(self._limit[kind])
+            if bucket is not None:
+                bucket.cap_available(remaining)
+        return drained
+
+    def _learn_limit(self, kind: str, per_minute: float) -> None:
+        self._limit[kind] = per_minute
+        if kind == "tokens":
+            self.tpm = per_minute
+            self._tokens = LocalBucket(per_minute)
+            return
         self._ceiling = per_minute / 60.0
         # Born holding what was sent in the last second: a new bucket must not allow a
         # second's burst on top of what the server has just counted.
@@ -258,8 +343,35 @@ class Limits:
         capacity = max(1, int(per_minute / 60.0))
         sent = sum(1 for t in self._recent[-capacity - 1 :] if t > now - 1.0)
         self._requests = LocalBucket(per_minute, spent=sent)
+        self._drained.discard(kind)
         if self._pace is not None and self._pace >= self._ceiling:
             self._pace = None
+
+    def status(self) -> str | None:
+        """What holds requests back right now, in words (for the display), or None."""
+        loop_time = _now()
+        if loop_time is None:
+            return None
+        left = self._paused_until - loop_time
+        if left > 0.05:
+            return (
+                f"paused {left:.0f} s ({self._pause_cause})" if left >= 1 else f"paused ({self._pause_cause})"
+            )
+        waiting = self.waiting
+        if waiting is not None:
+            kind, amount = waiting
+            bucket = self._bucket(kind)
+            wait = bucket.wait_for(amount) if bucket is not None else 0.0
+            if wait >= 1.0:
+                return f"waiting for {kind[:-1]} budget (next in {wait:.0f} s)"
+        if self._pace is not None:
+            limit = f"; limit {self._ceiling * 60:,.0f}/min" if self._ceiling else ""
+            return f"pace {self._pace * 60:,.0f}/min (lowered after 429s{limit})"
+        if self._drained:
+            return (
+                f"pacing under the limit: the server's {' and '.join(sorted(self._drained))} budget is empty"
+            )
+        return None
 
     def _start_counting(self, share: float) -> None:
         self._share_at_cut = share
@@ -316,6 +428,14 @@ class Limits:
             self._pace = pace
 
 
+def _now() -> float | None:
+    """The running loop's clock, or None from another thread (the display's)."""
+    try:
+        return asyncio.get_running_loop().time()
+    except RuntimeError:
+        return None
+
+
 def _rate(times: Sequence[float], now: float, window: float) -> float:
     """Events/second among `times` (ascending) in the last `window` seconds, over at
     least one second's span, as servers count: a burst of ten is ten per second, not a
@@ -370,6 +490,6 @@ class Permit:
         if getattr(outcome, "code", None) != "timeout":
             limits.settle(self.charged, 0)
         if isinstance(outcome, RateLimited):
-            limits.pushed_back(outcome.retry_after)
+            limits.pushed_back(outcome.retry_after, outcome.headers or None)
         elif not isinstance(outcome, AuthError):
             limits.failed()
