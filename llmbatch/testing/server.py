@@ -212,7 +212,8 @@ class FakeServer:
             left = asyncio.all_tasks(loop)
             for task in left:
                 task.cancel()
-            loop.run_until_complete(asyncio.gather(*left, return_exceptions=True))
+            if left:  # gather() of nothing would look for this thread's (absent) current loop
+                loop.run_until_complete(asyncio.gather(*left, return_exceptions=True))
             loop.close()
 
         self._thread = threading.Thread(target=run, name="fake-openai-server", daemon=True)
