@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 
 import orjson
 import pytest
+from aiohttp import web
 from typer.testing import CliRunner, Result
 
 from llmbatch import retry
@@ -61,13 +62,15 @@ class RecordingServer(FakeServer):
         super().__init__(**kwargs)
         self.received: list[tuple[str, str, dict[str, str], Any]] = []
 
-    def handle(self, conn: Any, method: str, path: str, headers: dict[str, str], raw: bytes) -> None:
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        raw = await request.read()
         try:
             body = orjson.loads(raw) if raw else None
         except orjson.JSONDecodeError:
             body = None
-        self.received.append((method, path, dict(headers), body))
-        super().handle(conn, method, path, headers, raw)
+        headers = {name.lower(): value for name, value in request.headers.items()}
+        self.received.append((request.method, request.path_qs, headers, body))
+        return await super().handle(request)
 
     @property
     def bodies(self) -> list[Any]:

@@ -13,6 +13,7 @@ from typing import Any
 
 import orjson
 import pytest
+from aiohttp import web
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner, Result
@@ -231,13 +232,11 @@ def test_number_duplicates_makes_every_id_unique_and_resumes(cli, tmp_path):
 class RefusesHugeBodies(FakeServer):
     """Answers 413 to a body over 1 MB, as many gateways do."""
 
-    def handle(self, conn: Any, method: str, path: str, headers: dict[str, str], raw: bytes) -> None:
-        if len(raw) > 1 << 20:
-            self.stats.requests += 1
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        if len(await request.read()) > 1 << 20:
             body = {"error": {"message": "Request Entity Too Large", "type": "invalid_request_error"}}
-            conn.respond(413, orjson.dumps(body))
-            return
-        super().handle(conn, method, path, headers, raw)
+            return web.Response(status=413, body=orjson.dumps(body), content_type="application/json")
+        return await super().handle(request)
 
 
 @pytest.mark.parametrize("cls", [FakeServer, RefusesHugeBodies], ids=["accepted", "refused-413"])

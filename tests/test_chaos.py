@@ -13,6 +13,7 @@ from typing import Any
 
 import orjson
 import pytest
+from aiohttp import web
 from typer.testing import CliRunner, Result
 
 from llmbatch.cli import app
@@ -237,16 +238,18 @@ class EchoingServer(FakeServer):
         super().__init__(**kwargs)
         self.status = status
 
-    def handle(self, conn: Any, method: str, path: str, headers: dict[str, str], raw: bytes) -> None:
-        self.stats.requests += 1
-        quoted = f"rejected {method} {path} headers={headers} body={raw.decode()}"
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        raw = await request.read()
+        headers = {name.lower(): value for name, value in request.headers.items()}
+        quoted = f"rejected {request.method} {request.path_qs} headers={headers} body={raw.decode()}"
         if self.status == 200:
             body = {"id": "x", "object": "chat.completion", "choices": [
                 {"index": 0, "message": {"role": "assistant", "content": quoted}, "finish_reason": "stop"}
             ]}  # fmt: skip
         else:
             body = {"error": {"message": quoted, "type": "invalid_request_error", "code": None}}
-        conn.respond(self.status, orjson.dumps(body), [("x-echo", headers.get("authorization", ""))])
+        echo = {"x-echo": headers.get("authorization", ""), "Content-Type": "application/json"}
+        return web.Response(status=self.status, body=orjson.dumps(body), headers=echo)
 
 
 @pytest.mark.parametrize("status", [200, 400, 401, 500])
