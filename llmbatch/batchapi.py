@@ -612,6 +612,7 @@ class BatchMode:
         self.stats.prompt_tokens += completion.usage.prompt_tokens
         self.stats.completion_tokens += completion.usage.completion_tokens
         self.stats.requests += 1
+        self.stats.answers += 1
         try:
             reason = self.validator(req, completion)
         except ConfigError as exc:

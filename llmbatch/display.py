@@ -104,8 +104,9 @@ def _rate(achieved: float, limit: float | None) -> str:
     return _si(achieved) + (f" of {_si(limit)}" if limit else "")
 
 
-def progress_line(stats: Stats, price: Price | None) -> str:
-    """One plain progress line (no colour, no escape codes) for logs."""
+def progress_line(stats: Stats, price: Price | None, pace: _RecentPace | None = None) -> str:
+    """One plain progress line (no colour, no escape codes) for logs: rates over the
+    last minute when `pace` keeps the history, and what holds requests back."""
     head = f"llmbatch: {stats.accounted:,}/{_total(stats)}"
     if stats.total:
         head += f" ({_percent(stats)})"
@@ -116,7 +117,8 @@ def progress_line(stats: Stats, price: Price | None) -> str:
         counts += f" skipped {stats.skipped:,}"
     if stats.cached:
         counts += f" cached {stats.cached:,}"
-    rates = f"{_si(stats.rpm)} req/min {_si(stats.tpm)} tok/min"
+    rpm, tpm, eta = pace.rates(stats) if pace is not None else (stats.rpm, stats.tpm, stats.eta())
+    rates = f"{_si(rpm)} req/min {_si(tpm)} tok/min in flight {stats.in_flight:,}"
     if stats.retries or stats.http_429:
         rates += f" retries {sum(dict(stats.retries).values()):,} 429s {stats.http_429:,}"
     cost_part = _usd(_spent(stats, price))
@@ -126,8 +128,10 @@ def progress_line(stats: Stats, price: Price | None) -> str:
         f"{head} {counts}",
         rates,
         cost_part,
-        f"eta {_duration(stats.eta())} elapsed {_duration(stats.elapsed)}",
+        f"eta {_duration(eta)} elapsed {_duration(stats.elapsed)}",
     ]
+    if (waiting := stats.waiting()) is not None:
+        parts.append(waiting)
     if stats.batches:
         parts.append(batches_line(stats))
     return " | ".join(parts)
@@ -161,7 +165,9 @@ class _RecentPace:
         self._samples: deque[tuple[float, int, int, int]] = deque()
 
     def rates(self, s: Stats) -> tuple[float, float, float | None]:
-        """(requests/min, tokens/min, eta seconds) at the recent pace."""
+        """(attempts/min, tokens/min, eta seconds) at the recent pace. The ETA is the
+        items left at the rate items finished lately, never faster than the limits
+        allow now (a run paced at --rpm 0.5 is not done in seconds)."""
         if s.finished is not None:
             return s.rpm, s.tpm, s.eta()
         now = time.monotonic()
@@ -171,16 +177,23 @@ class _RecentPace:
             samples.popleft()
         then, requests, tokens, done = samples[0]
         span = now - then
-        if span < MIN_RATE_WINDOW:
-            return s.rpm, s.tpm, s.eta()
-        eta = s.eta()
-        if s.total is not None and s.done > done:
-            eta = max(s.total - s.accounted, 0) / ((s.done - done) / span)
-        return (
-            (s.requests - requests) / span * 60,
-            (s.prompt_tokens + s.completion_tokens - tokens) / span * 60,
-            eta,
-        )
+        limit = s.paced_rpm()
+        cap = limit / 60 if limit else None
+        if span < MIN_RATE_WINDOW:  # too soon for a recent rate: the run's so far
+            rpm, tpm = s.rpm, s.tpm
+            if limit:
+                rpm = min(rpm, limit)
+            items = s.done / s.elapsed if s.done else None
+        else:
+            rpm = (s.requests - requests) / span * 60
+            tpm = (s.prompt_tokens + s.completion_tokens - tokens) / span * 60
+            items = (s.done - done) / span if s.done > done else None
+        if cap is not None:
+            items = min(items, cap) if items else cap
+        eta = None
+        if s.total is not None and items:
+            eta = max(s.total - s.accounted, 0) / items
+        return rpm, tpm, eta
 
 
 def _count(n: int, style: str) -> Text:
@@ -217,19 +230,28 @@ class StatsView:
         figures.add_column(ratio=1)
         figures.add_column(style="dim", no_wrap=True)
         figures.add_column(justify="right", ratio=3, no_wrap=True)
+        rpm_limit, tpm_limit = s.limits()
         rows: tuple[tuple[str, str | Text, str, str | Text], ...] = (
             ("in flight", f"{s.in_flight:,}", "valid", f"{s.valid:,}"),
-            ("req/min", _rate(rpm, s.rpm_limit), "invalid", _count(s.invalid, "yellow")),
-            ("tok/min", _rate(tpm, s.tpm_limit), "failed", _count(s.failed, "bold red")),
-            ("requests", f"{s.requests:,}", "rejected", _count(s.rejected, "yellow")),
-            ("tokens in", f"{s.prompt_tokens:,}", "re-asks", _count(s.reasks, "yellow")),
-            ("tokens out", f"{s.completion_tokens:,}", "429s", _count(s.http_429, "yellow")),
-            ("cost so far", _usd(_spent(s, self.price)), "skipped", f"{s.skipped:,}"),
-            ("projected", _usd(_projected(s, self.price)), "cached", f"{s.cached:,}"),
+            ("req/min", _rate(rpm, rpm_limit), "invalid", _count(s.invalid, "yellow")),
+            ("tok/min", _rate(tpm, tpm_limit), "failed", _count(s.failed, "bold red")),
+            ("attempts", f"{s.requests:,}", "rejected", _count(s.rejected, "yellow")),
+            ("answers", f"{s.answers:,}", "re-asks", _count(s.reasks, "yellow")),
+            ("tokens in", f"{s.prompt_tokens:,}", "429s", _count(s.http_429, "yellow")),
+            ("tokens out", f"{s.completion_tokens:,}", "skipped", f"{s.skipped:,}"),
+            ("cost so far", _usd(_spent(s, self.price)), "cached", f"{s.cached:,}"),
+            ("projected", _usd(_projected(s, self.price)), "", ""),
         )
         for a, x, b, y in rows:
             figures.add_row(a, x, "", b, y)
         retries = Text.assemble(("retries  ", "dim"), (_retries(s), "yellow" if s.retries else ""))
+        if (waiting := s.waiting()) is not None:
+            retries.append("\nwaiting  ", style="dim")
+            retries.append(waiting, style="yellow")
+        if s.last_error:
+            cause, text = list(s.last_error.items())[-1]
+            retries.append("\nlast error  ", style="dim")
+            retries.append(f"{cause}: {text}"[: PANEL_WIDTH - 16], style="red")
         if s.batches:
             retries.append("\n" + batches_line(s).replace(", ", "\n  "), style="dim")
         title = "llmbatch" + (f" · {s.model}" if s.model else "")
@@ -271,6 +293,7 @@ class Display:
             )
         self.console = console
         self.view = StatsView(stats, price)
+        self._recent = _RecentPace()  # for the plain lines' rates
         self._live: Live | None = None
         self._ticker: threading.Thread | None = None
         self._stopping = threading.Event()
@@ -307,7 +330,7 @@ class Display:
         if self._ticker is not None:
             self._stopping.set()
             self._ticker.join()
-            self._write(progress_line(self.stats, self.price))
+            self._write(progress_line(self.stats, self.price, self._recent))
 
     def log(self, message: str) -> None:
         """Print a status line on stderr, above the live panel; when quiet, errors only."""
@@ -331,7 +354,7 @@ class Display:
     def _tick(self) -> None:
         while not self._stopping.wait(self.progress_every):
             try:
-                self._write(progress_line(self.stats, self.price))
+                self._write(progress_line(self.stats, self.price, self._recent))
             except (OSError, ValueError):
                 return  # stderr closed or a broken pipe: progress is not worth a traceback
 

@@ -106,7 +106,7 @@ class EngineConfig:
 @dataclass(slots=True, eq=False)
 class Job:
     request: Request
-    chars: int = 0  # prompt characters, for the token estimate
+    chars: int | None = None  # prompt characters, for the token estimate (once known)
     requests: int = 0  # answered requests so far
     retries: int = 0  # transport retries so far
     last_delay: float = 0.0
@@ -171,6 +171,7 @@ class Engine:
         self._wake = asyncio.Event()
         self._seq = itertools.count()
         self._acquiring: asyncio.Task[Permit] | None = None
+        self._oversized: set[str] = set()  # ids already told about, once each
 
     # --- control -----------------------------------------------------------------
 
@@ -208,8 +209,6 @@ class Engine:
         window = self.config.window_size
         heap = self._retry_heap
         stats = self.stats
-        limits = self.limits
-        need_chars = limits.tpm is not None
         idle_reads = 0
         while not self.stopping:
             if stats.in_flight >= conc:
@@ -230,8 +229,6 @@ class Engine:
                         await asyncio.sleep(0)  # a long run of rejects must not starve the loop
                     continue
                 job = Job(nxt)
-                if need_chars:
-                    job.chars = limits.estimator.prompt_chars(nxt.body)
                 self._alive += 1
                 if self.cache is not None and not self._sent_live(job):
                     continue  # answered from the cache, or waiting for an identical request
@@ -309,9 +306,25 @@ class Engine:
 
     async def _admit(self, job: Job) -> Permit | None:
         """A permit for the job's next attempt, or None when the run stopped meanwhile
-        (a long pause after a 429 must not delay a stop)."""
+        (a long pause after a 429 must not delay a stop). A request bigger than a
+        minute of the token limit waits until nothing else is in flight: it is sent
+        alone."""
         limits = self.limits
         body = job.request.body
+        if limits.tpm is not None:
+            if job.chars is None:
+                job.chars = limits.estimator.prompt_chars(body)
+            if (tokens := limits.oversized(body, job.chars)) and not self.stopping:
+                if job.request.custom_id not in self._oversized:
+                    self._oversized.add(job.request.custom_id)
+                    self.log(
+                        f"line {job.request.line}: ~{tokens:,} tokens, more than --tpm {limits.tpm:,.0f} "
+                        "allows in a minute; sent alone"
+                    )
+                while self.stats.in_flight and not self.stopping:
+                    await self._sleep(None)
+                if self.stopping:
+                    return None
         if not limits.may_wait:
             permit = await limits.admit(body, job.chars)
         else:
@@ -357,6 +370,8 @@ class Engine:
             self._internal_error(job, exc)
 
     def _failed(self, job: Job, exc: BaseException) -> None:
+        if isinstance(exc, ProviderError):
+            self.stats.last_error[exc.code] = str(exc)
         if isinstance(exc, RateLimited):
             self.stats.http_429 += 1
             self._retry(job, exc, "rate_limited")
@@ -388,6 +403,7 @@ class Engine:
 
     def _answered(self, job: Job, completion: Completion) -> None:
         stats = self.stats
+        stats.answers += 1
         usage = completion.usage
         stats.prompt_tokens += usage.prompt_tokens
         stats.completion_tokens += usage.completion_tokens

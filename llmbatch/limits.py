@@ -347,6 +347,15 @@ class Limits:
         if self._pace is not None and self._pace >= self._ceiling:
             self._pace = None
 
+    def paced_rpm(self) -> float | None:
+        """The requests/minute allowed now: a lowered pace, else the limit, if any."""
+        if self._pace is not None:
+            return self._pace * 60
+        return self._limit.get("requests")
+
+    def known_limits(self) -> tuple[float | None, float | None]:
+        return self._limit.get("requests"), self._limit.get("tokens")
+
     def status(self) -> str | None:
         """What holds requests back right now, in words (for the display), or None."""
         loop_time = _now()

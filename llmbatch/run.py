@@ -227,9 +227,11 @@ async def _run(settings: Settings, source: Source, console: Console | None) -> t
     cache = ResponseCache(settings.cache, server=server) if settings.cache is not None else None
     output = OutputFile(output_path, format=settings.output_format, server=server)
     rejects = RejectsFile(settings.rejects_path)
+    limits = Limits(rpm=settings.rpm, tpm=settings.tpm)
+    stats.pacer = limits
     engine = Engine(
         provider=provider,
-        limits=Limits(rpm=settings.rpm, tpm=settings.tpm),
+        limits=limits,
         validator=validator,
         output=output,
         rejects=rejects,

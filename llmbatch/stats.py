@@ -5,15 +5,26 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from typing import Any
+from typing import Any, Protocol
 
 from llmbatch.errors import Stop
 
-__all__ = ["Stats"]
+__all__ = ["Pacer", "Stats"]
+
+
+class Pacer(Protocol):
+    """What the display reads of the limits (see `llmbatch.limits.Limits`)."""
+
+    def status(self) -> str | None: ...
+
+    def paced_rpm(self) -> float | None: ...
+
+    def known_limits(self) -> tuple[float | None, float | None]: ...
 
 
 class Stats:
     __slots__ = (
+        "answers",
         "batches",
         "blank",
         "cached",
@@ -26,7 +37,9 @@ class Stats:
         "in_flight",
         "invalid",
         "kept",
+        "last_error",
         "model",
+        "pacer",
         "phases",
         "prompt_tokens",
         "reasks",
@@ -63,7 +76,13 @@ class Stats:
         # those in scope (--max-items).
         self.counts_skipped = True
         self.in_flight = 0
-        self.requests = 0  # HTTP requests sent, all attempts
+        self.requests = 0  # attempts: HTTP requests sent, 429s and failed tries included
+        self.answers = 0  # 2xx answers received (each one validated; re-asks included)
+        # The last error text of each cause (retries by cause, and failures).
+        self.last_error: dict[str, str] = {}
+        # The limits, as the display reads them: what holds requests back now, the pace
+        # allowed, the limits known (given or learned).
+        self.pacer: Pacer | None = None
         self.reasks = 0  # requests repeated because an answer was invalid
         self.retries: Counter[str] = Counter()  # transport retries by cause
         self.http_429 = 0
@@ -102,6 +121,20 @@ class Stats:
             n += self.skipped + sum(self.kept.values()) - self.kept["stale"]  # stale: also one of those
         return n
 
+    def paced_rpm(self) -> float | None:
+        return self.pacer.paced_rpm() if self.pacer is not None else None
+
+    def limits(self) -> tuple[float | None, float | None]:
+        """(requests/min, tokens/min) limits, given or learned from the server."""
+        if self.pacer is not None:
+            rpm, tpm = self.pacer.known_limits()
+            return rpm or self.rpm_limit, tpm or self.tpm_limit
+        return self.rpm_limit, self.tpm_limit
+
+    def waiting(self) -> str | None:
+        """What holds requests back right now, in words, if anything."""
+        return self.pacer.status() if self.pacer is not None else None
+
     @property
     def rpm(self) -> float:
         return self.requests / self.elapsed * 60
@@ -131,6 +164,8 @@ class Stats:
             "redone": dict(self.redone),
             "kept": dict(self.kept),
             "requests": self.requests,
+            "attempts": self.requests,
+            "answers": self.answers,
             "reasks": self.reasks,
             "retries": dict(self.retries),
             "http_429": self.http_429,
