@@ -120,7 +120,9 @@ class LocalBucket:
         lim._wake_next()
 
     def wait_for(self, amount: float) -> float:
+        # Read-only (the display asks from its own thread): the level leaked up to now
+        # is computed, not stored.
         lim = self._limiter
-        lim._leak()
-        needed = lim._level + min(amount, lim.max_rate) - lim.max_rate
-        return max(0.0, needed / lim._rate_per_sec)
+        elapsed = lim._loop.time() - lim._last_check if lim._level else 0.0
+        level = max(lim._level - elapsed * lim._rate_per_sec, 0.0)
+        return max(0.0, (level + min(amount, lim.max_rate) - lim.max_rate) / lim._rate_per_sec)

@@ -116,6 +116,7 @@ class Limits:
         self._pause_cause = ""
         # What acquire() waits for right now, for the display: (kind, amount).
         self.waiting: tuple[str, float] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None  # whose clock the display reads
         # Adaptive pace in requests/second; None while the buckets alone pace.
         self._pace: float | None = None
         self._ceiling: float | None = rpm / 60.0 if rpm else None
@@ -163,7 +164,7 @@ class Limits:
 
     async def acquire(self, tokens: int = 0) -> None:
         """Wait until a request costing `tokens` (an estimate) may be sent."""
-        loop = asyncio.get_running_loop()
+        loop = self._loop = asyncio.get_running_loop()
         await self._wait_pause(loop)
         if self._pace is not None:
             now = loop.time()
@@ -358,9 +359,9 @@ class Limits:
 
     def status(self) -> str | None:
         """What holds requests back right now, in words (for the display), or None."""
-        loop_time = _now()
-        if loop_time is None:
+        if self._loop is None:
             return None
+        loop_time = self._loop.time()  # from the display's thread too: a monotonic clock
         left = self._paused_until - loop_time
         if left > 0.05:
             return (
@@ -435,14 +436,6 @@ class Limits:
             self._pace = None  # the bucket alone paces at the ceiling
         else:
             self._pace = pace
-
-
-def _now() -> float | None:
-    """The running loop's clock, or None from another thread (the display's)."""
-    try:
-        return asyncio.get_running_loop().time()
-    except RuntimeError:
-        return None
 
 
 def _rate(times: Sequence[float], now: float, window: float) -> float:

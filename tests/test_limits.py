@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+from typing import Any
 
 import pytest
 from conftest import virtual
@@ -508,3 +509,104 @@ def test_429s_that_slowing_relieves_keep_the_run_slowed():
         return limits.pace_rpm
 
     assert virtual(main) is not None
+
+
+# --- following the server's budget (issue 15) -------------------------------------------
+
+
+def test_a_spent_budget_waits_for_one_refill_not_the_full_reset():
+    """remaining-requests 0 with OpenAI's reset (time until *full*: a minute) at a known
+    600/min: the next request waits for one request's refill (~0.1 s), not a minute."""
+
+    async def main() -> tuple[float, float | None]:
+        limits = Limits(rpm=600)
+        await send_times(limits, 10)  # the second's capacity, spent
+        await asyncio.sleep(5)  # the bucket refills meanwhile
+        limits.observe_headers({"x-ratelimit-limit-requests": "600", "x-ratelimit-remaining-requests": "0",
+                                "x-ratelimit-reset-requests": "59.9s"})  # fmt: skip
+        limits.succeeded()
+        start = now()
+        await limits.acquire()
+        return now() - start, limits.pace_rpm
+
+    waited, pace = virtual(main)
+    assert 0.09 < waited < 0.2
+    assert pace is None  # not slowed: the run is at the limit
+
+
+def test_a_429_on_an_empty_budget_of_a_known_limit_pauses_without_cutting():
+    """A 429 whose headers say the budget is empty, for a limit already known (another
+    client spent it): pause for its Retry-After, keep the pace at the limit."""
+
+    async def main() -> tuple[float | None, float]:
+        limits = Limits()
+        headers = {"x-ratelimit-limit-requests": "1200", "x-ratelimit-remaining-requests": "0",
+                   "x-ratelimit-reset-requests": "60s"}  # fmt: skip
+        for _ in range(30):  # the first burst meets the spent bucket
+            await limits.acquire()
+        for _ in range(30):
+            limits.pushed_back(0.05, headers)
+        start = now()
+        times = await send_times(limits, 40)
+        return limits.pace_rpm, times[-1] - start
+
+    pace, took = virtual(main)
+    assert pace is None
+    assert 40 / took == pytest.approx(20 * 0.97, rel=0.1)  # just under 1,200/min
+
+
+def test_token_limits_are_learned_from_headers():
+    """With no --tpm, a server's x-ratelimit-limit-tokens becomes the token budget."""
+
+    async def main() -> tuple[float | None, int]:
+        limits = Limits()
+        limits.observe_headers({"x-ratelimit-limit-tokens": "6000", "x-ratelimit-remaining-tokens": "6000"})
+        permit = await limits.admit({"messages": [{"role": "user", "content": "x" * 400}], "max_tokens": 10})
+        return limits.tpm, permit.charged
+
+    tpm, charged = virtual(main)
+    assert tpm == 6000
+    assert charged == 100  # the bucket's one second (6000/60) caps the estimate of 115
+
+
+def test_a_request_bigger_than_a_minute_of_tpm_costs_at_most_a_minutes_wait():
+    """--tpm 1000 and a request that used 10,000 tokens: the next small request waits
+    about a minute (the provider's window), not the ten minutes the debt would take."""
+
+    async def main() -> float:
+        limits = Limits(tpm=1000)
+        big = {"messages": [{"role": "user", "content": "x" * 20_000}], "max_tokens": 5000}
+        assert limits.oversized(big) > 1000
+        permit = await limits.admit(big)
+        permit.settle(_answer(prompt=5000, completion=5000))
+        start = now()
+        await limits.admit({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 5})
+        return now() - start
+
+    waited = virtual(main)
+    assert 55 < waited < 70
+
+
+def test_the_status_says_what_holds_requests_back():
+    """A pause names its cause; a lowered pace says so with the limit."""
+
+    async def main() -> list[str | None]:
+        limits = Limits(rpm=600)
+        said = [limits.status()]
+        await send_times(limits, 20)
+        limits.pushed_back(12.0)
+        said.append(limits.status())
+        await asyncio.sleep(13)
+        said.append(limits.status())
+        return said
+
+    idle, paused, slowed = virtual(main)
+    assert idle is None
+    assert paused == "paused 12 s (429)"
+    assert slowed is not None and slowed.startswith("pace ") and "lowered after 429s; limit 600/min" in slowed
+
+
+def _answer(*, prompt: int, completion: int) -> Any:
+    from llmbatch.providers.base import Completion, Usage
+
+    return Completion(body={}, usage=Usage(prompt, completion))

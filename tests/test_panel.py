@@ -228,3 +228,42 @@ def test_summary_bills_every_answered_request_while_the_output_keeps_the_last(tm
     billed = (summary["prompt_tokens"] * 2.5 + summary["completion_tokens"] * 10) / 1e6
     assert summary["cost_usd"] == pytest.approx(billed)
     assert summary["cost_usd"] > (prompt * 2.5 + completion * 10) / 1e6
+
+
+def test_plain_lines_name_a_pause_and_its_cause_while_nothing_is_in_flight(tmp_path: Path) -> None:
+    """A server that answers the first requests with 429 and `Retry-After: 3`: while the
+    run waits, the plain progress lines say it is paused, for how long and why, with
+    nothing in flight (not a hang)."""
+    from aiohttp import web
+
+    from llmbatch.testing.server import FakeServer, error_body
+
+    class SlowDown(FakeServer):
+        refused = 0
+
+        async def handle(self, request: web.Request) -> web.StreamResponse:
+            if request.path.endswith("/chat/completions") and self.refused < 4:
+                self.refused += 1
+                body = error_body("Rate limit reached for requests", "requests", "rate_limit_exceeded")
+                return self.reply(429, body, [("retry-after", "3")])
+            return await super().handle(request)
+
+    server = SlowDown().start()
+    try:
+        src = tmp_path / "in.jsonl"
+        rows = [{"custom_id": f"r{i}", "body": {"model": "m", "messages": [{"role": "user", "content": "hi"}]}}
+                for i in range(4)]  # fmt: skip
+        src.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        cmd = llmbatch(
+            src, "-o", tmp_path / "out.jsonl", "--base-url", server.base_url, "--progress-every", "0.25"
+        )
+        done = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=60,
+                              env=cli_env(OPENAI_API_KEY="sk-test"))  # fmt: skip
+    finally:
+        server.stop()
+    assert done.returncode == 0, done.stderr
+    paused = [line for line in done.stderr.splitlines() if "paused" in line]
+    assert paused, done.stderr
+    assert any(
+        "in flight 0" in line and re.search(r"paused \d+ s \(429, Retry-After\)", line) for line in paused
+    )
