@@ -41,9 +41,6 @@ from types import ModuleType
 from typing import Any, Protocol
 
 import orjson
-from jsonschema import Draft202012Validator, SchemaError  # type: ignore[import-untyped]
-from jsonschema.exceptions import best_match  # type: ignore[import-untyped]
-from jsonschema.validators import validator_for  # type: ignore[import-untyped]
 
 from llmbatch.errors import ConfigError, ValidationFailed
 from llmbatch.providers.base import Completion, Request
@@ -138,6 +135,8 @@ class SchemaCheck:
             data = answer.json()
         except ValueError as exc:
             return str(exc)
+        from jsonschema.exceptions import best_match  # type: ignore[import-untyped]
+
         error = best_match(self.schema.iter_errors(data))
         if error is None:
             return None
@@ -254,6 +253,11 @@ def _build_check(spec: str, root: Path) -> Check:
 
 
 def _schema_check(file: str, root: Path) -> SchemaCheck:
+    # jsonschema is imported here, not at the top: a run without a schema need not pay
+    # for its import.
+    from jsonschema import Draft202012Validator, SchemaError  # type: ignore[import-untyped]
+    from jsonschema.validators import validator_for  # type: ignore[import-untyped]
+
     path = _resolve(file, root)
     try:
         schema = orjson.loads(path.read_bytes())

@@ -38,8 +38,14 @@ from llmbatch.settings import DEFAULT_TIMEOUT
 __all__ = ["OpenAIProvider"]
 
 _LARGE_BODY = 1 << 20
-# Headers the SDK sets per request that must not be replayed on every item.
-_PER_REQUEST_HEADERS = frozenset({"content-length", "idempotency-key", "x-stainless-retry-count", "host"})
+# Headers the SDK sets per request that must not be replayed on every item, and those
+# aiohttp sets itself.
+_PER_REQUEST_HEADERS = frozenset(
+    {"content-length", "idempotency-key", "host", "connection", "accept-encoding"}
+)
+# The SDK's telemetry (language, OS, runtime versions...): eight headers on every item
+# that no server needs to answer it; `--transport sdk` still sends them.
+_TELEMETRY_PREFIX = "x-stainless-"
 
 
 class _Capture(httpx2.AsyncBaseTransport):
@@ -130,7 +136,11 @@ class OpenAIProvider:
         req = capture.request
         if req is None:  # pragma: no cover - the SDK always sends through its client
             raise ConfigError("the openai SDK did not build a request")
-        headers = {k: v for k, v in req.headers.items() if k.lower() not in _PER_REQUEST_HEADERS}
+        headers = {
+            k: v
+            for k, v in req.headers.items()
+            if k.lower() not in _PER_REQUEST_HEADERS and not k.lower().startswith(_TELEMETRY_PREFIX)
+        }
         prepared = (URL(str(req.url), encoded=True), headers)
         self._prepared[url] = prepared
         return prepared
