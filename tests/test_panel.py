@@ -251,8 +251,8 @@ def test_plain_lines_name_a_pause_and_its_cause_while_nothing_is_in_flight(tmp_p
     server = SlowDown().start()
     try:
         src = tmp_path / "in.jsonl"
-        rows = [{"custom_id": f"r{i}", "body": {"model": "m", "messages": [{"role": "user", "content": "hi"}]}}
-                for i in range(4)]  # fmt: skip
+        body = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+        rows = [{"custom_id": f"r{i}", "body": body} for i in range(4)]
         src.write_text("".join(json.dumps(r) + "\n" for r in rows))
         cmd = llmbatch(
             src, "-o", tmp_path / "out.jsonl", "--base-url", server.base_url, "--progress-every", "0.25"
