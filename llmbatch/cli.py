@@ -364,6 +364,14 @@ def estimate(
     tpm: Annotated[float | None, Opt(help="Tokens per minute you will run at.", panel=LIMITS)] = None,
     price_in: Annotated[float | None, Opt(help="USD per million prompt tokens.", panel=DISPLAY)] = None,
     price_out: Annotated[float | None, Opt(help="USD per million completion tokens.", panel=DISPLAY)] = None,
+    batch_api: Annotated[
+        bool,
+        Opt(
+            "--batch-api",
+            help="Cost it at the Batch API's price (half, or the price database's).",
+            panel=BATCH,
+        ),
+    ] = False,
     json_output: Annotated[bool, Opt("--json", help="Print the estimate as JSON.", panel=DISPLAY)] = False,
     config: Annotated[
         Path | None, Opt(help="Config file (default ./llmbatch.toml if present).", panel=DISPLAY)

@@ -78,7 +78,7 @@ def _percent(stats: Stats) -> str:
 
 
 def _spent(stats: Stats, price: Price | None) -> float | None:
-    return cost(price, stats.prompt_tokens, stats.completion_tokens)
+    return cost(price, stats.prompt_tokens, stats.completion_tokens, stats.cached_tokens)
 
 
 def _projected(stats: Stats, price: Price | None) -> float | None:
@@ -301,6 +301,11 @@ class Display:
         self._started = False
         self._stopped = False
 
+    def set_price(self, price: Price | None) -> None:
+        """The price, once it is known (it is looked up while the run starts)."""
+        self.price = price
+        self.view.price = price
+
     def start(self) -> None:
         """Begin showing progress (does nothing if already started)."""
         if self._started:
@@ -376,13 +381,14 @@ def _summary_rows(stats: Stats, price: Price | None) -> list[tuple[str, str]]:
         ("rejected", f"{stats.rejected:,}"),
         ("skipped (already done)", f"{stats.skipped:,}"),
         ("cached (no request)", f"{stats.cached:,}"),
-        ("requests", f"{stats.requests:,}"),
+        ("attempts", f"{stats.requests:,} (answers {stats.answers:,})"),
         ("re-asks", f"{stats.reasks:,}"),
         ("retries", _retries(stats)),
         ("429s", f"{stats.http_429:,}"),
         ("prompt tokens", f"{stats.prompt_tokens:,}"),
         ("completion tokens", f"{stats.completion_tokens:,}"),
         ("cost", _usd(spent) if spent is not None else f"unknown (no price for {stats.model or 'model'})"),
+        ("price", _price(price)),
         ("elapsed", f"{stats.elapsed:.1f}s" if stats.elapsed < 60 else _duration(stats.elapsed)),
         ("requests/min", f"{stats.rpm:,.0f}"),
         ("tokens/min", f"{stats.tpm:,.0f}"),
@@ -397,6 +403,15 @@ def _summary_rows(stats: Stats, price: Price | None) -> list[tuple[str, str]]:
     if stats.stopped:
         rows.append(("stopped", stats.stop_reason or "yes"))
     return rows
+
+
+def _price(price: Price | None) -> str:
+    if price is None:
+        return "unknown: give --price-in/--price-out, or [prices.MODEL] in the config file"
+    text = f"${price.input:g} in / ${price.output:g} out per million tokens"
+    if price.cached_input is not None:
+        text += f" (${price.cached_input:g} cached in)"
+    return text + (f", from {price.source}" if price.source else "")
 
 
 def _by_reason(counts: dict[str, int]) -> str:
@@ -423,9 +438,14 @@ def summary_dict(stats: Stats, price: Price | None) -> dict[str, Any]:
     """`stats.as_dict()` plus `cost_usd` (None when unknown) and the price used."""
     summary = stats.as_dict()
     summary["cost_usd"] = _spent(stats, price)
-    summary["price"] = (
-        None if price is None else {"input_per_mtok": price.input, "output_per_mtok": price.output}
-    )
+    summary["price"] = None
+    if price is not None:
+        summary["price"] = {
+            "input_per_mtok": price.input,
+            "output_per_mtok": price.output,
+            "cached_input_per_mtok": price.cached_input,
+            "source": price.source,
+        }
     return summary
 
 

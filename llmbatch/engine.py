@@ -113,6 +113,7 @@ class Job:
     latency_ms: float = 0.0
     prompt_tokens: int = 0  # summed over every answer, re-asks included
     completion_tokens: int = 0
+    cached_tokens: int = 0
     last: Completion | None = None
     reason: str | None = None
     not_before: float = 0.0
@@ -131,6 +132,7 @@ class Job:
             latency_ms=self.latency_ms,
             prompt_tokens=self.prompt_tokens,
             completion_tokens=self.completion_tokens,
+            cached_tokens=self.cached_tokens,
             last=self.last,
             reason=self.reason,
             error=error,
@@ -407,9 +409,11 @@ class Engine:
         usage = completion.usage
         stats.prompt_tokens += usage.prompt_tokens
         stats.completion_tokens += usage.completion_tokens
+        stats.cached_tokens += usage.cached_tokens
         job.requests += 1
         job.prompt_tokens += usage.prompt_tokens
         job.completion_tokens += usage.completion_tokens
+        job.cached_tokens += usage.cached_tokens
         job.last = completion
         job.latency_ms = completion.latency_ms
         try:

@@ -78,6 +78,7 @@ class Finished:
     # bills, so the output file adds up to the summary's totals.
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    cached_tokens: int = 0  # of the prompt tokens, those the provider read from its cache
     last: Completion | None = None  # the last answer, if any
     reason: str | None = None  # why the last answer is invalid
     error: ProviderError | None = None  # why the item failed
@@ -123,6 +124,8 @@ def batch_record(f: Finished, server: str = "") -> dict[str, Any]:
         "latency_ms": round(f.latency_ms, 1),
         "usage": {"prompt_tokens": f.prompt_tokens, "completion_tokens": f.completion_tokens},
     }
+    if f.cached_tokens:
+        meta["usage"]["cached_tokens"] = f.cached_tokens
     if req.metadata is not None:
         meta["metadata"] = req.metadata
     if f.batch_id is not None:

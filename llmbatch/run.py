@@ -210,13 +210,16 @@ async def _run(settings: Settings, source: Source, console: Console | None) -> t
     stats.rpm_limit = settings.rpm
     stats.tpm_limit = settings.tpm
     mode = choose_mode(no_live=not settings.live, quiet=settings.quiet)
-    price = run_price(settings, stats.model)
-    display = Display(stats, mode=mode, price=price, progress_every=settings.progress_every, console=console)
+    display = Display(stats, mode=mode, price=None, progress_every=settings.progress_every, console=console)
+    loop = asyncio.get_running_loop()
+    # The price is looked up while the run starts (the database takes a third of a
+    # second to import); the display shows the cost from when it is known.
+    pricing = loop.run_in_executor(None, run_price, settings, stats.model)
+    pricing.add_done_callback(lambda f: display.set_price(None if f.exception() else f.result()))
 
     batch_state = open_batches_check(settings)
     if settings.fresh:
         start_fresh(output_path, force=settings.force)
-    loop = asyncio.get_running_loop()
     work = _work(settings, source, rules, server=server, validator=validator, stats=stats)
     try:
         index, plan, requests = await work
@@ -294,6 +297,7 @@ async def _run(settings: Settings, source: Source, console: Console | None) -> t
         # A run that redid items ends with one line per id.
         with _phase(stats, "compact"):
             await loop.run_in_executor(None, compact, output_path)
+    price = await pricing
     summary_console = console or Console(stderr=True)
     render_summary(stats, price, console=summary_console, rich_table=mode == "live")
     if stats.rejected:

@@ -28,6 +28,7 @@ class Stats:
         "batches",
         "blank",
         "cached",
+        "cached_tokens",
         "completion_tokens",
         "counts_skipped",
         "done",
@@ -88,6 +89,7 @@ class Stats:
         self.http_429 = 0
         self.prompt_tokens = 0
         self.completion_tokens = 0
+        self.cached_tokens = 0  # of the prompt tokens, read from the provider's cache
         self.started = time.monotonic()
         self.finished: float | None = None
         # Why the run is stopping early, once it is: the one place that says so.
@@ -171,6 +173,7 @@ class Stats:
             "http_429": self.http_429,
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
+            "cached_tokens": self.cached_tokens,
             "elapsed_s": round(self.elapsed, 3),
             "requests_per_min": round(self.rpm, 1),
             "tokens_per_min": round(self.tpm, 1),

@@ -183,7 +183,12 @@ def test_summary_dict_cost_is_tokens_times_price() -> None:
     """The JSON summary's cost equals tokens times price, and it serialises."""
     summary = summary_dict(make_stats(), PRICE)
     assert summary["cost_usd"] == pytest.approx((150_000 * 2.0 + 40_000 * 8.0) / 1e6)
-    assert summary["price"] == {"input_per_mtok": 2.0, "output_per_mtok": 8.0}
+    assert summary["price"] == {
+        "input_per_mtok": 2.0,
+        "output_per_mtok": 8.0,
+        "cached_input_per_mtok": None,
+        "source": "",
+    }
     assert summary["valid"] == 1_200
     json.dumps(summary)
 

@@ -184,7 +184,8 @@ def test_quiet_shows_only_the_summary_and_its_tokens_match_the_output(reviews: P
     assert prompt > 0 and completion > 0
     assert (summary["prompt_tokens"], summary["completion_tokens"]) == (prompt, completion)
     assert summary["cost_usd"] == pytest.approx((prompt * 2.5 + completion * 10) / 1e6)
-    assert summary["price"] == {"input_per_mtok": 2.5, "output_per_mtok": 10.0}
+    assert summary["price"]["input_per_mtok"] == 2.5 and summary["price"]["output_per_mtok"] == 10.0
+    assert summary["price"]["source"] == "--price-in/--price-out"
 
 
 def test_summary_bills_every_answered_request_while_the_output_keeps_the_last(tmp_path: Path) -> None:

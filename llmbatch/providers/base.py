@@ -35,6 +35,7 @@ class Request:
 class Usage:
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    cached_tokens: int = 0  # of the prompt tokens, those read from the provider's cache
 
     @property
     def total_tokens(self) -> int:
@@ -45,7 +46,9 @@ class Usage:
         u = body.get("usage")
         if not isinstance(u, dict):
             return cls()
-        return cls(int(u.get("prompt_tokens") or 0), int(u.get("completion_tokens") or 0))
+        details = u.get("prompt_tokens_details")
+        cached = details.get("cached_tokens") if isinstance(details, dict) else None
+        return cls(int(u.get("prompt_tokens") or 0), int(u.get("completion_tokens") or 0), int(cached or 0))
 
 
 @dataclass(frozen=True, slots=True)
