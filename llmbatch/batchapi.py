@@ -43,6 +43,7 @@ from llmbatch.output import Finished, State
 from llmbatch.providers.base import Completion, Request, Usage
 from llmbatch.retry import BackoffStrategy, RetryConfig, error_for_status
 from llmbatch.settings import DEFAULT_BATCH_BYTES, DEFAULT_BATCH_REQUESTS, DEFAULT_POLL_EVERY
+from llmbatch.spend import SpendingCap
 from llmbatch.stats import Stats
 from llmbatch.tokens import TokenEstimator
 
@@ -262,6 +263,7 @@ class BatchMode:
         stats: Stats,
         config: BatchConfig,
         cache: Any = None,
+        cap: SpendingCap | None = None,
         live: Callable[[Iterator[Request]], Awaitable[list[str]]] | None = None,
         log: Callable[[str], None] = lambda _: None,
         label: str = "",
@@ -273,6 +275,8 @@ class BatchMode:
         self.stats = stats
         self.config = config
         self.cache = cache
+        self.cap = cap
+        self._reserved: dict[int, float] = {}  # chunk -> USD reserved for it in this run
         self.live = live
         self.log = log
         self.label = label
@@ -361,7 +365,10 @@ class BatchMode:
                 continue
             if self.cache is not None and self._from_cache(req):
                 continue
-            self._place(req, filling, sizes, round_=round_, live=False)
+            try:
+                self._place(req, filling, sizes, round_=round_, live=False)
+            except InputError as err:  # nothing bounds its answer, under --max-cost
+                reject(err)
         for chunk in filling.values():
             self.state.seal(chunk.id)
         self.state.commit()
@@ -391,7 +398,8 @@ class BatchMode:
             chunk = filling[key] = self.state.chunk(chunk_id)
             sizes[chunk_id] = (0, 0)
         tokens = int(self.estimator.prompt_chars(req.body) / self.estimator.chars_per_token) + 1
-        self.state.add(chunk.id, req, size=size, tokens=tokens, carry=carry)
+        worst = self.cap.worst_case(req.body, req.line) if self.cap is not None else 0.0
+        self.state.add(chunk.id, req, size=size, tokens=tokens, worst=worst, carry=carry)
         n, b = sizes[chunk.id]
         sizes[chunk.id] = (n + 1, b + size)
 
@@ -458,6 +466,11 @@ class BatchMode:
             budget = self.config.max_tokens
             if budget is not None and running and enqueued + chunk.tokens > budget:
                 continue
+            if self.cap is not None:
+                if not self.cap.reserve(chunk.worst):
+                    self.stop(Stop(self.cap.reason() + "; a rerun with a higher --max-cost resumes"))
+                    return
+                self._reserved[chunk.id] = chunk.worst
             if chunk.state is ChunkState.SEALED:
                 await self._upload(chunk)
                 chunk = self.state.chunk(chunk.id)
@@ -534,6 +547,7 @@ class BatchMode:
             await self._failed_batch(chunk, remote)
             return
         seen = IdSet(chunk.items)
+        before = (self.stats.prompt_tokens, self.stats.completion_tokens)
         done: list[str] = []
         follow = _FollowUp(self, chunk)
         async for rec in self._results(remote):
@@ -556,6 +570,9 @@ class BatchMode:
             )
             return
         follow.seal()
+        if self.cap is not None:
+            used = Usage(self.stats.prompt_tokens - before[0], self.stats.completion_tokens - before[1])
+            self.cap.settle(self._reserved.pop(chunk.id, 0.0), used)
         self.state.mark_done(done)
         self.state.update(chunk.id, state=ChunkState.COLLECTED, status=remote.status)
         self.log(f"batch {remote.id} {remote.status}: {len(done):,} written, {follow.count:,} sent on")
@@ -686,6 +703,8 @@ class BatchMode:
         """A batch refused as a whole. Over the enqueued-token limit: tried again once
         the batches before it are done. Anything else: its items fail with the reason."""
         message = remote.error or remote.error_code or "the batch failed"
+        if self.cap is not None:  # refused whole: nothing was run, nothing billed
+            self.cap.settle(self._reserved.pop(chunk.id, 0.0), TransientError("refused"))
         if _enqueued_limit(remote):
             self.state.update(
                 chunk.id, state=ChunkState.UPLOADED, error=f"enqueued token limit: {message}", batch_id=None

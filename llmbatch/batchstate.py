@@ -43,6 +43,7 @@ CREATE TABLE IF NOT EXISTS chunks (
     items INTEGER NOT NULL DEFAULT 0,
     bytes INTEGER NOT NULL DEFAULT 0,
     tokens INTEGER NOT NULL DEFAULT 0,
+    worst REAL NOT NULL DEFAULT 0,
     state TEXT NOT NULL,
     live INTEGER NOT NULL DEFAULT 0,
     file_id TEXT,
@@ -90,6 +91,7 @@ class Chunk:
     items: int
     bytes: int
     tokens: int
+    worst: float  # USD at most, under --max-cost
     state: ChunkState
     live: bool  # its items go to the live API (--then live), not into a batch
     file_id: str | None
@@ -213,7 +215,16 @@ class BatchState:
 
     # --- items -------------------------------------------------------------------
 
-    def add(self, chunk_id: int, req: Request, *, size: int, tokens: int, carry: Item | None = None) -> None:
+    def add(
+        self,
+        chunk_id: int,
+        req: Request,
+        *,
+        size: int,
+        tokens: int,
+        worst: float = 0.0,
+        carry: Item | None = None,
+    ) -> None:
         """Put an item in a chunk (a new item, or one moving to a follow-up round with
         what it has used so far). Committed with the chunk's next seal, or every few
         thousand items."""
@@ -226,8 +237,9 @@ class BatchState:
         else:
             self._db.execute("UPDATE items SET chunk = ? WHERE custom_id = ?", (chunk_id, req.custom_id))
         self._db.execute(
-            "UPDATE chunks SET items = items + 1, bytes = bytes + ?, tokens = tokens + ? WHERE id = ?",
-            (size, tokens, chunk_id),
+            "UPDATE chunks SET items = items + 1, bytes = bytes + ?, tokens = tokens + ?, worst = worst + ? "
+            "WHERE id = ?",
+            (size, tokens, worst, chunk_id),
         )
         self._pending += 1
         if self._pending >= 2000:
@@ -311,6 +323,7 @@ def _chunk(row: tuple[Any, ...]) -> Chunk:
         items,
         size,
         tokens,
+        worst,
         state,
         live,
         file_id,
@@ -329,6 +342,7 @@ def _chunk(row: tuple[Any, ...]) -> Chunk:
         items,
         size,
         tokens,
+        worst,
         ChunkState(state),
         bool(live),
         file_id,

@@ -189,6 +189,13 @@ def run(
     max_retries: Annotated[
         int, Opt(help="Transport retries per item (429, 5xx, timeouts).", panel=LIMITS)
     ] = DEFAULT_MAX_RETRIES,
+    max_cost: Annotated[
+        float | None,
+        Opt(
+            help="Spend at most this many USD in this run (each request's worst case reserved first).",
+            panel=LIMITS,
+        ),
+    ] = None,
     # validation
     validate: Annotated[
         list[str] | None,

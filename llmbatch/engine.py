@@ -23,7 +23,7 @@ import heapq
 import itertools
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from llmbatch.errors import (
     AuthError,
@@ -41,6 +41,7 @@ from llmbatch.output import Finished, State
 from llmbatch.providers.base import Completion, Provider, Request
 from llmbatch.retry import BackoffStrategy, RetryConfig
 from llmbatch.settings import DEFAULT_CONCURRENCY, DEFAULT_MAX_REQUESTS, DEFAULT_MAX_RETRIES, DEFAULT_TIMEOUT
+from llmbatch.spend import SpendingCap
 from llmbatch.stats import Stats
 
 __all__ = ["DEFAULT_RETRY", "Engine", "EngineConfig", "Job", "Output", "Rejects"]
@@ -54,6 +55,8 @@ DEFAULT_RETRY = RetryConfig(
 )
 
 Validator = Callable[[Request, Completion], "str | None"]
+# The outcome of an attempt that was never sent: its reservation is given back.
+_NOT_SENT = ProviderError("not sent", code="not_sent")
 
 
 class Output(Protocol):
@@ -119,6 +122,7 @@ class Job:
     not_before: float = 0.0
     seq: int = field(default=0)
     live: bool = False  # asked of the provider, not the cache (a re-ask, a bad cached answer)
+    reserved: float = 0.0  # USD reserved under --max-cost for the attempt in flight
 
     def __lt__(self, other: Job) -> bool:  # heap order: due time, then arrival
         return (self.not_before, self.seq) < (other.not_before, other.seq)
@@ -152,6 +156,7 @@ class Engine:
         config: EngineConfig,
         rejects: Rejects | None = None,
         cache: Cache | None = None,
+        cap: SpendingCap | None = None,
         log: Callable[[str], None] = lambda _: None,
     ) -> None:
         self.provider = provider
@@ -160,6 +165,7 @@ class Engine:
         self.output = output
         self.rejects = rejects
         self.cache = cache
+        self.cap = cap
         # With a cache, identical requests in one run are sent once: the first is the
         # leader, the others wait here for its answer (holding no slot).
         self._followers: dict[int, list[Job]] = {}
@@ -170,6 +176,7 @@ class Engine:
         self._alive = 0
         self._tasks: set[asyncio.Task[None]] = set()
         self._permits: dict[asyncio.Task[None], Permit] = {}
+        self._jobs: dict[asyncio.Task[None], Job] = {}
         self._wake = asyncio.Event()
         self._seq = itertools.count()
         self._acquiring: asyncio.Task[Permit] | None = None
@@ -239,8 +246,11 @@ class Engine:
                     break
                 await self._sleep(heap[0].not_before if heap else None)
                 continue
+            if self.cap is not None and not self._reserve(job):
+                continue
             permit = await self._admit(job)
             if permit is None:
+                self._unreserve(job)
                 self._release(job)
                 break
             # Counted here, not when the task starts: admit() may not yield, and the
@@ -250,11 +260,34 @@ class Engine:
             task = loop.create_task(self._attempt(job, permit))
             self._tasks.add(task)
             self._permits[task] = permit
+            self._jobs[task] = job
             task.add_done_callback(self._attempt_done)
             idle_reads = 0
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
         return stats
+
+    def _reserve(self, job: Job) -> bool:
+        """--max-cost: reserve the attempt's worst case, or stop (the cap is reached) or
+        reject the item (nothing bounds its answer). False when it is not sent."""
+        assert self.cap is not None
+        try:
+            job.reserved = self.cap.worst_case(job.request.body, job.request.line)
+        except InputError as err:
+            self._release(job)
+            self.reject(err)
+            return False
+        if self.cap.reserve(job.reserved):
+            return True
+        job.reserved = 0.0
+        self._release(job)
+        self.stop(Stop(self.cap.reason() + "; a rerun with a higher --max-cost resumes"))
+        return False
+
+    def _unreserve(self, job: Job, outcome: Any = _NOT_SENT) -> None:
+        if self.cap is not None and job.reserved:
+            self.cap.settle(job.reserved, outcome)
+            job.reserved = 0.0
 
     def _sent_live(self, job: Job) -> bool:
         """With a cache: False when the job needs no request of its own (a valid cached
@@ -361,11 +394,13 @@ class Engine:
             completion = await self.provider.complete(job.request, timeout=self.config.timeout)
         except BaseException as exc:
             permit.settle(exc)
+            self._unreserve(job, exc)
             self._failed(job, exc)
             if isinstance(exc, asyncio.CancelledError):
                 raise
             return
         permit.settle(completion)
+        self._unreserve(job, completion.usage)
         try:
             self._answered(job, completion)
         except Exception as exc:
@@ -397,9 +432,14 @@ class Engine:
         # permit) back.
         self._tasks.discard(task)
         permit = self._permits.pop(task)
-        if not permit.settled:
+        if not permit.settled:  # never ran: nothing was sent
             permit.settle(asyncio.CancelledError())
             self._alive -= 1
+            job = self._jobs.pop(task, None)
+            if job is not None:
+                self._unreserve(job)
+        else:
+            self._jobs.pop(task, None)
         self.stats.in_flight -= 1
         self._wake.set()
 

@@ -36,6 +36,7 @@ from llmbatch.requests import builder_for
 from llmbatch.resume import OutputIndex, Plan, Rules, compact, make_plan, parse_redo
 from llmbatch.settings import Settings, read_api_key
 from llmbatch.source import Source
+from llmbatch.spend import SpendingCap
 from llmbatch.stats import Stats
 from llmbatch.validate import Validator, build_validator
 
@@ -232,6 +233,11 @@ async def _run(settings: Settings, source: Source, console: Console | None) -> t
     if batch_state is not None:
         requests = _not_in_batches(requests, batch_state)
 
+    cap = None
+    if settings.max_cost is not None:
+        cap = SpendingCap(settings.max_cost, await pricing)
+        if first.first_request is not None:
+            cap.check(first.first_request.body)
     provider = make_provider(settings)
     cache = ResponseCache(settings.cache, server=server) if settings.cache is not None else None
     output = OutputFile(output_path, format=settings.output_format, server=server)
@@ -246,6 +252,7 @@ async def _run(settings: Settings, source: Source, console: Console | None) -> t
         rejects=rejects,
         stats=stats,
         cache=cache,
+        cap=cap,
         config=EngineConfig(
             concurrency=settings.concurrency,
             max_requests=settings.max_requests,
@@ -406,6 +413,7 @@ def _batch_mode(
             max_retries=settings.max_retries,
         ),
         cache=cache,
+        cap=engine.cap,
         live=live,
         log=log,
         label=settings.output.name,

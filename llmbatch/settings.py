@@ -72,6 +72,7 @@ class Settings:
     timeout: float | None = field(default=DEFAULT_TIMEOUT, metadata=_at_least(0, strict=True))
     max_requests: int = field(default=DEFAULT_MAX_REQUESTS, metadata=_at_least(1))
     max_retries: int = field(default=DEFAULT_MAX_RETRIES, metadata=_at_least(0))
+    max_cost: float | None = field(default=None, metadata=_at_least(0, strict=True))
     validate: tuple[str, ...] = ()
     schema: Path | None = None  # structured outputs + a schema validator, in one flag
     require_finish: str | None = None

@@ -54,11 +54,14 @@ PREFLIGHT_LINES = 1000
 class Preflight:
     """What the first items of the input say before anything is sent."""
 
-    __slots__ = ("first_item", "model")
+    __slots__ = ("first_item", "first_request", "model")
 
-    def __init__(self, first_item: dict[str, Any] | None, model: str | None) -> None:
+    def __init__(
+        self, first_item: dict[str, Any] | None, model: str | None, first_request: Request | None = None
+    ) -> None:
         self.first_item = first_item  # the first parseable object, for validators' preflight
         self.model = model  # the first buildable request's model, for the price
+        self.first_request = first_request
 
 
 class Source:
@@ -208,6 +211,7 @@ class Source:
             if len(items) >= PREFLIGHT_ITEMS or len(self._head) >= PREFLIGHT_LINES:
                 break
         model: str | None = None
+        first: Request | None = None
         errors: list[InputError] = []
         for number, item in items:
             try:
@@ -215,6 +219,7 @@ class Source:
             except InputError as err:
                 errors.append(err)
                 continue
+            first = first or req
             if model is None and isinstance(req.body.get("model"), str):
                 model = req.body["model"]
         kinds = {e.kind for e in errors}
@@ -223,7 +228,7 @@ class Source:
             hint = f" ({SETUP_KINDS[kind]})" if SETUP_KINDS[kind] else ""
             why = f"{errors[0]}{hint}"
             raise ConfigError(f"{which} in {self.name} fail the same way: {why}; nothing was sent")
-        return Preflight(items[0][1] if items else None, model)
+        return Preflight(items[0][1] if items else None, model, first)
 
     # --- requests --------------------------------------------------------------------
 

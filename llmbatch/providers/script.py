@@ -166,8 +166,13 @@ def count_tokens(text: str) -> int:
 
 
 def chat_body(body: dict[str, Any], text: str, finish: str, request_id: str) -> dict[str, Any]:
+    """A chat completion answering `text`. Like a real model, it stops at the request's
+    `max_completion_tokens` / `max_tokens`: the answer is cut there, finish "length"."""
     prompt = sum(count_tokens(c) + 4 for c in _contents(body))
     completion = count_tokens(text)
+    ceiling = body.get("max_completion_tokens") or body.get("max_tokens")
+    if isinstance(ceiling, int) and 0 < ceiling < completion:
+        text, completion, finish = text[: ceiling * 4], ceiling, "length"
     return {
         "id": request_id,
         "object": "chat.completion",

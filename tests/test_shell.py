@@ -1,0 +1,77 @@
+"""A good citizen of the shell, through the CLI over loopback: a spending cap that holds,
+results on standard output, compressed outputs, errors told once, an ordered output,
+and a report of what an output holds."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from conftest import read_jsonl, write_jsonl
+
+pytestmark = pytest.mark.usefixtures("no_backoff")
+
+PRICE = ("--price-in", "1", "--price-out", "2")  # USD per million tokens
+
+
+def chat_rows(n: int, rng: random.Random) -> list[dict[str, Any]]:
+    return [{"id": f"r{i}", "text": "word " * rng.randint(5, 400)} for i in range(n)]
+
+
+def flags(server: Any, *extra: object) -> list[object]:
+    return ["--base-url", server.base_url, "--prompt", "Say {text}", "--id-field", "id", "-m", "gpt-4o-mini",
+            "--no-live", *extra]  # fmt: skip
+
+
+def served_cost(server: Any) -> float:
+    """What the server's own usage count says was spent, at PRICE."""
+    s = server.stats
+    return (s.prompt_tokens * 1 + s.completion_tokens * 2) / 1e6
+
+
+def test_the_spending_cap_holds_and_a_higher_one_finishes(run_cli, fake_server, api_key, tmp_path):
+    """Random prompt and answer lengths and a cap that binds halfway: the run stops with
+    exit 3 and says so, the server's own usage prices at most the cap; a rerun with a
+    higher cap finishes the file."""
+    rng = random.Random(7)
+    rows = chat_rows(60, rng)
+    src = write_jsonl(tmp_path / "in.jsonl", rows)
+    out = tmp_path / "out.jsonl"
+    probe = fake_server()
+    whole = run_cli("run", src, "-o", tmp_path / "probe.jsonl", *flags(probe, *PRICE, "--max-tokens", "150"))
+    assert whole.exit_code == 0, whole.output
+    cap = served_cost(probe) / 2
+
+    server = fake_server(latency_ms=20)
+    capped = run_cli(
+        "run", src, "-o", out, *flags(server, *PRICE, "--max-tokens", "150", "--max-cost", f"{cap:.6f}")
+    )
+    assert capped.exit_code == 3, capped.output
+    assert "spending cap reached" in capped.stderr
+    assert served_cost(server) <= cap
+    assert 0 < len(read_jsonl(out)) < 60
+    higher = run_cli("run", src, "-o", out, *flags(server, *PRICE, "--max-tokens", "150", "--max-cost", "1"))
+    assert higher.exit_code == 0, higher.output
+    assert len(read_jsonl(out)) == 60
+
+
+def test_the_cap_refuses_what_it_cannot_bound(run_cli, fake_server, api_key, tmp_path):
+    """No price for the model, or no answer ceiling: exit 2 with the way out, nothing sent."""
+    server = fake_server()
+    src = write_jsonl(tmp_path / "in.jsonl", chat_rows(3, random.Random(1)))
+    unpriced = run_cli("run", src, "-o", tmp_path / "o.jsonl", *flags(server, "-m", "my-own-model", "--max-cost", "1",
+                                                                      "--max-tokens", "10"))  # fmt: skip
+    assert unpriced.exit_code == 2
+    assert "--price-in" in unpriced.stderr
+    unbounded = run_cli("run", src, "-o", tmp_path / "o.jsonl", *flags(server, *PRICE, "--max-cost", "1"))
+    assert unbounded.exit_code == 2
+    assert "--max-tokens" in unbounded.stderr
+    assert server.stats.requests == 0
+
+
+def _write(path: Path, rows: list[dict[str, Any]]) -> Path:
+    path.write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in rows))
+    return path
