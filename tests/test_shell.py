@@ -62,8 +62,8 @@ def test_the_cap_refuses_what_it_cannot_bound(run_cli, fake_server, api_key, tmp
     """No price for the model, or no answer ceiling: exit 2 with the way out, nothing sent."""
     server = fake_server()
     src = write_jsonl(tmp_path / "in.jsonl", chat_rows(3, random.Random(1)))
-    unpriced = run_cli("run", src, "-o", tmp_path / "o.jsonl", *flags(server, "-m", "my-own-model", "--max-cost", "1",
-                                                                      "--max-tokens", "10"))  # fmt: skip
+    unpriced_flags = flags(server, "-m", "my-own-model", "--max-cost", "1", "--max-tokens", "10")
+    unpriced = run_cli("run", src, "-o", tmp_path / "o.jsonl", *unpriced_flags)
     assert unpriced.exit_code == 2
     assert "--price-in" in unpriced.stderr
     unbounded = run_cli("run", src, "-o", tmp_path / "o.jsonl", *flags(server, *PRICE, "--max-cost", "1"))
