@@ -19,6 +19,7 @@ from llmbatch.settings import (
     DEFAULT_BATCH_BYTES,
     DEFAULT_BATCH_REQUESTS,
     DEFAULT_CONCURRENCY,
+    DEFAULT_CONNECT_GRACE,
     DEFAULT_FAKE_LATENCY_MS,
     DEFAULT_MAX_REQUESTS,
     DEFAULT_MAX_RETRIES,
@@ -189,6 +190,9 @@ def run(
     max_retries: Annotated[
         int, Opt(help="Transport retries per item (429, 5xx, timeouts).", panel=LIMITS)
     ] = DEFAULT_MAX_RETRIES,
+    connect_grace: Annotated[
+        float, Opt(help="Stop (exit 3) when nothing connects for this many seconds.", panel=LIMITS)
+    ] = DEFAULT_CONNECT_GRACE,
     max_cost: Annotated[
         float | None,
         Opt(

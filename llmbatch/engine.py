@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from llmbatch.errors import (
+    CONNECT_CODES,
     AuthError,
     ConfigError,
     ExitCode,
@@ -40,7 +41,13 @@ from llmbatch.limits import Limits, Permit
 from llmbatch.output import Finished, State
 from llmbatch.providers.base import Completion, Provider, Request
 from llmbatch.retry import BackoffStrategy, RetryConfig
-from llmbatch.settings import DEFAULT_CONCURRENCY, DEFAULT_MAX_REQUESTS, DEFAULT_MAX_RETRIES, DEFAULT_TIMEOUT
+from llmbatch.settings import (
+    DEFAULT_CONCURRENCY,
+    DEFAULT_CONNECT_GRACE,
+    DEFAULT_MAX_REQUESTS,
+    DEFAULT_MAX_RETRIES,
+    DEFAULT_TIMEOUT,
+)
 from llmbatch.spend import SpendingCap
 from llmbatch.stats import Stats
 
@@ -100,6 +107,9 @@ class EngineConfig:
     timeout: float | None = DEFAULT_TIMEOUT
     retry: RetryConfig = DEFAULT_RETRY
     window: int | None = None  # jobs alive at once; default 2 x concurrency
+    # A run in which every attempt fails to connect for this long stops (exit 3):
+    # nothing is listening, or the name or the certificate is wrong.
+    connect_grace: float | None = DEFAULT_CONNECT_GRACE
 
     @property
     def window_size(self) -> int:
@@ -181,6 +191,9 @@ class Engine:
         self._seq = itertools.count()
         self._acquiring: asyncio.Task[Permit] | None = None
         self._oversized: set[str] = set()  # ids already told about, once each
+        self._responded = False  # a server has answered anything, an error included
+        self._connect_failures = 0
+        self._grace: asyncio.TimerHandle | None = None
 
     # --- control -----------------------------------------------------------------
 
@@ -253,6 +266,8 @@ class Engine:
                 self._unreserve(job)
                 self._release(job)
                 break
+            if self._grace is None and self.config.connect_grace is not None and not self._responded:
+                self._grace = loop.call_later(self.config.connect_grace, self._check_connected)
             # Counted here, not when the task starts: admit() may not yield, and the
             # loop must see this slot taken before it dispatches the next job.
             stats.in_flight += 1
@@ -265,7 +280,20 @@ class Engine:
             idle_reads = 0
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._grace is not None:
+            self._grace.cancel()
         return stats
+
+    def _check_connected(self) -> None:
+        """--connect-grace passed: if no server has answered anything and attempts fail
+        to connect, nothing is there; stop rather than spend every retry on every row."""
+        if self._responded or not self._connect_failures or self.stopping:
+            return
+        last = next(
+            (text for code, text in reversed(self.stats.last_error.items()) if code in CONNECT_CODES), ""
+        )
+        grace = self.config.connect_grace
+        self.stop(Stop(f"nothing answered in {grace:g}s ({last}); check --base-url, then rerun to resume"))
 
     def _reserve(self, job: Job) -> bool:
         """--max-cost: reserve the attempt's worst case, or stop (the cap is reached) or
@@ -408,7 +436,7 @@ class Engine:
 
     def _failed(self, job: Job, exc: BaseException) -> None:
         if isinstance(exc, ProviderError):
-            self.stats.last_error[exc.code] = str(exc)
+            self._tell(exc)
         if isinstance(exc, RateLimited):
             self.stats.http_429 += 1
             self._retry(job, exc, "rate_limited")
@@ -425,6 +453,18 @@ class Engine:
             self._internal_error(job, exc)
         else:  # KeyboardInterrupt, SystemExit: not ours to swallow
             self._release(job)
+
+    def _tell(self, exc: ProviderError) -> None:
+        """The first error of each cause is told, with its text; later ones are counted."""
+        last = self.stats.last_error
+        if exc.code not in last and not isinstance(exc, RateLimited):  # 429s: on the panel
+            self.log(f"error: {exc.code}: {exc} (told once; later ones are counted)")
+        last.pop(exc.code, None)
+        last[exc.code] = str(exc)  # the newest cause last
+        if exc.code in CONNECT_CODES:
+            self._connect_failures += 1
+        else:
+            self._responded = self._responded or exc.status_code is not None
 
     def _attempt_done(self, task: asyncio.Task[None]) -> None:
         # A callback, not a `finally`: a task cancelled before it ever ran (a second
@@ -446,6 +486,7 @@ class Engine:
     def _answered(self, job: Job, completion: Completion) -> None:
         stats = self.stats
         stats.answers += 1
+        self._responded = True
         usage = completion.usage
         stats.prompt_tokens += usage.prompt_tokens
         stats.completion_tokens += usage.completion_tokens

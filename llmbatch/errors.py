@@ -22,6 +22,7 @@ import enum
 from collections.abc import Mapping
 
 __all__ = [
+    "CONNECT_CODES",
     "AuthError",
     "ConfigError",
     "ExitCode",
@@ -99,6 +100,11 @@ class TransientError(ProviderError):
     """Worth trying again later: overload, timeout, a dropped connection."""
 
     code = "transient"
+
+
+# Codes of a TransientError that never reached a server: a run in which every attempt
+# ends in one of these for --connect-grace seconds connects to nothing, and stops.
+CONNECT_CODES = frozenset({"connection_refused", "dns", "tls", "connect"})
 
 
 class RateLimited(TransientError):

@@ -1,22 +1,43 @@
 """JSONL in and out: a streaming reader that keeps line numbers, and an appending writer
-that only ever leaves whole lines behind."""
+that only ever leaves whole lines behind, plain or compressed.
+
+A compressed output (``.gz``, ``.zst``) is a chain of gzip members or zstd frames, one
+per flush: both formats decode such a chain as one stream (``zcat``, ``zstd -dc``), and
+a crash can tear only the last member, which `cut_torn` cuts off before the next run
+appends.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gzip
 import io
 import os
 import time
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, BinaryIO, cast
+from typing import Any, BinaryIO, Literal, cast
 
 import orjson
 
 from llmbatch.errors import InputError
 
-__all__ = ["BOM", "JsonlWriter", "count_lines", "decompressed", "drop_torn_tail", "parse_line", "read_lines"]
+__all__ = [
+    "BOM",
+    "Codec",
+    "JsonlWriter",
+    "codec_for",
+    "compress_block",
+    "count_lines",
+    "cut_torn",
+    "decompressed",
+    "drop_torn_tail",
+    "open_lines",
+    "parse_line",
+    "read_lines",
+]
 
 # Finished lines are handed to the OS in one write at most this long after they finish
 # (one syscall per line cost more than the HTTP request itself); a SIGKILL loses at most
@@ -61,6 +82,92 @@ def decompressed(raw: BinaryIO) -> BinaryIO:
     return cast(BinaryIO, reader)
 
 
+Codec = Literal["", "gz", "zst"]
+# gzip's default level: a user who asked for .gz wants it small; one flush a 50 ms is
+# at most a few hundred KB, compressed in a millisecond or two.
+GZIP_LEVEL = 6
+
+
+def codec_for(path: Path) -> Codec:
+    """The compression an output's name asks for."""
+    suffix = path.suffix.lower()
+    if suffix == ".gz":
+        return "gz"
+    if suffix in (".zst", ".zstd"):
+        return "zst"
+    return ""
+
+
+def compress_block(codec: Codec, data: bytes) -> bytes:
+    """`data` as one whole gzip member or zstd frame (or as it is)."""
+    if codec == "gz":
+        c = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, 31)
+        return c.compress(data) + c.flush()
+    if codec == "zst":
+        import zstandard
+
+        return bytes(zstandard.ZstdCompressor().compress(data))
+    return data
+
+
+def _decompressor(codec: Codec) -> Any:
+    if codec == "gz":
+        return zlib.decompressobj(31)
+    import zstandard
+
+    return zstandard.ZstdDecompressor().decompressobj()
+
+
+def _intact_end(f: BinaryIO, codec: Codec) -> int:
+    """The end of the last whole member (gzip) or frame (zstd) of a file."""
+    end = consumed = 0
+    d = _decompressor(codec)
+    while chunk := f.read(1 << 20):
+        buf = chunk
+        while buf:
+            try:
+                d.decompress(buf)
+            except (zlib.error, Exception):
+                return end  # garbage after the last good member: a torn write
+            if not d.eof:
+                consumed += len(buf)
+                break
+            used = len(buf) - len(d.unused_data)
+            consumed += used
+            end = consumed
+            buf = d.unused_data
+            d = _decompressor(codec)
+    return end
+
+
+def cut_torn(path: Path) -> int:
+    """Cut what a crash tore off the end of an output: a last line without its newline,
+    or a compressed output's last, unfinished member. Returns bytes dropped."""
+    codec = codec_for(path)
+    if not codec:
+        return drop_torn_tail(path)
+    if not path.exists():
+        return 0
+    with path.open("r+b") as f:
+        size = f.seek(0, os.SEEK_END)
+        f.seek(0)
+        end = _intact_end(f, codec)
+        if end < size:
+            f.truncate(end)
+        return size - end
+
+
+@contextlib.contextmanager
+def open_lines(path: Path) -> Iterator[BinaryIO]:
+    """An output's bytes, decompressed when it is compressed."""
+    with path.open("rb") as raw:
+        stream = decompressed(raw)
+        try:
+            yield stream
+        finally:
+            stream.close()
+
+
 def read_lines(path: Path) -> Iterator[tuple[int, bytes]]:
     """(line number, raw line without its newline), one at a time, never the whole file."""
     with path.open("rb") as f:
@@ -86,10 +193,11 @@ def parse_line(number: int, raw: bytes) -> dict[str, Any]:
 
 
 def count_lines(path: Path) -> int:
-    """Lines in a file, counted in big binary chunks (about 1 GB/s)."""
+    """Lines in a file (decompressed, when compressed), counted in big binary chunks
+    (about 1 GB/s)."""
     n = 0
     last = b"\n"
-    with path.open("rb") as f:
+    with open_lines(path) as f:
         while chunk := f.read(1 << 20):
             n += chunk.count(b"\n")
             last = chunk[-1:]
@@ -134,9 +242,13 @@ class JsonlWriter:
         *,
         flush_interval: float = FLUSH_INTERVAL,
         fsync_interval: float = FSYNC_INTERVAL,
+        stream: BinaryIO | None = None,
     ) -> None:
         self.path = path
-        self._f: BinaryIO = path.open("ab", buffering=0)
+        # A stream given (standard output) is written as it is: no codec, no fsync.
+        self.codec: Codec = "" if stream is not None else codec_for(path)
+        self._f: BinaryIO = stream if stream is not None else path.open("ab", buffering=0)
+        self._syncs = stream is None
         self._buf = bytearray()
         self._flush_interval = flush_interval
         self._fsync_interval = fsync_interval
@@ -172,6 +284,8 @@ class JsonlWriter:
         # Raising here would go to the event loop's handler (this runs from a timer) and
         # leave the buffer exported: the error is kept for the owner to act on instead.
         try:
+            if self._buf and self.codec:
+                self._buf[:] = compress_block(self.codec, bytes(self._buf))
             if self._buf:
                 view = memoryview(self._buf)
                 try:
@@ -181,7 +295,7 @@ class JsonlWriter:
                 finally:
                     view.release()
             now = time.monotonic()
-            if now - self._last_sync >= self._fsync_interval:
+            if self._syncs and now - self._last_sync >= self._fsync_interval:
                 os.fsync(self._f.fileno())
                 self._last_sync = now
         except OSError as exc:
@@ -191,7 +305,7 @@ class JsonlWriter:
     def sync(self) -> None:
         """Flush and fsync now."""
         self.flush()
-        if self.error is None:
+        if self.error is None and self._syncs:
             try:
                 os.fsync(self._f.fileno())
                 self._last_sync = time.monotonic()
@@ -202,6 +316,8 @@ class JsonlWriter:
         if self._f.closed:
             return
         self.flush()
+        if not self._syncs:
+            return  # standard output: not ours to close
         if self.error is None:
             try:
                 os.fsync(self._f.fileno())

@@ -31,7 +31,7 @@ import hashlib
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, NamedTuple
+from typing import Any, BinaryIO, Literal, NamedTuple
 
 import orjson
 
@@ -200,12 +200,14 @@ class OutputFile:
     """Where finished items go: one whole line each, appended (see `JsonlWriter` for
     when lines reach the disk). `error` is the first failed write, if any."""
 
-    def __init__(self, path: Path, *, format: Format = "batch", server: str = "") -> None:
+    def __init__(
+        self, path: Path, *, format: Format = "batch", server: str = "", stream: BinaryIO | None = None
+    ) -> None:
         self.path = path
         self.format: Format = format
         self.server = server
         self._record = merged_record if format == "merged" else batch_record
-        self._writer = JsonlWriter(path)
+        self._writer = JsonlWriter(path, stream=stream)
         self.lines = 0
 
     @property

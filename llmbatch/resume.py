@@ -23,17 +23,19 @@ from __future__ import annotations
 
 import contextlib
 import os
+import tempfile
 from array import array
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 
 import orjson
 
 from llmbatch.errors import ConfigError, InputError
 from llmbatch.idset import IdSet
-from llmbatch.jsonl import count_lines, drop_torn_tail
+from llmbatch.jsonl import codec_for, compress_block, count_lines, cut_torn, open_lines
 from llmbatch.output import Format, Line, State, completion_of, custom_id_of, read_line, read_tail
 from llmbatch.providers.base import Completion, Request
 from llmbatch.source import Source
@@ -107,10 +109,10 @@ class OutputIndex:
         """Read an output (a torn last line is cut first: the crash that tore it lost it)."""
         if not path.exists() or path.stat().st_size == 0:
             return cls(0)
-        drop_torn_tail(path)
+        cut_torn(path)
         index = cls(count_lines(path), offsets=offsets)
         add, loads = index.add, orjson.loads
-        with path.open("rb") as f:
+        with open_lines(path) as f:
             pos = 0
             for raw in f:
                 at, pos = pos, pos + len(raw)
@@ -298,7 +300,7 @@ class _Revalidator:
             raise ValueError("revalidation needs an index with offsets")
         self.validator = validator
         self.offset = index.offset
-        self._f = output.open("rb")
+        self._f = _seekable(output)
 
     def fails(self, req: Request, slot: int) -> bool:
         self._f.seek(self.offset[slot])
@@ -322,12 +324,12 @@ def compact(path: Path) -> int:
     replaces. Streams: memory is one number per id and one bit per line, not the file;
     lines are parsed once (to find their ids) and copied as they are. Returns the number
     of lines dropped."""
-    drop_torn_tail(path)
+    cut_torn(path)
     ids = IdSet(count_lines(path))
     newest = array("I", bytes(4 * ids.capacity))  # per id, the number of its newest line
     keep = Bitmap()
     repeated = 0
-    with path.open("rb") as src:
+    with open_lines(path) as src:
         for number, raw in enumerate(src, 1):
             try:
                 cid = custom_id_of(orjson.loads(raw))
@@ -346,15 +348,38 @@ def compact(path: Path) -> int:
             keep.add(number)
     del newest, ids
     tmp = path.with_name(path.name + ".compacting")
-    with path.open("rb") as src, tmp.open("wb") as dst:
+    codec = codec_for(path)
+    with open_lines(path) as src, tmp.open("wb") as dst:
+        block = bytearray()
         for number, raw in enumerate(src, 1):
             if number in keep:
-                dst.write(raw)
+                block += raw
+                if len(block) >= COMPACT_BLOCK:
+                    dst.write(compress_block(codec, bytes(block)))
+                    block.clear()
+        dst.write(compress_block(codec, bytes(block)))
         dst.flush()
         os.fsync(dst.fileno())
     os.replace(tmp, path)
     _sync_dir(path.parent)
     return repeated
+
+
+# A compressed output is rewritten in members of about this much text each.
+COMPACT_BLOCK = 1 << 20
+
+
+def _seekable(output: Path) -> IO[bytes]:
+    """The output, open for reading at line offsets: a compressed one is copied out
+    decompressed first (its offsets are those of the decompressed text)."""
+    if not codec_for(output):
+        return output.open("rb")
+    copy = tempfile.TemporaryFile(prefix="llmbatch-revalidate-")  # noqa: SIM115 (the caller closes it)
+    with open_lines(output) as src:
+        while chunk := src.read(1 << 20):
+            copy.write(chunk)
+    copy.seek(0)
+    return copy
 
 
 def _sync_dir(folder: Path) -> None:

@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import os
 import signal
+import sys
 import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -26,7 +27,7 @@ from llmbatch.display import Display, choose_mode, render_summary, summary_dict
 from llmbatch.engine import Engine, EngineConfig
 from llmbatch.errors import ConfigError, ExitCode, InputError, Stop, worst
 from llmbatch.idset import IdSet
-from llmbatch.jsonl import JsonlWriter
+from llmbatch.jsonl import JsonlWriter, open_lines
 from llmbatch.limits import Limits
 from llmbatch.locking import OutputLock
 from llmbatch.output import Finished, Format, OutputFile, is_ours, reject_record, server_hash
@@ -101,6 +102,22 @@ def make_provider(settings: Settings) -> Provider:
     )
 
 
+class StderrRejects:
+    """With `-o -` and no --rejects: each bad line told on stderr, one line each."""
+
+    path = "standard error"
+    error = None
+
+    def __init__(self, log: Callable[[str], None]) -> None:
+        self.log = log
+
+    def write(self, err: InputError) -> None:
+        self.log(f"error: rejected line {err.line}: {err}")
+
+    def close(self) -> None:
+        return None
+
+
 class RejectsFile:
     """Bad input lines, one JSON line each. Each run reads the whole input again and
     rejects its bad lines again, so the file is rewritten by every run (a bad line is
@@ -132,12 +149,28 @@ async def run_async(settings: Settings, *, console: Console | None = None) -> tu
     lock = OutputLock(settings.output)
     try:
         source.check()
-        check_output(settings, source)
-        lock.acquire()
+        if to_stdout(settings):
+            check_stdout(settings)
+        else:
+            check_output(settings, source)
+            lock.acquire()
         return await _run(settings, source, console)
     finally:
         lock.release()
         source.close()
+
+
+def to_stdout(settings: Settings) -> bool:
+    return str(settings.output) == "-"
+
+
+def check_stdout(settings: Settings) -> None:
+    """`-o -`: results to standard output, and so no resume: every such run is fresh,
+    and what only makes sense on a file the run can read back is refused."""
+    for name in ("fresh", "redo", "keep_stale", "revalidate", "batch_api"):
+        if getattr(settings, name):
+            flag = "--" + name.replace("_", "-")
+            raise ConfigError(f"{flag} needs an output file to read back; with -o - every run starts afresh")
 
 
 def server_of(settings: Settings) -> str:
@@ -151,8 +184,11 @@ def server_of(settings: Settings) -> str:
 def start_fresh(output: Path, *, force: bool) -> None:
     """Empty the output for --fresh: only a file llmbatch wrote, unless --force."""
     if not force and output.exists() and output.stat().st_size:
-        with output.open("rb") as f:
-            first = f.readline()
+        try:
+            with open_lines(output) as f:
+                first = f.readline()
+        except (OSError, EOFError, ValueError):  # not even the compression it claims
+            first = b""
         if not is_ours(first):
             raise ConfigError(
                 f"{output} does not look like an llmbatch output: --fresh would empty it "
@@ -240,8 +276,11 @@ async def _run(settings: Settings, source: Source, console: Console | None) -> t
             cap.check(first.first_request.body)
     provider = make_provider(settings)
     cache = ResponseCache(settings.cache, server=server) if settings.cache is not None else None
-    output = OutputFile(output_path, format=settings.output_format, server=server)
-    rejects = RejectsFile(settings.rejects_path)
+    stdout = sys.stdout.buffer if to_stdout(settings) else None
+    output = OutputFile(output_path, format=settings.output_format, server=server, stream=stdout)
+    rejects: RejectsFile | StderrRejects = RejectsFile(settings.rejects_path)
+    if stdout is not None and settings.rejects is None:
+        rejects = StderrRejects(display.log)
     limits = Limits(rpm=settings.rpm, tpm=settings.tpm)
     stats.pacer = limits
     engine = Engine(
@@ -258,6 +297,7 @@ async def _run(settings: Settings, source: Source, console: Console | None) -> t
             max_requests=settings.max_requests,
             max_retries=settings.max_retries,
             timeout=settings.timeout,
+            connect_grace=settings.connect_grace,
         ),
         log=display.log,
     )
@@ -445,7 +485,12 @@ async def _work(
     loop = asyncio.get_running_loop()
     output = settings.output
     with _phase(stats, "read_output"):
-        index = await loop.run_in_executor(None, lambda: OutputIndex.scan(output, offsets=rules.revalidate))
+        if to_stdout(settings):
+            index = OutputIndex(0)  # nothing to read back: standard output starts afresh
+        else:
+            index = await loop.run_in_executor(
+                None, lambda: OutputIndex.scan(output, offsets=rules.revalidate)
+            )
     if not len(index):
         # Counted up front when cheap (about a second per GB): the total for the progress
         # bar, and the size of the duplicate-id table, allocated once instead of grown.

@@ -26,6 +26,7 @@ __all__ = [
     "DEFAULT_BATCH_BYTES",
     "DEFAULT_BATCH_REQUESTS",
     "DEFAULT_CONCURRENCY",
+    "DEFAULT_CONNECT_GRACE",
     "DEFAULT_MAX_REQUESTS",
     "DEFAULT_MAX_RETRIES",
     "DEFAULT_PROGRESS_EVERY",
@@ -40,6 +41,7 @@ DEFAULT_CONCURRENCY = 64
 DEFAULT_MAX_REQUESTS = 4
 DEFAULT_MAX_RETRIES = 10
 DEFAULT_TIMEOUT = 120.0
+DEFAULT_CONNECT_GRACE = 30.0
 DEFAULT_PROGRESS_EVERY = 10.0
 DEFAULT_FAKE_LATENCY_MS = 40.0
 # OpenAI's limits for one Batch API input file, and how often to look at a batch.
@@ -73,6 +75,7 @@ class Settings:
     max_requests: int = field(default=DEFAULT_MAX_REQUESTS, metadata=_at_least(1))
     max_retries: int = field(default=DEFAULT_MAX_RETRIES, metadata=_at_least(0))
     max_cost: float | None = field(default=None, metadata=_at_least(0, strict=True))
+    connect_grace: float = field(default=DEFAULT_CONNECT_GRACE, metadata=_at_least(0, strict=True))
     validate: tuple[str, ...] = ()
     schema: Path | None = None  # structured outputs + a schema validator, in one flag
     require_finish: str | None = None

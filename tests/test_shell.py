@@ -9,10 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-import pytest
 from conftest import read_jsonl, write_jsonl
-
-pytestmark = pytest.mark.usefixtures("no_backoff")
 
 PRICE = ("--price-in", "1", "--price-out", "2")  # USD per million tokens
 
@@ -75,3 +72,45 @@ def test_the_cap_refuses_what_it_cannot_bound(run_cli, fake_server, api_key, tmp
 def _write(path: Path, rows: list[dict[str, Any]]) -> Path:
     path.write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in rows))
     return path
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_nothing_listening_stops_within_the_grace_and_says_why(run_cli, api_key, tmp_path):
+    """A --base-url where nothing listens: exit 3 a little after --connect-grace, not
+    after every row's retries, with "connection refused" told on stderr."""
+    import time
+
+    src = write_jsonl(tmp_path / "in.jsonl", chat_rows(24, random.Random(2)))
+    started = time.monotonic()
+    nowhere = f"http://127.0.0.1:{_free_port()}/v1"
+    template = ("--prompt", "Say {text}", "--id-field", "id", "-m", "gpt-4o-mini")
+    result = run_cli("run", src, "-o", tmp_path / "out.jsonl", "--base-url", nowhere, *template,
+                     "--connect-grace", "1", "--no-live")  # fmt: skip
+    took = time.monotonic() - started
+    assert result.exit_code == 3, result.output
+    assert "connection refused" in result.stderr
+    assert "nothing answered in 1s" in result.stderr
+    assert took < 1 + 10
+    assert result.stderr.count("error: connection_refused") == 1  # told once, then counted
+
+
+def test_a_wrong_endpoint_is_told_once_with_the_servers_message(run_cli, fake_server, api_key, tmp_path):
+    """Every item refused with the same 404: the first is told on stderr with the
+    server's text, the rest are counted; every item is written failed."""
+    server = fake_server()
+    rows = [{"custom_id": f"r{i}", "url": "/v1/chat/completions", "body": {"model": "m", "messages": []}}
+            for i in range(5)]  # fmt: skip
+    src = write_jsonl(tmp_path / "in.jsonl", rows)
+    base = server.base_url.removesuffix("/v1") + "/nope/v1"
+    result = run_cli("run", src, "-o", tmp_path / "out.jsonl", "--base-url", base, "--no-live", "-q")
+    assert result.exit_code == 1, result.output
+    assert result.stderr.count("error: http_404") + result.stderr.count("error: invalid_request") == 1
+    assert "Unknown route" in result.stderr
+    assert len(read_jsonl(tmp_path / "out.jsonl")) == 5

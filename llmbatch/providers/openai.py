@@ -18,6 +18,7 @@ request (e.g. refreshing tokens). See docs/benchmarks.md.
 from __future__ import annotations
 
 import asyncio
+import errno
 import io
 import time
 import urllib.request
@@ -192,9 +193,7 @@ class OpenAIProvider:
         except TimeoutError:
             raise TransientError(f"no answer within {timeout:g}s", code="timeout") from None
         except aiohttp.ClientError as exc:
-            raise TransientError(
-                f"connection failed: {type(exc).__name__}: {exc}", code="connection"
-            ) from None
+            raise _connection_error(exc) from None
         return _completion(status, self._redact(raw), resp_headers, started)
 
     async def _complete_sdk(self, request: Request, timeout: float | None) -> Completion:
@@ -215,6 +214,9 @@ class OpenAIProvider:
         except openai.APITimeoutError:
             raise TransientError(f"no answer within {timeout:g}s", code="timeout") from None
         except openai.APIConnectionError as exc:
+            cause = exc.__cause__
+            if isinstance(cause, aiohttp.ClientError):
+                raise _connection_error(cause) from None
             raise TransientError(f"connection failed: {exc}", code="connection") from None
         return _completion(resp.status_code, self._redact(resp.content), resp.headers, started)
 
@@ -227,6 +229,20 @@ class OpenAIProvider:
             await self._session.close()
             self._session = None
         await self.client.close()
+
+
+def _connection_error(exc: aiohttp.ClientError) -> TransientError:
+    """A failed connection, by cause: the first of each is told to the user, and a run
+    that connects to nothing stops (see CONNECT_CODES)."""
+    if isinstance(exc, aiohttp.ClientConnectorDNSError):
+        return TransientError(f"cannot resolve the host: {exc}", code="dns")
+    if isinstance(exc, aiohttp.ClientConnectorCertificateError | aiohttp.ClientSSLError):
+        return TransientError(f"TLS failed: {exc}", code="tls")
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        refused = exc.os_error.errno == errno.ECONNREFUSED if exc.os_error is not None else False
+        text = "connection refused" if refused else "cannot connect"
+        return TransientError(f"{text}: {exc}", code="connection_refused" if refused else "connect")
+    return TransientError(f"connection failed: {type(exc).__name__}: {exc}", code="connection")
 
 
 def _completion(status: int, raw: bytes, headers: Mapping[str, str], started: float) -> Completion:
