@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import pytest
 from conftest import read_jsonl, write_jsonl
 
 PRICE = ("--price-in", "1", "--price-out", "2")  # USD per million tokens
@@ -114,3 +115,88 @@ def test_a_wrong_endpoint_is_told_once_with_the_servers_message(run_cli, fake_se
     assert result.stderr.count("error: http_404") + result.stderr.count("error: invalid_request") == 1
     assert "Unknown route" in result.stderr
     assert len(read_jsonl(tmp_path / "out.jsonl")) == 5
+
+
+def _env() -> dict[str, str]:
+    import os
+
+    env = {k: v for k, v in os.environ.items() if "proxy" not in k.lower() and not k.startswith("OPENAI_")}
+    env.update(OPENAI_API_KEY="sk-test-shell", PYTHONUNBUFFERED="1")
+    return env
+
+
+def test_results_on_standard_output_for_a_pipe(fake_server, tmp_path):
+    """`-o -`: one result line per item on stdout (ready for jq), everything else on
+    stderr, rejects there too as one line each; no file is made."""
+    import subprocess
+    import sys
+
+    server = fake_server()
+    rows = [*chat_rows(5, random.Random(3)), {"id": "x"}]  # the last one misses its template field
+    src = write_jsonl(tmp_path / "in.jsonl", rows)
+    cmd = [sys.executable, "-m", "llmbatch", "run", str(src), "-o", "-", *map(str, flags(server))]
+    done = subprocess.run(cmd, cwd=tmp_path, env=_env(), capture_output=True, timeout=60)
+    assert done.returncode == 1, done.stderr.decode()
+    lines = [orjson.loads(line) for line in done.stdout.splitlines()]
+    assert sorted(r["custom_id"] for r in lines) == [f"r{i}" for i in range(5)]
+    assert b"rejected line 6: missing template field: text" in done.stderr
+    assert not any(p.name.startswith("-") for p in tmp_path.iterdir())
+
+
+def test_standard_output_refuses_what_needs_a_file(run_cli, tmp_path):
+    """There is no resume on stdout: --fresh, --redo, --revalidate are exit 2, saying why."""
+    src = write_jsonl(tmp_path / "in.jsonl", chat_rows(2, random.Random(4)))
+    for flag in (["--fresh"], ["--redo", "failed"], ["--revalidate"], ["--keep-stale"]):
+        result = run_cli("run", src, "-o", "-", "--provider", "fake", "--prompt", "{text}", *flag)
+        assert result.exit_code == 2, flag
+        assert "with -o - every run starts afresh" in result.stderr
+
+
+@pytest.mark.parametrize("suffix", [".gz", ".zst"])
+def test_a_compressed_output_resumes_after_sigkill(fake_server, tmp_path, suffix):
+    """A .gz / .zst output killed mid-run (SIGKILL) and resumed: a valid compressed file
+    (zcat / zstd read it whole), each id once, all valid."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    server = fake_server(latency_ms=5)
+    rows = chat_rows(3000, random.Random(5))
+    src = write_jsonl(tmp_path / "in.jsonl", rows)
+    out = tmp_path / f"out.jsonl{suffix}"
+    cmd = [
+        sys.executable,
+        "-m",
+        "llmbatch",
+        "run",
+        str(src),
+        "-o",
+        str(out),
+        *map(str, flags(server, "-c", "32", "-q")),
+    ]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 60
+    while (not out.exists() or out.stat().st_size < 20_000) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate(timeout=10)
+    with out.open("ab") as f:  # as if killed halfway through writing a member
+        f.write(b"\x1f\x8b\x08\x00torn" if suffix == ".gz" else b"\x28\xb5\x2f\xfdtorn")
+    again = subprocess.run(cmd, cwd=tmp_path, env=_env(), capture_output=True, timeout=120)
+    assert again.returncode == 0, again.stderr.decode()
+    text = _decompress(out.read_bytes(), suffix)
+    records = [orjson.loads(line) for line in text.splitlines()]
+    ids = [r["custom_id"] for r in records]
+    assert len(ids) == len(set(ids)) == 3000
+    assert all(r["llmbatch"]["valid"] for r in records)
+
+
+def _decompress(data: bytes, suffix: str) -> bytes:
+    import gzip
+
+    import zstandard
+
+    if suffix == ".gz":
+        return gzip.decompress(data)  # every member, or an error
+    return zstandard.ZstdDecompressor().stream_reader(data, read_across_frames=True).read()
