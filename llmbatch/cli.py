@@ -222,6 +222,10 @@ def run(
     merged: Annotated[
         bool, Opt("--merged", help="Write each data item with its answer, not Batch API lines.", panel=OUTPUT)
     ] = False,
+    ordered: Annotated[
+        bool,
+        Opt("--ordered", help="Result lines in input order (else in the order they finish).", panel=OUTPUT),
+    ] = False,
     rejects: Annotated[
         Path | None, Opt(help="Where bad input lines go (default OUTPUT.rejects.jsonl).", panel=OUTPUT)
     ] = None,

@@ -76,7 +76,16 @@ class Output(Protocol):
     @property
     def error(self) -> OSError | None: ...
 
+    @property
+    def backlog(self) -> int:
+        """Finished items held back, not yet written: they count in the window."""
+        ...
+
     def write(self, finished: Finished) -> None: ...
+
+    def discard(self, order: int) -> None:
+        """The item taken `order`-th will not be written (a stop left it)."""
+        ...
 
 
 class Cache(Protocol):
@@ -133,6 +142,7 @@ class Job:
     seq: int = field(default=0)
     live: bool = False  # asked of the provider, not the cache (a re-ask, a bad cached answer)
     reserved: float = 0.0  # USD reserved under --max-cost for the attempt in flight
+    order: int = 0  # its place among the items this run took from the source
 
     def __lt__(self, other: Job) -> bool:  # heap order: due time, then arrival
         return (self.not_before, self.seq) < (other.not_before, other.seq)
@@ -151,6 +161,7 @@ class Job:
             reason=self.reason,
             error=error,
             via=via,
+            order=self.order,
         )
 
 
@@ -189,6 +200,7 @@ class Engine:
         self._jobs: dict[asyncio.Task[None], Job] = {}
         self._wake = asyncio.Event()
         self._seq = itertools.count()
+        self._orders = itertools.count()
         self._acquiring: asyncio.Task[Permit] | None = None
         self._oversized: set[str] = set()  # ids already told about, once each
         self._responded = False  # a server has answered anything, an error included
@@ -239,7 +251,7 @@ class Engine:
             job: Job | None = None
             if heap and heap[0].not_before <= loop.time():
                 job = heapq.heappop(heap)
-            elif not exhausted and self._alive < window:
+            elif not exhausted and self._alive + self.output.backlog < window:
                 nxt = next(it, None)
                 if nxt is None:
                     exhausted = True
@@ -250,7 +262,7 @@ class Engine:
                     if idle_reads % 1000 == 0:
                         await asyncio.sleep(0)  # a long run of rejects must not starve the loop
                     continue
-                job = Job(nxt)
+                job = Job(nxt, order=next(self._orders))
                 self._alive += 1
                 if self.cache is not None and not self._sent_live(job):
                     continue  # answered from the cache, or waiting for an identical request
@@ -544,6 +556,7 @@ class Engine:
     def _release(self, job: Job) -> None:
         """The job leaves the window unwritten: a rerun does it."""
         self._alive -= 1
+        self.output.discard(job.order)
         self._lead_done(job, None)
 
     # --- output ------------------------------------------------------------------

@@ -84,6 +84,7 @@ class Finished:
     error: ProviderError | None = None  # why the item failed
     via: str = "live"  # live, cached or batch
     batch_id: str | None = None
+    order: int = 0  # the item's place among this run's items (for --ordered on a stream)
 
 
 def fault_of(error: ProviderError) -> str:
@@ -218,12 +219,66 @@ class OutputFile:
         self._writer.write(self._record(finished, self.server))
         self.lines += 1
 
+    backlog = 0  # finished items held back, not yet written (see InOrder)
+
+    def discard(self, order: int) -> None:
+        """An item of this run that will not be written (a stop left it)."""
+
     def sync(self) -> None:
         """Everything written so far, on disk now (before a record says it is)."""
         self._writer.sync()
 
     def close(self) -> None:
         self._writer.close()
+
+
+class InOrder:
+    """Writes finished items in the order the run took them from the input (--ordered
+    on standard output): an item that finishes early waits for those before it. What
+    waits counts as `backlog`, which the engine adds to its window, so memory stays
+    bounded by the window however long one slow item takes."""
+
+    def __init__(self, output: OutputFile) -> None:
+        self._out = output
+        self.path = output.path
+        self._next = 0
+        self._held: dict[int, Finished | None] = {}  # None: will not come (discarded)
+
+    @property
+    def error(self) -> OSError | None:
+        return self._out.error
+
+    @property
+    def backlog(self) -> int:
+        return len(self._held)
+
+    def write(self, finished: Finished) -> None:
+        self._held[finished.order] = finished
+        self._release()
+
+    def discard(self, order: int) -> None:
+        self._held[order] = None
+        self._release()
+
+    def _release(self) -> None:
+        held = self._held
+        while self._next in held:
+            finished = held.pop(self._next)
+            if finished is not None:
+                self._out.write(finished)
+            self._next += 1
+
+    def sync(self) -> None:
+        self._out.sync()
+
+    def close(self) -> None:
+        """What is still held (items after a gap a stop left) goes out in order."""
+        for order in sorted(self._held):
+            finished = self._held[order]
+            if finished is not None:
+                self._out.write(finished)
+        self._held.clear()
+        self._out.close()
 
 
 # --- read-back ---------------------------------------------------------------------

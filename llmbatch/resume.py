@@ -26,16 +26,17 @@ import os
 import tempfile
 from array import array
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import orjson
 
 from llmbatch.errors import ConfigError, InputError
 from llmbatch.idset import IdSet
 from llmbatch.jsonl import codec_for, compress_block, count_lines, cut_torn, open_lines
+from llmbatch.ordering import sorted_lines
 from llmbatch.output import Format, Line, State, completion_of, custom_id_of, read_line, read_tail
 from llmbatch.providers.base import Completion, Request
 from llmbatch.source import Source
@@ -317,31 +318,37 @@ class _Revalidator:
         self._f.close()
 
 
-def compact(path: Path) -> int:
-    """Rewrite `path` with only the newest line of each id, atomically: a new file is
-    written beside it, synced, and renamed over it. A crash before the rename leaves
-    the old file (old lines and new) and a stray temp file, which the next compaction
-    replaces. Streams: memory is one number per id and one bit per line, not the file;
-    lines are parsed once (to find their ids) and copied as they are. Returns the number
-    of lines dropped."""
+def compact(path: Path, *, ordered: bool = False) -> int:
+    """Rewrite `path` with only the newest line of each id (and with `ordered`, in
+    input order), atomically: a new file is written beside it, synced, and renamed over
+    it. A crash before the rename leaves the old file (old lines and new) and a stray
+    temp file, which the next compaction replaces. Streams: memory is a few numbers per
+    line and id (and one sort run, `llmbatch.ordering`), not the file; lines are parsed
+    once (for their ids and input lines) and copied as they are. Returns the number of
+    lines dropped."""
     cut_torn(path)
-    ids = IdSet(count_lines(path))
+    lines = count_lines(path)
+    ids = IdSet(lines)
     newest = array("I", bytes(4 * ids.capacity))  # per id, the number of its newest line
+    source_line = array("I", bytes(4 * (lines + 1))) if ordered else None  # per line, its input line
     keep = Bitmap()
     repeated = 0
     with open_lines(path) as src:
         for number, raw in enumerate(src, 1):
             try:
-                cid = custom_id_of(orjson.loads(raw))
+                rec = orjson.loads(raw)
             except orjson.JSONDecodeError:
-                cid = None
+                rec = None
+            cid = custom_id_of(rec)
+            if source_line is not None:
+                source_line[number] = _input_line(rec)
             if cid is None:
                 keep.add(number)  # not ours to judge: kept
                 continue
             slot = ids.locate(cid, add=True)
             repeated += newest[slot] != 0
             newest[slot] = number
-    if not repeated:
+    if not repeated and not ordered:
         return 0
     for number in newest:
         if number:
@@ -350,19 +357,33 @@ def compact(path: Path) -> int:
     tmp = path.with_name(path.name + ".compacting")
     codec = codec_for(path)
     with open_lines(path) as src, tmp.open("wb") as dst:
+        kept: Iterator[bytes] = (raw for number, raw in enumerate(src, 1) if number in keep)
+        if source_line is not None:
+            order = source_line
+            keyed = ((order[number], raw) for number, raw in enumerate(src, 1) if number in keep)
+            kept = sorted_lines(keyed)
         block = bytearray()
-        for number, raw in enumerate(src, 1):
-            if number in keep:
-                block += raw
-                if len(block) >= COMPACT_BLOCK:
-                    dst.write(compress_block(codec, bytes(block)))
-                    block.clear()
+        for raw in kept:
+            block += raw
+            if len(block) >= COMPACT_BLOCK:
+                dst.write(compress_block(codec, bytes(block)))
+                block.clear()
         dst.write(compress_block(codec, bytes(block)))
         dst.flush()
         os.fsync(dst.fileno())
     os.replace(tmp, path)
     _sync_dir(path.parent)
     return repeated
+
+
+def _input_line(rec: Any) -> int:
+    """The input line an output line answers (0 when it does not say)."""
+    if not isinstance(rec, dict):
+        return 0
+    line = rec.get("llm_line")
+    if line is None and isinstance(rec.get("llmbatch"), dict):
+        line = rec["llmbatch"].get("line")
+    return line if isinstance(line, int) and 0 <= line < 1 << 32 else 0
 
 
 # A compressed output is rewritten in members of about this much text each.

@@ -30,7 +30,7 @@ from llmbatch.idset import IdSet
 from llmbatch.jsonl import JsonlWriter, open_lines
 from llmbatch.limits import Limits
 from llmbatch.locking import OutputLock
-from llmbatch.output import Finished, Format, OutputFile, is_ours, reject_record, server_hash
+from llmbatch.output import Finished, Format, InOrder, OutputFile, is_ours, reject_record, server_hash
 from llmbatch.prices import run_price
 from llmbatch.providers.base import Provider, Request
 from llmbatch.requests import builder_for
@@ -277,7 +277,8 @@ async def _run(settings: Settings, source: Source, console: Console | None) -> t
     provider = make_provider(settings)
     cache = ResponseCache(settings.cache, server=server) if settings.cache is not None else None
     stdout = sys.stdout.buffer if to_stdout(settings) else None
-    output = OutputFile(output_path, format=settings.output_format, server=server, stream=stdout)
+    file = OutputFile(output_path, format=settings.output_format, server=server, stream=stdout)
+    output: OutputFile | InOrder = InOrder(file) if stdout is not None and settings.ordered else file
     rejects: RejectsFile | StderrRejects = RejectsFile(settings.rejects_path)
     if stdout is not None and settings.rejects is None:
         rejects = StderrRejects(display.log)
@@ -301,9 +302,7 @@ async def _run(settings: Settings, source: Source, console: Console | None) -> t
         ),
         log=display.log,
     )
-    batches = _batch_mode(
-        settings, provider, engine, batch_state, validator, output, stats, cache, display.log
-    )
+    batches = _batch_mode(settings, provider, engine, batch_state, validator, file, stats, cache, display.log)
     stopper: Engine | BatchMode = batches or engine
 
     def on_signal(signame: str) -> None:
@@ -340,10 +339,11 @@ async def _run(settings: Settings, source: Source, console: Console | None) -> t
         engine.check_writers()
         await provider.aclose()
         display.stop()
-    if stats.stop is None and (index.repeated or (plan is not None and plan.redo and stats.done)):
-        # A run that redid items ends with one line per id.
+    redone = index.repeated or (plan is not None and plan.redo and stats.done)
+    if stats.stop is None and stdout is None and (redone or settings.ordered):
+        # A run that redid items ends with one line per id; --ordered, in input order.
         with _phase(stats, "compact"):
-            await loop.run_in_executor(None, compact, output_path)
+            await loop.run_in_executor(None, lambda: compact(output_path, ordered=settings.ordered))
     price = await pricing
     summary_console = console or Console(stderr=True)
     render_summary(stats, price, console=summary_console, rich_table=mode == "live")
@@ -472,9 +472,14 @@ class _Recording:
     def error(self) -> OSError | None:
         return self._output.error
 
+    backlog = 0
+
     def write(self, finished: Finished) -> None:
         self._output.write(finished)
         self.ids.append(finished.request.custom_id)
+
+    def discard(self, order: int) -> None:
+        return None
 
 
 async def _work(

@@ -80,6 +80,7 @@ class Settings:
     schema: Path | None = None  # structured outputs + a schema validator, in one flag
     require_finish: str | None = None
     output_format: Literal["batch", "merged"] = "batch"
+    ordered: bool = False  # the output in input order
     rejects: Path | None = None
     fresh: bool = False
     force: bool = False  # --fresh may empty a file that is not an llmbatch output

@@ -42,6 +42,11 @@ class ListOutput:
         self.error: OSError | None = None
         self.fail_after = fail_after
 
+    backlog = 0
+
+    def discard(self, order: int) -> None:
+        return None
+
     def write(self, finished: Finished) -> None:
         if self.fail_after is not None and len(self.items) >= self.fail_after:
             self.error = OSError(errno.ENOSPC, "No space left on device")

@@ -200,3 +200,46 @@ def _decompress(data: bytes, suffix: str) -> bytes:
     if suffix == ".gz":
         return gzip.decompress(data)  # every member, or an error
     return zstandard.ZstdDecompressor().stream_reader(data, read_across_frames=True).read()
+
+
+def test_ordered_output_is_in_input_order_file_and_stdout(run_cli, fake_server, api_key, tmp_path):
+    """--ordered with random server latency: the lines come out in input order, into a
+    file (ordered at the end) and on standard output (a reorder buffer)."""
+    import subprocess
+    import sys
+
+    server = fake_server(latency_ms=1, jitter_ms=40, seed=3)
+    rows = chat_rows(200, random.Random(6))
+    src = write_jsonl(tmp_path / "in.jsonl", rows)
+    out = tmp_path / "out.jsonl"
+    unordered = run_cli("run", src, "-o", tmp_path / "plain.jsonl", *flags(server, "-c", "32"))
+    assert unordered.exit_code == 0
+    plain = [r["llmbatch"]["line"] for r in read_jsonl(tmp_path / "plain.jsonl")]
+    assert plain != sorted(plain)  # the latency really shuffles them
+    result = run_cli("run", src, "-o", out, *flags(server, "-c", "32", "--ordered"))
+    assert result.exit_code == 0, result.output
+    assert [r["custom_id"] for r in read_jsonl(out)] == [f"r{i}" for i in range(200)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "llmbatch",
+        "run",
+        str(src),
+        "-o",
+        "-",
+        *map(str, flags(server, "-c", "32", "--ordered")),
+    ]
+    done = subprocess.run(cmd, cwd=tmp_path, env=_env(), capture_output=True, timeout=120)
+    assert done.returncode == 0, done.stderr.decode()
+    assert [orjson.loads(x)["custom_id"] for x in done.stdout.splitlines()] == [f"r{i}" for i in range(200)]
+
+
+def test_the_external_sort_sorts_beyond_memory():
+    """Lines sorted by key through spilled runs (a tiny run size forces many), stable."""
+    from llmbatch.ordering import sorted_lines
+
+    rng = random.Random(8)
+    keyed = [(rng.randrange(500), f"{i}\n".encode()) for i in range(5000)]
+    got = list(sorted_lines(iter(keyed), run_bytes=1000))
+    expected = [line for _, line in sorted(keyed, key=lambda kv: kv[0])]  # sorted() is stable
+    assert got == expected
