@@ -432,6 +432,27 @@ def _minutes(m: float) -> str:
 
 
 @app.command()
+def report(
+    outputs: Annotated[list[Path], typer.Argument(help="Output files of llmbatch runs (.gz and .zst too).")],
+    json_output: Annotated[bool, Opt("--json", help="Print the report as JSON.", panel=DISPLAY)] = False,
+    price_in: Annotated[float | None, Opt(help="USD per million prompt tokens.", panel=DISPLAY)] = None,
+    price_out: Annotated[float | None, Opt(help="USD per million completion tokens.", panel=DISPLAY)] = None,
+) -> None:
+    """What finished outputs hold: counts, failures by code, tokens, cost, the most
+    common invalid reasons, latency percentiles. Reads the files; sends nothing."""
+    from llmbatch.report import format_report, read_report
+
+    try:
+        found = read_report(outputs, price_in=price_in, price_out=price_out)
+    except LLMBatchError as exc:
+        raise _fail(str(exc)) from None
+    if json_output:
+        typer.echo(orjson.dumps(found.as_dict(), option=orjson.OPT_INDENT_2).decode())
+    else:
+        typer.echo(format_report(found))
+
+
+@app.command()
 def version() -> None:
     """Print llmbatch's version."""
     from llmbatch import __version__

@@ -162,6 +162,12 @@ def _answer(last: Completion | None) -> Any:
     return last.text
 
 
+def _model(last: Completion | None) -> str | None:
+    body = last.body if last is not None else None
+    model = body.get("model") if isinstance(body, dict) else None
+    return model if isinstance(model, str) else None
+
+
 def merged_record(f: Finished, server: str = "") -> dict[str, Any]:
     """The data item itself plus the answer: one flat row for spreadsheets and pandas."""
     req = f.request
@@ -183,6 +189,9 @@ def merged_record(f: Finished, server: str = "") -> dict[str, Any]:
             "llm_requests": f.requests,
             "llm_prompt_tokens": f.prompt_tokens,
             "llm_completion_tokens": f.completion_tokens,
+            "llm_cached_tokens": f.cached_tokens,
+            "llm_model": _model(f.last),
+            "llm_latency_ms": round(f.latency_ms, 1),
             "llm_fp": fp_hex(req.fp),
             "llm_server": server,
             "llm_via": f.via,

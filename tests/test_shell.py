@@ -243,3 +243,29 @@ def test_the_external_sort_sorts_beyond_memory():
     got = list(sorted_lines(iter(keyed), run_bytes=1000))
     expected = [line for _, line in sorted(keyed, key=lambda kv: kv[0])]  # sorted() is stable
     assert got == expected
+
+
+def test_report_reads_finished_outputs(run_cli, fake_server, api_key, tmp_path):
+    """`llmbatch report` of two outputs (one compressed): counts, failures by code,
+    tokens and cost at the given price, invalid reasons, latency percentiles; --json too."""
+    rows = [
+        {"id": "ok1", "text": '@fake {"answer": {"a": 1}}'},
+        {"id": "ok2", "text": '@fake {"answer": {"b": 2}}'},
+        {"id": "bad", "text": "plain"},
+        {"id": "no", "text": '@fake {"fail": [400]}'},
+    ]
+    src = write_jsonl(tmp_path / "in.jsonl", rows)
+    for out in ("a.jsonl", "b.jsonl.gz"):  # a server each: each refuses "no" once
+        server = fake_server(latency_ms=5)
+        run_cli("run", src, "-o", tmp_path / out, *flags(server, "--validate", "json", "--max-requests", "1"))
+    shown = run_cli("report", tmp_path / "a.jsonl", tmp_path / "b.jsonl.gz", *PRICE)
+    assert shown.exit_code == 0, shown.output
+    assert "valid:        4   invalid: 2   failed: 2" in shown.stdout
+    assert "answer is not JSON" in shown.stdout
+    assert "p50" in shown.stdout
+    data = orjson.loads(run_cli("report", tmp_path / "a.jsonl", "--json", *PRICE).stdout)
+    assert (data["valid"], data["invalid"], data["failed"]) == (2, 1, 1)
+    assert sum(data["failed_by_code"].values()) == 1  # by the code the server gave
+    expected = (data["prompt_tokens"] * 1 + data["completion_tokens"] * 2) / 1e6
+    assert data["cost_usd"] == pytest.approx(expected, abs=1e-6)
+    assert run_cli("report", tmp_path / "missing.jsonl").exit_code == 2
