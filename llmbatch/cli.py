@@ -50,8 +50,8 @@ DISPLAY = "Display"
 OFFLINE = "Offline model (--provider fake)"
 
 
-def Opt(*names: str, help: str, panel: str, show_default: bool = True) -> Any:
-    return typer.Option(*names, help=help, rich_help_panel=panel, show_default=show_default)
+def Opt(*names: str, help: str, panel: str, show_default: bool = True, metavar: str | None = None) -> Any:
+    return typer.Option(*names, help=help, rich_help_panel=panel, show_default=show_default, metavar=metavar)
 
 
 # Options that are not a Settings field of the same name.
@@ -139,106 +139,151 @@ def run(
         str, typer.Argument(help="Input JSONL (- for standard input; gzip and zstd are read as such).")
     ],
     output: Annotated[
-        str, Opt("--output", "-o", help="Output JSONL (appended; a rerun resumes).", panel=OUTPUT)
+        str,
+        Opt("--output", "-o", help="Output JSONL (appended; a rerun resumes).", panel=OUTPUT, metavar="FILE"),
     ],
     # input
     prompt: Annotated[
-        str | None, Opt(help="Prompt template for data items, with {field} placeholders.", panel=INPUT)
+        str | None,
+        Opt(help="Prompt template for data items, with {field} placeholders.", panel=INPUT, metavar="TEXT"),
     ] = None,
-    template: Annotated[Path | None, Opt(help="Read the prompt template from a file.", panel=INPUT)] = None,
-    system: Annotated[str | None, Opt(help="System message for templated requests.", panel=INPUT)] = None,
+    template: Annotated[
+        Path | None, Opt(help="Read the prompt template from a file.", panel=INPUT, metavar="FILE")
+    ] = None,
+    system: Annotated[
+        str | None, Opt(help="System message for templated requests.", panel=INPUT, metavar="TEXT")
+    ] = None,
     id_field: Annotated[
-        str | None, Opt(help="Data items' id field (else the line number).", panel=INPUT)
+        str | None, Opt(help="Data items' id field (else the line number).", panel=INPUT, metavar="TEXT")
     ] = None,
     number_duplicates: Annotated[
-        bool, Opt("--number-duplicates", help="Give duplicate ids a #LINE suffix, not a reject.", panel=INPUT)
+        bool,
+        Opt(
+            "--number-duplicates",
+            help="Give duplicate ids a #LINE suffix, not a reject.",
+            panel=INPUT,
+            metavar="",
+        ),
     ] = False,
     # requests
-    provider: Annotated[str, Opt(help="openai (any compatible server) or fake (offline).", panel=REQUEST)] = (
-        "openai"
-    ),
+    provider: Annotated[
+        str,
+        Opt(help="openai (any compatible server) or fake (offline).", panel=REQUEST, metavar="openai|fake"),
+    ] = ("openai"),
     base_url: Annotated[
-        str | None, Opt(help="API base URL, e.g. http://localhost:8000/v1.", panel=REQUEST)
+        str | None, Opt(help="API base URL, e.g. http://localhost:8000/v1.", panel=REQUEST, metavar="URL")
     ] = None,
     api_key_file: Annotated[
-        Path | None, Opt(help="Read the API key from this file (else OPENAI_API_KEY).", panel=REQUEST)
+        Path | None,
+        Opt(help="Read the API key from this file (else OPENAI_API_KEY).", panel=REQUEST, metavar="FILE"),
     ] = None,
     model: Annotated[
-        str | None, Opt("--model", "-m", help="Fill or override each request's model.", panel=REQUEST)
+        str | None,
+        Opt("--model", "-m", help="Fill or override each request's model.", panel=REQUEST, metavar="MODEL"),
     ] = None,
-    endpoint: Annotated[str, Opt(help="/v1/chat/completions or /v1/embeddings.", panel=REQUEST)] = (
-        "/v1/chat/completions"
-    ),
+    endpoint: Annotated[
+        str, Opt(help="/v1/chat/completions or /v1/embeddings.", panel=REQUEST, metavar="TEXT")
+    ] = ("/v1/chat/completions"),
     param: Annotated[
-        list[str] | None, Opt(help="Extra body parameter KEY=JSON, e.g. temperature=0.", panel=REQUEST)
+        list[str] | None,
+        Opt(help="Extra body parameter KEY=JSON, e.g. temperature=0.", panel=REQUEST, metavar="KEY=JSON"),
     ] = None,
-    max_tokens: Annotated[int | None, Opt(help="Shorthand for --param max_tokens=N.", panel=REQUEST)] = None,
+    max_tokens: Annotated[
+        int | None, Opt(help="Shorthand for --param max_tokens=N.", panel=REQUEST, metavar="N")
+    ] = None,
     transport: Annotated[
-        str, Opt(help="fast, or sdk: the openai SDK's per-request path.", panel=REQUEST)
+        str, Opt(help="fast, or sdk: the openai SDK's per-request path.", panel=REQUEST, metavar="fast|sdk")
     ] = "fast",
     # limits
     concurrency: Annotated[
-        int, Opt("--concurrency", "-c", help="Requests in flight at most.", panel=LIMITS)
+        int, Opt("--concurrency", "-c", help="Requests in flight at most.", panel=LIMITS, metavar="N")
     ] = (DEFAULT_CONCURRENCY),
     rpm: Annotated[
-        float | None, Opt(help="Requests per minute allowed by your provider.", panel=LIMITS)
+        float | None, Opt(help="Requests per minute allowed by your provider.", panel=LIMITS, metavar="N")
     ] = None,
     tpm: Annotated[
-        float | None, Opt(help="Tokens per minute allowed by your provider.", panel=LIMITS)
+        float | None, Opt(help="Tokens per minute allowed by your provider.", panel=LIMITS, metavar="N")
     ] = None,
-    timeout: Annotated[float, Opt(help="Seconds to wait for one answer.", panel=LIMITS)] = DEFAULT_TIMEOUT,
+    timeout: Annotated[
+        float, Opt(help="Seconds to wait for one answer.", panel=LIMITS, metavar="N")
+    ] = DEFAULT_TIMEOUT,
     max_retries: Annotated[
-        int, Opt(help="Transport retries per item (429, 5xx, timeouts).", panel=LIMITS)
+        int, Opt(help="Transport retries per item (429, 5xx, timeouts).", panel=LIMITS, metavar="N")
     ] = DEFAULT_MAX_RETRIES,
     connect_grace: Annotated[
-        float, Opt(help="Stop (exit 3) when nothing connects for this many seconds.", panel=LIMITS)
+        float,
+        Opt(help="Stop (exit 3) when nothing connects for this many seconds.", panel=LIMITS, metavar="N"),
     ] = DEFAULT_CONNECT_GRACE,
     max_cost: Annotated[
         float | None,
         Opt(
             help="Spend at most this many USD in this run (each request's worst case reserved first).",
             panel=LIMITS,
+            metavar="USD",
         ),
     ] = None,
     # validation
     validate: Annotated[
         list[str] | None,
-        Opt(help="json | schema:FILE | regex:PATTERN | python:MODULE:FN (repeatable).", panel=VALIDATION),
+        Opt(
+            help="json | schema:FILE | regex:PATTERN | python:MODULE:FN (repeatable).",
+            panel=VALIDATION,
+            metavar="SPEC",
+        ),
     ] = None,
     schema: Annotated[
         Path | None,
         Opt(
             help="JSON Schema file: ask for it (response_format) and validate answers against it.",
             panel=VALIDATION,
+            metavar="FILE",
         ),
     ] = None,
     require_finish: Annotated[
-        str | None, Opt(help="Answers must end with this finish_reason (stop).", panel=VALIDATION)
+        str | None,
+        Opt(help="Answers must end with this finish_reason (stop).", panel=VALIDATION, metavar="TEXT"),
     ] = None,
     max_requests: Annotated[
-        int, Opt(help="Answered requests per item, re-asks included.", panel=VALIDATION)
+        int, Opt(help="Answered requests per item, re-asks included.", panel=VALIDATION, metavar="N")
     ] = DEFAULT_MAX_REQUESTS,
     # output
     merged: Annotated[
-        bool, Opt("--merged", help="Write each data item with its answer, not Batch API lines.", panel=OUTPUT)
+        bool,
+        Opt(
+            "--merged",
+            help="Write each data item with its answer, not Batch API lines.",
+            panel=OUTPUT,
+            metavar="",
+        ),
     ] = False,
     ordered: Annotated[
         bool,
-        Opt("--ordered", help="Result lines in input order (else in the order they finish).", panel=OUTPUT),
+        Opt(
+            "--ordered",
+            help="Result lines in input order (else in the order they finish).",
+            panel=OUTPUT,
+            metavar="",
+        ),
     ] = False,
     rejects: Annotated[
-        Path | None, Opt(help="Where bad input lines go (default OUTPUT.rejects.jsonl).", panel=OUTPUT)
+        Path | None,
+        Opt(help="Where bad input lines go (default OUTPUT.rejects.jsonl).", panel=OUTPUT, metavar="FILE"),
     ] = None,
     summary_json: Annotated[
-        Path | None, Opt(help="Also write the final summary as JSON here.", panel=OUTPUT)
+        Path | None, Opt(help="Also write the final summary as JSON here.", panel=OUTPUT, metavar="FILE")
     ] = None,
     # reruns
     fresh: Annotated[
-        bool, Opt("--fresh", help="Start over: empty the output, do not resume.", panel=RERUN)
+        bool, Opt("--fresh", help="Start over: empty the output, do not resume.", panel=RERUN, metavar="")
     ] = False,
     force: Annotated[
         bool,
-        Opt("--force", help="With --fresh: empty OUTPUT even if llmbatch did not write it.", panel=RERUN),
+        Opt(
+            "--force",
+            help="With --fresh: empty OUTPUT even if llmbatch did not write it.",
+            panel=RERUN,
+            metavar="",
+        ),
     ] = False,
     redo: Annotated[
         str | None,
@@ -246,6 +291,7 @@ def run(
             help="Ask again what the output holds as failed, invalid, stale, all (a comma list), or none "
             "(keep every line). Transient failures are redone unless none.",
             panel=RERUN,
+            metavar="TEXT",
         ),
     ] = None,
     keep_stale: Annotated[
@@ -255,6 +301,7 @@ def run(
             help="Keep answers made for a different request (the prompt, model or params changed) "
             "instead of refusing to run.",
             panel=RERUN,
+            metavar="",
         ),
     ] = False,
     revalidate: Annotated[
@@ -265,16 +312,19 @@ def run(
             "--schema changes the request: --keep-stale --revalidate keeps the old answers and "
             "re-asks only those that fail it.",
             panel=RERUN,
+            metavar="",
         ),
     ] = False,
     max_items: Annotated[
-        int | None, Opt(help="Only the first N items that still need work (a trial run).", panel=RERUN)
+        int | None,
+        Opt(help="Only the first N items that still need work (a trial run).", panel=RERUN, metavar="N"),
     ] = None,
     cache: Annotated[
         Path | None,
         Opt(
             help="Response cache, a SQLite file on a local disk: a repeated request costs nothing.",
             panel=RERUN,
+            metavar="FILE",
         ),
     ] = None,
     # batch API
@@ -284,27 +334,33 @@ def run(
             "--batch-api",
             help="Send through the provider's Batch API: half price, answers within 24 h.",
             panel=BATCH,
+            metavar="",
         ),
     ] = False,
-    batch_requests: Annotated[int, Opt(help="Requests per batch input file at most.", panel=BATCH)] = (
-        DEFAULT_BATCH_REQUESTS
-    ),
+    batch_requests: Annotated[
+        int, Opt(help="Requests per batch input file at most.", panel=BATCH, metavar="N")
+    ] = (DEFAULT_BATCH_REQUESTS),
     batch_bytes: Annotated[
-        int, Opt(help="Bytes per batch input file at most.", panel=BATCH)
+        int, Opt(help="Bytes per batch input file at most.", panel=BATCH, metavar="N")
     ] = DEFAULT_BATCH_BYTES,
     batch_max_tokens: Annotated[
         int | None,
-        Opt(help="Enqueued input tokens allowed at once (your tier's batch queue limit).", panel=BATCH),
+        Opt(
+            help="Enqueued input tokens allowed at once (your tier's batch queue limit).",
+            panel=BATCH,
+            metavar="N",
+        ),
     ] = None,
-    poll_every: Annotated[float, Opt(help="Seconds between looks at running batches.", panel=BATCH)] = (
-        DEFAULT_POLL_EVERY
-    ),
+    poll_every: Annotated[
+        float, Opt(help="Seconds between looks at running batches.", panel=BATCH, metavar="N")
+    ] = (DEFAULT_POLL_EVERY),
     no_wait: Annotated[
         bool,
         Opt(
             "--no-wait",
             help="Submit, collect what has finished, exit 4 while batches still run.",
             panel=BATCH,
+            metavar="",
         ),
     ] = False,
     cancel: Annotated[
@@ -313,32 +369,43 @@ def run(
             "--cancel",
             help="Cancel this output's running batches and collect what they finished.",
             panel=BATCH,
+            metavar="",
         ),
     ] = False,
     then: Annotated[
         str,
-        Opt(help="Where follow-ups go (invalid, retryable, expired): batch, or live at once.", panel=BATCH),
+        Opt(
+            help="Where follow-ups go (invalid, retryable, expired): batch, or live at once.",
+            panel=BATCH,
+            metavar="batch|live",
+        ),
     ] = "batch",
     # display
     live: Annotated[
-        bool, Opt("--live/--no-live", help="Live panel on a terminal, or plain lines.", panel=DISPLAY)
+        bool,
+        Opt("--live/--no-live", help="Live panel on a terminal, or plain lines.", panel=DISPLAY, metavar=""),
     ] = True,
     quiet: Annotated[
-        bool, Opt("--quiet/--no-quiet", "-q", help="Only errors and the final summary.", panel=DISPLAY)
+        bool,
+        Opt("--quiet/--no-quiet", "-q", help="Only errors and the final summary.", panel=DISPLAY, metavar=""),
     ] = False,
     progress_every: Annotated[
-        float, Opt(help="Seconds between plain progress lines.", panel=DISPLAY)
+        float, Opt(help="Seconds between plain progress lines.", panel=DISPLAY, metavar="N")
     ] = DEFAULT_PROGRESS_EVERY,
     price_in: Annotated[
-        float | None, Opt(help="USD per million prompt tokens (overrides the table).", panel=DISPLAY)
+        float | None,
+        Opt(help="USD per million prompt tokens (overrides the table).", panel=DISPLAY, metavar="N"),
     ] = None,
-    price_out: Annotated[float | None, Opt(help="USD per million completion tokens.", panel=DISPLAY)] = None,
+    price_out: Annotated[
+        float | None, Opt(help="USD per million completion tokens.", panel=DISPLAY, metavar="N")
+    ] = None,
     config: Annotated[
-        Path | None, Opt(help="Config file (default ./llmbatch.toml if present).", panel=DISPLAY)
+        Path | None,
+        Opt(help="Config file (default ./llmbatch.toml if present).", panel=DISPLAY, metavar="FILE"),
     ] = None,
     # offline model
     fake_latency_ms: Annotated[
-        float, Opt(help="The fake provider's simulated latency.", panel=OFFLINE)
+        float, Opt(help="The fake provider's simulated latency.", panel=OFFLINE, metavar="N")
     ] = DEFAULT_FAKE_LATENCY_MS,
 ) -> None:
     """Send one request per input line and append one result line per item to OUTPUT."""
@@ -357,39 +424,65 @@ def estimate(
     ctx: typer.Context,
     input: Annotated[str, typer.Argument(help="Input JSONL, as for `run`.")],
     provider: Annotated[
-        str, Opt(help="openai or fake (decides the default model).", panel=REQUEST)
+        str, Opt(help="openai or fake (decides the default model).", panel=REQUEST, metavar="TEXT")
     ] = "openai",
     model: Annotated[
-        str | None, Opt("--model", "-m", help="Fill or override each request's model.", panel=REQUEST)
+        str | None,
+        Opt("--model", "-m", help="Fill or override each request's model.", panel=REQUEST, metavar="TEXT"),
     ] = (None),
-    prompt: Annotated[str | None, Opt(help="Prompt template for data items.", panel=INPUT)] = None,
-    template: Annotated[Path | None, Opt(help="Read the prompt template from a file.", panel=INPUT)] = None,
-    system: Annotated[str | None, Opt(help="System message for templated requests.", panel=INPUT)] = None,
-    id_field: Annotated[str | None, Opt(help="Data items' id field.", panel=INPUT)] = None,
-    endpoint: Annotated[str, Opt(help="/v1/chat/completions or /v1/embeddings.", panel=REQUEST)] = (
-        "/v1/chat/completions"
-    ),
-    param: Annotated[list[str] | None, Opt(help="Extra body parameter KEY=JSON.", panel=REQUEST)] = None,
-    max_tokens: Annotated[int | None, Opt(help="Shorthand for --param max_tokens=N.", panel=REQUEST)] = None,
-    schema: Annotated[Path | None, Opt(help="JSON Schema file, as for `run`.", panel=REQUEST)] = None,
+    prompt: Annotated[
+        str | None, Opt(help="Prompt template for data items.", panel=INPUT, metavar="TEXT")
+    ] = None,
+    template: Annotated[
+        Path | None, Opt(help="Read the prompt template from a file.", panel=INPUT, metavar="FILE")
+    ] = None,
+    system: Annotated[
+        str | None, Opt(help="System message for templated requests.", panel=INPUT, metavar="TEXT")
+    ] = None,
+    id_field: Annotated[str | None, Opt(help="Data items' id field.", panel=INPUT, metavar="TEXT")] = None,
+    endpoint: Annotated[
+        str, Opt(help="/v1/chat/completions or /v1/embeddings.", panel=REQUEST, metavar="TEXT")
+    ] = ("/v1/chat/completions"),
+    param: Annotated[
+        list[str] | None, Opt(help="Extra body parameter KEY=JSON.", panel=REQUEST, metavar="SPEC")
+    ] = None,
+    max_tokens: Annotated[
+        int | None, Opt(help="Shorthand for --param max_tokens=N.", panel=REQUEST, metavar="N")
+    ] = None,
+    schema: Annotated[
+        Path | None, Opt(help="JSON Schema file, as for `run`.", panel=REQUEST, metavar="FILE")
+    ] = None,
     answer_tokens: Annotated[
-        int, Opt(help="Expected answer length in tokens when max_tokens is unset.", panel=REQUEST)
+        int,
+        Opt(help="Expected answer length in tokens when max_tokens is unset.", panel=REQUEST, metavar="N"),
     ] = 256,
-    rpm: Annotated[float | None, Opt(help="Requests per minute you will run at.", panel=LIMITS)] = None,
-    tpm: Annotated[float | None, Opt(help="Tokens per minute you will run at.", panel=LIMITS)] = None,
-    price_in: Annotated[float | None, Opt(help="USD per million prompt tokens.", panel=DISPLAY)] = None,
-    price_out: Annotated[float | None, Opt(help="USD per million completion tokens.", panel=DISPLAY)] = None,
+    rpm: Annotated[
+        float | None, Opt(help="Requests per minute you will run at.", panel=LIMITS, metavar="N")
+    ] = None,
+    tpm: Annotated[
+        float | None, Opt(help="Tokens per minute you will run at.", panel=LIMITS, metavar="N")
+    ] = None,
+    price_in: Annotated[
+        float | None, Opt(help="USD per million prompt tokens.", panel=DISPLAY, metavar="N")
+    ] = None,
+    price_out: Annotated[
+        float | None, Opt(help="USD per million completion tokens.", panel=DISPLAY, metavar="N")
+    ] = None,
     batch_api: Annotated[
         bool,
         Opt(
             "--batch-api",
             help="Cost it at the Batch API's price (half, or the price database's).",
             panel=BATCH,
+            metavar="",
         ),
     ] = False,
-    json_output: Annotated[bool, Opt("--json", help="Print the estimate as JSON.", panel=DISPLAY)] = False,
+    json_output: Annotated[
+        bool, Opt("--json", help="Print the estimate as JSON.", panel=DISPLAY, metavar="")
+    ] = False,
     config: Annotated[
-        Path | None, Opt(help="Config file (default ./llmbatch.toml if present).", panel=DISPLAY)
+        Path | None,
+        Opt(help="Config file (default ./llmbatch.toml if present).", panel=DISPLAY, metavar="FILE"),
     ] = None,
 ) -> None:
     """Count requests, tokens, cost and time before spending anything. Sends nothing."""
@@ -434,12 +527,17 @@ def _minutes(m: float) -> str:
 @app.command()
 def report(
     outputs: Annotated[list[Path], typer.Argument(help="Output files of llmbatch runs (.gz and .zst too).")],
-    json_output: Annotated[bool, Opt("--json", help="Print the report as JSON.", panel=DISPLAY)] = False,
-    price_in: Annotated[float | None, Opt(help="USD per million prompt tokens.", panel=DISPLAY)] = None,
-    price_out: Annotated[float | None, Opt(help="USD per million completion tokens.", panel=DISPLAY)] = None,
+    json_output: Annotated[
+        bool, Opt("--json", help="Print the report as JSON.", panel=DISPLAY, metavar="")
+    ] = False,
+    price_in: Annotated[
+        float | None, Opt(help="USD per million prompt tokens.", panel=DISPLAY, metavar="N")
+    ] = None,
+    price_out: Annotated[
+        float | None, Opt(help="USD per million completion tokens.", panel=DISPLAY, metavar="N")
+    ] = None,
 ) -> None:
-    """What finished outputs hold: counts, failures by code, tokens, cost, the most
-    common invalid reasons, latency percentiles. Reads the files; sends nothing."""
+    """What finished outputs hold: counts, failures, tokens, cost, latency. Sends nothing."""
     from llmbatch.report import format_report, read_report
 
     try:

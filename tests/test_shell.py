@@ -269,3 +269,18 @@ def test_report_reads_finished_outputs(run_cli, fake_server, api_key, tmp_path):
     expected = (data["prompt_tokens"] * 1 + data["completion_tokens"] * 2) / 1e6
     assert data["cost_usd"] == pytest.approx(expected, abs=1e-6)
     assert run_cli("report", tmp_path / "missing.jsonl").exit_code == 2
+
+
+def test_help_is_grouped_with_defaults_and_there_is_a_version(run_cli):
+    """`run --help` groups its options into panels and shows defaults; --version works."""
+    import llmbatch
+
+    shown = run_cli("run", "--help", env={"COLUMNS": "80"})
+    assert shown.exit_code == 0
+    for panel in ("Input", "Requests", "Limits and retries", "Validation", "Output", "Reruns and cache", "Display",
+                  "Batch API", "Offline model"):  # fmt: skip
+        assert f"─ {panel}" in shown.stdout, panel
+    assert "[default: 64]" in shown.stdout
+    assert "--max-requests" in shown.stdout and "…" not in shown.stdout  # no name cut off
+    version = run_cli("--version")
+    assert version.exit_code == 0 and version.stdout.strip() == f"llmbatch {llmbatch.__version__}"
