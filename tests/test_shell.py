@@ -277,8 +277,8 @@ def test_help_is_grouped_with_defaults_and_there_is_a_version(run_cli):
 
     shown = run_cli("run", "--help", env={"COLUMNS": "80"})
     assert shown.exit_code == 0
-    for panel in ("Input", "Requests", "Limits and retries", "Validation", "Output", "Reruns and cache", "Display",
-                  "Batch API", "Offline model"):  # fmt: skip
+    panels = ("Input", "Requests", "Limits and retries", "Validation", "Output", "Reruns and cache")
+    for panel in (*panels, "Display", "Batch API", "Offline model"):
         assert f"─ {panel}" in shown.stdout, panel
     assert "[default: 64]" in shown.stdout
     assert "--max-requests" in shown.stdout and "…" not in shown.stdout  # no name cut off
