@@ -356,7 +356,9 @@ class BatchMode:
         """Put each item in the filling chunk of its endpoint and model (left by a killed
         run, or new), sealing a chunk when the next item would pass a file's limits."""
         filling: dict[tuple[str, str, bool], Chunk] = {
-            (c.endpoint, c.model, c.live): c for c in self.state.chunks(ChunkState.FILLING)
+            (c.endpoint, c.model, c.live): c
+            for c in self.state.chunks(ChunkState.FILLING)
+            if c.round == round_ and not c.live
         }
         sizes: dict[int, tuple[int, int]] = {c.id: (c.items, c.bytes) for c in filling.values()}
         for req in requests:
@@ -425,7 +427,12 @@ class BatchMode:
 
     async def _reconcile(self) -> None:
         """Intents a killed run left without results: ask the provider what became of
-        them, and carry on from there instead of creating anything twice."""
+        them, and carry on from there instead of creating anything twice. Follow-up
+        chunks a killed collection left filling are sealed: their items were moved in
+        for good."""
+        for chunk in self.state.chunks(ChunkState.FILLING):
+            if chunk.round > 0 or chunk.live:
+                self.state.seal(chunk.id)
         for chunk in self.state.chunks(ChunkState.UPLOADING):
             file_id = await self.remote.find_file(self._name(chunk))
             if file_id is not None:
@@ -459,6 +466,9 @@ class BatchMode:
         enqueued = sum(c.tokens for c in running)
         for chunk in self.state.chunks(ChunkState.SEALED, ChunkState.UPLOADED):
             if chunk.live or self.stopping:
+                continue
+            if chunk.items == 0:  # a follow-up a killed collection left empty
+                self.state.update(chunk.id, state=ChunkState.COLLECTED)
                 continue
             waited = chunk.error is not None and "enqueued" in chunk.error
             if waited and running:

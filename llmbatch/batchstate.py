@@ -195,6 +195,8 @@ class BatchState:
         return [c for c in self.chunks(*OPEN) if not c.live]
 
     def new_chunk(self, *, round_: int, endpoint: str, model: str, live: bool = False) -> int:
+        """A FILLING chunk, made in the transaction its first items go in."""
+        self.begin()
         cur = self._db.execute(
             "INSERT INTO chunks (round, endpoint, model, state, live, created) VALUES (?, ?, ?, ?, ?, ?)",
             (round_, endpoint, model, ChunkState.FILLING.value, int(live), time.time()),

@@ -1,0 +1,212 @@
+"""`llmbatch run --batch-api` through the CLI against the fake server's Batch API over
+loopback: the split, follow-up rounds, the batch price, kills at any moment, a lost
+create, --no-wait, expiry, --then live, --cancel, and open batches binding the output."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from conftest import read_jsonl, write_jsonl
+
+pytestmark = pytest.mark.usefixtures("no_backoff")
+
+POLL = ("--poll-every", "0.05")
+
+
+def rows(n: int, *, bad_every: int = 0) -> list[dict[str, Any]]:
+    """Data items; every `bad_every`-th answers badly once (a follow-up round)."""
+    out = []
+    for i in range(n):
+        text = '@fake {"answer": {"n": %d}}' % i
+        if bad_every and i % bad_every == 0:
+            text = '@fake {"bad": 1, "answer": {"n": %d}}' % i
+        out.append({"id": f"r{i}", "text": text})
+    return out
+
+
+def flags(server: Any, *extra: object) -> list[object]:
+    return ["--batch-api", "--base-url", server.base_url, "--prompt", "{text}", "--id-field", "id",
+            "-m", "gpt-4o-mini", "--validate", "json", "--no-live", *POLL, *extra]  # fmt: skip
+
+
+def by_id(out: Path) -> dict[str, dict[str, Any]]:
+    records = read_jsonl(out)
+    counts = Counter(r["custom_id"] for r in records)
+    assert all(k == 1 for k in counts.values()), [c for c, k in counts.items() if k > 1][:5]
+    return {r["custom_id"]: r for r in records}
+
+
+def test_items_are_split_into_batches_and_invalid_ones_follow_up(run_cli, fake_server, api_key, tmp_path):
+    """25 items at --batch-requests 10: three batches; the items answered badly come
+    back through a follow-up batch; every id once, valid, answered via batch; the cost
+    is the batch price."""
+    server = fake_server()
+    src = write_jsonl(tmp_path / "in.jsonl", rows(25, bad_every=5))
+    out = tmp_path / "out.jsonl"
+    summary = tmp_path / "s.json"
+    result = run_cli("run", src, "-o", out, *flags(server, "--batch-requests", "10", "--summary-json", summary))
+    assert result.exit_code == 0, result.output
+    records = by_id(out)
+    assert len(records) == 25
+    assert all(r["llmbatch"]["valid"] and r["llmbatch"]["via"] == "batch" for r in records.values())
+    assert all(r["llmbatch"]["batch_id"] for r in records.values())
+    assert server.stats.creates == 3 + 1  # 3 batches, then one follow-up for the 5 bad answers
+    assert server.stats.uploads == 4
+    assert records["r5"]["llmbatch"]["requests"] == 2  # answered badly once, then well
+    s = orjson.loads(summary.read_bytes())
+    assert s["price"]["input_per_mtok"] == 0.075  # gpt-4o-mini's batch price, half its list price
+    assert "Batch API" in s["price"]["source"]
+
+
+def _env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if "proxy" not in k.lower() and not k.startswith("OPENAI_")}
+    env.update(OPENAI_API_KEY="sk-test-batch", PYTHONUNBUFFERED="1")
+    return env
+
+
+def _start(cwd: Path, *args: object) -> subprocess.Popen[bytes]:
+    argv = [sys.executable, "-m", "llmbatch", "run", *map(str, args)]
+    return subprocess.Popen(argv, cwd=cwd, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def test_sigkill_at_random_moments_pays_for_nothing_twice(fake_server, tmp_path):
+    """SIGKILL at 8 random moments (uploading, just after a create, polling, collecting),
+    rerunning in between, then a run to the end: the server saw exactly as many uploads
+    and creates as a clean run of the same input, every id is in the output once, and
+    no item was answered more often than its re-asks required."""
+    seed = random.randrange(1 << 30)
+    rng = random.Random(seed)
+    items = rows(60, bad_every=7)
+    src = write_jsonl(tmp_path / "in.jsonl", items)
+    behaviour = {"batch_start_delay": 0.1, "batch_lines_per_second": 100}
+    clean_server = fake_server(**behaviour)
+    clean = tmp_path / "clean.jsonl"
+    done = subprocess.run([sys.executable, "-m", "llmbatch", "run", str(src), "-o", str(clean),
+                           *map(str, flags(clean_server, "--batch-requests", "15"))],
+                          cwd=tmp_path, env=_env(), capture_output=True, timeout=120)  # fmt: skip
+    assert done.returncode == 0, done.stderr.decode()
+
+    server = fake_server(**behaviour)
+    out = tmp_path / "out.jsonl"
+    args = (src, "-o", out, *flags(server, "--batch-requests", "15"))
+    moments = []
+    for _ in range(8):
+        proc = _start(tmp_path, *args)
+        moment = rng.uniform(0.3, 2.5)
+        time.sleep(moment)
+        proc.send_signal(signal.SIGKILL)
+        proc.communicate(timeout=10)
+        moments.append(round(moment, 2))
+    final = subprocess.run([sys.executable, "-m", "llmbatch", "run", *map(str, args)], cwd=tmp_path, env=_env(),
+                           capture_output=True, timeout=120)  # fmt: skip
+    assert final.returncode == 0, (seed, moments, final.stderr.decode())
+    records = by_id(out)
+    assert sorted(records) == sorted(r["id"] for r in items)
+    assert all(r["llmbatch"]["valid"] for r in records.values())
+    figures = (seed, moments)
+    assert server.stats.uploads == clean_server.stats.uploads, figures
+    assert server.stats.creates == clean_server.stats.creates, figures
+    assert server.stats.answers == clean_server.stats.answers, figures  # nothing answered more often
+
+
+def test_a_create_whose_answer_is_lost_is_found_not_made_again(run_cli, fake_server, api_key, tmp_path):
+    """The server makes the batch, then drops the connection before answering: llmbatch
+    finds it by its metadata; there is one batch, and every id is written."""
+    server = fake_server(lose_create_answers=1)
+    src = write_jsonl(tmp_path / "in.jsonl", rows(8))
+    out = tmp_path / "out.jsonl"
+    result = run_cli("run", src, "-o", out, *flags(server))
+    assert result.exit_code == 0, result.output
+    assert server.stats.creates == 1
+    assert len(by_id(out)) == 8
+
+
+def test_no_wait_in_a_loop_exits_4_until_done(run_cli, fake_server, api_key, tmp_path):
+    """--no-wait, as a cron job runs it: exit 4 while batches run, then 0; the same ids
+    and answers as a run that waits."""
+    server = fake_server(batch_start_delay=0.3)
+    src = write_jsonl(tmp_path / "in.jsonl", rows(12, bad_every=4))
+    out = tmp_path / "out.jsonl"
+    codes = []
+    for _ in range(200):
+        result = run_cli("run", src, "-o", out, *flags(server, "--no-wait"))
+        codes.append(result.exit_code)
+        if result.exit_code != 4:
+            break
+        time.sleep(0.05)
+    assert codes[0] == 4 and codes[-1] == 0, codes
+    assert set(codes[:-1]) == {4}
+    waited_server = fake_server()
+    waited = tmp_path / "waited.jsonl"
+    assert run_cli("run", src, "-o", waited, *flags(waited_server)).exit_code == 0
+    answers = {cid: r["response"]["body"]["choices"][0]["message"]["content"] for cid, r in by_id(out).items()}
+    expected = {cid: r["response"]["body"]["choices"][0]["message"]["content"] for cid, r in by_id(waited).items()}
+    assert answers == expected
+
+
+def test_an_expired_batch_writes_its_finished_half_and_resubmits_the_rest(run_cli, fake_server, api_key, tmp_path):
+    """A batch that expires after 5 of its 10 lines: those 5 are written from it, the
+    other 5 go into a follow-up batch; with --then live they are finished live."""
+    src = write_jsonl(tmp_path / "in.jsonl", rows(10))
+    server = fake_server(batch_expire_after=5)
+    out = tmp_path / "out.jsonl"
+    result = run_cli("run", src, "-o", out, *flags(server))
+    assert result.exit_code == 0, result.output
+    records = by_id(out)
+    batches = Counter(r["llmbatch"]["batch_id"] for r in records.values())
+    assert len(records) == 10 and len(batches) >= 2
+    assert server.stats.creates >= 2
+    live_server = fake_server(batch_expire_after=5)
+    live_out = tmp_path / "live.jsonl"
+    result = run_cli("run", src, "-o", live_out, *flags(live_server, "--then", "live"))
+    assert result.exit_code == 0, result.output
+    via = Counter(r["llmbatch"]["via"] for r in by_id(live_out).values())
+    assert via == {"batch": 5, "live": 5}
+    assert live_server.stats.creates == 1
+
+
+def test_open_batches_bind_the_output(run_cli, fake_server, api_key, tmp_path):
+    """While a batch of this output is still running: a live run and a --fresh run are
+    refused (exit 2, saying how to go on); --batch-api --cancel cancels it and keeps what
+    it finished; a later run does the rest."""
+    server = fake_server(batch_start_delay=30)
+    src = write_jsonl(tmp_path / "in.jsonl", rows(6))
+    out = tmp_path / "out.jsonl"
+    submitted = run_cli("run", src, "-o", out, *flags(server, "--no-wait"))
+    assert submitted.exit_code == 4, submitted.output
+    live = run_cli("run", src, "-o", out, "--base-url", server.base_url, "--prompt", "{text}", "--id-field", "id",
+                   "-m", "gpt-4o-mini", "--no-live")  # fmt: skip
+    assert live.exit_code == 2
+    assert "--batch-api --cancel" in live.stderr
+    fresh = run_cli("run", src, "-o", out, *flags(server, "--fresh"))
+    assert fresh.exit_code == 2
+    cancelled = run_cli("run", src, "-o", out, *flags(server, "--cancel"))
+    assert cancelled.exit_code in (0, 1), cancelled.output
+    assert server.stats.cancels == 1
+    quick = fake_server()
+    rest = run_cli("run", src, "-o", out, *flags(quick))
+    assert rest.exit_code == 0, rest.output
+    assert len(by_id(out)) == 6
+
+
+def test_the_enqueued_token_limit_waits_and_submits_again(run_cli, fake_server, api_key, tmp_path):
+    """A second batch refused for the enqueued-token limit is submitted again once the
+    first is done; every id is written."""
+    server = fake_server(enqueued_token_limit=120, batch_start_delay=0.1)
+    src = write_jsonl(tmp_path / "in.jsonl", rows(20))
+    out = tmp_path / "out.jsonl"
+    result = run_cli("run", src, "-o", out, *flags(server, "--batch-requests", "10"))
+    assert result.exit_code == 0, result.output
+    assert len(by_id(out)) == 20
+    assert server.stats.creates >= 3  # one refused, made again
+    assert "enqueued" in result.stderr
