@@ -3,10 +3,10 @@
 Built on :mod:`aiohttp.web`, it serves ``POST /v1/chat/completions`` and
 ``POST /v1/embeddings`` (also without the ``/v1``) quickly from one core, and answers by
 the fake model's rules (:mod:`llmbatch.providers.script`), including the ``@fake``
-scripts. On top it can add latency, enforce requests and tokens per minute the way
-providers do (smoothly, with OpenAI's rate-limit headers: :mod:`llmbatch.testing.buckets`),
-inject random faults, and require an API key. It counts what it saw: ``GET /_stats`` or
-:attr:`FakeServer.stats`.
+scripts. It also serves the Files API (:mod:`llmbatch.testing.files`). On top it can add latency,
+enforce requests and tokens per minute the way providers do (smoothly, with OpenAI's
+rate-limit headers: :mod:`llmbatch.testing.buckets`), inject random faults, and require
+an API key. It counts what it saw: ``GET /_stats`` or :attr:`FakeServer.stats`.
 
 Its event loop is uvloop's when uvloop is installed (the ``dev`` extra has it): on Python
 3.11 aiohttp.web costs about a third less CPU per request there, which is what lets one core
@@ -24,10 +24,8 @@ import argparse
 import asyncio
 import contextlib
 import gc
-import hashlib
 import random
 import threading
-from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import orjson
@@ -35,9 +33,12 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from llmbatch.providers import script
+from llmbatch.testing.api import JSON, ApiError, error_body, injected_error
 from llmbatch.testing.buckets import RESET_MEANINGS, RateLimits, ResetMeaning
+from llmbatch.testing.counts import Attempts, ServerStats, digest
+from llmbatch.testing.files import FileStore
 
-__all__ = ["LOOP_KINDS", "FakeServer", "LoopKind", "ServerStats", "new_event_loop"]
+__all__ = ["LOOP_KINDS", "FakeServer", "LoopKind", "ServerStats", "error_body", "new_event_loop"]
 
 LoopKind = Literal["auto", "uvloop", "asyncio"]
 """The event loop a server of its own runs on: ``auto`` is uvloop when it is installed."""
@@ -45,7 +46,6 @@ LOOP_KINDS: tuple[LoopKind, ...] = ("auto", "uvloop", "asyncio")
 
 FAULT_KINDS = (429, 500, 502, 503, "hang", "drop", "garbage", "nochoices")
 STATS_PATH = "/_stats"
-JSON = "application/json"
 # Long enough for requests in flight to see their answer out, short enough that
 # stopping a server with hung requests does not hold up a test suite.
 SHUTDOWN_GRACE_S = 0.1
@@ -67,42 +67,6 @@ def new_event_loop(kind: LoopKind = "auto") -> asyncio.AbstractEventLoop:
         else:
             return uvloop.new_event_loop()
     return asyncio.new_event_loop()
-
-
-@dataclass(slots=True)
-class ServerStats:
-    """What the server saw. ``requests`` counts every request (``/_stats`` included);
-    ``by_status`` every answer sent but ``/_stats`` (a hang or a drop sends none);
-    ``faults`` the faults given, scripted or random, by kind; ``rate_limited`` the 429s
-    of its own rate limits; the token totals sum the usage of the answers sent."""
-
-    requests: int = 0
-    by_status: dict[int, int] = field(default_factory=dict)
-    faults: dict[str, int] = field(default_factory=dict)
-    in_flight: int = 0
-    max_in_flight: int = 0
-    rate_limited: int = 0
-    authorizations: set[str] = field(default_factory=set)
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-
-    def as_dict(self) -> dict[str, Any]:
-        """The counters as ``GET /_stats`` sends them (the authorizations are left out)."""
-        return {
-            "requests": self.requests,
-            "by_status": {str(k): v for k, v in sorted(self.by_status.items())},
-            "faults": dict(self.faults),
-            "in_flight": self.in_flight,
-            "max_in_flight": self.max_in_flight,
-            "rate_limited": self.rate_limited,
-            "prompt_tokens": self.prompt_tokens,
-            "completion_tokens": self.completion_tokens,
-        }
-
-
-def error_body(message: str, kind: str, code: str | None) -> bytes:
-    """An OpenAI error body: ``{"error": {"message", "type", "param", "code"}}``."""
-    return orjson.dumps({"error": {"message": message, "type": kind, "param": None, "code": code}})
 
 
 class FakeServer:
@@ -162,7 +126,8 @@ class FakeServer:
         self.port = port
         self.loop_kind: LoopKind = loop
         self.stats = ServerStats()
-        self.attempts: dict[bytes, int] = {}
+        self.attempts = Attempts(self.stats.answers)
+        self.files = FileStore(self.stats, self.reply)
         self.limits: RateLimits | None = None
         self._auth = f"Bearer {api_key}"
         self._runner: web.AppRunner | None = None
@@ -279,6 +244,7 @@ class FakeServer:
         for prefix in ("/v1", ""):
             table.append(web.post(f"{prefix}/chat/completions", self._chat))
             table.append(web.post(f"{prefix}/embeddings", self._embeddings))
+            table += self.files.routes(prefix)
         return table
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
@@ -289,7 +255,8 @@ class FakeServer:
         and ``return await super().handle(request)`` for the usual one. The body is
         ``await request.read()``, as often as needed (it is read once). Answers made
         with :meth:`reply` are counted in ``stats.by_status``; plain ``web.Response``
-        objects are not."""
+        objects are not. An endpoint refuses a request by raising
+        :class:`~llmbatch.testing.api.ApiError`: it is answered here."""
         if (
             self.api_key is not None
             and request.path != STATS_PATH
@@ -301,13 +268,23 @@ class FakeServer:
         if match.http_exception is not None:
             message = f"Unknown route {request.method} {request.path_qs}"
             return self.reply(404, error_body(message, "invalid_request_error", None))
-        return await match.handler(request)
+        try:
+            return await match.handler(request)
+        except ApiError as err:
+            return self.reply(err.status, err.body())
 
-    def reply(self, status: int, body: bytes, headers: list[tuple[str, str]] | None = None) -> web.Response:
-        """A JSON answer, counted in ``stats.by_status``."""
+    def reply(
+        self,
+        status: int,
+        body: bytes,
+        headers: list[tuple[str, str]] | None = None,
+        *,
+        content_type: str = JSON,
+    ) -> web.Response:
+        """A JSON answer (or of that content type), counted in ``stats.by_status``."""
         by_status = self.stats.by_status
         by_status[status] = by_status.get(status, 0) + 1
-        return web.Response(body=body, status=status, headers=headers, content_type=JSON)
+        return web.Response(body=body, status=status, headers=headers, content_type=content_type)
 
     def _limit_headers(self) -> list[tuple[str, str]]:
         if self.limits is None or not self.limit_headers:
@@ -337,9 +314,11 @@ class FakeServer:
             return self.reply(400, error_body(f"Invalid JSON body: {exc}", "invalid_request_error", None))
 
         plan = script.parse_script(body) if DIRECTIVE in raw or b"\\u" in raw else NO_SCRIPT
-        # Only a script's outcome depends on the attempt: the others need no count.
-        key = hashlib.blake2b(raw, digest_size=12).digest() if plan != NO_SCRIPT else None
-        attempt = self.attempts.get(key, 0) if key is not None else 0
+        # Only a script's outcome depends on the attempt, and only a body seen in a batch
+        # has a custom_id to count its answers under: the others need no count.
+        attempts = self.attempts
+        key = attempts.key(digest(raw)) if plan != NO_SCRIPT or attempts.ids else None
+        attempt = attempts.count(key) if key is not None else 0
         outcome = script.step(plan, attempt, body)
         if embeddings:
             payload = script.embedding_body(body)
@@ -362,7 +341,7 @@ class FakeServer:
         if fault is None and self.fault_rate and self.rng.random() < self.fault_rate:
             fault = self.rng.choice(self.faults)  # a random fault is not the script's attempt
         elif key is not None:
-            self.attempts[key] = attempt + 1
+            attempts.answered(key)
 
         delay = self.latency if plan.latency_ms is None else plan.latency_ms / 1000
         if self.jitter:
@@ -391,13 +370,10 @@ class FakeServer:
             stats.in_flight -= 1
 
     async def _fault(self, request: web.Request, fault: int | str) -> web.StreamResponse:
-        if isinstance(fault, int):
-            code = {429: "rate_limit_exceeded", 401: "invalid_api_key"}.get(fault)
+        if isinstance(fault, int) or fault == "quota":
+            status, error = injected_error(fault)
             hdrs = [("retry-after-ms", "20")] if fault == 429 and self.retry_after else []
-            return self.reply(fault, error_body(f"Injected fault {fault}", "server_error", code), hdrs)
-        if fault == "quota":
-            message = "You exceeded your current quota."
-            return self.reply(429, error_body(message, "insufficient_quota", "insufficient_quota"))
+            return self.reply(status, orjson.dumps({"error": error}), hdrs)
         if fault == "garbage":
             return self.reply(200, b"<html><body>502 upstream hiccup</body></html>")
         if fault == "nochoices":
