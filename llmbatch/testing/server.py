@@ -3,7 +3,9 @@
 Built on :mod:`aiohttp.web`, it serves ``POST /v1/chat/completions`` and
 ``POST /v1/embeddings`` (also without the ``/v1``) quickly from one core, and answers by
 the fake model's rules (:mod:`llmbatch.providers.script`), including the ``@fake``
-scripts. It also serves the Files API (:mod:`llmbatch.testing.files`). On top it can add latency,
+scripts. It also serves the Files and Batch APIs (:mod:`llmbatch.testing.files`,
+:mod:`llmbatch.testing.batches`): batches run in the background, their lines answered by
+the same model with the same attempt counts as live requests. On top it can add latency,
 enforce requests and tokens per minute the way providers do (smoothly, with OpenAI's
 rate-limit headers: :mod:`llmbatch.testing.buckets`), inject random faults, and require
 an API key. It counts what it saw: ``GET /_stats`` or :attr:`FakeServer.stats`.
@@ -34,6 +36,7 @@ from aiohttp.typedefs import Handler
 
 from llmbatch.providers import script
 from llmbatch.testing.api import JSON, ApiError, error_body, injected_error
+from llmbatch.testing.batches import BatchBehaviour, BatchQueue
 from llmbatch.testing.buckets import RESET_MEANINGS, RateLimits, ResetMeaning
 from llmbatch.testing.counts import Attempts, ServerStats, digest
 from llmbatch.testing.files import FileStore
@@ -79,6 +82,13 @@ class FakeServer:
     embedding request its input tokens. ``reset_means`` says what
     ``x-ratelimit-reset-*`` counts down to (see :data:`~llmbatch.testing.buckets.ResetMeaning`).
     ``loop`` is the event loop :meth:`start` runs it on (:meth:`serve` uses the running one).
+
+    The Batch API: a batch stays ``validating`` for ``batch_start_delay`` seconds, then
+    runs ``batch_lines_per_second`` lines a second (None: unpaced); it expires after
+    ``batch_expire_after`` lines; it fails with ``token_limit_exceeded`` when its input
+    tokens and those of its model's batches still validating or in progress pass
+    ``enqueued_token_limit``; the first ``lose_create_answers`` creates make their batch
+    and drop the connection unanswered (see :class:`~llmbatch.testing.batches.BatchBehaviour`).
     """
 
     def __init__(
@@ -101,6 +111,11 @@ class FakeServer:
         host: str = "127.0.0.1",
         port: int = 0,
         loop: LoopKind = "auto",
+        batch_start_delay: float = 0.0,
+        batch_lines_per_second: float | None = None,
+        batch_expire_after: int | None = None,
+        enqueued_token_limit: int | None = None,
+        lose_create_answers: int = 0,
     ) -> None:
         if reset_means not in RESET_MEANINGS:
             raise ValueError(f"reset_means must be one of {', '.join(RESET_MEANINGS)}")
@@ -128,6 +143,16 @@ class FakeServer:
         self.stats = ServerStats()
         self.attempts = Attempts(self.stats.answers)
         self.files = FileStore(self.stats, self.reply)
+        behaviour = BatchBehaviour(
+            start_delay=batch_start_delay,
+            lines_per_second=batch_lines_per_second,
+            expire_after=batch_expire_after,
+            enqueued_token_limit=enqueued_token_limit,
+            lose_create_answers=lose_create_answers,
+        )
+        self.batches = BatchQueue(
+            behaviour, files=self.files, attempts=self.attempts, stats=self.stats, reply=self.reply, seed=seed
+        )
         self.limits: RateLimits | None = None
         self._auth = f"Bearer {api_key}"
         self._runner: web.AppRunner | None = None
@@ -181,7 +206,9 @@ class FakeServer:
         self.port = runner.addresses[0][1]
 
     async def close(self) -> None:
-        """Stop listening, close the connections, and end the requests still in flight."""
+        """Stop listening, close the connections, and end the requests still in flight
+        and the batches still running."""
+        await self.batches.close()
         if self._runner is not None:
             runner, self._runner = self._runner, None
             await runner.cleanup()
@@ -245,6 +272,7 @@ class FakeServer:
             table.append(web.post(f"{prefix}/chat/completions", self._chat))
             table.append(web.post(f"{prefix}/embeddings", self._embeddings))
             table += self.files.routes(prefix)
+            table += self.batches.routes(prefix)
         return table
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
@@ -439,6 +467,29 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--loop", choices=LOOP_KINDS, default="auto", help="event loop (auto: uvloop when installed)"
     )
+    batch = parser.add_argument_group("Batch API")
+    batch.add_argument(
+        "--batch-start-delay", type=float, default=0.0, help="seconds a batch stays validating"
+    )
+    batch.add_argument(
+        "--batch-lines-per-second",
+        type=float,
+        default=None,
+        help="the pace of a running batch (default: unpaced)",
+    )
+    batch.add_argument("--batch-expire-after", type=int, default=None, help="a batch expires after N lines")
+    batch.add_argument(
+        "--enqueued-token-limit",
+        type=int,
+        default=None,
+        help="input tokens of a model's batches enqueued at once",
+    )
+    batch.add_argument(
+        "--lose-create-answers",
+        type=int,
+        default=0,
+        help="the first K creates drop the connection unanswered",
+    )
     args = parser.parse_args(argv)
     server = FakeServer(
         latency_ms=args.latency_ms,
@@ -454,6 +505,11 @@ def main(argv: list[str] | None = None) -> None:
         api_key=args.api_key,
         host=args.host,
         port=args.port,
+        batch_start_delay=args.batch_start_delay,
+        batch_lines_per_second=args.batch_lines_per_second,
+        batch_expire_after=args.batch_expire_after,
+        enqueued_token_limit=args.enqueued_token_limit,
+        lose_create_answers=args.lose_create_answers,
     )
 
     async def run() -> None:
