@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import http.client
 import subprocess
+import sys
 import urllib.error
 import urllib.request
 from collections.abc import Callable
@@ -16,7 +17,7 @@ from aiohttp import web
 from conftest import PYTHON
 
 from llmbatch.retry import parse_duration
-from llmbatch.testing.server import FakeServer
+from llmbatch.testing.server import FakeServer, new_event_loop
 
 OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 Answer = tuple[int, dict[str, str], Any]
@@ -252,6 +253,34 @@ def test_a_subclass_hook_sees_every_request_and_the_server_still_counts() -> Non
         assert server.stats.by_status == {200: 1}  # the subclass's own answer is its own business
 
 
+# --- the event loop -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["auto", "asyncio"])
+def test_the_server_answers_on_either_event_loop(kind: str) -> None:
+    """uvloop when it is installed (auto), asyncio's own loop when asked: the same answers."""
+    with FakeServer(loop=kind) as server:  # type: ignore[arg-type]
+        status, headers, answer = call(server, "/v1/chat/completions", chat("Say hi."))
+    assert status == 200 and answer["choices"][0]["message"]["content"] == "echo: Say hi."
+    assert headers["x-request-id"].startswith("req_")
+
+
+def test_without_uvloop_auto_falls_back_to_asyncio(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where uvloop is missing, auto runs on asyncio's loop and asking for uvloop says so."""
+    monkeypatch.setitem(sys.modules, "uvloop", None)  # `import uvloop` now raises ImportError
+    loop = new_event_loop("auto")
+    try:
+        assert type(loop).__module__.startswith("asyncio")
+    finally:
+        loop.close()
+    with pytest.raises(ImportError):
+        new_event_loop("uvloop")
+    with pytest.raises(ImportError), FakeServer(loop="uvloop"):
+        pass
+    with FakeServer() as server:
+        assert call(server, "/v1/chat/completions", chat())[0] == 200
+
+
 # --- the command line ------------------------------------------------------------------
 
 
@@ -272,5 +301,24 @@ def test_the_command_line_takes_the_new_limit_options() -> None:
                 60, abs=1
             )  # full: a minute
             assert headers["x-ratelimit-limit-tokens"] == "600"
+        finally:
+            proc.terminate()
+
+
+@pytest.mark.parametrize("kind", ["asyncio", "uvloop"])
+def test_the_command_line_runs_on_the_loop_asked_for(kind: str) -> None:
+    """`--loop asyncio|uvloop`: /_stats names the loop the server runs on."""
+    if kind == "uvloop":
+        pytest.importorskip("uvloop")
+    argv = [PYTHON, "-m", "llmbatch.testing.server", "--port", "0", "--loop", kind]
+    with subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL) as proc:
+        try:
+            assert proc.stdout is not None
+            line = proc.stdout.readline().decode()
+            server = FakeServer(port=int(line.rsplit(":", 1)[1].split("/")[0]))
+            assert call(server, "/v1/chat/completions", chat())[0] == 200
+            status, _, stats = call(server, "/_stats")
+            assert status == 200 and stats["loop"].startswith(f"{kind}.")
+            assert stats["requests"] == 2
         finally:
             proc.terminate()
