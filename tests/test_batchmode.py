@@ -27,9 +27,10 @@ def rows(n: int, *, bad_every: int = 0) -> list[dict[str, Any]]:
     """Data items; every `bad_every`-th answers badly once (a follow-up round)."""
     out = []
     for i in range(n):
-        text = '@fake {"answer": {"n": %d}}' % i
+        script = {"answer": {"n": i}}
         if bad_every and i % bad_every == 0:
-            text = '@fake {"bad": 1, "answer": {"n": %d}}' % i
+            script = {"bad": 1, **script}
+        text = "@fake " + orjson.dumps(script).decode()
         out.append({"id": f"r{i}", "text": text})
     return out
 
@@ -48,20 +49,24 @@ def by_id(out: Path) -> dict[str, dict[str, Any]]:
 
 def test_items_are_split_into_batches_and_invalid_ones_follow_up(run_cli, fake_server, api_key, tmp_path):
     """25 items at --batch-requests 10: three batches; the items answered badly come
-    back through a follow-up batch; every id once, valid, answered via batch; the cost
+    back through follow-up batches; every id once, valid, answered via batch; the cost
     is the batch price."""
     server = fake_server()
     src = write_jsonl(tmp_path / "in.jsonl", rows(25, bad_every=5))
     out = tmp_path / "out.jsonl"
     summary = tmp_path / "s.json"
-    result = run_cli("run", src, "-o", out, *flags(server, "--batch-requests", "10", "--summary-json", summary))
+    result = run_cli(
+        "run", src, "-o", out, *flags(server, "--batch-requests", "10", "--summary-json", summary)
+    )
     assert result.exit_code == 0, result.output
     records = by_id(out)
     assert len(records) == 25
     assert all(r["llmbatch"]["valid"] and r["llmbatch"]["via"] == "batch" for r in records.values())
     assert all(r["llmbatch"]["batch_id"] for r in records.values())
-    assert server.stats.creates == 3 + 1  # 3 batches, then one follow-up for the 5 bad answers
-    assert server.stats.uploads == 4
+    # 3 batches, then a follow-up of each for its bad answers (one per batch, whatever
+    # the timing: a rerun killed at any moment makes the same ones)
+    assert server.stats.creates == server.stats.uploads == 3 + 3
+    assert all(server.stats.answers[f"r{i}"] == (2 if i % 5 == 0 else 1) for i in range(25))
     assert records["r5"]["llmbatch"]["requests"] == 2  # answered badly once, then well
     s = orjson.loads(summary.read_bytes())
     assert s["price"]["input_per_mtok"] == 0.075  # gpt-4o-mini's batch price, half its list price
@@ -106,14 +111,15 @@ def test_sigkill_at_random_moments_pays_for_nothing_twice(fake_server, tmp_path)
         time.sleep(moment)
         proc.send_signal(signal.SIGKILL)
         proc.communicate(timeout=10)
-        moments.append(round(moment, 2))
-    final = subprocess.run([sys.executable, "-m", "llmbatch", "run", *map(str, args)], cwd=tmp_path, env=_env(),
-                           capture_output=True, timeout=120)  # fmt: skip
+        moments.append((round(moment, 2), _phase(out)))
+    argv = [sys.executable, "-m", "llmbatch", "run", *map(str, args)]
+    final = subprocess.run(argv, cwd=tmp_path, env=_env(), capture_output=True, timeout=120)
     assert final.returncode == 0, (seed, moments, final.stderr.decode())
     records = by_id(out)
     assert sorted(records) == sorted(r["id"] for r in items)
     assert all(r["llmbatch"]["valid"] for r in records.values())
     figures = (seed, moments)
+    assert len({phase for _, phase in moments}) >= 2, figures  # the kills met the run at different stages
     assert server.stats.uploads == clean_server.stats.uploads, figures
     assert server.stats.creates == clean_server.stats.creates, figures
     assert server.stats.answers == clean_server.stats.answers, figures  # nothing answered more often
@@ -149,12 +155,18 @@ def test_no_wait_in_a_loop_exits_4_until_done(run_cli, fake_server, api_key, tmp
     waited_server = fake_server()
     waited = tmp_path / "waited.jsonl"
     assert run_cli("run", src, "-o", waited, *flags(waited_server)).exit_code == 0
-    answers = {cid: r["response"]["body"]["choices"][0]["message"]["content"] for cid, r in by_id(out).items()}
-    expected = {cid: r["response"]["body"]["choices"][0]["message"]["content"] for cid, r in by_id(waited).items()}
+    answers = {
+        cid: r["response"]["body"]["choices"][0]["message"]["content"] for cid, r in by_id(out).items()
+    }
+    expected = {
+        cid: r["response"]["body"]["choices"][0]["message"]["content"] for cid, r in by_id(waited).items()
+    }
     assert answers == expected
 
 
-def test_an_expired_batch_writes_its_finished_half_and_resubmits_the_rest(run_cli, fake_server, api_key, tmp_path):
+def test_an_expired_batch_writes_its_finished_half_and_resubmits_the_rest(
+    run_cli, fake_server, api_key, tmp_path
+):
     """A batch that expires after 5 of its 10 lines: those 5 are written from it, the
     other 5 go into a follow-up batch; with --then live they are finished live."""
     src = write_jsonl(tmp_path / "in.jsonl", rows(10))
@@ -184,8 +196,8 @@ def test_open_batches_bind_the_output(run_cli, fake_server, api_key, tmp_path):
     out = tmp_path / "out.jsonl"
     submitted = run_cli("run", src, "-o", out, *flags(server, "--no-wait"))
     assert submitted.exit_code == 4, submitted.output
-    live = run_cli("run", src, "-o", out, "--base-url", server.base_url, "--prompt", "{text}", "--id-field", "id",
-                   "-m", "gpt-4o-mini", "--no-live")  # fmt: skip
+    template = ("--prompt", "{text}", "--id-field", "id", "-m", "gpt-4o-mini")
+    live = run_cli("run", src, "-o", out, "--base-url", server.base_url, *template, "--no-live")
     assert live.exit_code == 2
     assert "--batch-api --cancel" in live.stderr
     fresh = run_cli("run", src, "-o", out, *flags(server, "--fresh"))
@@ -210,3 +222,15 @@ def test_the_enqueued_token_limit_waits_and_submits_again(run_cli, fake_server, 
     assert len(by_id(out)) == 20
     assert server.stats.creates >= 3  # one refused, made again
     assert "enqueued" in result.stderr
+
+
+def _phase(out: Path) -> str:
+    """What the batch record said when the run was killed: its chunks' states."""
+    import sqlite3
+
+    db = out.with_name(out.name + ".batches.db")
+    if not db.exists():
+        return "starting"
+    with sqlite3.connect(db) as conn:
+        states = sorted({state for (state,) in conn.execute("SELECT state FROM chunks")})
+    return "+".join(states) or "splitting"
