@@ -93,21 +93,21 @@ def test_sigkill_at_random_moments_pays_for_nothing_twice(fake_server, tmp_path)
     rng = random.Random(seed)
     items = rows(60, bad_every=7)
     src = write_jsonl(tmp_path / "in.jsonl", items)
-    behaviour = {"batch_start_delay": 0.1, "batch_lines_per_second": 100}
+    behaviour = {"batch_start_delay": 0.3, "batch_lines_per_second": 5}
     clean_server = fake_server(**behaviour)
     clean = tmp_path / "clean.jsonl"
     done = subprocess.run([sys.executable, "-m", "llmbatch", "run", str(src), "-o", str(clean),
-                           *map(str, flags(clean_server, "--batch-requests", "15"))],
+                           *map(str, flags(clean_server, "--batch-requests", "5"))],
                           cwd=tmp_path, env=_env(), capture_output=True, timeout=120)  # fmt: skip
     assert done.returncode == 0, done.stderr.decode()
 
     server = fake_server(**behaviour)
     out = tmp_path / "out.jsonl"
-    args = (src, "-o", out, *flags(server, "--batch-requests", "15"))
+    args = (src, "-o", out, *flags(server, "--batch-requests", "5"))
     moments = []
     for _ in range(8):
         proc = _start(tmp_path, *args)
-        moment = rng.uniform(0.3, 2.5)
+        moment = rng.uniform(0.8, 2.0)
         time.sleep(moment)
         proc.send_signal(signal.SIGKILL)
         proc.communicate(timeout=10)
