@@ -47,6 +47,7 @@ RERUN = "Reruns and cache"
 BATCH = "Batch API (half price)"
 DISPLAY = "Display"
 OFFLINE = "Offline model (--provider fake)"
+SCALE = "Many processes, one quota"
 
 
 def Opt(*names: str, help: str, panel: str, show_default: bool = True) -> Any:
@@ -325,6 +326,15 @@ def run(
     fake_latency_ms: Annotated[
         float, Opt(help="The fake provider's simulated latency.", panel=OFFLINE)
     ] = DEFAULT_FAKE_LATENCY_MS,
+    # many processes, one quota (llmbatch.shard)
+    shard: Annotated[
+        str | None,
+        Opt(
+            help="K/N: take only the items whose custom_id hashes to K modulo N (a bad line's reject: its "
+            "line number modulo N); -o must contain {shard}, which becomes K in every output path.",
+            panel=SCALE,
+        ),
+    ] = None,
 ) -> None:
     """Send one request per input line and append one result line per item to OUTPUT."""
     from llmbatch.run import run as run_all
@@ -406,6 +416,37 @@ def _minutes(m: float) -> str:
     if m < 120:
         return f"{m:.1f} min"
     return f"{m / 60:.1f} h"
+
+
+@app.command()
+def merge(
+    files: Annotated[
+        list[Path],
+        typer.Argument(help="Outputs to join (shards of one input), oldest first.", show_default=False),
+    ],
+    output: Annotated[Path, Opt("--output", "-o", help="The merged file (replaced).", panel=OUTPUT)],
+    ordered: Annotated[
+        bool,
+        Opt("--ordered", help="In input line order (an external sort: memory stays bounded).", panel=OUTPUT),
+    ] = False,
+) -> None:
+    """Join outputs into one file, one line per id: where an id has several lines, the
+    newest wins (a later file is newer)."""
+    from llmbatch.merge import merge as merge_files
+
+    try:
+        done = merge_files(files, output, ordered=ordered)
+    except LLMBatchError as exc:
+        raise _fail(str(exc)) from None
+    except OSError as exc:
+        raise _fail(f"cannot merge: {exc.strerror or exc}: {exc.filename}") from None
+    notes = []
+    if done.dropped:
+        notes.append(f"{done.dropped:,} older line{'s' if done.dropped != 1 else ''} of an id dropped")
+    if done.torn:
+        notes.append(f"{done.torn:,} torn last line{'s' if done.torn != 1 else ''} skipped")
+    more = f" ({'; '.join(notes)})" if notes else ""
+    typer.echo(f"merged {done.files:,} files into {output}: {done.lines:,} lines{more}", err=True)
 
 
 @app.command()

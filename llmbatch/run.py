@@ -35,6 +35,7 @@ from llmbatch.providers.base import Provider, Request
 from llmbatch.requests import builder_for
 from llmbatch.resume import OutputIndex, Plan, Rules, compact, make_plan, parse_redo
 from llmbatch.settings import Settings, read_api_key
+from llmbatch.shard import for_shard, parse_shard
 from llmbatch.source import Source
 from llmbatch.stats import Stats
 from llmbatch.validate import Validator, build_validator
@@ -127,7 +128,11 @@ class RejectsFile:
 
 
 async def run_async(settings: Settings, *, console: Console | None = None) -> tuple[Stats, ExitCode]:
-    source = Source(settings.input, builder_for(settings), number_duplicates=settings.number_duplicates)
+    settings = for_shard(settings)  # --shard K/N: {shard} in the paths becomes K
+    shard = parse_shard(settings.shard) if settings.shard is not None else None
+    source = Source(
+        settings.input, builder_for(settings), number_duplicates=settings.number_duplicates, shard=shard
+    )
     lock = OutputLock(settings.output)
     try:
         source.check()
@@ -437,8 +442,10 @@ async def _work(
     if not len(index):
         # Counted up front when cheap (about a second per GB): the total for the progress
         # bar, and the size of the duplicate-id table, allocated once instead of grown.
-        stats.total = await loop.run_in_executor(None, source.count)
-        requests = source.requests(expected=stats.total or 0, stats=stats)
+        stats.total = lines = await loop.run_in_executor(None, source.count)
+        requests = source.requests(expected=lines or 0, stats=stats)
+        if source.shard is not None and source.shard.count > 1 and lines is not None:
+            stats.total, stats.total_exact = round(lines / source.shard.count), False  # this shard's share
         if rules.max_items is not None:
             stats.counts_skipped = False
             stats.total = rules.max_items

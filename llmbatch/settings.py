@@ -102,6 +102,8 @@ class Settings:
     price_in: float | None = field(default=None, metadata=_at_least(0))
     price_out: float | None = field(default=None, metadata=_at_least(0))
     prices: dict[str, tuple[float, float]] = field(default_factory=dict)
+    # Beyond one machine (llmbatch.shard): this process's share of the input.
+    shard: str | None = None  # "K/N"
 
     @property
     def rejects_path(self) -> Path:
