@@ -326,7 +326,25 @@ def run(
     fake_latency_ms: Annotated[
         float, Opt(help="The fake provider's simulated latency.", panel=OFFLINE)
     ] = DEFAULT_FAKE_LATENCY_MS,
-    # many processes, one quota (llmbatch.shard)
+    # many processes, one quota (llmbatch.shared, llmbatch.shard)
+    redis: Annotated[
+        str | None,
+        typer.Option(
+            "--redis",
+            envvar="LLMBATCH_REDIS_URL",
+            help="Share the RPM/TPM budget, 429 pauses and lowered paces with every process on the same "
+            "key through Redis, e.g. redis://localhost:6379/0 (unreachable at the start: exit 2).",
+            rich_help_panel=SCALE,
+        ),
+    ] = None,
+    redis_key: Annotated[
+        str | None,
+        Opt(
+            help="The shared budget's name (default: made from the base URL, the model and a fingerprint "
+            "of the API key, never the key).",
+            panel=SCALE,
+        ),
+    ] = None,
     shard: Annotated[
         str | None,
         Opt(

@@ -19,6 +19,7 @@ from rich.console import Console
 
 if TYPE_CHECKING:
     from llmbatch.batchapi import BatchMode
+    from llmbatch.shared import SharedBudget
 
 from llmbatch.batchstate import BatchState, state_path
 from llmbatch.cache import ResponseCache
@@ -134,22 +135,43 @@ async def run_async(settings: Settings, *, console: Console | None = None) -> tu
         settings.input, builder_for(settings), number_duplicates=settings.number_duplicates, shard=shard
     )
     lock = OutputLock(settings.output)
+    closing = contextlib.AsyncExitStack()  # what _run opened that outlives it (the shared budget)
     try:
         source.check()
         check_output(settings, source)
         lock.acquire()
-        return await _run(settings, source, console)
+        return await _run(settings, source, console, closing)
     finally:
+        await closing.aclose()
         lock.release()
         source.close()
 
 
+def base_url_of(settings: Settings) -> str:
+    """Where this run's requests go."""
+    if settings.provider == "fake":
+        return "fake"
+    return settings.base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL
+
+
 def server_of(settings: Settings) -> str:
     """The hash of where this run's requests go, as the output lines carry it."""
-    if settings.provider == "fake":
-        return server_hash("fake")
-    url = settings.base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL
-    return server_hash(url)
+    return server_hash(base_url_of(settings))
+
+
+async def join_budget(
+    settings: Settings, model: str | None, closing: contextlib.AsyncExitStack
+) -> SharedBudget | None:
+    """The budget shared through Redis with the other processes on the key (--redis),
+    closed with `closing`; None without --redis. Redis unreachable: a ConfigError."""
+    if settings.redis is None:
+        return None
+    from llmbatch.shared import SharedBudget, default_key
+
+    name = settings.redis_key or default_key(base_url_of(settings), model, check_api_key(settings))
+    budget = await SharedBudget.connect(settings.redis, name)
+    closing.push_async_callback(budget.aclose)
+    return budget
 
 
 def start_fresh(output: Path, *, force: bool) -> None:
@@ -193,7 +215,9 @@ def _counts(c: Mapping[str, int]) -> str:
     return ", ".join(f"{k} {v:,}" for k, v in sorted(c.items()))
 
 
-async def _run(settings: Settings, source: Source, console: Console | None) -> tuple[Stats, ExitCode]:
+async def _run(
+    settings: Settings, source: Source, console: Console | None, closing: contextlib.AsyncExitStack
+) -> tuple[Stats, ExitCode]:
     specs = list(settings.validate)
     if settings.schema is not None:
         specs.append(f"schema:{settings.schema}")
@@ -201,6 +225,7 @@ async def _run(settings: Settings, source: Source, console: Console | None) -> t
     first = source.preflight()
     validator.preflight(first.first_item)
     check_api_key(settings)
+    shared = await join_budget(settings, settings.model or first.model, closing)
     rules = Rules(
         redo=parse_redo(settings.redo),
         keep_stale=settings.keep_stale,
@@ -217,6 +242,8 @@ async def _run(settings: Settings, source: Source, console: Console | None) -> t
     mode = choose_mode(no_live=not settings.live, quiet=settings.quiet)
     price = run_price(settings, stats.model)
     display = Display(stats, mode=mode, price=price, progress_every=settings.progress_every, console=console)
+    if shared is not None:
+        shared.log = display.log
 
     batch_state = open_batches_check(settings)
     if settings.fresh:
@@ -238,7 +265,7 @@ async def _run(settings: Settings, source: Source, console: Console | None) -> t
     cache = ResponseCache(settings.cache, server=server) if settings.cache is not None else None
     output = OutputFile(output_path, format=settings.output_format, server=server)
     rejects = RejectsFile(settings.rejects_path)
-    limits = Limits(rpm=settings.rpm, tpm=settings.tpm)
+    limits = Limits(rpm=settings.rpm, tpm=settings.tpm, shared=shared)
     stats.pacer = limits
     engine = Engine(
         provider=provider,
