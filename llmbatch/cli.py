@@ -48,6 +48,7 @@ RERUN = "Reruns and cache"
 BATCH = "Batch API (half price)"
 DISPLAY = "Display"
 OFFLINE = "Offline model (--provider fake)"
+SCALE = "Many processes, one quota"
 
 
 def Opt(*names: str, help: str, panel: str, show_default: bool = True, metavar: str | None = None) -> Any:
@@ -407,6 +408,33 @@ def run(
     fake_latency_ms: Annotated[
         float, Opt(help="The fake provider's simulated latency.", panel=OFFLINE, metavar="N")
     ] = DEFAULT_FAKE_LATENCY_MS,
+    # many processes, one quota (llmbatch.shared, llmbatch.shard)
+    redis: Annotated[
+        str | None,
+        typer.Option(
+            "--redis",
+            envvar="LLMBATCH_REDIS_URL",
+            help="Share the RPM/TPM budget, 429 pauses and lowered paces with every process on the same "
+            "key through Redis, e.g. redis://localhost:6379/0 (unreachable at the start: exit 2).",
+            rich_help_panel=SCALE,
+        ),
+    ] = None,
+    redis_key: Annotated[
+        str | None,
+        Opt(
+            help="The shared budget's name (default: made from the base URL, the model and a fingerprint "
+            "of the API key, never the key).",
+            panel=SCALE,
+        ),
+    ] = None,
+    shard: Annotated[
+        str | None,
+        Opt(
+            help="K/N: take only the items whose custom_id hashes to K modulo N (a bad line's reject: its "
+            "line number modulo N); -o must contain {shard}, which becomes K in every output path.",
+            panel=SCALE,
+        ),
+    ] = None,
 ) -> None:
     """Send one request per input line and append one result line per item to OUTPUT."""
     from llmbatch.run import run as run_all
@@ -548,6 +576,37 @@ def report(
         typer.echo(orjson.dumps(found.as_dict(), option=orjson.OPT_INDENT_2).decode())
     else:
         typer.echo(format_report(found))
+
+
+@app.command()
+def merge(
+    files: Annotated[
+        list[Path],
+        typer.Argument(help="Outputs to join (shards of one input), oldest first.", show_default=False),
+    ],
+    output: Annotated[Path, Opt("--output", "-o", help="The merged file (replaced).", panel=OUTPUT)],
+    ordered: Annotated[
+        bool,
+        Opt("--ordered", help="In input line order (an external sort: memory stays bounded).", panel=OUTPUT),
+    ] = False,
+) -> None:
+    """Join outputs into one file, one line per id: where an id has several lines, the
+    newest wins (a later file is newer)."""
+    from llmbatch.merge import merge as merge_files
+
+    try:
+        done = merge_files(files, output, ordered=ordered)
+    except LLMBatchError as exc:
+        raise _fail(str(exc)) from None
+    except OSError as exc:
+        raise _fail(f"cannot merge: {exc.strerror or exc}: {exc.filename}") from None
+    notes = []
+    if done.dropped:
+        notes.append(f"{done.dropped:,} older line{'s' if done.dropped != 1 else ''} of an id dropped")
+    if done.torn:
+        notes.append(f"{done.torn:,} torn last line{'s' if done.torn != 1 else ''} skipped")
+    more = f" ({'; '.join(notes)})" if notes else ""
+    typer.echo(f"merged {done.files:,} files into {output}: {done.lines:,} lines{more}", err=True)
 
 
 @app.command()

@@ -29,6 +29,11 @@ requests that follow do not meet a budget refilled a moment too late. A 429 that
 the budget is empty, for a limit already known, pauses without lowering the pace: the
 pace is right, the budget was spent.
 
+Several processes on one API key can share all of this (``--redis``,
+:mod:`llmbatch.shared`): the buckets live in Redis, and a `Shared` object carries a 429's
+pause and a lowered pace from one process to the others. Without one, nothing here
+changes.
+
 One attempt protocol for every caller (the CLI's engine, the library's executor):
 ``permit = await limits.admit(body)`` before the request, then exactly one
 ``permit.settle(outcome)`` with the answer or the exception that ended the attempt.
@@ -41,7 +46,7 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 from llmbatch.buckets import Bucket, LocalBucket
 from llmbatch.errors import AuthError, RateLimited
@@ -94,6 +99,36 @@ UNKNOWN_RATE_WAIT = 1.0
 KINDS = ("requests", "tokens")
 
 
+class Shared(Protocol):
+    """What the processes on one API key share beyond one run (see
+    :class:`llmbatch.shared.SharedBudget`)."""
+
+    @property
+    def peers(self) -> int:
+        """Processes on the key, this one included (at least 1)."""
+        ...
+
+    def bucket(self, kind: str, per_minute: float, *, spent: float = 0.0) -> Bucket:
+        """The key's budget of `kind` (requests or tokens)."""
+        ...
+
+    def publish_pause(self, seconds: float, cause: str) -> None:
+        """This process pauses after a 429: so must the others."""
+        ...
+
+    def publish_cut(self) -> None:
+        """This process lowered its pace after 429s: so must the others."""
+        ...
+
+    def pause_left(self) -> tuple[float, str]:
+        """Seconds left of a pause the key is under, and its cause."""
+        ...
+
+    def take_cut(self) -> bool:
+        """Whether another process cut its pace since the last look (once each)."""
+        ...
+
+
 class Limits:
     """The gates in front of every request. One instance per run (per event loop).
 
@@ -102,11 +137,14 @@ class Limits:
     the tests of the pacing maths.
     """
 
-    def __init__(self, *, rpm: float | None = None, tpm: float | None = None) -> None:
+    def __init__(
+        self, *, rpm: float | None = None, tpm: float | None = None, shared: Shared | None = None
+    ) -> None:
         self.rpm = rpm
         self.tpm = tpm
-        self._requests: Bucket | None = LocalBucket(rpm) if rpm else None
-        self._tokens: Bucket | None = LocalBucket(tpm) if tpm else None
+        self._shared = shared  # several processes on one key (--redis), else None
+        self._requests: Bucket | None = self._new_bucket("requests", rpm) if rpm else None
+        self._tokens: Bucket | None = self._new_bucket("tokens", tpm) if tpm else None
         # The limits per minute, given or learned, by kind; and the kinds whose
         # budget the server last said was empty (paced at DRAINED_PACE meanwhile).
         self._limit: dict[str, float] = {k: v for k, v in (("requests", rpm), ("tokens", tpm)) if v}
@@ -144,7 +182,7 @@ class Limits:
     @property
     def may_wait(self) -> bool:
         """Whether `acquire` can block at all (no limits and no pushback: never)."""
-        return bool(self._requests or self._tokens or self._pace or self._paused_until)
+        return bool(self._requests or self._tokens or self._pace or self._paused_until or self._shared)
 
     @property
     def pace_rpm(self) -> float | None:
@@ -211,8 +249,12 @@ class Limits:
         return self._requests if kind == "requests" else self._tokens
 
     async def _wait_pause(self, loop: asyncio.AbstractEventLoop) -> None:
+        if self._shared is not None:
+            self._adopt_shared(loop)
         while (left := self._paused_until - loop.time()) > 0:
             await asyncio.sleep(left)
+            if self._shared is not None:
+                self._adopt_shared(loop)
 
     def settle(self, charged: int, actual: int) -> None:
         """Correct the token bucket once the real usage is known: refund an
@@ -262,18 +304,29 @@ class Limits:
         if self._spent:
             self._spent = False
             return
-        if now < self._hold_until or (self._share_at_cut > 0 and self._after_cut < SHARE_MIN):
+        if self._on_trial(now):
             return  # no new cut before answers at the last cut's pace have come back
+        self._cut(now, self._limited / max(len(self._outcomes), 1))
+        if self._shared is not None:
+            self._shared.publish_cut()
+
+    def _on_trial(self, now: float) -> bool:
+        return now < self._hold_until or (self._share_at_cut > 0 and self._after_cut < SHARE_MIN)
+
+    def _cut(self, now: float, share: float) -> None:
+        """Lower the pace below the rate the server refused; `share` is the share of
+        429s the cut is for."""
         # Nothing sent before the pause ends can tell whether the new pace is right.
         self._hold_until = max(now + CUT_HOLD, self._paused_until)
         # The server refused what we sent, but it accepted about its limit: far over a
         # limit, cutting the send rate by a fraction would still be far over it.
         accepted = self.accepted_rate()
-        rates = [r for r in (self._pace, self.achieved_rate(), self._ceiling, accepted * OVER_ACCEPTED) if r]
+        ceiling = self._share_of(self._ceiling)
+        rates = [r for r in (self._pace, self.achieved_rate(), ceiling, accepted * OVER_ACCEPTED) if r]
         refused = min(rates) if rates else 1.0
         self._refused = refused
         self._pace = pace = max(MIN_PACE, refused * BACKOFF_FACTOR)
-        self._start_counting(self._limited / max(len(self._outcomes), 1))
+        self._start_counting(share)
         if self._recent:  # the new pace counts from the last request sent
             self._next_slot = max(self._next_slot, self._recent[-1] + 1.0 / pace)
 
@@ -282,6 +335,8 @@ class Limits:
         if until > self._paused_until:
             self._paused_until = until
             self._pause_cause = cause
+            if self._shared is not None:
+                self._shared.publish_pause(seconds, cause)
 
     def _mostly_refused(self) -> bool:
         n = len(self._outcomes)
@@ -335,7 +390,7 @@ class Limits:
         self._limit[kind] = per_minute
         if kind == "tokens":
             self.tpm = per_minute
-            self._tokens = LocalBucket(per_minute)
+            self._tokens = self._new_bucket(kind, per_minute)
             return
         self._ceiling = per_minute / 60.0
         # Born holding what was sent in the last second: a new bucket must not allow a
@@ -343,9 +398,9 @@ class Limits:
         now = asyncio.get_running_loop().time()
         capacity = max(1, int(per_minute / 60.0))
         sent = sum(1 for t in self._recent[-capacity - 1 :] if t > now - 1.0)
-        self._requests = LocalBucket(per_minute, spent=sent)
+        self._requests = self._new_bucket(kind, per_minute, spent=sent)
         self._drained.discard(kind)
-        if self._pace is not None and self._pace >= self._ceiling:
+        if self._pace is not None and self._pace >= (self._share_of(self._ceiling) or 0.0):
             self._pace = None
 
     def paced_rpm(self) -> float | None:
@@ -362,11 +417,11 @@ class Limits:
         if self._loop is None:
             return None
         loop_time = self._loop.time()  # from the display's thread too: a monotonic clock
-        left = self._paused_until - loop_time
+        left, cause = self._paused_until - loop_time, self._pause_cause
+        if self._shared is not None and (shared := self._shared.pause_left())[0] > left:
+            left, cause = shared
         if left > 0.05:
-            return (
-                f"paused {left:.0f} s ({self._pause_cause})" if left >= 1 else f"paused ({self._pause_cause})"
-            )
+            return f"paused {left:.0f} s ({cause})" if left >= 1 else f"paused ({cause})"
         waiting = self.waiting
         if waiting is not None:
             kind, amount = waiting
@@ -431,11 +486,38 @@ class Limits:
         slope = FAST_RECOVERY if pace < RECOVERED * refused else SLOW_RECOVERY
         # One success takes about 1/pace seconds: the pace climbs linearly in time.
         pace += slope * refused / pace
-        ceiling = self._ceiling
+        ceiling = self._share_of(self._ceiling)
         if pace >= (ceiling if ceiling is not None else RELEASE_FACTOR * refused):
             self._pace = None  # the bucket alone paces at the ceiling
         else:
             self._pace = pace
+
+    # --- shared with other processes on the key (--redis); unused without -------------
+
+    def _new_bucket(self, kind: str, per_minute: float, *, spent: float = 0.0) -> Bucket:
+        if self._shared is not None:
+            return self._shared.bucket(kind, per_minute, spent=spent)
+        return LocalBucket(per_minute, spent=spent)
+
+    def _share_of(self, rate: float | None) -> float | None:
+        """A rate of the whole key's (the ceiling) as this process's share of it."""
+        if rate is None or self._shared is None:
+            return rate
+        return rate / self._shared.peers
+
+    def _adopt_shared(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Hold the pause the key is under; and when another process cut its pace, cut
+        this one's too, from its own rates (each process's pace is its share of the
+        key's), as if the 429s had come here. Then it climbs back on its own."""
+        assert self._shared is not None
+        left, cause = self._shared.pause_left()
+        now = loop.time()
+        if left > 0 and now + left > self._paused_until:
+            self._paused_until, self._pause_cause = now + left, cause
+        if self._shared.take_cut() and self._answers >= SHARE_MIN and not self._on_trial(now):
+            # Not before its own rates mean something; and on trial as a cut of its own:
+            # no new cut before SHARE_MIN answers at the new pace.
+            self._cut(now, max(self._limited / max(len(self._outcomes), 1), SIGNIFICANT_SHARE))
 
 
 def _rate(times: Sequence[float], now: float, window: float) -> float:

@@ -14,9 +14,11 @@ import tempfile
 from collections.abc import Iterable, Iterator
 from typing import IO
 
-__all__ = ["RUN_BYTES", "sorted_lines"]
+__all__ = ["LAST", "RUN_BYTES", "sorted_lines"]
 
 RUN_BYTES = 32 << 20
+# The key of a line that has no number to sort by: after all that have one.
+LAST = (1 << 63) - 1
 _HEAD = struct.Struct("<QQI")  # a spilled record: its key, its place in the input, its length
 
 

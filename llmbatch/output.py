@@ -48,6 +48,7 @@ __all__ = [
     "batch_record",
     "completion_of",
     "custom_id_of",
+    "input_line_of",
     "is_ours",
     "merged_record",
     "read_line",
@@ -425,6 +426,21 @@ def completion_of(rec: dict[str, Any]) -> Completion | None:
     if not isinstance(response, dict) or "body" not in response:
         return None
     return Completion(body=response["body"], status_code=int(response.get("status_code") or 200))
+
+
+def input_line_of(rec: Any) -> int | None:
+    """The input line number an output line of either format carries, if any."""
+    if not isinstance(rec, dict):
+        return None
+    meta = rec.get("llmbatch")
+    line = (
+        rec.get("llm_line")
+        if "llm_custom_id" in rec
+        else meta.get("line")
+        if isinstance(meta, dict)
+        else None
+    )
+    return line if isinstance(line, int) and not isinstance(line, bool) and line >= 0 else None
 
 
 def custom_id_of(record: Any) -> str | None:

@@ -29,7 +29,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO
 
 import orjson
 
@@ -37,7 +37,16 @@ from llmbatch.errors import ConfigError, InputError
 from llmbatch.idset import IdSet
 from llmbatch.jsonl import codec_for, compress_block, count_lines, cut_torn, open_lines
 from llmbatch.ordering import sorted_lines
-from llmbatch.output import Format, Line, State, completion_of, custom_id_of, read_line, read_tail
+from llmbatch.output import (
+    Format,
+    Line,
+    State,
+    completion_of,
+    custom_id_of,
+    input_line_of,
+    read_line,
+    read_tail,
+)
 from llmbatch.providers.base import Completion, Request
 from llmbatch.source import Source
 from llmbatch.stats import Stats
@@ -330,7 +339,8 @@ def compact(path: Path, *, ordered: bool = False) -> int:
     lines = count_lines(path)
     ids = IdSet(lines)
     newest = array("I", bytes(4 * ids.capacity))  # per id, the number of its newest line
-    source_line = array("I", bytes(4 * (lines + 1))) if ordered else None  # per line, its input line
+    # Per output line, its input line (NO_LINE_32 for a line that has none: last).
+    source_line = array("I", bytes(4 * (lines + 1))) if ordered else None
     keep = Bitmap()
     repeated = 0
     with open_lines(path) as src:
@@ -341,7 +351,7 @@ def compact(path: Path, *, ordered: bool = False) -> int:
                 rec = None
             cid = custom_id_of(rec)
             if source_line is not None:
-                source_line[number] = _input_line(rec)
+                source_line[number] = min(input_line_of(rec) or NO_LINE_32, NO_LINE_32)
             if cid is None:
                 keep.add(number)  # not ours to judge: kept
                 continue
@@ -372,18 +382,11 @@ def compact(path: Path, *, ordered: bool = False) -> int:
         dst.flush()
         os.fsync(dst.fileno())
     os.replace(tmp, path)
-    _sync_dir(path.parent)
+    sync_dir(path.parent)
     return repeated
 
 
-def _input_line(rec: Any) -> int:
-    """The input line an output line answers (0 when it does not say)."""
-    if not isinstance(rec, dict):
-        return 0
-    line = rec.get("llm_line")
-    if line is None and isinstance(rec.get("llmbatch"), dict):
-        line = rec["llmbatch"].get("line")
-    return line if isinstance(line, int) and 0 <= line < 1 << 32 else 0
+NO_LINE_32 = (1 << 32) - 1
 
 
 # A compressed output is rewritten in members of about this much text each.
@@ -403,9 +406,10 @@ def _seekable(output: Path) -> IO[bytes]:
     return copy
 
 
-def _sync_dir(folder: Path) -> None:
+def sync_dir(folder: Path) -> None:
+    """fsync a folder: a rename in it is then on disk too."""
     with contextlib.suppress(OSError):
-        fd = os.open(folder, os.O_RDONLY)
+        fd = os.open(folder if str(folder) else ".", os.O_RDONLY)
         try:
             os.fsync(fd)
         finally:

@@ -20,6 +20,7 @@ from rich.console import Console
 
 if TYPE_CHECKING:
     from llmbatch.batchapi import BatchMode
+    from llmbatch.shared import SharedBudget
 
 from llmbatch.batchstate import BatchState, state_path
 from llmbatch.cache import ResponseCache
@@ -36,6 +37,7 @@ from llmbatch.providers.base import Provider, Request
 from llmbatch.requests import builder_for
 from llmbatch.resume import OutputIndex, Plan, Rules, compact, make_plan, parse_redo
 from llmbatch.settings import Settings, read_api_key
+from llmbatch.shard import for_shard, parse_shard
 from llmbatch.source import Source
 from llmbatch.spend import SpendingCap
 from llmbatch.stats import Stats
@@ -145,8 +147,13 @@ class RejectsFile:
 
 
 async def run_async(settings: Settings, *, console: Console | None = None) -> tuple[Stats, ExitCode]:
-    source = Source(settings.input, builder_for(settings), number_duplicates=settings.number_duplicates)
+    settings = for_shard(settings)  # --shard K/N: {shard} in the paths becomes K
+    shard = parse_shard(settings.shard) if settings.shard is not None else None
+    source = Source(
+        settings.input, builder_for(settings), number_duplicates=settings.number_duplicates, shard=shard
+    )
     lock = OutputLock(settings.output)
+    closing = contextlib.AsyncExitStack()  # what _run opened that outlives it (the shared budget)
     try:
         source.check()
         if to_stdout(settings):
@@ -154,8 +161,9 @@ async def run_async(settings: Settings, *, console: Console | None = None) -> tu
         else:
             check_output(settings, source)
             lock.acquire()
-        return await _run(settings, source, console)
+        return await _run(settings, source, console, closing)
     finally:
+        await closing.aclose()
         lock.release()
         source.close()
 
@@ -173,12 +181,31 @@ def check_stdout(settings: Settings) -> None:
             raise ConfigError(f"{flag} needs an output file to read back; with -o - every run starts afresh")
 
 
+def base_url_of(settings: Settings) -> str:
+    """Where this run's requests go."""
+    if settings.provider == "fake":
+        return "fake"
+    return settings.base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL
+
+
 def server_of(settings: Settings) -> str:
     """The hash of where this run's requests go, as the output lines carry it."""
-    if settings.provider == "fake":
-        return server_hash("fake")
-    url = settings.base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL
-    return server_hash(url)
+    return server_hash(base_url_of(settings))
+
+
+async def join_budget(
+    settings: Settings, model: str | None, closing: contextlib.AsyncExitStack
+) -> SharedBudget | None:
+    """The budget shared through Redis with the other processes on the key (--redis),
+    closed with `closing`; None without --redis. Redis unreachable: a ConfigError."""
+    if settings.redis is None:
+        return None
+    from llmbatch.shared import SharedBudget, default_key
+
+    name = settings.redis_key or default_key(base_url_of(settings), model, check_api_key(settings))
+    budget = await SharedBudget.connect(settings.redis, name)
+    closing.push_async_callback(budget.aclose)
+    return budget
 
 
 def start_fresh(output: Path, *, force: bool) -> None:
@@ -225,7 +252,9 @@ def _counts(c: Mapping[str, int]) -> str:
     return ", ".join(f"{k} {v:,}" for k, v in sorted(c.items()))
 
 
-async def _run(settings: Settings, source: Source, console: Console | None) -> tuple[Stats, ExitCode]:
+async def _run(
+    settings: Settings, source: Source, console: Console | None, closing: contextlib.AsyncExitStack
+) -> tuple[Stats, ExitCode]:
     specs = list(settings.validate)
     if settings.schema is not None:
         specs.append(f"schema:{settings.schema}")
@@ -233,6 +262,7 @@ async def _run(settings: Settings, source: Source, console: Console | None) -> t
     first = source.preflight()
     validator.preflight(first.first_item)
     check_api_key(settings)
+    shared = await join_budget(settings, settings.model or first.model, closing)
     rules = Rules(
         redo=parse_redo(settings.redo),
         keep_stale=settings.keep_stale,
@@ -253,6 +283,8 @@ async def _run(settings: Settings, source: Source, console: Console | None) -> t
     # second to import); the display shows the cost from when it is known.
     pricing = loop.run_in_executor(None, run_price, settings, stats.model)
     pricing.add_done_callback(lambda f: display.set_price(None if f.exception() else f.result()))
+    if shared is not None:
+        shared.log = display.log
 
     batch_state = open_batches_check(settings)
     if settings.fresh:
@@ -282,7 +314,7 @@ async def _run(settings: Settings, source: Source, console: Console | None) -> t
     rejects: RejectsFile | StderrRejects = RejectsFile(settings.rejects_path)
     if stdout is not None and settings.rejects is None:
         rejects = StderrRejects(display.log)
-    limits = Limits(rpm=settings.rpm, tpm=settings.tpm)
+    limits = Limits(rpm=settings.rpm, tpm=settings.tpm, shared=shared)
     stats.pacer = limits
     engine = Engine(
         provider=provider,
@@ -499,8 +531,10 @@ async def _work(
     if not len(index):
         # Counted up front when cheap (about a second per GB): the total for the progress
         # bar, and the size of the duplicate-id table, allocated once instead of grown.
-        stats.total = await loop.run_in_executor(None, source.count)
-        requests = source.requests(expected=stats.total or 0, stats=stats)
+        stats.total = lines = await loop.run_in_executor(None, source.count)
+        requests = source.requests(expected=lines or 0, stats=stats)
+        if source.shard is not None and source.shard.count > 1 and lines is not None:
+            stats.total, stats.total_exact = round(lines / source.shard.count), False  # this shard's share
         if rules.max_items is not None:
             stats.counts_skipped = False
             stats.total = rules.max_items

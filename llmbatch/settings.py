@@ -107,6 +107,11 @@ class Settings:
     price_in: float | None = field(default=None, metadata=_at_least(0))
     price_out: float | None = field(default=None, metadata=_at_least(0))
     prices: dict[str, tuple[float, float]] = field(default_factory=dict)
+    # Beyond one machine (llmbatch.shared, llmbatch.shard): a budget shared through Redis
+    # by every process that names the same key, and this process's share of the input.
+    redis: str | None = None  # redis://[:password@]host[:port][/db]; LLMBATCH_REDIS_URL
+    redis_key: str | None = None  # default: from the base URL, model and API key's fingerprint
+    shard: str | None = None  # "K/N"
 
     @property
     def rejects_path(self) -> Path:

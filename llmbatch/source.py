@@ -40,6 +40,7 @@ from llmbatch.idset import IdSet
 from llmbatch.jsonl import BOM, GZIP_MAGIC, ZSTD_MAGIC, count_lines, decompressed, parse_line
 from llmbatch.providers.base import Request
 from llmbatch.requests import SETUP_KINDS, RequestBuilder
+from llmbatch.shard import Shard
 from llmbatch.stats import Stats
 
 __all__ = ["PREFLIGHT_ITEMS", "Preflight", "Source"]
@@ -70,10 +71,20 @@ class Source:
     The first pass reads the input itself; later passes read it again (a regular
     file) or read the spool (anything else)."""
 
-    def __init__(self, spec: str | Path, builder: RequestBuilder, *, number_duplicates: bool = False) -> None:
+    def __init__(
+        self,
+        spec: str | Path,
+        builder: RequestBuilder,
+        *,
+        number_duplicates: bool = False,
+        shard: Shard | None = None,
+    ) -> None:
         self.spec = str(spec)
         self.builder = builder
         self.number_duplicates = number_duplicates
+        # --shard: requests() yields only this shard's items and rejects (llmbatch.shard);
+        # every line is still read, so duplicates are told apart across the whole input.
+        self.shard = shard
         self.path: Path | None = None if self.spec == STDIN else Path(self.spec)
         self.name = "standard input" if self.path is None else self.spec
         self._rereadable: bool | None = None
@@ -244,24 +255,26 @@ class Source:
         `wanted` picks the requests to yield (a resume skips what is done); the rest
         are still read, so duplicates are told the same way whatever is skipped.
         `expected` sizes the duplicate table (the line count, when known). Blank lines
-        are counted into `stats`."""
+        are counted into `stats`. With a shard, only its items and rejects come out."""
         seen = IdSet(expected, bits=32)
         suspects: list[Request] = []
         build = self.builder.build
+        mine = self._mine
         for number, raw in self.lines():
             if not raw.strip():
-                if stats is not None:
+                if stats is not None and (self.shard is None or self.shard.has_line(number)):
                     stats.blank += 1
                 continue
             try:
                 req = build(number, parse_line(number, raw))
             except InputError as err:
-                yield err
+                if mine(err):
+                    yield err
                 continue
             if not seen.add(req.custom_id):
                 suspects.append(req)
                 continue
-            if wanted is None or wanted(req):
+            if (wanted is None or wanted(req)) and mine(req):
                 yield req
         if suspects:
             yield from self._settle_suspects(suspects, wanted)
@@ -304,15 +317,26 @@ class Source:
         for req in suspects:
             if first.get(req.custom_id, req.line) < req.line:
                 if not self.number_duplicates:
-                    yield InputError(
+                    err = InputError(
                         f"duplicate custom_id {req.custom_id!r} (line {first[req.custom_id]} has it)",
                         line=req.line,
                         kind="duplicate",
                     )
+                    if self._mine(err):
+                        yield err
                     continue
                 req = dataclasses.replace(req, custom_id=names[req.line])
-            if wanted is None or wanted(req):
+            if (wanted is None or wanted(req)) and self._mine(req):
                 yield req
+
+    def _mine(self, item: Request | InputError) -> bool:
+        """Whether an item (by its id) or a reject (by its line) is this shard's."""
+        shard = self.shard
+        if shard is None:
+            return True
+        if isinstance(item, InputError):
+            return shard.has_line(item.line)
+        return shard.has_id(item.custom_id)
 
     def _numbered_ids(self, dupes: list[Request]) -> dict[int, str]:
         """`ID#LINE` for each duplicate (by line), made longer while another input line,

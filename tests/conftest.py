@@ -6,7 +6,11 @@ from __future__ import annotations
 import asyncio
 import os
 import selectors
+import shutil
+import socket
+import subprocess
 import sys
+import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
@@ -181,3 +185,80 @@ def virtual(main: Callable[[], Awaitable[T]]) -> T:
         return loop.run_until_complete(main())
     finally:
         loop.close()
+
+
+# --- Redis (the shared budget's tests) ----------------------------------------------
+
+REDIS_SERVER = shutil.which("redis-server")
+INSTALL_REDIS = "redis-server is not installed: `apt-get install redis-server` runs the shared-limit tests"
+
+
+def free_port() -> int:
+    """A loopback TCP port nothing listens on (just now)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class RedisServer:
+    """A redis-server of the test's own on a free loopback port, persistence off. It can
+    be stopped and started again on the same port (Redis lost mid-run, then back,
+    having forgotten everything)."""
+
+    def __init__(self, folder: Path) -> None:
+        assert REDIS_SERVER is not None
+        self.folder = folder
+        self.port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        assert REDIS_SERVER is not None and self.proc is None
+        args = ["--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+        self.proc = subprocess.Popen(
+            [REDIS_SERVER, *args, "--dir", str(self.folder)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        while not self._answers():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"redis-server did not start on port {self.port}")
+            time.sleep(0.02)
+
+    def _answers(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as s:
+                s.sendall(b"PING\r\n")
+                return s.recv(16).startswith(b"+PONG")
+        except OSError:
+            return False
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait()
+            self.proc = None
+
+    def client(self) -> Any:
+        """A plain (blocking) redis-py client, for looking at what is stored."""
+        import redis
+
+        return redis.Redis(port=self.port, socket_timeout=5)
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """A started redis-server (see RedisServer), stopped at teardown; the test is
+    skipped, saying how to install it, where redis-server is missing."""
+    if REDIS_SERVER is None:
+        pytest.skip(INSTALL_REDIS)
+    folder = tmp_path / "redis"
+    folder.mkdir()
+    server = RedisServer(folder)
+    server.start()
+    yield server
+    server.stop()
