@@ -23,10 +23,12 @@ __all__ = [
     "CLIENT_CORES",
     "SERVER_CORES",
     "Measured",
+    "Redis",
     "Server",
     "client_env",
     "listen_overflows",
     "run_measured",
+    "run_together",
     "write_input",
 ]
 
@@ -144,7 +146,12 @@ class Server:
     """`python -m llmbatch.testing.server` in its own process on the server core."""
 
     def __init__(
-        self, *, latency_ms: float = 0.0, rpm: float | None = None, limit_headers: bool = True
+        self,
+        *,
+        latency_ms: float = 0.0,
+        rpm: float | None = None,
+        limit_headers: bool = True,
+        extra: Sequence[str] = (),
     ) -> None:
         self.argv = [sys.executable, "-m", "llmbatch.testing.server", "--port", "0"]
         self.argv += ["--latency-ms", str(latency_ms)]
@@ -152,6 +159,7 @@ class Server:
             self.argv += ["--rpm", str(rpm)]
         if not limit_headers:
             self.argv += ["--no-limit-headers"]
+        self.argv += list(extra)  # any other server flag: --tpm, --start-spent, --batch-*...
         self.proc: subprocess.Popen[bytes] | None = None
         self.base_url = ""
 
@@ -211,6 +219,62 @@ class Server:
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+class Redis:
+    """A redis-server of the benchmark's own on a free loopback port, persistence off."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.port = 0
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def __enter__(self) -> Redis:
+        import shutil
+        import socket
+
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise RuntimeError("redis-server is not installed (apt-get install redis-server)")
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            self.port = sock.getsockname()[1]
+        args = ["--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+        self.proc = subprocess.Popen(
+            [binary, *args, "--dir", str(self.folder)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as conn:
+                    conn.sendall(b"PING\r\n")
+                    if conn.recv(16).startswith(b"+PONG"):
+                        return self
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                self.__exit__()
+                raise RuntimeError("redis-server did not start")
+            time.sleep(0.02)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(10)
+
+
+def run_together(argvs: Sequence[Sequence[str]], *, timeout: float, env: dict[str, str]) -> list[Measured]:
+    """Several clients at once (processes sharing one quota), each measured as
+    `run_measured` does, all on the client core."""
+    import concurrent.futures
+
+    with concurrent.futures.ThreadPoolExecutor(len(argvs)) as pool:
+        futures = [pool.submit(run_measured, argv, timeout=timeout, env=env) for argv in argvs]
+        return [f.result() for f in futures]
+
+
 def listen_overflows() -> int:
     """Connections the kernel dropped because a listen queue was full (all of this
     machine's sockets): each one costs its client a SYN retransmit, a second or more."""
@@ -225,19 +289,15 @@ def listen_overflows() -> int:
     return 0
 
 
-def write_input(path: Path, n: int, *, max_tokens: int = 16) -> Path:
-    """N Batch API request lines, streamed to disk (the benchmark process stays small)."""
+def write_input(path: Path, n: int, *, max_tokens: int | None = 16, content: str = "") -> Path:
+    """N Batch API request lines, streamed to disk (the benchmark process stays small).
+    `max_tokens` None leaves the answer unbounded; `content` replaces the prompt."""
     with path.open("wb", buffering=1 << 20) as f:
         for i in range(n):
-            line = {
-                "custom_id": f"r-{i}",
-                "method": "POST",
-                "url": "/v1/chat/completions",
-                "body": {
-                    "model": "gpt-4o-mini",
-                    "messages": [{"role": "user", "content": f"Write one word about item number {i}."}],
-                    "max_tokens": max_tokens,
-                },
-            }
+            text = content or f"Write one word about item number {i}."
+            body: dict[str, Any] = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": text}]}
+            if max_tokens is not None:
+                body["max_tokens"] = max_tokens
+            line = {"custom_id": f"r-{i}", "method": "POST", "url": "/v1/chat/completions", "body": body}
             f.write(orjson.dumps(line) + b"\n")
     return path

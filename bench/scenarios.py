@@ -32,6 +32,11 @@ class Sizes:
     tpm_n: int
     memory_ns: tuple[int, ...]  # the first is the baseline
     rerun_ns: tuple[int, ...]  # outputs a rerun finds; the first is the baseline
+    drained_n: int  # requests against a drained bucket
+    cpu_n: int  # marginal CPU: N and N/100
+    batch_ns: tuple[int, ...]  # Batch API mode; the first is the baseline
+    ordered_n: int
+    shared_n: int  # items shared by three processes
 
 
 FULL = Sizes(
@@ -43,6 +48,11 @@ FULL = Sizes(
     tpm_n=6,
     memory_ns=(10_000, 200_000, 1_000_000),
     rerun_ns=(10_000, 1_000_000),
+    drained_n=600,
+    cpu_n=50_000,
+    batch_ns=(12_000, 120_000),
+    ordered_n=20_000,
+    shared_n=3_000,
 )
 QUICK = Sizes(
     overhead_n=2_000,
@@ -53,6 +63,11 @@ QUICK = Sizes(
     tpm_n=4,
     memory_ns=(10_000, 200_000),
     rerun_ns=(10_000, 100_000),
+    drained_n=200,
+    cpu_n=5_000,
+    batch_ns=(1_200, 12_000),
+    ordered_n=2_000,
+    shared_n=300,
 )
 
 
@@ -146,8 +161,8 @@ class Context:
         self.log = log
         self.env = client_env(OPENAI_API_KEY=API_KEY, PYTHONPATH=str(REPO))
 
-    def input(self, name: str, n: int, *, max_tokens: int = 16) -> Path:
-        path = self.tmp / f"{name}-{n}.jsonl"
+    def input(self, name: str, n: int, *, max_tokens: int | None = 16) -> Path:
+        path = self.tmp / f"{name}-{n}-{max_tokens}.jsonl"
         if not path.exists():
             write_input(path, n, max_tokens=max_tokens)
         return path
@@ -468,10 +483,19 @@ def _answered(server: Server) -> int:
     return sum(int(v) for v in server.stats().get("by_status", {}).values())
 
 
+from bench import modes, pressure  # noqa: E402 (they use the Context and Row above)
+
 SCENARIOS: dict[str, Callable[[Context], list[Row]]] = {
     "overhead": overhead,
     "latency": latency,
     "ratelimit": rate_limited,
     "memory": memory,
     "rerun": rerun,
+    "drained": pressure.drained,
+    "tokens": pressure.tokens_learned,
+    "oversized": pressure.oversized,
+    "cpu": pressure.cpu,
+    "batch": modes.batch_api,
+    "ordered": modes.ordered,
+    "shared": modes.shared,
 }

@@ -231,9 +231,12 @@ class BatchState:
         what it has used so far). Committed with the chunk's next seal, or every few
         thousand items."""
         self.begin()
-        if carry is None:
+        if carry is None:  # new, or written by an earlier run and asked again now
             self._db.execute(
-                "INSERT INTO items (custom_id, chunk, line, request) VALUES (?, ?, ?, ?)",
+                "INSERT INTO items (custom_id, chunk, line, request) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (custom_id) DO UPDATE SET chunk = excluded.chunk, line = excluded.line, "
+                "request = excluded.request, requests = 0, retries = 0, prompt_tokens = 0, "
+                "completion_tokens = 0, done = 0",
                 (req.custom_id, chunk_id, req.line, _request_blob(req)),
             )
         else:

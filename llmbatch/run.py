@@ -416,6 +416,12 @@ def open_batches_check(settings: Settings) -> BatchState | None:
         raise ConfigError(
             f"{settings.output} has {existing_n} still open at the provider ({how}): {_BATCH_WAYS}"
         )
+    if settings.fresh and existing is not None:  # starting over: the record of what was done too
+        existing.close()
+        existing = None
+        for suffix in ("", "-wal", "-shm"):
+            with contextlib.suppress(FileNotFoundError):
+                Path(str(state_path(settings.output)) + suffix).unlink()
     if settings.batch_api:
         return existing or BatchState(state_path(settings.output))
     if existing is not None:

@@ -234,3 +234,20 @@ def _phase(out: Path) -> str:
     with sqlite3.connect(db) as conn:
         states = sorted({state for (state,) in conn.execute("SELECT state FROM chunks")})
     return "+".join(states) or "splitting"
+
+
+def test_a_rerun_can_send_a_written_item_through_a_batch_again(run_cli, fake_server, api_key, tmp_path):
+    """An item written by an earlier batch run and asked again (--redo invalid) goes
+    into a new batch; --fresh starts over, the batch record included."""
+    server = fake_server()
+    src = write_jsonl(tmp_path / "in.jsonl", [{"id": "p", "text": "plain words"}, *rows(3)])
+    out = tmp_path / "out.jsonl"
+    first = run_cli("run", src, "-o", out, *flags(server, "--max-requests", "1"))
+    assert first.exit_code == 1  # "p" is not JSON: invalid
+    again = run_cli("run", src, "-o", out, *flags(server, "--max-requests", "1", "--redo", "invalid"))
+    assert again.exit_code == 1, again.output
+    assert server.stats.answers["p"] == 2
+    assert len(by_id(out)) == 4
+    fresh = run_cli("run", src, "-o", out, *flags(server, "--fresh", "--max-requests", "1"))
+    assert fresh.exit_code == 1, fresh.output
+    assert len(by_id(out)) == 4
