@@ -41,7 +41,9 @@ def batch_api(ctx: Context) -> list[Row]:
         else:
             ratio = rss / base
             row.result += f"; RSS {ratio:.2f}× the {ctx.sizes.batch_ns[0]:,}-item run"
-            row.target, row.met = "RSS ≤ 1.3×, 3 batches", ratio <= 1.3 and creates == 3 and run.ok
+            row.target = "RSS ≤ 1.3×, 3 batches" + ("" if n >= 100_001 else " (judged at full size)")
+            if n >= 100_001:
+                row.met = ratio <= 1.3 and creates == 3 and run.ok
         rows.append(row)
     return rows
 
@@ -143,6 +145,8 @@ def _shared_run(
     row.result = (
         f"last done after {ratio:.2f}× the ideal {ideal:.0f}s; 429s {http_429} ({http_429 / n:.1%} of N)"
     )
-    if redis:
+    if redis and n >= 3000:
         row.target, row.met = "≤ 1.1×, ≤ 1% 429s", ratio <= 1.1 and http_429 <= 0.01 * n and row.ok
+    elif redis:  # a few seconds' work: start-up weighs too much to judge
+        row.target = "≤ 1.1×, ≤ 1% 429s (judged at full size)"
     return row
