@@ -270,23 +270,16 @@ class BatchState:
     def items(self, chunk_id: int) -> Iterator[Item]:
         """The chunk's items not yet written, in the order they were added."""
         rows = self._db.execute(
-            "SELECT custom_id, line, request, requests, retries, prompt_tokens, completion_tokens FROM items "
-            "WHERE chunk = ? AND done = 0 ORDER BY rowid",
-            (chunk_id,),
+            f"SELECT {_ITEM} FROM items WHERE chunk = ? AND done = 0 ORDER BY rowid", (chunk_id,)
         )
-        for cid, line, blob, requests, retries, prompt, completion in rows:
-            yield Item(_request(cid, line, blob), chunk_id, requests, retries, prompt, completion)
+        for row in rows:
+            yield _item(row)
 
     def item(self, custom_id: str) -> Item | None:
         row = self._db.execute(
-            "SELECT custom_id, line, request, requests, retries, prompt_tokens, completion_tokens, chunk "
-            "FROM items WHERE custom_id = ? AND done = 0",
-            (custom_id,),
+            f"SELECT {_ITEM} FROM items WHERE custom_id = ? AND done = 0", (custom_id,)
         ).fetchone()
-        if row is None:
-            return None
-        cid, line, blob, requests, retries, prompt, completion, chunk = row
-        return Item(_request(cid, line, blob), chunk, requests, retries, prompt, completion)
+        return None if row is None else _item(row)
 
     def record_use(
         self, custom_id: str, *, requests: int, retries: int, prompt: int, completion: int
@@ -317,6 +310,14 @@ class BatchState:
             req = item.request
             line = {"custom_id": req.custom_id, "method": "POST", "url": req.url, "body": req.body}
             yield orjson.dumps(line, option=orjson.OPT_APPEND_NEWLINE)
+
+
+_ITEM = "custom_id, line, request, chunk, requests, retries, prompt_tokens, completion_tokens"
+
+
+def _item(row: tuple[Any, ...]) -> Item:
+    cid, line, blob, chunk, requests, retries, prompt, completion = row
+    return Item(_request(cid, line, blob), chunk, requests, retries, prompt, completion)
 
 
 def _chunk(row: tuple[Any, ...]) -> Chunk:

@@ -55,6 +55,64 @@ def Opt(*names: str, help: str, panel: str, show_default: bool = True, metavar: 
     return typer.Option(*names, help=help, rich_help_panel=panel, show_default=show_default, metavar=metavar)
 
 
+# Options `run` and `estimate` share, declared once.
+ProviderOpt = Annotated[
+    str, Opt(help="openai (any compatible server) or fake (offline).", panel=REQUEST, metavar="openai|fake")
+]
+ModelOpt = Annotated[
+    str | None,
+    Opt("--model", "-m", help="Fill or override each request's model.", panel=REQUEST, metavar="MODEL"),
+]
+PromptOpt = Annotated[
+    str | None,
+    Opt(help="Prompt template for data items, with {field} placeholders.", panel=INPUT, metavar="TEXT"),
+]
+TemplateOpt = Annotated[
+    Path | None, Opt(help="Read the prompt template from a file.", panel=INPUT, metavar="FILE")
+]
+SystemOpt = Annotated[
+    str | None, Opt(help="System message for templated requests.", panel=INPUT, metavar="TEXT")
+]
+IdFieldOpt = Annotated[
+    str | None, Opt(help="Data items' id field (else the line number).", panel=INPUT, metavar="TEXT")
+]
+EndpointOpt = Annotated[
+    str, Opt(help="/v1/chat/completions or /v1/embeddings.", panel=REQUEST, metavar="TEXT")
+]
+ParamOpt = Annotated[
+    list[str] | None,
+    Opt(help="Extra body parameter KEY=JSON, e.g. temperature=0.", panel=REQUEST, metavar="KEY=JSON"),
+]
+MaxTokensOpt = Annotated[
+    int | None, Opt(help="Shorthand for --param max_tokens=N.", panel=REQUEST, metavar="N")
+]
+RpmOpt = Annotated[
+    float | None, Opt(help="Requests per minute allowed by your provider.", panel=LIMITS, metavar="N")
+]
+TpmOpt = Annotated[
+    float | None, Opt(help="Tokens per minute allowed by your provider.", panel=LIMITS, metavar="N")
+]
+PriceInOpt = Annotated[
+    float | None,
+    Opt(help="USD per million prompt tokens (overrides the price database).", panel=DISPLAY, metavar="N"),
+]
+PriceOutOpt = Annotated[
+    float | None, Opt(help="USD per million completion tokens.", panel=DISPLAY, metavar="N")
+]
+ConfigOpt = Annotated[
+    Path | None, Opt(help="Config file (default ./llmbatch.toml if present).", panel=DISPLAY, metavar="FILE")
+]
+SchemaOpt = Annotated[
+    Path | None,
+    Opt(
+        help="JSON Schema file: ask for it (response_format) and validate answers against it.",
+        panel=VALIDATION,
+        metavar="FILE",
+    ),
+]
+DEFAULT_ENDPOINT = "/v1/chat/completions"
+
+
 # Options that are not a Settings field of the same name.
 _NOT_SETTINGS = frozenset(
     {"config", "template", "param", "max_tokens", "merged", "json_output", "answer_tokens"}
@@ -144,19 +202,10 @@ def run(
         Opt("--output", "-o", help="Output JSONL (appended; a rerun resumes).", panel=OUTPUT, metavar="FILE"),
     ],
     # input
-    prompt: Annotated[
-        str | None,
-        Opt(help="Prompt template for data items, with {field} placeholders.", panel=INPUT, metavar="TEXT"),
-    ] = None,
-    template: Annotated[
-        Path | None, Opt(help="Read the prompt template from a file.", panel=INPUT, metavar="FILE")
-    ] = None,
-    system: Annotated[
-        str | None, Opt(help="System message for templated requests.", panel=INPUT, metavar="TEXT")
-    ] = None,
-    id_field: Annotated[
-        str | None, Opt(help="Data items' id field (else the line number).", panel=INPUT, metavar="TEXT")
-    ] = None,
+    prompt: PromptOpt = None,
+    template: TemplateOpt = None,
+    system: SystemOpt = None,
+    id_field: IdFieldOpt = None,
     number_duplicates: Annotated[
         bool,
         Opt(
@@ -167,10 +216,7 @@ def run(
         ),
     ] = False,
     # requests
-    provider: Annotated[
-        str,
-        Opt(help="openai (any compatible server) or fake (offline).", panel=REQUEST, metavar="openai|fake"),
-    ] = ("openai"),
+    provider: ProviderOpt = "openai",
     base_url: Annotated[
         str | None, Opt(help="API base URL, e.g. http://localhost:8000/v1.", panel=REQUEST, metavar="URL")
     ] = None,
@@ -178,20 +224,10 @@ def run(
         Path | None,
         Opt(help="Read the API key from this file (else OPENAI_API_KEY).", panel=REQUEST, metavar="FILE"),
     ] = None,
-    model: Annotated[
-        str | None,
-        Opt("--model", "-m", help="Fill or override each request's model.", panel=REQUEST, metavar="MODEL"),
-    ] = None,
-    endpoint: Annotated[
-        str, Opt(help="/v1/chat/completions or /v1/embeddings.", panel=REQUEST, metavar="TEXT")
-    ] = ("/v1/chat/completions"),
-    param: Annotated[
-        list[str] | None,
-        Opt(help="Extra body parameter KEY=JSON, e.g. temperature=0.", panel=REQUEST, metavar="KEY=JSON"),
-    ] = None,
-    max_tokens: Annotated[
-        int | None, Opt(help="Shorthand for --param max_tokens=N.", panel=REQUEST, metavar="N")
-    ] = None,
+    model: ModelOpt = None,
+    endpoint: EndpointOpt = DEFAULT_ENDPOINT,
+    param: ParamOpt = None,
+    max_tokens: MaxTokensOpt = None,
     transport: Annotated[
         str, Opt(help="fast, or sdk: the openai SDK's per-request path.", panel=REQUEST, metavar="fast|sdk")
     ] = "fast",
@@ -199,12 +235,8 @@ def run(
     concurrency: Annotated[
         int, Opt("--concurrency", "-c", help="Requests in flight at most.", panel=LIMITS, metavar="N")
     ] = (DEFAULT_CONCURRENCY),
-    rpm: Annotated[
-        float | None, Opt(help="Requests per minute allowed by your provider.", panel=LIMITS, metavar="N")
-    ] = None,
-    tpm: Annotated[
-        float | None, Opt(help="Tokens per minute allowed by your provider.", panel=LIMITS, metavar="N")
-    ] = None,
+    rpm: RpmOpt = None,
+    tpm: TpmOpt = None,
     timeout: Annotated[
         float, Opt(help="Seconds to wait for one answer.", panel=LIMITS, metavar="N")
     ] = DEFAULT_TIMEOUT,
@@ -232,14 +264,7 @@ def run(
             metavar="SPEC",
         ),
     ] = None,
-    schema: Annotated[
-        Path | None,
-        Opt(
-            help="JSON Schema file: ask for it (response_format) and validate answers against it.",
-            panel=VALIDATION,
-            metavar="FILE",
-        ),
-    ] = None,
+    schema: SchemaOpt = None,
     require_finish: Annotated[
         str | None,
         Opt(help="Answers must end with this finish_reason (stop).", panel=VALIDATION, metavar="TEXT"),
@@ -393,17 +418,9 @@ def run(
     progress_every: Annotated[
         float, Opt(help="Seconds between plain progress lines.", panel=DISPLAY, metavar="N")
     ] = DEFAULT_PROGRESS_EVERY,
-    price_in: Annotated[
-        float | None,
-        Opt(help="USD per million prompt tokens (overrides the table).", panel=DISPLAY, metavar="N"),
-    ] = None,
-    price_out: Annotated[
-        float | None, Opt(help="USD per million completion tokens.", panel=DISPLAY, metavar="N")
-    ] = None,
-    config: Annotated[
-        Path | None,
-        Opt(help="Config file (default ./llmbatch.toml if present).", panel=DISPLAY, metavar="FILE"),
-    ] = None,
+    price_in: PriceInOpt = None,
+    price_out: PriceOutOpt = None,
+    config: ConfigOpt = None,
     # offline model
     fake_latency_ms: Annotated[
         float, Opt(help="The fake provider's simulated latency.", panel=OFFLINE, metavar="N")
@@ -451,51 +468,24 @@ def run(
 def estimate(
     ctx: typer.Context,
     input: Annotated[str, typer.Argument(help="Input JSONL, as for `run`.")],
-    provider: Annotated[
-        str, Opt(help="openai or fake (decides the default model).", panel=REQUEST, metavar="TEXT")
-    ] = "openai",
-    model: Annotated[
-        str | None,
-        Opt("--model", "-m", help="Fill or override each request's model.", panel=REQUEST, metavar="TEXT"),
-    ] = (None),
-    prompt: Annotated[
-        str | None, Opt(help="Prompt template for data items.", panel=INPUT, metavar="TEXT")
-    ] = None,
-    template: Annotated[
-        Path | None, Opt(help="Read the prompt template from a file.", panel=INPUT, metavar="FILE")
-    ] = None,
-    system: Annotated[
-        str | None, Opt(help="System message for templated requests.", panel=INPUT, metavar="TEXT")
-    ] = None,
-    id_field: Annotated[str | None, Opt(help="Data items' id field.", panel=INPUT, metavar="TEXT")] = None,
-    endpoint: Annotated[
-        str, Opt(help="/v1/chat/completions or /v1/embeddings.", panel=REQUEST, metavar="TEXT")
-    ] = ("/v1/chat/completions"),
-    param: Annotated[
-        list[str] | None, Opt(help="Extra body parameter KEY=JSON.", panel=REQUEST, metavar="SPEC")
-    ] = None,
-    max_tokens: Annotated[
-        int | None, Opt(help="Shorthand for --param max_tokens=N.", panel=REQUEST, metavar="N")
-    ] = None,
-    schema: Annotated[
-        Path | None, Opt(help="JSON Schema file, as for `run`.", panel=REQUEST, metavar="FILE")
-    ] = None,
+    provider: ProviderOpt = "openai",
+    model: ModelOpt = None,
+    prompt: PromptOpt = None,
+    template: TemplateOpt = None,
+    system: SystemOpt = None,
+    id_field: IdFieldOpt = None,
+    endpoint: EndpointOpt = DEFAULT_ENDPOINT,
+    param: ParamOpt = None,
+    max_tokens: MaxTokensOpt = None,
+    schema: SchemaOpt = None,
     answer_tokens: Annotated[
         int,
         Opt(help="Expected answer length in tokens when max_tokens is unset.", panel=REQUEST, metavar="N"),
     ] = 256,
-    rpm: Annotated[
-        float | None, Opt(help="Requests per minute you will run at.", panel=LIMITS, metavar="N")
-    ] = None,
-    tpm: Annotated[
-        float | None, Opt(help="Tokens per minute you will run at.", panel=LIMITS, metavar="N")
-    ] = None,
-    price_in: Annotated[
-        float | None, Opt(help="USD per million prompt tokens.", panel=DISPLAY, metavar="N")
-    ] = None,
-    price_out: Annotated[
-        float | None, Opt(help="USD per million completion tokens.", panel=DISPLAY, metavar="N")
-    ] = None,
+    rpm: RpmOpt = None,
+    tpm: TpmOpt = None,
+    price_in: PriceInOpt = None,
+    price_out: PriceOutOpt = None,
     batch_api: Annotated[
         bool,
         Opt(
@@ -508,10 +498,7 @@ def estimate(
     json_output: Annotated[
         bool, Opt("--json", help="Print the estimate as JSON.", panel=DISPLAY, metavar="")
     ] = False,
-    config: Annotated[
-        Path | None,
-        Opt(help="Config file (default ./llmbatch.toml if present).", panel=DISPLAY, metavar="FILE"),
-    ] = None,
+    config: ConfigOpt = None,
 ) -> None:
     """Count requests, tokens, cost and time before spending anything. Sends nothing."""
     from llmbatch.estimate import estimate_input

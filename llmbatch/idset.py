@@ -46,19 +46,21 @@ class IdSet:
     def _key(self, text: str) -> int:
         return (hash(text) & self._mask) or 1  # 0 marks an empty slot
 
-    def __contains__(self, text: object) -> bool:
-        if not isinstance(text, str) or not self._count:
-            return False
-        key = self._key(text)
+    def _probe(self, key: int) -> int:
+        """The slot that holds `key`, or the empty one where it would go."""
         slots, size = self._slots, self._size
         i = key % size
         while True:
             v = slots[i]
-            if v == key:
-                return True
-            if v == _EMPTY:
-                return False
+            if v in (key, _EMPTY):
+                return i
             i = i + 1 if i + 1 < size else 0
+
+    def __contains__(self, text: object) -> bool:
+        if not isinstance(text, str) or not self._count:
+            return False
+        key = self._key(text)
+        return self._slots[self._probe(key)] == key
 
     @property
     def capacity(self) -> int:
@@ -70,38 +72,28 @@ class IdSet:
         Slots let a caller keep values beside the table in arrays of `capacity`; they
         move when the table grows, so such a table must be made big enough up front."""
         key = self._key(text)
-        slots, size = self._slots, self._size
-        i = key % size
-        while True:
-            v = slots[i]
-            if v == key:
-                return i
-            if v == _EMPTY:
-                if not add:
-                    return -1
-                if self._count + 1 > size * _MAX_LOAD:
-                    raise OverflowError("the table is full: make it for more ids")
-                slots[i] = key
-                self._count += 1
-                return i
-            i = i + 1 if i + 1 < size else 0
+        i = self._probe(key)
+        if self._slots[i] == key:
+            return i
+        if not add:
+            return -1
+        if self._count + 1 > self._size * _MAX_LOAD:
+            raise OverflowError("the table is full: make it for more ids")
+        self._slots[i] = key
+        self._count += 1
+        return i
 
     def add(self, text: str) -> bool:
         """Add; True when it was not there before."""
         if self._count + 1 > self._size * _MAX_LOAD:
             self._grow()
         key = self._key(text)
-        slots, size = self._slots, self._size
-        i = key % size
-        while True:
-            v = slots[i]
-            if v == key:
-                return False
-            if v == _EMPTY:
-                slots[i] = key
-                self._count += 1
-                return True
-            i = i + 1 if i + 1 < size else 0
+        i = self._probe(key)
+        if self._slots[i] == key:
+            return False
+        self._slots[i] = key
+        self._count += 1
+        return True
 
     def _grow(self) -> None:
         old = self._slots

@@ -16,7 +16,7 @@ import io
 import os
 import time
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO, Literal, cast
 
@@ -37,6 +37,7 @@ __all__ = [
     "open_lines",
     "parse_line",
     "read_lines",
+    "write_lines",
 ]
 
 # Finished lines are handed to the OS in one write at most this long after they finish
@@ -155,6 +156,26 @@ def cut_torn(path: Path) -> int:
         if end < size:
             f.truncate(end)
         return size - end
+
+
+# A file rewritten whole (compaction, merge) goes out in members of about this much text.
+REWRITE_BLOCK = 1 << 20
+
+
+def write_lines(dst: BinaryIO, lines: Iterable[bytes], codec: Codec) -> int:
+    """Write whole lines to a new file, compressed in blocks as its codec says. Returns
+    how many lines."""
+    n = 0
+    block = bytearray()
+    for raw in lines:
+        block += raw
+        n += 1
+        if len(block) >= REWRITE_BLOCK:
+            dst.write(compress_block(codec, bytes(block)))
+            block.clear()
+    if block or not n:
+        dst.write(compress_block(codec, bytes(block)))
+    return n
 
 
 @contextlib.contextmanager

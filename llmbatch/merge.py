@@ -31,11 +31,11 @@ import orjson
 
 from llmbatch.errors import ConfigError
 from llmbatch.idset import IdSet
-from llmbatch.jsonl import codec_for, compress_block, count_lines, open_lines
+from llmbatch.jsonl import codec_for, count_lines, open_lines, write_lines
 from llmbatch.locking import OutputLock
 from llmbatch.ordering import LAST, RUN_BYTES, sorted_lines
 from llmbatch.output import Format, input_line_of, read_line, read_tail
-from llmbatch.resume import COMPACT_BLOCK, Bitmap, sync_dir
+from llmbatch.resume import Bitmap, sync_dir
 
 __all__ = ["Merged", "merge"]
 
@@ -63,18 +63,9 @@ def merge(
         lines = _kept(inputs, keep)
         if ordered:
             lines = sorted_lines(((input_line(raw), raw) for raw in lines), run_bytes=run_bytes)
-        codec = codec_for(output)
-        written = 0
         try:
             with tmp.open("wb") as dst:
-                block = bytearray()
-                for raw in lines:
-                    block += raw
-                    written += 1
-                    if len(block) >= COMPACT_BLOCK:
-                        dst.write(compress_block(codec, bytes(block)))
-                        block.clear()
-                dst.write(compress_block(codec, bytes(block)))
+                written = write_lines(dst, lines, codec_for(output))
                 dst.flush()
                 os.fsync(dst.fileno())
             os.replace(tmp, output)

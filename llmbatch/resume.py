@@ -35,7 +35,7 @@ import orjson
 
 from llmbatch.errors import ConfigError, InputError
 from llmbatch.idset import IdSet
-from llmbatch.jsonl import codec_for, compress_block, count_lines, cut_torn, open_lines
+from llmbatch.jsonl import codec_for, count_lines, cut_torn, open_lines, write_lines
 from llmbatch.ordering import sorted_lines
 from llmbatch.output import (
     Format,
@@ -372,13 +372,7 @@ def compact(path: Path, *, ordered: bool = False) -> int:
             order = source_line
             keyed = ((order[number], raw) for number, raw in enumerate(src, 1) if number in keep)
             kept = sorted_lines(keyed)
-        block = bytearray()
-        for raw in kept:
-            block += raw
-            if len(block) >= COMPACT_BLOCK:
-                dst.write(compress_block(codec, bytes(block)))
-                block.clear()
-        dst.write(compress_block(codec, bytes(block)))
+        write_lines(dst, kept, codec)
         dst.flush()
         os.fsync(dst.fileno())
     os.replace(tmp, path)
@@ -387,10 +381,6 @@ def compact(path: Path, *, ordered: bool = False) -> int:
 
 
 NO_LINE_32 = (1 << 32) - 1
-
-
-# A compressed output is rewritten in members of about this much text each.
-COMPACT_BLOCK = 1 << 20
 
 
 def _seekable(output: Path) -> IO[bytes]:
