@@ -359,7 +359,7 @@ class FakeServer:
         # Only a script's outcome depends on the attempt, and only a body seen in a batch
         # has a custom_id to count its answers under: the others need no count.
         attempts = self.attempts
-        key = attempts.key(digest(raw)) if plan != NO_SCRIPT or attempts.ids else None
+        key = attempts.key(digest(raw)) if plan is not NO_SCRIPT or attempts.ids else None
         attempt = attempts.count(key) if key is not None else 0
         outcome = script.step(plan, attempt, body)
         if embeddings:
