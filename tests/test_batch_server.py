@@ -22,6 +22,7 @@ from llmbatch.testing.server import FakeServer
 
 TERMINAL = ("completed", "failed", "expired", "cancelled")
 CHAT = "/v1/chat/completions"
+OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
 def client(server: FakeServer) -> openai.AsyncOpenAI:
@@ -79,6 +80,12 @@ async def records(sdk: openai.AsyncOpenAI, file_id: str | None) -> dict[str, dic
     by_id = {r["custom_id"]: r for r in rows}
     assert len(by_id) == len(rows)  # one line per request
     return by_id
+
+
+async def ask_live(server: FakeServer, request_body: dict[str, Any]) -> Any:
+    """The live chat endpoint's answer to that body, sent as llmbatch sends it (orjson)."""
+    request = urllib.request.Request(server.base_url + "/chat/completions", data=orjson.dumps(request_body))
+    return await asyncio.to_thread(lambda: orjson.loads(OPENER.open(request, timeout=10).read()))
 
 
 def text_of(record: dict[str, Any]) -> str:
@@ -187,12 +194,23 @@ async def test_a_live_reask_continues_a_batch_lines_count(fake_server: Callable[
     async with client(server) as sdk:
         done = await until(sdk, (await submit(sdk, [row])).id)
         assert text_of((await records(sdk, done.output_file_id))["item"]).startswith("Sorry")
-        request = urllib.request.Request(
-            server.base_url + "/chat/completions", data=orjson.dumps(row["body"])
-        )
-        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-        live = await asyncio.to_thread(lambda: orjson.loads(opener.open(request, timeout=10).read()))
+        live = await ask_live(server, row["body"])
     assert live["choices"][0]["message"]["content"] == "good"
+    assert server.stats.answers == {"item": 2}
+
+
+async def test_a_batch_line_continues_what_its_body_was_answered_live(
+    fake_server: Callable[..., FakeServer],
+) -> None:
+    """Asked live first (a bad answer), then in a batch: the batch gets the good answer,
+    and the custom_id counts both."""
+    server = fake_server()
+    row = line("item", '@fake {"bad": 1, "answer": "good"}')
+    live = await ask_live(server, row["body"])
+    assert live["choices"][0]["message"]["content"].startswith("Sorry")
+    async with client(server) as sdk:
+        done = await until(sdk, (await submit(sdk, [row])).id)
+        assert text_of((await records(sdk, done.output_file_id))["item"]) == "good"
     assert server.stats.answers == {"item": 2}
 
 
@@ -432,9 +450,8 @@ def test_the_batch_endpoints_answer_without_the_v1_prefix_too(fake_server: Calla
     """/files and /batches, as /v1/files and /v1/batches: empty lists to begin with."""
     server = fake_server()
     root = server.base_url.removesuffix("/v1")
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
     for path in ("/files", "/batches", "/v1/files", "/v1/batches"):
-        with opener.open(root + path, timeout=10) as resp:
+        with OPENER.open(root + path, timeout=10) as resp:
             assert orjson.loads(resp.read()) == {
                 "object": "list",
                 "data": [],

@@ -88,8 +88,8 @@ class Attempts:
         return self.ids.get(digest, digest)
 
     def line(self, custom_id: str, digest: bytes) -> Key:
-        """A batch line's key. A custom_id seen for the first time takes over what its
-        body was answered live before (a live run first, then a batch)."""
+        """A batch line's key. Its custom_id takes over what its body was answered live
+        before (a live run first, then a batch)."""
         earlier = self.by_body.pop(digest, 0)
         if earlier:
             self.answers[custom_id] = self.answers.get(custom_id, 0) + earlier
