@@ -191,7 +191,11 @@ class Context:
             argv = [sys.executable, str(BENCH_DIR / "sdk_usual_client.py"), str(inp), str(out)]
             argv += ["--base-url", server.base_url, "--concurrency", str(concurrency)]
         else:
-            argv = [sys.executable, "-m", "llmbatch", "run", str(inp), "-o", str(out), "--no-live", "-q"]
+            # llmbatch-gc-untuned: the same, with Python's default collector settings.
+            entry = (
+                [str(BENCH_DIR / "gc_untuned.py")] if client == "llmbatch-gc-untuned" else ["-m", "llmbatch"]
+            )
+            argv = [sys.executable, *entry, "run", str(inp), "-o", str(out), "--no-live", "-q"]
             argv += ["--fresh", "--summary-json", str(summary), "--concurrency", str(concurrency)]
             if server is not None:
                 argv += ["--base-url", server.base_url]
