@@ -298,6 +298,10 @@ async def _run(
         raise
     if plan is not None:
         display.log(_rerun_note(plan, index, output_path))
+    # The plan holds what the run needs of the output's index: free its tables (~25 bytes
+    # an id) now, before the run and the compaction, which builds tables of its own.
+    repeated = index.repeated
+    del index
     if batch_state is not None:
         requests = _not_in_batches(requests, batch_state)
 
@@ -371,7 +375,7 @@ async def _run(
         engine.check_writers()
         await provider.aclose()
         display.stop()
-    redone = index.repeated or (plan is not None and plan.redo and stats.done)
+    redone = repeated or (plan is not None and plan.redo and stats.done)
     if stats.stop is None and stdout is None and (redone or settings.ordered):
         # A run that redid items ends with one line per id; --ordered, in input order.
         with _phase(stats, "compact"):
