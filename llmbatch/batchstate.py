@@ -321,25 +321,9 @@ def _item(row: tuple[Any, ...]) -> Item:
 
 
 def _chunk(row: tuple[Any, ...]) -> Chunk:
-    (
-        id_,
-        round_,
-        endpoint,
-        model,
-        items,
-        size,
-        tokens,
-        worst,
-        state,
-        live,
-        file_id,
-        batch_id,
-        status,
-        counts,
-        error,
-        created,
-        submitted,
-    ) = row
+    """A chunk from its row (the columns in the order of its fields)."""
+    id_, round_, endpoint, model, items, size, tokens, worst = row[:8]
+    state, live, file_id, batch_id, status, counts, error, created, submitted = row[8:]
     return Chunk(
         id_,
         round_,

@@ -117,6 +117,13 @@ def test_a_wrong_endpoint_is_told_once_with_the_servers_message(run_cli, fake_se
     assert len(read_jsonl(tmp_path / "out.jsonl")) == 5
 
 
+def _llmbatch(*args: object) -> list[str]:
+    """The command line of `python -m llmbatch ARGS...` (a flag list may be spread in)."""
+    import sys
+
+    return [sys.executable, "-m", "llmbatch", *map(str, args)]
+
+
 def _env() -> dict[str, str]:
     import os
 
@@ -129,12 +136,11 @@ def test_results_on_standard_output_for_a_pipe(fake_server, tmp_path):
     """`-o -`: one result line per item on stdout (ready for jq), everything else on
     stderr, rejects there too as one line each; no file is made."""
     import subprocess
-    import sys
 
     server = fake_server()
     rows = [*chat_rows(5, random.Random(3)), {"id": "x"}]  # the last one misses its template field
     src = write_jsonl(tmp_path / "in.jsonl", rows)
-    cmd = [sys.executable, "-m", "llmbatch", "run", str(src), "-o", "-", *map(str, flags(server))]
+    cmd = _llmbatch("run", src, "-o", "-", *flags(server))
     done = subprocess.run(cmd, cwd=tmp_path, env=_env(), capture_output=True, timeout=60)
     assert done.returncode == 1, done.stderr.decode()
     lines = [orjson.loads(line) for line in done.stdout.splitlines()]
@@ -158,23 +164,13 @@ def test_a_compressed_output_resumes_after_sigkill(fake_server, tmp_path, suffix
     (zcat / zstd read it whole), each id once, all valid."""
     import signal
     import subprocess
-    import sys
     import time
 
     server = fake_server(latency_ms=5)
     rows = chat_rows(3000, random.Random(5))
     src = write_jsonl(tmp_path / "in.jsonl", rows)
     out = tmp_path / f"out.jsonl{suffix}"
-    cmd = [
-        sys.executable,
-        "-m",
-        "llmbatch",
-        "run",
-        str(src),
-        "-o",
-        str(out),
-        *map(str, flags(server, "-c", "32", "-q")),
-    ]
+    cmd = _llmbatch("run", src, "-o", out, *flags(server, "-c", "32", "-q"))
     proc = subprocess.Popen(cmd, cwd=tmp_path, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 60
     while (not out.exists() or out.stat().st_size < 20_000) and time.monotonic() < deadline:
@@ -206,7 +202,6 @@ def test_ordered_output_is_in_input_order_file_and_stdout(run_cli, fake_server, 
     """--ordered with random server latency: the lines come out in input order, into a
     file (ordered at the end) and on standard output (a reorder buffer)."""
     import subprocess
-    import sys
 
     server = fake_server(latency_ms=1, jitter_ms=40, seed=3)
     rows = chat_rows(200, random.Random(6))
@@ -219,16 +214,7 @@ def test_ordered_output_is_in_input_order_file_and_stdout(run_cli, fake_server, 
     result = run_cli("run", src, "-o", out, *flags(server, "-c", "32", "--ordered"))
     assert result.exit_code == 0, result.output
     assert [r["custom_id"] for r in read_jsonl(out)] == [f"r{i}" for i in range(200)]
-    cmd = [
-        sys.executable,
-        "-m",
-        "llmbatch",
-        "run",
-        str(src),
-        "-o",
-        "-",
-        *map(str, flags(server, "-c", "32", "--ordered")),
-    ]
+    cmd = _llmbatch("run", src, "-o", "-", *flags(server, "-c", "32", "--ordered"))
     done = subprocess.run(cmd, cwd=tmp_path, env=_env(), capture_output=True, timeout=120)
     assert done.returncode == 0, done.stderr.decode()
     assert [orjson.loads(x)["custom_id"] for x in done.stdout.splitlines()] == [f"r{i}" for i in range(200)]
