@@ -34,6 +34,7 @@ class Sizes:
     rerun_ns: tuple[int, ...]  # outputs a rerun finds; the first is the baseline
     drained_n: int  # requests against a drained bucket
     cpu_n: int  # marginal CPU: N and N/100
+    cpu_rounds: int  # marginal CPU: rounds, each judged against its own bare run
     batch_ns: tuple[int, ...]  # Batch API mode; the first is the baseline
     ordered_n: int
     shared_n: int  # items shared by three processes
@@ -50,6 +51,7 @@ FULL = Sizes(
     rerun_ns=(10_000, 1_000_000),
     drained_n=600,
     cpu_n=50_000,
+    cpu_rounds=5,
     batch_ns=(12_000, 120_000),
     ordered_n=20_000,
     shared_n=3_000,
@@ -65,6 +67,7 @@ QUICK = Sizes(
     rerun_ns=(10_000, 100_000),
     drained_n=200,
     cpu_n=5_000,
+    cpu_rounds=1,
     batch_ns=(1_200, 12_000),
     ordered_n=2_000,
     shared_n=300,
