@@ -39,6 +39,7 @@ from llmbatch.errors import (
     TransientError,
 )
 from llmbatch.idset import IdSet
+from llmbatch.jsonl import write_failure
 from llmbatch.output import Finished, State
 from llmbatch.providers.base import Completion, Request, Usage
 from llmbatch.retry import BackoffStrategy, RetryConfig, error_for_status
@@ -575,9 +576,7 @@ class BatchMode:
                 self._settle(item, _used(item, again=True), done, follow)
         self.output.sync()
         if self.output.error is not None:
-            self.stop(
-                Stop(f"cannot write {self.output.path}: {self.output.error}; make room and rerun to resume")
-            )
+            self.stop(Stop(write_failure(self.output.path, self.output.error)))
             return
         follow.seal()
         if self.cap is not None:

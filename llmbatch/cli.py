@@ -306,7 +306,7 @@ def run(
         bool,
         Opt(
             "--force",
-            help="With --fresh: empty OUTPUT even if llmbatch did not write it.",
+            help="Use OUTPUT even if llmbatch did not write it (append to it; with --fresh, empty it).",
             panel=RERUN,
             metavar="",
         ),
@@ -314,8 +314,9 @@ def run(
     redo: Annotated[
         str | None,
         Opt(
-            help="Ask again what the output holds as failed, invalid, stale, all (a comma list), or none "
-            "(keep every line). Transient failures are redone unless none.",
+            help="Ask again what the output holds as failed, invalid, stale, all (= those three; valid "
+            "answers are kept: --fresh starts over), a comma list, or none (keep every line). "
+            "Transient failures are redone unless none.",
             panel=RERUN,
             metavar="TEXT",
         ),
@@ -571,7 +572,9 @@ def merge(
         list[Path],
         typer.Argument(help="Outputs to join (shards of one input), oldest first.", show_default=False),
     ],
-    output: Annotated[Path, Opt("--output", "-o", help="The merged file (replaced).", panel=OUTPUT)],
+    output: Annotated[
+        Path, Opt("--output", "-o", help="The merged file (replaced), or - for stdout.", panel=OUTPUT)
+    ],
     ordered: Annotated[
         bool,
         Opt("--ordered", help="In input line order (an external sort: memory stays bounded).", panel=OUTPUT),
@@ -579,12 +582,24 @@ def merge(
 ) -> None:
     """Join outputs into one file, one line per id: where an id has several lines, the
     newest wins (a later file is newer)."""
+    import shutil
+    import tempfile
+
     from llmbatch.merge import merge as merge_files
 
+    to_stdout = str(output) == "-"
     try:
-        done = merge_files(files, output, ordered=ordered)
+        with tempfile.TemporaryDirectory(prefix="llmbatch-merge-") as spool:
+            target = Path(spool) / "merged.jsonl" if to_stdout else output
+            done = merge_files(files, target, ordered=ordered)
+            if to_stdout:  # merged in a file first (the merge replaces its output whole)
+                with target.open("rb") as f:
+                    shutil.copyfileobj(f, sys.stdout.buffer)
+                sys.stdout.buffer.flush()
     except LLMBatchError as exc:
         raise _fail(str(exc)) from None
+    except BrokenPipeError:
+        raise _fail("standard output was closed by its reader") from None
     except OSError as exc:
         raise _fail(f"cannot merge: {exc.strerror or exc}: {exc.filename}") from None
     notes = []
@@ -593,7 +608,9 @@ def merge(
     if done.torn:
         notes.append(f"{done.torn:,} torn last line{'s' if done.torn != 1 else ''} skipped")
     more = f" ({'; '.join(notes)})" if notes else ""
-    typer.echo(f"merged {done.files:,} files into {output}: {done.lines:,} lines{more}", err=True)
+    files_ = f"{done.files:,} file{'s' if done.files != 1 else ''}"
+    into = "standard output" if to_stdout else output
+    typer.echo(f"merged {files_} into {into}: {done.lines:,} lines{more}", err=True)
 
 
 @app.command()

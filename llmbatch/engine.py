@@ -37,6 +37,7 @@ from llmbatch.errors import (
     Stop,
     worst,
 )
+from llmbatch.jsonl import write_failure
 from llmbatch.limits import Limits, Permit
 from llmbatch.output import Finished, State
 from llmbatch.providers.base import Completion, Provider, Request
@@ -572,8 +573,7 @@ class Engine:
         what did not reach the file."""
         for w in (self.output, self.rejects):
             if w is not None and w.error is not None and self.stats.stop is None:
-                message = f"cannot write {w.path}: {w.error.strerror or w.error}"
-                self.stop(Stop(f"{message}; make room and rerun to resume"))
+                self.stop(Stop(write_failure(w.path, w.error)))
 
     def _finish(self, job: Job, state: State, error: ProviderError | None = None, via: str = "live") -> None:
         self._alive -= 1

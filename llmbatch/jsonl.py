@@ -37,6 +37,7 @@ __all__ = [
     "open_lines",
     "parse_line",
     "read_lines",
+    "write_failure",
     "write_lines",
 ]
 
@@ -250,6 +251,16 @@ def drop_torn_tail(path: Path) -> int:
             pos = start
         f.truncate(0)
         return size
+
+
+def write_failure(path: object, error: OSError) -> str:
+    """Why a run stopped when its output could not be written: a full disk (make room,
+    the rerun resumes), or standard output closed by its reader (`| head`: no resume
+    there; the lines written are whole)."""
+    why = error.strerror or error
+    if isinstance(error, BrokenPipeError) or str(path) == "-":
+        return f"standard output was closed by its reader ({why}); the lines written are whole"
+    return f"cannot write {path}: {why}; make room and rerun to resume"
 
 
 class JsonlWriter:

@@ -226,6 +226,13 @@ def start_fresh(output: Path, *, force: bool) -> None:
         output.with_name(output.name + ".compacting").unlink()
 
 
+def _nonempty(path: Path) -> bool:
+    try:
+        return path.stat().st_size > 0
+    except OSError:
+        return False
+
+
 def stale_message(n: int, output: Path) -> str:
     answers = "1 answer" if n == 1 else f"{n:,} answers"
     return (
@@ -263,8 +270,11 @@ async def _run(
     validator.preflight(first.first_item)
     check_api_key(settings)
     shared = await join_budget(settings, settings.model or first.model, closing)
+    redo = parse_redo(settings.redo)
+    if settings.keep_stale and "stale" in redo:
+        raise ConfigError("--keep-stale and --redo stale (or all) contradict each other: choose one")
     rules = Rules(
-        redo=parse_redo(settings.redo),
+        redo=redo,
         keep_stale=settings.keep_stale,
         revalidate=settings.revalidate,
         max_items=settings.max_items,
@@ -366,6 +376,10 @@ async def _run(
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.remove_signal_handler(sig)
         stats.finished = time.monotonic()
+        if not stats.total_exact and stats.stop is None and pending is ExitCode.OK and plan is None:
+            # A shard's share was estimated from the file's size; the whole pass is done
+            # now, so the summary tells what it really held.
+            stats.total, stats.total_exact = stats.done + stats.rejected + stats.blank, True
         output.close()
         rejects.close()
         if cache is not None:
@@ -383,7 +397,7 @@ async def _run(
     price = await pricing
     summary_console = console or Console(stderr=True)
     render_summary(stats, price, console=summary_console, rich_table=mode == "live")
-    if stats.rejected:
+    if stats.rejected and isinstance(rejects, RejectsFile):  # else each was told on stderr
         summary_console.print(
             f"rejected lines are listed in {settings.rejects_path}", highlight=False, soft_wrap=True
         )
@@ -538,6 +552,11 @@ async def _work(
             index = await loop.run_in_executor(
                 None, lambda: OutputIndex.scan(output, offsets=rules.revalidate)
             )
+    if not len(index) and not to_stdout(settings) and not settings.force and _nonempty(output):
+        raise ConfigError(
+            f"{output} does not look like an llmbatch output: this run would append its results to it; "
+            "choose another --output (or add --force to append anyway)"
+        )
     if not len(index):
         # Counted up front when cheap (about a second per GB): the total for the progress
         # bar, and the size of the duplicate-id table, allocated once instead of grown.

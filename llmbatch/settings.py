@@ -83,7 +83,7 @@ class Settings:
     ordered: bool = False  # the output in input order
     rejects: Path | None = None
     fresh: bool = False
-    force: bool = False  # --fresh may empty a file that is not an llmbatch output
+    force: bool = False  # a file that is not an llmbatch output may be appended to, or emptied by --fresh
     redo: str | None = None  # comma list: failed, invalid, stale, all, none
     keep_stale: bool = False
     revalidate: bool = False

@@ -264,8 +264,10 @@ def test_every_line_carries_what_a_rerun_needs(run, fake_server, tmp_path):
     src = write_jsonl(tmp_path / "in.jsonl", rows(2))
     run(src, "-o", tmp_path / "b.jsonl", *flags(server))
     run(src, "-o", tmp_path / "m.jsonl", *flags(server, "--merged"))
-    b = lines(tmp_path / "b.jsonl")[0]["llmbatch"]
-    m = lines(tmp_path / "m.jsonl")[0]
+    # The same item in both (lines come in completion order).
+    b_line = lines(tmp_path / "b.jsonl")[0]
+    b = b_line["llmbatch"]
+    m = next(r for r in lines(tmp_path / "m.jsonl") if r["llm_custom_id"] == b_line["custom_id"])
     assert len(b["fp"]) == 16 and b["state"] == "valid" and b["via"] == "live" and len(b["server"]) == 8
     assert (m["llm_fp"], m["llm_state"], m["llm_via"], m["llm_server"]) == (
         b["fp"],

@@ -41,6 +41,7 @@ def test_three_shards_cover_the_file_once_and_merge_joins_them(run_cli, tmp_path
     for k in range(3):
         result = _run_shard(run_cli, source, pattern, f"{k}/3", "--summary-json", summary)
         assert result.exit_code == 1, result.output  # rejects in the input
+        assert "estimated" not in result.stderr  # the pass is done: the shard's real count
     outputs = [tmp_path / f"out-{k}.jsonl" for k in range(3)]
     counts = Counter(rec["custom_id"] for path in outputs for rec in read_jsonl(path))
     assert set(counts) == {f"item-{i}" for i in range(40) if i not in (7, 20, 30)}
@@ -61,6 +62,12 @@ def test_three_shards_cover_the_file_once_and_merge_joins_them(run_cli, tmp_path
     assert result.exit_code == 0, result.output
     in_order = [rec["llmbatch"]["line"] for rec in read_jsonl(joined)]
     assert in_order == sorted(in_order) and len(in_order) == 37
+
+    result = run_cli("merge", *outputs, "-o", "-", "--ordered")  # for a pipe, as `run -o -`
+    assert result.exit_code == 0, result.output
+    assert [orjson.loads(x)["llmbatch"]["line"] for x in result.stdout.splitlines()] == in_order
+    assert "merged 3 files into standard output: 37 lines" in result.stderr
+    assert not (tmp_path / "cwd" / "-").exists()
 
 
 def test_a_rerun_of_one_shard_sends_only_what_that_shard_still_needs(run_cli, tmp_path):

@@ -146,7 +146,27 @@ def test_results_on_standard_output_for_a_pipe(fake_server, tmp_path):
     lines = [orjson.loads(line) for line in done.stdout.splitlines()]
     assert sorted(r["custom_id"] for r in lines) == [f"r{i}" for i in range(5)]
     assert b"rejected line 6: missing template field: text" in done.stderr
+    assert b"rejected lines are listed in" not in done.stderr  # they were told, no file was made
     assert not any(p.name.startswith("-") for p in tmp_path.iterdir())
+
+
+def test_a_reader_that_stops_early_is_told_as_such(fake_server, tmp_path):
+    """`-o - | head -2`: the run stops (exit 3) saying standard output was closed, not
+    that a disk is full or that a rerun resumes; what reached the reader is whole lines."""
+    import subprocess
+
+    server = fake_server(latency_ms=1)
+    src = write_jsonl(tmp_path / "in.jsonl", chat_rows(3000, random.Random(8)))
+    cmd = _llmbatch("run", src, "-o", "-", *flags(server, "-q"))
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None
+    first = [proc.stdout.readline() for _ in range(2)]
+    proc.stdout.close()  # as `head -2` does
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 3, err.decode()
+    assert b"standard output was closed by its reader" in err
+    assert b"make room" not in err
+    assert all(orjson.loads(line)["custom_id"] for line in first)
 
 
 def test_standard_output_refuses_what_needs_a_file(run_cli, tmp_path):
@@ -270,3 +290,29 @@ def test_help_is_grouped_with_defaults_and_there_is_a_version(run_cli):
     assert "--max-requests" in shown.stdout and "…" not in shown.stdout  # no name cut off
     version = run_cli("--version")
     assert version.exit_code == 0 and version.stdout.strip() == f"llmbatch {llmbatch.__version__}"
+
+
+def test_results_are_never_appended_to_a_file_llmbatch_did_not_write(run_cli, fake_server, api_key, tmp_path):
+    """`-o notes.jsonl` naming someone else's file: exit 2 before anything is sent, the
+    file untouched; with --force the results are appended to it."""
+    server = fake_server()
+    src = write_jsonl(tmp_path / "in.jsonl", chat_rows(3, random.Random(9)))
+    theirs = write_jsonl(tmp_path / "notes.jsonl", [{"note": "mine"}, {"note": "also mine"}])
+    before = theirs.read_bytes()
+    refused = run_cli("run", src, "-o", theirs, *flags(server))
+    assert refused.exit_code == 2
+    assert "does not look like an llmbatch output" in refused.stderr and "--force" in refused.stderr
+    assert theirs.read_bytes() == before and server.stats.requests == 0
+    forced = run_cli("run", src, "-o", theirs, *flags(server, "--force"))
+    assert forced.exit_code == 0, forced.output
+    assert theirs.read_bytes().startswith(before) and len(read_jsonl(theirs)) == 5
+
+
+def test_keep_stale_and_redo_stale_together_are_refused(run_cli, tmp_path):
+    src = write_jsonl(tmp_path / "in.jsonl", chat_rows(2, random.Random(10)))
+    out = tmp_path / "out.jsonl"
+    for redo in ("stale", "all"):
+        args = ("--provider", "fake", "--prompt", "{text}", "--keep-stale", "--redo", redo)
+        result = run_cli("run", src, "-o", out, *args)
+        assert result.exit_code == 2, redo
+        assert "contradict" in result.stderr
