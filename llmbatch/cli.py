@@ -81,7 +81,11 @@ EndpointOpt = Annotated[
 ]
 ParamOpt = Annotated[
     list[str] | None,
-    Opt(help="Extra body parameter KEY=JSON, e.g. temperature=0.", panel=REQUEST, metavar="KEY=JSON"),
+    Opt(
+        help="Extra body parameter KEY=JSON, e.g. temperature=0 (a value that is not JSON goes as a string).",
+        panel=REQUEST,
+        metavar="KEY=JSON",
+    ),
 ]
 MaxTokensOpt = Annotated[
     int | None, Opt(help="Shorthand for --param max_tokens=N.", panel=REQUEST, metavar="N")

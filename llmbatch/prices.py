@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from llmbatch.settings import Settings
 
-__all__ = ["BATCH_DISCOUNT", "Price", "cost", "price_for", "run_price"]
+__all__ = ["BATCH_DISCOUNT", "FAKE_FREE", "FAKE_MODEL", "Price", "cost", "price_for", "run_price"]
 
 # The Batch API's discount, where the database has no batch price of its own.
 BATCH_DISCOUNT = 0.5
@@ -156,13 +156,17 @@ def price_for(
     )
 
 
+FAKE_MODEL = "fake"  # the model name the offline provider answers with when none was asked
+FAKE_FREE = Price(0.0, 0.0, source="the offline fake model is free")
+
+
 def run_price(settings: Settings, model: str | None = None) -> Price | None:
     """The price a run's settings charge for `model` (or --model); with --batch-api,
     the batch price. The offline fake model is free."""
     overrides = {m: Price(i, o) for m, (i, o) in settings.prices.items()}
     model = settings.model or model or ("fake" if settings.provider == "fake" else None)
     if settings.provider == "fake" and settings.price_in is None and settings.price_out is None:
-        return _lookup(model or "", overrides) or Price(0.0, 0.0, source="the offline fake model is free")
+        return _lookup(model or "", overrides) or FAKE_FREE
     return price_for(
         model,
         overrides,

@@ -21,7 +21,7 @@ from llmbatch.errors import ConfigError
 from llmbatch.idset import IdSet
 from llmbatch.jsonl import count_lines, open_lines
 from llmbatch.output import State, custom_id_of, read_line
-from llmbatch.prices import Price, cost, price_for
+from llmbatch.prices import FAKE_FREE, FAKE_MODEL, Price, cost, price_for
 
 __all__ = ["Report", "read_report"]
 
@@ -139,7 +139,10 @@ def _count(
         return
     key = (model or "", via == "batch")
     if key not in prices:
-        prices[key] = price_for(model, price_in=price_in, price_out=price_out, batch=key[1])
+        offline = model == FAKE_MODEL and price_in is None and price_out is None
+        prices[key] = (
+            FAKE_FREE if offline else price_for(model, price_in=price_in, price_out=price_out, batch=key[1])
+        )
     spent = cost(prices[key], prompt, completion, cached)
     if spent is None:
         report.unpriced[model or "(no model)"] += 1
