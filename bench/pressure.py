@@ -44,15 +44,7 @@ def drained(ctx: Context) -> list[Row]:
         ctx.log(f"drained bucket, requests: {label}")
         with Server(rpm=rpm, extra=DRAINED) as server:
             run = ctx.run("llmbatch", inp, n, server=server, args=args, timeout=120 + ideal * 4)
-        row = run.row(f"drained bucket, {rpm:,} req/min", label)
-        beyond = max(0, (run.http_429 or 0) - burst)
-        ratio = _ratio(run, ideal)
-        row.result = f"{ratio:.3f}× N/R {ideal:.0f}s; 429s {run.http_429}, {_beyond(beyond, n)}"
-        row.target, row.met = (
-            "≤ 1.15×, ≤ 2% 429s beyond the first burst",
-            ratio <= 1.15 and beyond <= 0.02 * n,
-        )
-        rows.append(row)
+        rows.append(_drained_row(run, f"drained bucket, {rpm:,} req/min", label, ideal, "N/R", burst))
 
     tpm, max_tokens = 40_000, 16
     inp = ctx.input("chat", n, max_tokens=max_tokens)
@@ -65,16 +57,22 @@ def drained(ctx: Context) -> list[Row]:
             run = ctx.run("llmbatch", inp, n, server=server, args=args, timeout=300)
         charged = int(run.server.get("prompt_tokens", 0)) + n * max_tokens  # what the server counts
         ideal_t = charged / tpm * 60
-        row = run.row(f"drained bucket, {tpm:,} tok/min", label)
-        beyond = max(0, (run.http_429 or 0) - burst)
-        ratio = _ratio(run, ideal_t)
-        row.result = f"{ratio:.3f}× tokens/TPM {ideal_t:.0f}s; 429s {run.http_429}, {_beyond(beyond, n)}"
-        row.target, row.met = (
-            "≤ 1.15×, ≤ 2% 429s beyond the first burst",
-            ratio <= 1.15 and beyond <= 0.02 * n,
+        rows.append(
+            _drained_row(run, f"drained bucket, {tpm:,} tok/min", label, ideal_t, "tokens/TPM", burst)
         )
-        rows.append(row)
     return rows
+
+
+def _drained_row(run: Run, scenario: str, label: str, ideal: float, what: str, burst: int) -> Row:
+    """Judged by the issue's target: within 1.15x of the ideal, and at most 2% 429s beyond
+    the first burst's (requests sent before any answer could say the bucket was spent)."""
+    row = run.row(scenario, label)
+    beyond = max(0, (run.http_429 or 0) - burst)
+    ratio = _ratio(run, ideal)
+    row.result = f"{ratio:.3f}× {what} {ideal:.0f}s; 429s {run.http_429}, {_beyond(beyond, run.n)}"
+    row.target = "≤ 1.15×, ≤ 2% 429s beyond the first burst"
+    row.met = ratio <= 1.15 and beyond <= 0.02 * run.n
+    return row
 
 
 def tokens_learned(ctx: Context) -> list[Row]:
