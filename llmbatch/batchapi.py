@@ -400,7 +400,7 @@ class BatchMode:
             chunk_id = self.state.new_chunk(round_=round_, endpoint=req.url, model=model, live=live)
             chunk = filling[key] = self.state.chunk(chunk_id)
             sizes[chunk_id] = (0, 0)
-        tokens = int(self.estimator.prompt_chars(req.body) / self.estimator.chars_per_token) + 1
+        tokens = self.estimator.prompt_tokens(req.body)
         worst = self.cap.worst_case(req.body, req.line) if self.cap is not None else 0.0
         self.state.add(chunk.id, req, size=size, tokens=tokens, worst=worst, carry=carry)
         n, b = sizes[chunk.id]
@@ -412,7 +412,6 @@ class BatchMode:
             return False
         self.stats.cached += 1
         self._write(Finished(request=req, state=State.VALID, last=completion, via="cached"))
-        self.output.sync()
         return True
 
     # --- submitting ----------------------------------------------------------------
@@ -571,8 +570,10 @@ class BatchMode:
             seen.add(cid)
             self._settle(item, self._judge(item, rec, remote.id), done, follow)
         for cid in self.state.ids(chunk.id):
+            if cid in seen:
+                continue
             item = self.state.item(cid)
-            if cid not in seen and item is not None:  # in neither file: not run
+            if item is not None:  # in neither file: not run
                 self._settle(item, _used(item, again=True), done, follow)
         self.output.sync()
         if self.output.error is not None:
@@ -725,13 +726,9 @@ class BatchMode:
             return
         err = PermanentError(f"batch {remote.id} failed: {message}", code=remote.error_code or "batch_failed")
         done = []
-        for cid in self.state.ids(chunk.id):
-            item = self.state.item(cid)
-            if item is not None:
-                self._write(
-                    self._finished(item.request, _used(item), State.FAILED, None, remote.id, error=err)
-                )
-                done.append(cid)
+        for item in self.state.items(chunk.id):
+            self._write(self._finished(item.request, _used(item), State.FAILED, None, remote.id, error=err))
+            done.append(item.request.custom_id)
         self.output.sync()
         self.state.mark_done(done)
         self.state.update(chunk.id, state=ChunkState.COLLECTED, status="failed", error=message)

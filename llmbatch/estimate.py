@@ -100,7 +100,7 @@ def estimate(
         body = req.body
         if model is None and isinstance(body.get("model"), str):
             model = body["model"]
-        prompt += int(est.prompt_chars(body) / est.chars_per_token) + 1
+        prompt += est.prompt_tokens(body)
         if "messages" not in body:
             continue  # embeddings: no answer tokens
         cap = body.get("max_completion_tokens") or body.get("max_tokens")

@@ -50,6 +50,10 @@ class TokenEstimator:
             n += sum(len(x) for x in inp if isinstance(x, str))
         return n
 
+    def prompt_tokens(self, body: Mapping[str, Any]) -> int:
+        """The prompt's tokens alone (what a batch enqueues, what `estimate` sums)."""
+        return int(self.prompt_chars(body) / self.chars_per_token) + 1
+
     def estimate(self, body: Mapping[str, Any], chars: int | None = None) -> int:
         if chars is None:
             chars = self.prompt_chars(body)
