@@ -22,7 +22,7 @@ from typing import Any, BinaryIO, Literal, cast
 
 import orjson
 
-from llmbatch.errors import InputError
+from llmbatch.errors import ConfigError, InputError
 
 __all__ = [
     "BOM",
@@ -129,7 +129,7 @@ def _intact_end(f: BinaryIO, codec: Codec) -> int:
         while buf:
             try:
                 d.decompress(buf)
-            except (zlib.error, Exception):
+            except Exception:  # zlib.error, zstandard.ZstdError
                 return end  # garbage after the last good member: a torn write
             if not d.eof:
                 consumed += len(buf)
@@ -142,10 +142,34 @@ def _intact_end(f: BinaryIO, codec: Codec) -> int:
     return end
 
 
+_CODEC_NAMES = {"": "plain text", "gz": "gzip", "zst": "zstd"}
+
+
+def _content_codec(path: Path) -> Codec | None:
+    """The compression a file's first bytes show (None: missing, or too short to tell:
+    a write torn within its first bytes)."""
+    try:
+        with path.open("rb") as f:
+            head = f.read(4)
+    except FileNotFoundError:
+        return None
+    if len(head) < len(ZSTD_MAGIC):
+        return None
+    return "gz" if head.startswith(GZIP_MAGIC) else "zst" if head.startswith(ZSTD_MAGIC) else ""
+
+
 def cut_torn(path: Path) -> int:
     """Cut what a crash tore off the end of an output: a last line without its newline,
-    or a compressed output's last, unfinished member. Returns bytes dropped."""
+    or a compressed output's last, unfinished member. Returns bytes dropped. A file whose
+    name and content disagree (plain text named .gz) is refused, never cut: read as the
+    name says, all of it would look torn."""
     codec = codec_for(path)
+    found = _content_codec(path)
+    if found is not None and found != codec:
+        raise ConfigError(
+            f"{path} holds {_CODEC_NAMES[found]}, but its name says {_CODEC_NAMES[codec]}: "
+            "rename it, or choose another output"
+        )
     if not codec:
         return drop_torn_tail(path)
     if not path.exists():

@@ -316,3 +316,16 @@ def test_keep_stale_and_redo_stale_together_are_refused(run_cli, tmp_path):
         result = run_cli("run", src, "-o", out, *args)
         assert result.exit_code == 2, redo
         assert "contradict" in result.stderr
+
+
+def test_an_output_whose_name_and_content_disagree_is_refused_not_cut(run_cli, tmp_path):
+    """Plain text named .gz: read as gzip it would all look torn and be cut to nothing;
+    it is refused (exit 2) and left as it was."""
+    src = write_jsonl(tmp_path / "in.jsonl", chat_rows(2, random.Random(11)))
+    out = tmp_path / "out.jsonl.gz"
+    out.write_bytes(src.read_bytes())
+    before = out.read_bytes()
+    result = run_cli("run", src, "-o", out, "--provider", "fake", "--prompt", "{text}", "--id-field", "id")
+    assert result.exit_code == 2
+    assert "holds plain text, but its name says gzip" in result.stderr
+    assert out.read_bytes() == before
