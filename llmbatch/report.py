@@ -19,8 +19,8 @@ import orjson
 
 from llmbatch.errors import ConfigError
 from llmbatch.idset import IdSet
-from llmbatch.jsonl import count_lines, open_lines
-from llmbatch.output import State, custom_id_of, read_line
+from llmbatch.jsonl import open_lines
+from llmbatch.output import State, read_line
 from llmbatch.prices import FAKE_FREE, FAKE_MODEL, Price, cost, price_for
 
 __all__ = ["Report", "read_report"]
@@ -47,12 +47,12 @@ class Report:
     models: Counter[str] = field(default_factory=Counter)
     latencies: array[float] = field(default_factory=lambda: array("d"))
 
-    def percentile(self, p: float) -> float | None:
+    def percentiles(self, *ps: float) -> list[float | None]:
+        """The latency percentiles asked for (nearest rank), from one sort."""
         values = sorted(self.latencies)
         if not values:
-            return None
-        rank = max(0, math.ceil(p / 100 * len(values)) - 1)
-        return values[rank]
+            return [None for _ in ps]
+        return [values[max(0, math.ceil(p / 100 * len(values)) - 1)] for p in ps]
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -73,7 +73,7 @@ class Report:
             "unpriced_lines_by_model": dict(self.unpriced),
             "models": dict(self.models.most_common()),
             "invalid_reasons": dict(self.reasons.most_common(TOP_REASONS)),
-            "latency_ms": {f"p{p}": self.percentile(p) for p in (50, 95, 99)},
+            "latency_ms": dict(zip(("p50", "p95", "p99"), self.percentiles(50, 95, 99), strict=True)),
         }
 
 
@@ -84,8 +84,7 @@ def read_report(
     for path in paths:
         if not path.is_file():
             raise ConfigError(f"output file not found: {path}")
-    total = sum(count_lines(p) for p in paths)
-    seen = IdSet(total)
+    seen = IdSet()  # grows as it goes: counting the lines first would read every file twice
     report = Report(files=[str(p) for p in paths])
     prices: dict[tuple[str, bool], Price | None] = {}
     for path in paths:
@@ -112,11 +111,10 @@ def _count(
         report.other += 1
         return
     line = read_line(rec)
-    cid = custom_id_of(rec)
-    if line is None or cid is None:
+    if line is None:
         report.other += 1
         return
-    if not seen.add(cid):
+    if not seen.add(line.custom_id):
         report.repeated += 1
     report.states[line.state.value] += 1
     fields = _fields(rec)
@@ -207,7 +205,7 @@ def format_report(report: Report) -> str:
             else ""
         ),
     ]
-    p50, p95, p99 = (report.percentile(p) for p in (50, 95, 99))
+    p50, p95, p99 = report.percentiles(50, 95, 99)
     if p50 is not None:
         lines.append(f"latency ms:   p50 {p50:,.0f}   p95 {p95:,.0f}   p99 {p99:,.0f}")
     if report.reasons:
