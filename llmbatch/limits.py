@@ -97,6 +97,11 @@ DRAINED_PACE = 0.97
 # then says how long, exactly).
 UNKNOWN_RATE_WAIT = 1.0
 KINDS = ("requests", "tokens")
+# Per kind, its x-ratelimit-* header names (looked up on every answer).
+_HEADER_NAMES = {
+    kind: (f"x-ratelimit-limit-{kind}", f"x-ratelimit-remaining-{kind}", f"x-ratelimit-reset-{kind}")
+    for kind in KINDS
+}
 
 
 class Shared(Protocol):
@@ -214,8 +219,9 @@ class Limits:
             self.waiting = ("requests", 1)
             await self._requests.acquire(1)
         if self._tokens is not None and tokens > 0:
-            self.waiting = ("tokens", self.clamp(tokens))
-            await self._tokens.acquire(self.clamp(tokens))
+            amount = self.clamp(tokens)
+            self.waiting = ("tokens", amount)
+            await self._tokens.acquire(amount)
         self.waiting = None
         await self._wait_pause(loop)  # a 429 may have come back while this one waited
         self._sent += 1
@@ -348,7 +354,7 @@ class Limits:
         module docstring). Returns whether a budget of a known limit is empty."""
         get = headers.get
         for kind in KINDS:
-            limit = get(f"x-ratelimit-limit-{kind}")
+            limit = get(_HEADER_NAMES[kind][0])
             if limit and kind not in self._given:
                 try:
                     per_minute = float(limit)
@@ -358,7 +364,7 @@ class Limits:
                     self._learn_limit(kind, per_minute)
         drained = False
         for kind in KINDS:
-            left = get(f"x-ratelimit-remaining-{kind}")
+            left = get(_HEADER_NAMES[kind][1])
             if left is None:
                 continue
             try:
@@ -370,7 +376,7 @@ class Limits:
                 if answer:
                     self._spent = True
                 if bucket is None:  # no known rate: the reset is all there is
-                    reset = get(f"x-ratelimit-reset-{kind}")
+                    reset = get(_HEADER_NAMES[kind][2])
                     wait = parse_duration(reset) if reset else None
                     if wait:
                         self._pause(min(wait, UNKNOWN_RATE_WAIT), f"the server's {kind} budget is spent")

@@ -325,9 +325,12 @@ async def _run(
     stdout = sys.stdout.buffer if to_stdout(settings) else None
     file = OutputFile(output_path, format=settings.output_format, server=server, stream=stdout)
     output: OutputFile | InOrder = InOrder(file) if stdout is not None and settings.ordered else file
-    rejects: RejectsFile | StderrRejects = RejectsFile(settings.rejects_path)
-    if stdout is not None and settings.rejects is None:
-        rejects = StderrRejects(display.log)
+    # With -o - and no --rejects, each bad line is told on stderr: no file is made (or emptied).
+    rejects: RejectsFile | StderrRejects = (
+        StderrRejects(display.log)
+        if stdout is not None and settings.rejects is None
+        else RejectsFile(settings.rejects_path)
+    )
     limits = Limits(rpm=settings.rpm, tpm=settings.tpm, shared=shared)
     stats.pacer = limits
     engine = Engine(
