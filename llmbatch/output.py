@@ -66,7 +66,7 @@ class State(enum.StrEnum):
     FAILED = "failed"  # no usable answer: the request was refused, or retries ran out
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)  # not frozen: see llmbatch.providers.base.Request
 class Finished:
     """An item's outcome, however it was answered: what its output line is made from."""
 

@@ -14,7 +14,11 @@ EMBEDDINGS = "/v1/embeddings"
 ENDPOINTS = (CHAT, EMBEDDINGS)
 
 
-@dataclass(frozen=True, slots=True)
+# The values made for every request (Request, Usage, Completion, and the output's
+# Finished) are not frozen: a frozen dataclass sets each field through
+# object.__setattr__, which costs about 5 us a request over the four of them at
+# thousands of requests a second. Nothing changes them after they are made.
+@dataclass(slots=True)
 class Request:
     """One item's request. `body` is sent as is; the rest stays on our side."""
 
@@ -31,7 +35,7 @@ class Request:
     fp: int = 0
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Usage:
     prompt_tokens: int = 0
     completion_tokens: int = 0
@@ -51,7 +55,7 @@ class Usage:
         return cls(int(u.get("prompt_tokens") or 0), int(u.get("completion_tokens") or 0), int(cached or 0))
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Completion:
     """A 2xx answer. The body is kept as the parsed JSON, not as SDK models: building
     pydantic objects per response is most of the SDK's cost and we only re-serialise."""
