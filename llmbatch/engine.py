@@ -207,6 +207,9 @@ class Engine:
         self._responded = False  # a server has answered anything, an error included
         self._connect_failures = 0
         self._grace: asyncio.TimerHandle | None = None
+        self._items: Iterator[Request | InputError] = iter(())
+        self._exhausted = False
+        self._read_error: Exception | None = None  # reading the input failed in an attempt's task
 
     # --- control -----------------------------------------------------------------
 
@@ -238,24 +241,25 @@ class Engine:
 
     async def run(self, source: Iterable[Request | InputError]) -> Stats:
         loop = asyncio.get_running_loop()
-        it: Iterator[Request | InputError] = iter(source)
-        exhausted = False
+        it = self._items = iter(source)
         conc = self.config.concurrency
         window = self.config.window_size
         heap = self._retry_heap
         stats = self.stats
         idle_reads = 0
         while not self.stopping:
+            if self._read_error is not None:
+                raise self._read_error
             if stats.in_flight >= conc:
                 await self._sleep(None)
                 continue
             job: Job | None = None
             if heap and heap[0].not_before <= loop.time():
                 job = heapq.heappop(heap)
-            elif not exhausted and self._alive + self.output.backlog < window:
+            elif not self._exhausted and self._alive + self.output.backlog < window:
                 nxt = next(it, None)
                 if nxt is None:
-                    exhausted = True
+                    self._exhausted = True
                     continue
                 if isinstance(nxt, InputError):
                     self.reject(nxt)
@@ -268,13 +272,14 @@ class Engine:
                 if self.cache is not None and not self._sent_live(job):
                     continue  # answered from the cache, or waiting for an identical request
             if job is None:
-                if exhausted and self._alive == 0:
+                if self._exhausted and self._alive == 0:
                     break
                 await self._sleep(heap[0].not_before if heap else None)
                 continue
             if self.cap is not None and not self._reserve(job):
                 continue
-            permit = await self._admit(job)
+            # No limit known and no pushback: a permit at once, without a coroutine.
+            permit = self.limits.admit_now(job.chars) or await self._admit(job)
             if permit is None:
                 self._unreserve(job)
                 self._release(job)
@@ -295,6 +300,8 @@ class Engine:
             await asyncio.gather(*self._tasks, return_exceptions=True)
         if self._grace is not None:
             self._grace.cancel()
+        if self._read_error is not None:
+            raise self._read_error
         return stats
 
     def _check_connected(self) -> None:
@@ -431,6 +438,50 @@ class Engine:
     # --- one attempt -------------------------------------------------------------
 
     async def _attempt(self, job: Job, permit: Permit) -> None:
+        """One attempt; then, while the next job can go at once, that one too, in the
+        same task and slot (see `_chained`)."""
+        while True:
+            await self._send(job, permit)
+            chained = self._chained()
+            if chained is None:
+                return
+            job, permit = chained
+
+    def _chained(self) -> tuple[Job, Permit] | None:
+        """What the dispatcher would send next, when it would send it at once: nothing
+        to wait for (no limit, pause or pace), nothing to reserve (no --max-cost) and
+        no cache to ask first. The attempt that just finished goes on to it, which
+        spares a task and a wake-up of the dispatcher per request (about a tenth of
+        the CPU per request at 0 ms latency). Anything else is the dispatcher's."""
+        if self.stopping or self.cap is not None or self.cache is not None or self.limits.may_wait:
+            return None
+        heap = self._retry_heap
+        if heap and heap[0].not_before <= asyncio.get_running_loop().time():
+            job = heapq.heappop(heap)
+        elif not self._exhausted and self._alive + self.output.backlog < self.config.window_size:
+            try:
+                nxt = next(self._items, None)
+            except Exception as exc:  # the dispatcher raises it, as if it had read
+                self._read_error, self._exhausted = exc, True
+                self._wake.set()
+                return None
+            if nxt is None:
+                self._exhausted = True
+                return None
+            if isinstance(nxt, InputError):
+                self.reject(nxt)
+                return None  # this slot goes back; the dispatcher reads on
+            job = Job(nxt, order=next(self._orders))
+            self._alive += 1
+        else:
+            return None
+        permit = self.limits.admit_now(job.chars)
+        if permit is None:  # pragma: no cover - may_wait was false a moment ago
+            raise AssertionError("a permit was refused with nothing to wait for")
+        self.stats.requests += 1
+        return job, permit
+
+    async def _send(self, job: Job, permit: Permit) -> None:
         try:
             completion = await self.provider.complete(job.request, timeout=self.config.timeout)
         except BaseException as exc:

@@ -67,8 +67,8 @@ CUT_HOLD = 1.0
 RECOVERED = 0.95
 FAST_RECOVERY = 0.25
 SLOW_RECOVERY = 0.02
-# With no ceiling known, a pace this many times the refused rate is released: the
-# limit has evidently moved.
+# With no ceiling known, a pace this many times the refused rate becomes the new
+# reference to climb from: the limit has evidently moved (or was measured low).
 RELEASE_FACTOR = 2.0
 # A 429 slows (and pauses) the whole run only while 429s are at least this share of
 # the last answers: a run over its limit sees many, a flaky server a scattered few,
@@ -230,6 +230,20 @@ class Limits:
         if len(recent) > 1024:
             del recent[:512]
 
+    def admit_now(self, chars: int | None = None) -> Permit | None:
+        """A permit at once when nothing can hold the request back (no limit known, no
+        pause, no lowered pace: `may_wait` is false), else None: then `admit` waits.
+        The common case of a run without limits costs no coroutine."""
+        if self.may_wait:
+            return None
+        loop = self._loop = asyncio.get_running_loop()
+        self._sent += 1
+        recent = self._recent
+        recent.append(loop.time())
+        if len(recent) > 1024:
+            del recent[:512]
+        return Permit(self, 0, chars or 0)
+
     async def admit(self, body: Mapping[str, Any], chars: int | None = None) -> Permit:
         """Wait until a request with this body may be sent; the permit it returns must
         be settled once with the attempt's outcome. `chars` is the body's prompt size
@@ -275,11 +289,14 @@ class Limits:
         return _rate(self._recent, asyncio.get_running_loop().time(), window)
 
     def accepted_rate(self, window: float = 2.0) -> float:
-        """Answers/second received over the last `window` seconds (429s not counted);
-        0 until answers have been coming back for a second (too soon to tell)."""
+        """Answers/second received over the last `window` seconds (429s not counted),
+        over at least a second. In a run's first second, what came back so far once
+        that is a few answers (an underestimate, which errs on the side of fewer 429s:
+        the rate a first burst was *sent* at is no measure of what the server takes);
+        0 before (too soon to tell)."""
         done = self._accepted
         now = asyncio.get_running_loop().time()
-        if not done or now - done[0] < 1.0:
+        if not done or (now - done[0] < 1.0 and len(done) < SHARE_MIN):
             return 0.0
         return _rate(done, now, window)
 
@@ -455,6 +472,10 @@ class Limits:
         n = self._after_cut
         if not 0 < self._share_at_cut < MOSTLY_REFUSED or n < SHARE_MIN:
             return False
+        if self._pace is not None and self._pace >= self._refused:
+            # Climbed back to the rate that was refused: 429s there are the limit's,
+            # not a flaky server's (undone, the run would storm the server unpaced).
+            return False
         share = self._after_cut_limited / n
         return UNRELIEVED * self._share_at_cut <= share <= NEW_OVERLOAD * self._share_at_cut
 
@@ -493,8 +514,16 @@ class Limits:
         # One success takes about 1/pace seconds: the pace climbs linearly in time.
         pace += slope * refused / pace
         ceiling = self._share_of(self._ceiling)
-        if pace >= (ceiling if ceiling is not None else RELEASE_FACTOR * refused):
+        if ceiling is not None and pace >= ceiling:
             self._pace = None  # the bucket alone paces at the ceiling
+        elif ceiling is None and pace >= RELEASE_FACTOR * refused:
+            # No limit known, and the server takes twice what it refused: the limit
+            # moved, or the refused rate was measured low (a first burst). The pace is
+            # not released (unpaced, a run storms a server whose limit is just above
+            # and meets hundreds of 429s): it goes on climbing from here, the faster
+            # for the new reference, until 429s cut it again.
+            self._refused = pace
+            self._pace = pace
         else:
             self._pace = pace
 

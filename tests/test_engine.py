@@ -115,7 +115,13 @@ class RecordingLimits(Limits):
         self.outcomes: Counter[str] = Counter()
 
     async def admit(self, body: Any, chars: int | None = None) -> Permit:
-        granted = await super().admit(body, chars)
+        return self._recorded(await super().admit(body, chars))
+
+    def admit_now(self, chars: int | None = None) -> Permit | None:
+        granted = super().admit_now(chars)
+        return None if granted is None else self._recorded(granted)
+
+    def _recorded(self, granted: Permit) -> Permit:
         permit = CountingPermit(self, granted.charged, granted.chars)
         permit.counts = self.outcomes
         self.permits.append(permit)
@@ -281,16 +287,18 @@ OUTCOMES: dict[str, Callable[[int], Completion | BaseException]] = {
 }
 
 
+@pytest.mark.parametrize("limited", [True, False], ids=["limits", "no-limits"])
 @pytest.mark.parametrize("kind", [*OUTCOMES, "cancel"])
-def test_every_permit_is_settled_exactly_once(kind):
+def test_every_permit_is_settled_exactly_once(kind, limited):
     """Whatever an attempt ends in (an answer, an invalid answer, a 429, a transient
     fault, a refused request, an auth failure, a cancel), its permit is settled once:
-    never twice (settle raises), never left open. (In virtual time: a 429 slows the
-    run down for seconds.)"""
+    never twice (settle raises), never left open; with limits (each permit waited for)
+    and without (permits granted at once, attempts going on to the next job in their
+    task). (In virtual time: a 429 slows the run down for seconds.)"""
     limits_box: list[RecordingLimits] = []
 
     async def main() -> tuple[ListOutput, Stats]:
-        limits = RecordingLimits(rpm=60_000, tpm=6_000_000)
+        limits = RecordingLimits(rpm=60_000, tpm=6_000_000) if limited else RecordingLimits()
         limits_box.append(limits)
         if kind == "cancel":
             provider = ScriptedProvider(lambda r, n: text_response("good"), latency=10.0)
@@ -352,3 +360,19 @@ async def test_a_refused_attempt_gives_its_token_charge_back(outcome, refunded):
         assert level < 5  # (what leaked meanwhile aside)
     else:
         assert level > permit.charged - 5
+
+
+async def test_an_input_that_fails_to_read_mid_run_fails_the_run():
+    """Reading the input fails after some items (an I/O error): the run raises that
+    error, whichever task was reading, and what was answered before is written."""
+
+    def source() -> Iterator[Request]:
+        yield from requests(50)
+        raise OSError(errno.EIO, "Input/output error")
+
+    provider = ScriptedProvider(lambda r, n: text_response("good"), latency=0.001)
+    engine, out, _ = make_engine(provider, concurrency=4)
+    with pytest.raises(OSError, match="Input/output error"):
+        await asyncio.wait_for(engine.run(source()), 5)
+    assert 0 < len(out.items) <= 50
+    assert len(states(out)) == len(out.items)

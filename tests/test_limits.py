@@ -290,24 +290,29 @@ def test_succeeded_climbs_back_to_the_ceiling_then_lets_the_bucket_pace():
     assert 2.0 < released_after < 6.0
 
 
-def test_without_a_ceiling_the_pace_probes_past_the_refused_rate_then_releases():
+def test_without_a_ceiling_the_pace_probes_ever_higher_but_is_never_released():
     """No --rpm and no announced limit: after a cut the pace returns to the refused
-    rate and beyond; far past it the limit has evidently moved, and pacing stops."""
+    rate and climbs on past it, each doubling a new reference to climb from; it is
+    never released (unpaced, a run storms a server whose limit lies just above the
+    rate it refused, and meets hundreds of 429s)."""
 
-    async def main() -> tuple[float | None, int]:
+    async def main() -> tuple[float | None, list[float | None]]:
         limits = Limits()
         await send_times(limits, 50)  # 50/s
         limits.pushed_back(None)
         first = limits.pace_rpm
-        n = 0
-        while limits.pace_rpm is not None and n < 100_000:
-            limits.succeeded()
-            n += 1
-        return first, n
+        paces = []
+        for _ in range(3):
+            for _ in range(10_000):
+                limits.succeeded()
+            paces.append(limits.pace_rpm)
+        return first, paces
 
-    first, successes = virtual(main)
+    first, paces = virtual(main)
     assert first == pytest.approx(50 * 60 * BACKOFF_FACTOR)
-    assert successes < 100_000
+    assert all(p is not None for p in paces)
+    assert paces == sorted(paces)
+    assert (paces[-1] or 0) > 4 * 50 * 60
 
 
 def test_pace_never_stops_entirely():
