@@ -126,44 +126,25 @@ class EngineConfig:
         return self.window or max(2 * self.concurrency, self.concurrency + 16)
 
 
-@dataclass(slots=True, eq=False)
-class Job:
-    request: Request
+@dataclass(slots=True, eq=False, kw_only=True)
+class Job(Finished):
+    """An item on its way. Its outcome (the `Finished` fields: answers, usage, the last
+    answer) builds up on it as attempts end, and when it ends the job itself is
+    written: no copy per item."""
+
+    state: State = State.FAILED  # set when it ends
     chars: int | None = None  # prompt characters, for the token estimate (once known)
-    requests: int = 0  # answered requests so far
-    retries: int = 0  # transport retries so far
     last_delay: float = 0.0
-    latency_ms: float = 0.0
-    prompt_tokens: int = 0  # summed over every answer, re-asks included
-    completion_tokens: int = 0
-    cached_tokens: int = 0
-    last: Completion | None = None
-    reason: str | None = None
     not_before: float = 0.0
     seq: int = field(default=0)
     live: bool = False  # asked of the provider, not the cache (a re-ask, a bad cached answer)
     reserved: float = 0.0  # USD reserved under --max-cost for the attempt in flight
-    order: int = 0  # its place among the items this run took from the source
+
+    __eq__ = object.__eq__  # one job is one item: compared by identity
+    __hash__ = object.__hash__
 
     def __lt__(self, other: Job) -> bool:  # heap order: due time, then arrival
         return (self.not_before, self.seq) < (other.not_before, other.seq)
-
-    def finished(self, state: State, error: ProviderError | None = None, via: str = "live") -> Finished:
-        return Finished(
-            request=self.request,
-            state=state,
-            requests=self.requests,
-            retries=self.retries,
-            latency_ms=self.latency_ms,
-            prompt_tokens=self.prompt_tokens,
-            completion_tokens=self.completion_tokens,
-            cached_tokens=self.cached_tokens,
-            last=self.last,
-            reason=self.reason,
-            error=error,
-            via=via,
-            order=self.order,
-        )
 
 
 class Engine:
@@ -209,6 +190,7 @@ class Engine:
         self._grace: asyncio.TimerHandle | None = None
         self._items: Iterator[Request | InputError] = iter(())
         self._exhausted = False
+        self._window = config.window_size
         self._read_error: Exception | None = None  # reading the input failed in an attempt's task
 
     # --- control -----------------------------------------------------------------
@@ -267,7 +249,7 @@ class Engine:
                     if idle_reads % 1000 == 0:
                         await asyncio.sleep(0)  # a long run of rejects must not starve the loop
                     continue
-                job = Job(nxt, order=next(self._orders))
+                job = Job(request=nxt, order=next(self._orders))
                 self._alive += 1
                 if self.cache is not None and not self._sent_live(job):
                     continue  # answered from the cache, or waiting for an identical request
@@ -439,9 +421,27 @@ class Engine:
 
     async def _attempt(self, job: Job, permit: Permit) -> None:
         """One attempt; then, while the next job can go at once, that one too, in the
-        same task and slot (see `_chained`)."""
+        same task and slot (see `_chained`). One coroutine, not one per attempt: every
+        resumption passes through each frame awaiting."""
+        complete = self.provider.complete
+        timeout = self.config.timeout
         while True:
-            await self._send(job, permit)
+            try:
+                completion = await complete(job.request, timeout=timeout)
+            except BaseException as exc:
+                permit.settle(exc)
+                self._unreserve(job, exc)
+                self._failed(job, exc)
+                if isinstance(exc, asyncio.CancelledError):
+                    raise
+            else:
+                permit.settle(completion)
+                if job.reserved:
+                    self._unreserve(job, completion.usage)
+                try:
+                    self._answered(job, completion)
+                except Exception as exc:
+                    self._internal_error(job, exc)
             chained = self._chained()
             if chained is None:
                 return
@@ -458,7 +458,7 @@ class Engine:
         heap = self._retry_heap
         if heap and heap[0].not_before <= asyncio.get_running_loop().time():
             job = heapq.heappop(heap)
-        elif not self._exhausted and self._alive + self.output.backlog < self.config.window_size:
+        elif not self._exhausted and self._alive + self.output.backlog < self._window:
             try:
                 nxt = next(self._items, None)
             except Exception as exc:  # the dispatcher raises it, as if it had read
@@ -471,7 +471,7 @@ class Engine:
             if isinstance(nxt, InputError):
                 self.reject(nxt)
                 return None  # this slot goes back; the dispatcher reads on
-            job = Job(nxt, order=next(self._orders))
+            job = Job(request=nxt, order=next(self._orders))
             self._alive += 1
         else:
             return None
@@ -480,23 +480,6 @@ class Engine:
             raise AssertionError("a permit was refused with nothing to wait for")
         self.stats.requests += 1
         return job, permit
-
-    async def _send(self, job: Job, permit: Permit) -> None:
-        try:
-            completion = await self.provider.complete(job.request, timeout=self.config.timeout)
-        except BaseException as exc:
-            permit.settle(exc)
-            self._unreserve(job, exc)
-            self._failed(job, exc)
-            if isinstance(exc, asyncio.CancelledError):
-                raise
-            return
-        permit.settle(completion)
-        self._unreserve(job, completion.usage)
-        try:
-            self._answered(job, completion)
-        except Exception as exc:
-            self._internal_error(job, exc)
 
     def _failed(self, job: Job, exc: BaseException) -> None:
         if isinstance(exc, ProviderError):
@@ -636,7 +619,10 @@ class Engine:
             stats.invalid += 1
         else:
             stats.failed += 1
-        self.output.write(job.finished(state, error, via))
-        self.check_writers()
-        if via == "live":
+        job.state, job.error, job.via = state, error, via
+        output = self.output
+        output.write(job)
+        if output.error is not None:
+            self.check_writers()
+        if via == "live" and self.cache is not None:
             self._lead_done(job, job.last if state is State.VALID else None)

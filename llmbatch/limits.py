@@ -102,6 +102,8 @@ _HEADER_NAMES = {
     kind: (f"x-ratelimit-limit-{kind}", f"x-ratelimit-remaining-{kind}", f"x-ratelimit-reset-{kind}")
     for kind in KINDS
 }
+# What a server that announces limits sends on every answer: one is enough to look further.
+_ANY_HEADER = tuple(name for names in _HEADER_NAMES.values() for name in names[:2])
 
 
 class Shared(Protocol):
@@ -370,6 +372,9 @@ class Limits:
         (when the user gave none), and what is left of the server's budgets (see the
         module docstring). Returns whether a budget of a known limit is empty."""
         get = headers.get
+        a, b, c, d = _ANY_HEADER
+        if get(a) is None and get(b) is None and get(c) is None and get(d) is None:
+            return False  # a server that announces nothing (looked at on every answer)
         for kind in KINDS:
             limit = get(_HEADER_NAMES[kind][0])
             if limit and kind not in self._given:
@@ -503,7 +508,14 @@ class Limits:
 
     def succeeded(self) -> None:
         """One success: let the adaptive pace climb back toward its ceiling."""
-        self._record(False)
+        # _record(False), written out: this runs once per answer.
+        self._answers += 1
+        if self._answers > self._count_from:
+            self._after_cut += 1
+        outcomes = self._outcomes
+        if len(outcomes) == SHARE_WINDOW and outcomes[0]:
+            self._limited -= 1
+        outcomes.append(False)
         self._accepted.append(asyncio.get_running_loop().time())
         self._spent = False
         pace = self._pace

@@ -115,19 +115,18 @@ def batch_record(f: Finished, server: str = "") -> dict[str, Any]:
     """An OpenAI Batch API output line, plus our `llmbatch` block."""
     req = f.request
     last = f.last
-    response = None
-    if last is not None:
-        response = {"status_code": last.status_code, "request_id": last.request_id, "body": last.body}
+    state = f.state
+    usage = {"prompt_tokens": f.prompt_tokens, "completion_tokens": f.completion_tokens}
+    if f.cached_tokens:
+        usage["cached_tokens"] = f.cached_tokens
     meta: dict[str, Any] = {
         "line": req.line,
         "requests": f.requests,
         "retries": f.retries,
-        "valid": f.state is State.VALID,
+        "valid": state is _VALID,
         "latency_ms": round(f.latency_ms, 1),
-        "usage": {"prompt_tokens": f.prompt_tokens, "completion_tokens": f.completion_tokens},
+        "usage": usage,
     }
-    if f.cached_tokens:
-        meta["usage"]["cached_tokens"] = f.cached_tokens
     if req.metadata is not None:
         meta["metadata"] = req.metadata
     if f.batch_id is not None:
@@ -139,16 +138,26 @@ def batch_record(f: Finished, server: str = "") -> dict[str, Any]:
     meta["via"] = f.via
     meta["server"] = server
     meta["fp"] = fp_hex(req.fp)
-    meta["state"] = f.state.value
+    meta["state"] = state  # a StrEnum: written as its value
+    if last is None:
+        return {
+            "id": f"batch_req_line_{req.line}",
+            "custom_id": req.custom_id,
+            "response": None,
+            "error": _error_block(f),
+            "llmbatch": meta,
+        }
+    rid = last.request_id
     return {
-        "id": f"batch_req_{last.request_id}"
-        if last is not None and last.request_id
-        else f"batch_req_line_{req.line}",
+        "id": f"batch_req_{rid}" if rid else f"batch_req_line_{req.line}",
         "custom_id": req.custom_id,
-        "response": response,
-        "error": _error_block(f),
+        "response": {"status_code": last.status_code, "request_id": rid, "body": last.body},
+        "error": None if state is _VALID and f.error is None else _error_block(f),
         "llmbatch": meta,
     }
+
+
+_VALID = State.VALID
 
 
 def _answer(last: Completion | None) -> Any:
@@ -181,7 +190,7 @@ def merged_record(f: Finished, server: str = "") -> dict[str, Any]:
             "llm_custom_id": req.custom_id,
             "llm_line": req.line,
             "llm_answer": _answer(f.last),
-            "llm_state": f.state.value,
+            "llm_state": f.state,
             "llm_valid": f.state is State.VALID,
             "llm_error": err["message"] if err else None,
             "llm_error_code": err["code"] if err else None,

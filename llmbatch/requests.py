@@ -52,8 +52,16 @@ def fingerprint(url: str, body: dict[str, Any]) -> int:
     """A 64-bit hash of what is sent: the endpoint and the body with its keys sorted
     (so the order a file or a template writes them in does not matter), model and
     parameters included; the custom_id and metadata, never sent, are not part of it."""
-    data = url.encode() + b"\0" + orjson.dumps(body, option=orjson.OPT_SORT_KEYS)
+    prefix = _FP_PREFIX.get(url)
+    if prefix is None:
+        prefix = url.encode() + b"\0"
+        if len(_FP_PREFIX) < 64:
+            _FP_PREFIX[url] = prefix
+    data = prefix + orjson.dumps(body, option=orjson.OPT_SORT_KEYS)
     return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "big", signed=True)
+
+
+_FP_PREFIX: dict[str, bytes] = {}  # per endpoint: what its fingerprints start with
 
 
 def _body_id(obj: dict[str, Any], line: int) -> str:
@@ -189,8 +197,8 @@ class RequestBuilder:
         cid = obj["custom_id"]
         if not isinstance(cid, str) or not cid:
             raise InputError("custom_id must be a non-empty string", line=line)
-        method = str(obj.get("method", "POST")).upper()
-        if method != "POST":
+        method = obj.get("method", "POST")
+        if method != "POST" and (method := str(method).upper()) != "POST":
             raise InputError(f"unsupported method {method!r} (only POST)", line=line)
         raw_url = obj.get("url", CHAT)
         url = _endpoint(raw_url) if isinstance(raw_url, str) else None

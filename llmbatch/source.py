@@ -259,7 +259,7 @@ class Source:
         seen = IdSet(expected, bits=32)
         suspects: list[Request] = []
         build = self.builder.build
-        mine = self._mine
+        mine = self._mine if self.shard is not None else None  # no shard: all is ours
         for number, raw in self.lines():
             if not raw.strip():
                 if stats is not None and (self.shard is None or self.shard.has_line(number)):
@@ -268,13 +268,13 @@ class Source:
             try:
                 req = build(number, parse_line(number, raw))
             except InputError as err:
-                if mine(err):
+                if mine is None or mine(err):
                     yield err
                 continue
             if not seen.add(req.custom_id):
                 suspects.append(req)
                 continue
-            if (wanted is None or wanted(req)) and mine(req):
+            if (wanted is None or wanted(req)) and (mine is None or mine(req)):
                 yield req
         if suspects:
             yield from self._settle_suspects(suspects, wanted)

@@ -43,7 +43,7 @@ from typing import Any, Protocol
 import orjson
 
 from llmbatch.errors import ConfigError, ValidationFailed
-from llmbatch.providers.base import Completion, Request
+from llmbatch.providers.base import CHAT, Completion, Request, choice_text
 
 __all__ = ["KINDS", "Answer", "Check", "Validator", "build_validator", "extract_json"]
 
@@ -195,7 +195,7 @@ class Validator:
     def __call__(self, request: Request, completion: Completion) -> str | None:
         """None when the answer is valid, else a short reason. Raises ConfigError when a
         check is broken (asking again cannot help)."""
-        if _is_embeddings(request.url):
+        if request.url != CHAT and _is_embeddings(request.url):
             return _unusable_embeddings(completion.body)
         reason = _unusable_chat(completion, self.require_finish)
         if reason is not None or not self.checks:
@@ -356,14 +356,15 @@ def _unusable_chat(completion: Completion, require_finish: str | None) -> str | 
     body = completion.body
     if not isinstance(body, dict):
         return "response body is not JSON"
-    if completion.choice is None:
+    choice = completion.choice
+    if choice is None:
         error = body.get("error")
         if isinstance(error, dict) and error.get("message"):
             return _short(f"response has no choices (error: {error['message']})")
         return "response has no choices"
-    if require_finish is not None and completion.finish_reason != require_finish:
-        return f"finish_reason was {completion.finish_reason!r}, expected {require_finish!r}"
-    if completion.text is None:
+    if require_finish is not None and (finish := choice.get("finish_reason")) != require_finish:
+        return f"finish_reason was {finish!r}, expected {require_finish!r}"
+    if choice_text(choice) is None:
         return "response has no content"
     return None
 

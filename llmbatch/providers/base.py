@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
-__all__ = ["CHAT", "EMBEDDINGS", "ENDPOINTS", "Completion", "Provider", "Request", "Usage"]
+__all__ = ["CHAT", "EMBEDDINGS", "ENDPOINTS", "Completion", "Provider", "Request", "Usage", "choice_text"]
 
 CHAT = "/v1/chat/completions"
 EMBEDDINGS = "/v1/embeddings"
@@ -80,16 +80,19 @@ class Completion:
     def text(self) -> str | None:
         """The first choice's message content, or None when there is none."""
         c = self.choice
-        if c is None:
-            return None
-        msg = c.get("message")
-        content = msg.get("content") if isinstance(msg, dict) else c.get("text")
-        return content if isinstance(content, str) else None
+        return None if c is None else choice_text(c)
 
     @property
     def finish_reason(self) -> str | None:
         c = self.choice
         return c.get("finish_reason") if c is not None else None
+
+
+def choice_text(choice: Mapping[str, Any]) -> str | None:
+    """A choice's message content (or a completion's text), or None when there is none."""
+    msg = choice.get("message")
+    content = msg.get("content") if isinstance(msg, dict) else choice.get("text")
+    return content if isinstance(content, str) else None
 
 
 @runtime_checkable

@@ -194,7 +194,10 @@ class OpenAIProvider:
             raise TransientError(f"no answer within {timeout:g}s", code="timeout") from None
         except aiohttp.ClientError as exc:
             raise _connection_error(exc) from None
-        return _completion(status, self._redact(raw), resp_headers, started)
+        secret = self._secret
+        if secret and secret in raw:
+            raw = raw.replace(secret, b"[redacted]")  # see _redact
+        return _completion(status, raw, resp_headers, started)
 
     async def _complete_sdk(self, request: Request, timeout: float | None) -> Completion:
         started = time.perf_counter()
@@ -256,11 +259,5 @@ def _completion(status: int, raw: bytes, headers: Mapping[str, str], started: fl
         # Not an answer; the validate stage says so and the item is asked again.
         body = raw[:2000].decode("utf-8", "replace")
     usage = Usage.from_body(body) if isinstance(body, dict) else Usage()
-    return Completion(
-        body=body,
-        status_code=status,
-        usage=usage,
-        headers=headers,
-        request_id=headers.get("x-request-id"),
-        latency_ms=latency,
-    )
+    # body, status_code, usage, headers, request_id, latency_ms (positional: once per answer)
+    return Completion(body, status, usage, headers, headers.get("x-request-id"), latency)
