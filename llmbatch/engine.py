@@ -453,7 +453,8 @@ class Engine:
         no cache to ask first. The attempt that just finished goes on to it, which
         spares a task and a wake-up of the dispatcher per request (about a tenth of
         the CPU per request at 0 ms latency). Anything else is the dispatcher's."""
-        if self.stopping or self.cap is not None or self.cache is not None or self.limits.may_wait:
+        limits = self.limits
+        if self.stats.stop is not None or self.cap is not None or self.cache is not None or limits.may_wait:
             return None
         heap = self._retry_heap
         if heap and heap[0].not_before <= asyncio.get_running_loop().time():
@@ -475,11 +476,8 @@ class Engine:
             self._alive += 1
         else:
             return None
-        permit = self.limits.admit_now(job.chars)
-        if permit is None:  # pragma: no cover - may_wait was false a moment ago
-            raise AssertionError("a permit was refused with nothing to wait for")
         self.stats.requests += 1
-        return job, permit
+        return job, limits.grant(job.chars)
 
     def _failed(self, job: Job, exc: BaseException) -> None:
         if isinstance(exc, ProviderError):

@@ -236,8 +236,10 @@ class Limits:
         """A permit at once when nothing can hold the request back (no limit known, no
         pause, no lowered pace: `may_wait` is false), else None: then `admit` waits.
         The common case of a run without limits costs no coroutine."""
-        if self.may_wait:
-            return None
+        return None if self.may_wait else self.grant(chars)
+
+    def grant(self, chars: int | None = None) -> Permit:
+        """`admit_now` for a caller that has just seen `may_wait` false."""
         loop = self._loop = asyncio.get_running_loop()
         self._sent += 1
         recent = self._recent

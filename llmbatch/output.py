@@ -124,7 +124,7 @@ def batch_record(f: Finished, server: str = "") -> dict[str, Any]:
         "requests": f.requests,
         "retries": f.retries,
         "valid": state is _VALID,
-        "latency_ms": round(f.latency_ms, 1),
+        "latency_ms": round(f.latency_ms * 10) / 10,  # to 0.1 ms; round(x, 1) costs twice as much
         "usage": usage,
     }
     if req.metadata is not None:

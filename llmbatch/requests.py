@@ -201,7 +201,9 @@ class RequestBuilder:
         if method != "POST" and (method := str(method).upper()) != "POST":
             raise InputError(f"unsupported method {method!r} (only POST)", line=line)
         raw_url = obj.get("url", CHAT)
-        url = _endpoint(raw_url) if isinstance(raw_url, str) else None
+        url = _ENDPOINTS.get(raw_url) if isinstance(raw_url, str) else None
+        if url is None and isinstance(raw_url, str):
+            url = _endpoint(raw_url)
         if url is None:
             raise InputError(f"unknown endpoint {raw_url!r} (use {' or '.join(ENDPOINTS)})", line=line)
         body = obj["body"]

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import itertools
 import os
 import stat
 import sys
@@ -157,12 +158,20 @@ class Source:
 
     def _read(self, f: BinaryIO, spool: IO[bytes] | None) -> Generator[tuple[int, bytes]]:
         with f:
-            for number, raw in enumerate(f, 1):
+            numbered = enumerate(f, 1)
+            for number, raw in numbered:  # the first line: it may start with a BOM
                 if spool is not None:
                     spool.write(raw)
-                if number == 1 and raw.startswith(BOM):
-                    raw = raw[len(BOM) :]
-                yield number, raw.rstrip(b"\r\n")
+                yield number, raw.removeprefix(BOM).rstrip(b"\r\n")
+                break
+            # The rest, in loops of their own: this runs once per line.
+            if spool is None:
+                for number, raw in numbered:
+                    yield number, raw.rstrip(b"\r\n")
+            else:
+                for number, raw in numbered:
+                    spool.write(raw)
+                    yield number, raw.rstrip(b"\r\n")
         if spool is not None:
             spool.flush()
             self._spooled = True
@@ -180,10 +189,8 @@ class Source:
         first call reads the input itself; later calls read it again."""
         if self._stream is None or self._head:
             head, self._head = self._head, []
-            yield from head
-            yield from self._first_stream()
-            return
-        yield from self._reread()
+            return itertools.chain(head, self._first_stream())  # no generator level per line
+        return self._reread()
 
     def _reread(self) -> Iterator[tuple[int, bytes]]:
         if self.rereadable:
@@ -261,7 +268,7 @@ class Source:
         build = self.builder.build
         mine = self._mine if self.shard is not None else None  # no shard: all is ours
         for number, raw in self.lines():
-            if not raw.strip():
+            if not raw or raw.isspace():
                 if stats is not None and (self.shard is None or self.shard.has_line(number)):
                     stats.blank += 1
                 continue

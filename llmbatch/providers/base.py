@@ -50,9 +50,15 @@ class Usage:
         u = body.get("usage")
         if not isinstance(u, dict):
             return cls()
+        prompt, completion = u.get("prompt_tokens"), u.get("completion_tokens")
         details = u.get("prompt_tokens_details")
-        cached = details.get("cached_tokens") if isinstance(details, dict) else None
-        return cls(int(u.get("prompt_tokens") or 0), int(u.get("completion_tokens") or 0), int(cached or 0))
+        cached = details.get("cached_tokens") if details.__class__ is dict else None
+        # int() only for what is not an int already (a float, a string): once per answer.
+        return cls(
+            prompt if prompt.__class__ is int else int(prompt or 0),
+            completion if completion.__class__ is int else int(completion or 0),
+            cached if cached.__class__ is int else int(cached or 0),
+        )
 
 
 @dataclass(slots=True)
