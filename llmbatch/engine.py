@@ -2,7 +2,10 @@
 
 One dispatcher coroutine takes the next job (a due retry first, else a new item from
 the source), waits on the limits for a permit and for a free slot, and starts an
-attempt task. An attempt ends in one of four ways:
+attempt task. When nothing could hold the next job back (no limit known, no pause or
+lowered pace, no --max-cost, no cache), a finishing attempt takes that job itself and
+goes on in the same task and slot, as a hand-written loop of workers would: no task
+and no dispatcher wake-up per request. An attempt ends in one of four ways:
 
 - a valid answer, or the last allowed invalid one: the item is finished;
 - an invalid answer with requests left: the job goes back to be asked again at once;
