@@ -195,6 +195,18 @@ class Validator:
     def __call__(self, request: Request, completion: Completion) -> str | None:
         """None when the answer is valid, else a short reason. Raises ConfigError when a
         check is broken (asking again cannot help)."""
+        if request.url == CHAT and not self.checks and self.require_finish is None:
+            # The usual case, once per answer: a chat answer with text, and nothing more
+            # asked of it. Anything else takes the full path below, which says why.
+            body = completion.body
+            choices = body.get("choices") if body.__class__ is dict else None
+            if (
+                choices.__class__ is list
+                and choices
+                and choices[0].__class__ is dict
+                and choice_text(choices[0]) is not None
+            ):
+                return None
         if request.url != CHAT and _is_embeddings(request.url):
             return _unusable_embeddings(completion.body)
         reason = _unusable_chat(completion, self.require_finish)
