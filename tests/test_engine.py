@@ -117,9 +117,8 @@ class RecordingLimits(Limits):
     async def admit(self, body: Any, chars: int | None = None) -> Permit:
         return self._recorded(await super().admit(body, chars))
 
-    def admit_now(self, chars: int | None = None) -> Permit | None:
-        granted = super().admit_now(chars)
-        return None if granted is None else self._recorded(granted)
+    def grant(self, chars: int | None = None) -> Permit:  # admit_now's, and the engine's chained attempts'
+        return self._recorded(super().grant(chars))
 
     def _recorded(self, granted: Permit) -> Permit:
         permit = CountingPermit(self, granted.charged, granted.chars)
@@ -296,6 +295,7 @@ def test_every_permit_is_settled_exactly_once(kind, limited):
     and without (permits granted at once, attempts going on to the next job in their
     task). (In virtual time: a 429 slows the run down for seconds.)"""
     limits_box: list[RecordingLimits] = []
+    providers: list[ScriptedProvider] = []
 
     async def main() -> tuple[ListOutput, Stats]:
         limits = RecordingLimits(rpm=60_000, tpm=6_000_000) if limited else RecordingLimits()
@@ -304,6 +304,7 @@ def test_every_permit_is_settled_exactly_once(kind, limited):
             provider = ScriptedProvider(lambda r, n: text_response("good"), latency=10.0)
         else:
             provider = ScriptedProvider(lambda r, n: OUTCOMES[kind](n), latency=0.01)
+        providers.append(provider)
         engine, out, stats = make_engine(provider, limits=limits, concurrency=2)
         with no_backoff():
             task = asyncio.ensure_future(engine.run(requests(6)))
@@ -318,6 +319,8 @@ def test_every_permit_is_settled_exactly_once(kind, limited):
     assert limits.permits, "no attempt was made"
     assert all(p.settled for p in limits.permits)
     assert limits.outcomes.total() == len(limits.permits)
+    if providers:  # every attempt sent took a permit of its own
+        assert len(limits.permits) >= providers[0].attempts.total()
     expected = {
         "answer": {State.VALID},
         "invalid": {State.INVALID},
