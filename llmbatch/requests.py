@@ -52,16 +52,17 @@ def fingerprint(url: str, body: dict[str, Any]) -> int:
     """A 64-bit hash of what is sent: the endpoint and the body with its keys sorted
     (so the order a file or a template writes them in does not matter), model and
     parameters included; the custom_id and metadata, never sent, are not part of it."""
-    prefix = _FP_PREFIX.get(url)
-    if prefix is None:
-        prefix = url.encode() + b"\0"
-        if len(_FP_PREFIX) < 64:
-            _FP_PREFIX[url] = prefix
-    data = prefix + orjson.dumps(body, option=orjson.OPT_SORT_KEYS)
-    return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "big", signed=True)
+    start = _FP_START.get(url)
+    if start is None:
+        start = hashlib.blake2b(url.encode() + b"\0", digest_size=8)
+        if len(_FP_START) < 64:
+            _FP_START[url] = start
+    h = start.copy()  # a hash already fed the endpoint: a quarter cheaper than a new one
+    h.update(orjson.dumps(body, option=orjson.OPT_SORT_KEYS))
+    return int.from_bytes(h.digest(), "big", signed=True)
 
 
-_FP_PREFIX: dict[str, bytes] = {}  # per endpoint: what its fingerprints start with
+_FP_START: dict[str, hashlib.blake2b] = {}  # per endpoint: a blake2b fed its url and a NUL
 
 
 def _body_id(obj: dict[str, Any], line: int) -> str:
