@@ -226,9 +226,9 @@ class Engine:
 
     async def run(self, source: Iterable[Request | InputError]) -> Stats:
         loop = asyncio.get_running_loop()
-        it = self._items = iter(source)
+        self._items = iter(source)
         conc = self.config.concurrency
-        window = self.config.window_size
+        window = self._window
         heap = self._retry_heap
         stats = self.stats
         idle_reads = 0
@@ -242,9 +242,8 @@ class Engine:
             if heap and heap[0].not_before <= loop.time():
                 job = heapq.heappop(heap)
             elif not self._exhausted and self._alive + self.output.backlog < window:
-                nxt = next(it, None)
+                nxt = self._read()
                 if nxt is None:
-                    self._exhausted = True
                     continue
                 if isinstance(nxt, InputError):
                     self.reject(nxt)
@@ -252,8 +251,7 @@ class Engine:
                     if idle_reads % 1000 == 0:
                         await asyncio.sleep(0)  # a long run of rejects must not starve the loop
                     continue
-                job = Job(request=nxt, order=next(self._orders))
-                self._alive += 1
+                job = self._new_job(nxt)
                 if self.cache is not None and not self._sent_live(job):
                     continue  # answered from the cache, or waiting for an identical request
             if job is None:
@@ -464,23 +462,34 @@ class Engine:
             job = heapq.heappop(heap)
         elif not self._exhausted and self._alive + self.output.backlog < self._window:
             try:
-                nxt = next(self._items, None)
+                nxt = self._read()
             except Exception as exc:  # the dispatcher raises it, as if it had read
                 self._read_error, self._exhausted = exc, True
                 self._wake.set()
                 return None
             if nxt is None:
-                self._exhausted = True
                 return None
             if isinstance(nxt, InputError):
                 self.reject(nxt)
                 return None  # this slot goes back; the dispatcher reads on
-            job = Job(request=nxt, order=next(self._orders))
-            self._alive += 1
+            job = self._new_job(nxt)
         else:
             return None
         self.stats.requests += 1
         return job, limits.grant(job.chars)
+
+    def _read(self) -> Request | InputError | None:
+        """The next item of the input (the dispatcher's and chained attempts' alike), or
+        None once it is exhausted."""
+        nxt = next(self._items, None)
+        if nxt is None:
+            self._exhausted = True
+        return nxt
+
+    def _new_job(self, request: Request) -> Job:
+        """A job for an item just read: it is alive (in the window) until it ends."""
+        self._alive += 1
+        return Job(request=request, order=next(self._orders))
 
     def _failed(self, job: Job, exc: BaseException) -> None:
         if isinstance(exc, ProviderError):
