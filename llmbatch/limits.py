@@ -226,6 +226,10 @@ class Limits:
             await self._tokens.acquire(amount)
         self.waiting = None
         await self._wait_pause(loop)  # a 429 may have come back while this one waited
+        self._sending(loop)
+
+    def _sending(self, loop: asyncio.AbstractEventLoop) -> None:
+        """A request is let through: counted, and its time kept for the achieved rate."""
         self._sent += 1
         recent = self._recent
         recent.append(loop.time())
@@ -240,12 +244,8 @@ class Limits:
 
     def grant(self, chars: int | None = None) -> Permit:
         """`admit_now` for a caller that has just seen `may_wait` false."""
-        loop = self._loop = asyncio.get_running_loop()
-        self._sent += 1
-        recent = self._recent
-        recent.append(loop.time())
-        if len(recent) > 1024:
-            del recent[:512]
+        self._loop = loop = asyncio.get_running_loop()
+        self._sending(loop)
         return Permit(self, 0, chars or 0)
 
     async def admit(self, body: Mapping[str, Any], chars: int | None = None) -> Permit:
@@ -510,14 +510,7 @@ class Limits:
 
     def succeeded(self) -> None:
         """One success: let the adaptive pace climb back toward its ceiling."""
-        # _record(False), written out: this runs once per answer.
-        self._answers += 1
-        if self._answers > self._count_from:
-            self._after_cut += 1
-        outcomes = self._outcomes
-        if len(outcomes) == SHARE_WINDOW and outcomes[0]:
-            self._limited -= 1
-        outcomes.append(False)
+        self._record(False)
         self._accepted.append(asyncio.get_running_loop().time())
         self._spent = False
         pace = self._pace

@@ -198,14 +198,8 @@ class Validator:
         if request.url == CHAT and not self.checks and self.require_finish is None:
             # The usual case, once per answer: a chat answer with text, and nothing more
             # asked of it. Anything else takes the full path below, which says why.
-            body = completion.body
-            choices = body.get("choices") if body.__class__ is dict else None
-            if (
-                choices.__class__ is list
-                and choices
-                and choices[0].__class__ is dict
-                and choice_text(choices[0]) is not None
-            ):
+            choice = completion.choice
+            if choice is not None and choice_text(choice) is not None:
                 return None
         if request.url != CHAT and _is_embeddings(request.url):
             return _unusable_embeddings(completion.body)

@@ -194,10 +194,7 @@ class OpenAIProvider:
             raise TransientError(f"no answer within {timeout:g}s", code="timeout") from None
         except aiohttp.ClientError as exc:
             raise _connection_error(exc) from None
-        secret = self._secret
-        if secret and secret in raw:
-            raw = raw.replace(secret, b"[redacted]")  # see _redact
-        return _completion(status, raw, resp_headers, started)
+        return _completion(status, self._redact(raw), resp_headers, started)
 
     async def _complete_sdk(self, request: Request, timeout: float | None) -> Completion:
         started = time.perf_counter()
