@@ -180,6 +180,7 @@ class Context:
         args: tuple[str, ...] = (),
         concurrency: int = 64,
         timeout: float,
+        env: dict[str, str] | None = None,
     ) -> Run:
         """Run one client to completion, then read the server's counters and check the output."""
         out = self.tmp / f"out-{client}.jsonl"
@@ -204,7 +205,7 @@ class Context:
                 argv += ["--base-url", server.base_url]
             argv += list(args)
         cpu_before = server.cpu_s() if server is not None else None
-        measured = run_measured(argv, timeout=timeout, env=self.env)
+        measured = run_measured(argv, timeout=timeout, env={**self.env, **(env or {})})
         server_cpu = server.cpu_s() - cpu_before if server is not None and cpu_before is not None else None
         info = measured.json()
         if summary.exists():
