@@ -118,9 +118,9 @@ def oversized(ctx: Context) -> list[Row]:
 # bare client paid three memory system calls a request that llmbatch does not: asyncio
 # reads a socket into a 256 KiB buffer; a small heap (the bare client's) has no room
 # for it at its top, so glibc maps it fresh, shrinks it to the answer's size and unmaps
-# it (mmap, mremap, munmap, and a page fault: about 18 us of system CPU a request here),
+# it (mmap, mremap, munmap: about 18 us of system CPU a request here),
 # while llmbatch's heap, left with free room by its imports, serves it from the heap.
-# That flattered llmbatch by a tenth. A padded heap top serves both from the heap.
+# That flattered llmbatch by about a sixth. A padded heap top serves both from the heap.
 ALLOCATOR = {"MALLOC_TOP_PAD_": str(1 << 20)}
 
 
@@ -167,7 +167,7 @@ def cpu(ctx: Context) -> list[Row]:
         row = runs[kind][len(runs[kind]) // 2].row("marginal CPU, 0 ms", label)
         row.marginal_ms = statistics.median(marginal[kind])
         if kind == "bare":
-            row.result = "the floor (heap top padded, as every row here)"
+            row.result = "the floor (heap top padded)"
         else:
             ratio = statistics.median(paired[kind]) if bare else float("nan")
             rounds = ", ".join(
