@@ -12,6 +12,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import PYTHON, RedisServer, free_port, read_jsonl, write_jsonl
@@ -286,6 +287,27 @@ def _start_shards(
     return procs
 
 
+@pytest.fixture
+def start_shards() -> Iterator[Callable[..., list[subprocess.Popen[bytes]]]]:
+    """`_start_shards`, with every shard process stopped when the test ends: a test that
+    fails before its shards finish must not leave them running into the next test."""
+    started: list[subprocess.Popen[bytes]] = []
+
+    def start(*args: Any, **kwargs: Any) -> list[subprocess.Popen[bytes]]:
+        procs = _start_shards(*args, **kwargs)
+        started.extend(procs)
+        return procs
+
+    yield start
+    for proc in started:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(30)
+        for pipe in (proc.stdout, proc.stderr):
+            if pipe is not None:
+                pipe.close()
+
+
 def _finish(procs: list[subprocess.Popen[bytes]]) -> Iterator[tuple[int, str]]:
     for proc in procs:
         _, err = proc.communicate(timeout=180)
@@ -296,14 +318,16 @@ def _ids(paths: list[Path]) -> Counter[str]:
     return Counter(rec["custom_id"] for path in paths for rec in read_jsonl(path))
 
 
-def test_three_processes_share_one_budget_and_stay_under_it(tmp_path, fake_server, api_key, redis_server):
+def test_three_processes_share_one_budget_and_stay_under_it(
+    tmp_path, fake_server, api_key, redis_server, start_shards
+):
     """Three shards on one key with --rpm R through Redis, against a server enforcing R:
     together they keep to R (a 429 now and then at most), and cover the input once."""
     server = fake_server(rpm=3000)
     items = 300
     source = write_jsonl(tmp_path / "in.jsonl", _bodies(items))
     out = tmp_path / "out-{shard}.jsonl"
-    procs = _start_shards(
+    procs = start_shards(
         3, source, out, base_url=server.base_url, redis_url=redis_server.url, rpm=3000, key=api_key
     )
     results = list(_finish(procs))
@@ -323,7 +347,7 @@ def _lines(path: Path) -> int:
 
 
 def test_redis_killed_and_restarted_mid_run_every_shard_finishes_once(
-    tmp_path, fake_server, api_key, redis_server
+    tmp_path, fake_server, api_key, redis_server, start_shards
 ):
     """Redis dies mid-run and comes back empty: every shard warns, goes on at its share,
     rejoins, and finishes; each id is answered and written exactly once."""
@@ -332,7 +356,7 @@ def test_redis_killed_and_restarted_mid_run_every_shard_finishes_once(
     source = write_jsonl(tmp_path / "in.jsonl", _bodies(items))
     out = tmp_path / "out-{shard}.jsonl"
     outputs = [tmp_path / f"out-{k}.jsonl" for k in range(3)]
-    procs = _start_shards(
+    procs = start_shards(
         3, source, out, base_url=server.base_url, redis_url=redis_server.url, rpm=1500, key=api_key
     )
     deadline = time.monotonic() + 60
