@@ -144,6 +144,15 @@ def read_jsonl(path: Path) -> list[Any]:
         return [orjson.loads(line) for line in f]
 
 
+def reap(procs: Iterable[subprocess.Popen[bytes]]) -> None:
+    """Kill whichever of `procs` still runs and collect them all, pipes read and closed:
+    a test that fails midway must not leave its processes running into the next one."""
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate()
+
+
 # --- virtual time -------------------------------------------------------------------
 
 T = TypeVar("T")

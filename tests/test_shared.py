@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import PYTHON, RedisServer, free_port, read_jsonl, write_jsonl
+from conftest import PYTHON, RedisServer, free_port, read_jsonl, reap, write_jsonl
 
 from llmbatch.limits import Limits
 from llmbatch.shared import SharedBudget, default_key
@@ -299,13 +299,7 @@ def start_shards() -> Iterator[Callable[..., list[subprocess.Popen[bytes]]]]:
         return procs
 
     yield start
-    for proc in started:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait(30)
-        for pipe in (proc.stdout, proc.stderr):
-            if pipe is not None:
-                pipe.close()
+    reap(started)
 
 
 def _finish(procs: list[subprocess.Popen[bytes]]) -> Iterator[tuple[int, str]]:

@@ -19,6 +19,7 @@ from typing import Any
 
 import orjson
 import pytest
+from conftest import reap
 
 from llmbatch.testing.server import FakeServer
 
@@ -95,10 +96,7 @@ def llmbatch(tmp_path: Path) -> Callable[..., subprocess.Popen[bytes]]:
         return proc
 
     yield start
-    for proc in procs:
-        if proc.poll() is None:
-            proc.kill()
-        proc.communicate()
+    reap(procs)
 
 
 def test_sigkill_at_random_moments_loses_and_doubles_nothing(llmbatch, server, tmp_path):
