@@ -84,18 +84,14 @@ class IdSet:
         return i
 
     def add(self, text: str) -> bool:
-        """Add; True when it was not there before. (Once per input line: `_key` and
-        `_probe` are written out here.)"""
+        """Add; True when it was not there before."""
         if self._count + 1 > self._size * _MAX_LOAD:
             self._grow()
-        key = (hash(text) & self._mask) or 1
-        slots, size = self._slots, self._size
-        i = key % size
-        while (v := slots[i]) != _EMPTY:
-            if v == key:
-                return False
-            i = i + 1 if i + 1 < size else 0
-        slots[i] = key
+        key = self._key(text)
+        i = self._probe(key)
+        if self._slots[i] == key:
+            return False
+        self._slots[i] = key
         self._count += 1
         return True
 

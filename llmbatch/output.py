@@ -139,19 +139,13 @@ def batch_record(f: Finished, server: str = "") -> dict[str, Any]:
     meta["server"] = server
     meta["fp"] = fp_hex(req.fp)
     meta["state"] = state  # a StrEnum: written as its value
-    if last is None:
-        return {
-            "id": f"batch_req_line_{req.line}",
-            "custom_id": req.custom_id,
-            "response": None,
-            "error": _error_block(f),
-            "llmbatch": meta,
-        }
-    rid = last.request_id
+    rid = last.request_id if last is not None else None
     return {
         "id": f"batch_req_{rid}" if rid else f"batch_req_line_{req.line}",
         "custom_id": req.custom_id,
-        "response": {"status_code": last.status_code, "request_id": rid, "body": last.body},
+        "response": None
+        if last is None
+        else {"status_code": last.status_code, "request_id": rid, "body": last.body},
         "error": None if state is _VALID and f.error is None else _error_block(f),
         "llmbatch": meta,
     }

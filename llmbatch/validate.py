@@ -195,12 +195,6 @@ class Validator:
     def __call__(self, request: Request, completion: Completion) -> str | None:
         """None when the answer is valid, else a short reason. Raises ConfigError when a
         check is broken (asking again cannot help)."""
-        if request.url == CHAT and not self.checks and self.require_finish is None:
-            # The usual case, once per answer: a chat answer with text, and nothing more
-            # asked of it. Anything else takes the full path below, which says why.
-            choice = completion.choice
-            if choice is not None and choice_text(choice) is not None:
-                return None
         if request.url != CHAT and _is_embeddings(request.url):
             return _unusable_embeddings(completion.body)
         reason = _unusable_chat(completion, self.require_finish)
