@@ -21,6 +21,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check llmbatch tests bench samples
 	$(BIN)/ruff format --check llmbatch tests bench samples
 	$(BIN)/mypy
+	$(BIN)/lint-imports --no-cache
 
 ## test: lint, then the whole test suite (loopback HTTP included)
 test: lint

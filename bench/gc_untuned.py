@@ -1,5 +1,5 @@
 """`python bench/gc_untuned.py run ...`: llmbatch with Python's default garbage-collector
-settings (no freeze, default thresholds), to measure what `llmbatch.run.tune_gc` saves."""
+settings (no freeze, default thresholds), to measure what `llmbatch.app.run.tune_gc` saves."""
 
 from __future__ import annotations
 
@@ -8,13 +8,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import llmbatch.run
-from llmbatch.cli import main
+import llmbatch.app.run
+from llmbatch.app.cli import main
 
 
 def _untuned() -> None:
     """Leave the collector as Python sets it up."""
 
 
-llmbatch.run.tune_gc = _untuned
+llmbatch.app.run.tune_gc = _untuned
 main()

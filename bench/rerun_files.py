@@ -13,11 +13,11 @@ from pathlib import Path
 import orjson
 
 from bench.harness import write_input
-from llmbatch.errors import TransientError
-from llmbatch.jsonl import parse_line
-from llmbatch.output import Finished, State, batch_record, server_hash
-from llmbatch.providers.base import Completion
-from llmbatch.requests import RequestBuilder
+from llmbatch.core.errors import TransientError
+from llmbatch.core.values import Completion, Finished, State
+from llmbatch.files.jsonl import parse_line
+from llmbatch.input.build import RequestBuilder
+from llmbatch.output.records import batch_record, server_hash
 
 
 def main() -> None:

@@ -18,9 +18,9 @@ from typing import Any
 
 from rich.console import Console
 
-from llmbatch import run as run_module
-from llmbatch.display import Display
-from llmbatch.settings import Settings
+from llmbatch.app import run as run_module
+from llmbatch.app.display import Display
+from llmbatch.app.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = ROOT / "samples"

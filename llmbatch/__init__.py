@@ -1,6 +1,6 @@
 """llmbatch: push JSONL rows through an OpenAI-compatible API, paced, validated, resumable."""
 
-from llmbatch.errors import (
+from llmbatch.core.errors import (
     AuthError,
     ConfigError,
     InputError,
@@ -11,7 +11,8 @@ from llmbatch.errors import (
     TransientError,
     ValidationFailed,
 )
-from llmbatch.executor import (
+from llmbatch.core.values import Completion, Request, Usage
+from llmbatch.library.executor import (
     DeterministicTask,
     LLMMessage,
     LLMResponse,
@@ -19,9 +20,9 @@ from llmbatch.executor import (
     ParallelLLMExecutor,
     TaskResult,
 )
-from llmbatch.providers.base import Completion, Provider, Request, Usage
+from llmbatch.providers.base import Provider
 from llmbatch.providers.echo import EchoProvider
-from llmbatch.retry import BackoffStrategy, RetryConfig
+from llmbatch.schedule.retry import BackoffStrategy, RetryConfig
 
 __version__ = "0.1.0"
 

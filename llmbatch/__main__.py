@@ -1,5 +1,5 @@
 """python -m llmbatch"""
 
-from llmbatch.cli import main
+from llmbatch.app.cli import main
 
 main()

@@ -1,6 +1,6 @@
 """Example validator for `llmbatch --validate python:samples/validators.py:sentiment_matches_rating`."""
 
-from llmbatch.validate import extract_json
+from llmbatch.validate.validator import extract_json
 
 
 def sentiment_matches_rating(item, answer):

@@ -20,8 +20,8 @@ import pytest
 from aiohttp import web
 from typer.testing import CliRunner, Result
 
-from llmbatch import retry
-from llmbatch.cli import app
+from llmbatch.app.cli import app
+from llmbatch.schedule import retry
 from llmbatch.testing.server import FakeServer
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner, Result
 
-from llmbatch.cli import app
+from llmbatch.app.cli import app
 from llmbatch.testing.server import FakeServer
 
 KEY = "sk-bad-input-test-9c8b7a6f5e4d"

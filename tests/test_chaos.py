@@ -16,9 +16,9 @@ import pytest
 from aiohttp import web
 from typer.testing import CliRunner, Result
 
-from llmbatch.cli import app
-from llmbatch.jsonl import JsonlWriter
-from llmbatch.retry import no_backoff
+from llmbatch.app.cli import app
+from llmbatch.files.jsonl import JsonlWriter
+from llmbatch.schedule.retry import no_backoff
 from llmbatch.testing.server import FakeServer
 
 KEY = "sk-chaos-DO-NOT-LEAK-4b1d9e7a2c6f8035"

@@ -10,7 +10,7 @@ import time
 import pytest
 from rich.console import Console
 
-from llmbatch.display import (
+from llmbatch.app.display import (
     Display,
     StatsView,
     choose_mode,
@@ -18,9 +18,9 @@ from llmbatch.display import (
     render_summary,
     summary_dict,
 )
-from llmbatch.errors import Stop
-from llmbatch.prices import Price
-from llmbatch.stats import Stats
+from llmbatch.core.errors import Stop
+from llmbatch.core.stats import Stats
+from llmbatch.cost.prices import Price
 
 PRICE = Price(input=2.0, output=8.0)
 

@@ -7,12 +7,12 @@ from pathlib import Path
 import orjson
 import pytest
 
-from llmbatch import source
-from llmbatch.errors import InputError
-from llmbatch.idset import IdSet
-from llmbatch.providers.base import Request
-from llmbatch.requests import RequestBuilder
-from llmbatch.source import Source
+from llmbatch.core.errors import InputError
+from llmbatch.core.values import Request
+from llmbatch.files.idset import IdSet
+from llmbatch.input import source
+from llmbatch.input.build import RequestBuilder
+from llmbatch.input.source import Source
 
 
 class EverythingCollides(IdSet):

@@ -13,8 +13,7 @@ from typing import Any
 import pytest
 from conftest import virtual
 
-from llmbatch.engine import Engine, EngineConfig
-from llmbatch.errors import (
+from llmbatch.core.errors import (
     AuthError,
     ConfigError,
     ExitCode,
@@ -24,12 +23,12 @@ from llmbatch.errors import (
     Stop,
     TransientError,
 )
-from llmbatch.limits import Limits, Permit
-from llmbatch.output import Finished, State
-from llmbatch.providers.base import Completion, Request
+from llmbatch.core.stats import Stats
+from llmbatch.core.values import Completion, Finished, Request, State
+from llmbatch.modes.live.engine import Engine, EngineConfig
 from llmbatch.providers.echo import text_response
-from llmbatch.retry import no_backoff
-from llmbatch.stats import Stats
+from llmbatch.schedule.limits import Limits, Permit
+from llmbatch.schedule.retry import no_backoff
 
 
 class ListOutput:
@@ -114,8 +113,8 @@ class RecordingLimits(Limits):
         self.permits: list[Permit] = []
         self.outcomes: Counter[str] = Counter()
 
-    async def admit(self, body: Any, chars: int | None = None) -> Permit:
-        return self._recorded(await super().admit(body, chars))
+    async def admit(self, request: Request, chars: int | None = None) -> Permit:
+        return self._recorded(await super().admit(request, chars))
 
     def grant(self, chars: int | None = None) -> Permit:  # admit_now's, and the engine's chained attempts'
         return self._recorded(super().grant(chars))
@@ -354,7 +353,7 @@ async def test_a_refused_attempt_gives_its_token_charge_back(outcome, refunded):
     server: the charge stays."""
     limits = Limits(tpm=600_000)  # 10,000 tokens a second
     body = {"model": "m", "messages": [{"role": "user", "content": "x" * 400}], "max_tokens": 400}
-    permit = await limits.admit(body)
+    permit = await limits.admit(Request("r", body))
     assert permit.charged == int(416 / 4 + 400) + 1
     assert limits._tokens is not None
     permit.settle(outcome)

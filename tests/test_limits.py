@@ -12,9 +12,11 @@ from typing import Any
 import pytest
 from conftest import virtual
 
-from llmbatch.buckets import LocalBucket
-from llmbatch.limits import BACKOFF_FACTOR, CUT_HOLD, Limits
-from llmbatch.tokens import TokenEstimator
+from llmbatch.core.endpoints import CHAT, EMBEDDINGS, endpoint_of
+from llmbatch.core.values import Request
+from llmbatch.schedule.buckets import LocalBucket
+from llmbatch.schedule.limits import BACKOFF_FACTOR, CUT_HOLD, Limits
+from llmbatch.schedule.tokens import TokenEstimator
 
 
 def now() -> float:
@@ -427,33 +429,46 @@ def test_a_429_after_a_spent_budget_still_slows_the_run():
 # --- the token estimator -------------------------------------------------------------
 
 
-CHAT = {"model": "m", "messages": [{"role": "user", "content": "x" * 400}]}
+BODY = {"model": "m", "messages": [{"role": "user", "content": "x" * 400}]}
+CHAT_EP = endpoint_of(CHAT)
+EMBED_EP = endpoint_of(EMBEDDINGS)
 
 
 def test_estimator_starts_at_four_chars_a_token_plus_a_default_answer():
     est = TokenEstimator()
-    chars = est.prompt_chars(CHAT)
+    chars = CHAT_EP.prompt_chars(BODY)
     assert chars == 416  # content plus framing
-    assert est.estimate(CHAT) == int(416 / 4 + 256) + 1
+    assert est.estimate(CHAT_EP, BODY) == int(416 / 4 + 256) + 1
 
 
 def test_estimator_charges_max_tokens_when_the_request_caps_the_answer():
     """A request's max_tokens (or max_completion_tokens) is what providers count."""
     est = TokenEstimator()
-    assert est.estimate({**CHAT, "max_tokens": 10}) == int(416 / 4 + 10) + 1
-    assert est.estimate({**CHAT, "max_completion_tokens": 20}) == int(416 / 4 + 20) + 1
+    assert est.estimate(CHAT_EP, {**BODY, "max_tokens": 10}) == int(416 / 4 + 10) + 1
+    assert est.estimate(CHAT_EP, {**BODY, "max_completion_tokens": 20}) == int(416 / 4 + 20) + 1
+
+
+def test_a_ceiling_that_bounds_nothing_is_charged_as_the_average_answer():
+    """True, a negative, 0 or a string is no answer ceiling; a float is one (cut to an
+    int): the estimator, the spending cap and `estimate` read the same body alike."""
+    est = TokenEstimator()
+    for value in (True, -5, 0, "100"):
+        assert CHAT_EP.answer_ceiling({**BODY, "max_tokens": value}) is None
+        assert est.estimate(CHAT_EP, {**BODY, "max_tokens": value}) == int(416 / 4 + 256) + 1
+    assert CHAT_EP.answer_ceiling({**BODY, "max_tokens": 12.7}) == 12
+    assert EMBED_EP.answer_ceiling({"input": "x", "max_tokens": 50}) == 0
 
 
 def test_estimator_calibrates_from_observed_usage():
     """Seen: 416 chars were 208 prompt tokens and answers average 30 tokens. The next
     estimate uses 2 chars/token and a 30-token answer."""
     est = TokenEstimator()
-    chars = est.prompt_chars(CHAT)
+    chars = CHAT_EP.prompt_chars(BODY)
     est.observe(chars, prompt_tokens=208, completion_tokens=20)
     est.observe(chars, prompt_tokens=208, completion_tokens=40)
     assert est.chars_per_token == pytest.approx(2.0)
     assert est.answer_tokens == pytest.approx(30.0)
-    assert est.estimate(CHAT) == 208 + 30 + 1
+    assert est.estimate(CHAT_EP, BODY) == 208 + 30 + 1
 
 
 def test_estimator_ignores_empty_usage():
@@ -468,10 +483,10 @@ def test_estimator_reads_content_parts_and_embeddings_input():
     """Content parts count their text; embeddings count their input and no answer."""
     est = TokenEstimator()
     parts = {"messages": [{"role": "user", "content": [{"type": "text", "text": "y" * 100}]}]}
-    assert est.prompt_chars(parts) == 116
+    assert CHAT_EP.prompt_chars(parts) == 116
     emb = {"model": "e", "input": ["a" * 40, "b" * 40]}
-    assert est.prompt_chars(emb) == 80
-    assert est.estimate(emb) == 21  # 80 / 4, no answer
+    assert EMBED_EP.prompt_chars(emb) == 80
+    assert est.estimate(EMBED_EP, emb) == 21  # 80 / 4, no answer
 
 
 def test_scattered_429s_that_slowing_does_not_relieve_undo_the_cut():
@@ -566,7 +581,9 @@ def test_token_limits_are_learned_from_headers():
     async def main() -> tuple[float | None, int]:
         limits = Limits()
         limits.observe_headers({"x-ratelimit-limit-tokens": "6000", "x-ratelimit-remaining-tokens": "6000"})
-        permit = await limits.admit({"messages": [{"role": "user", "content": "x" * 400}], "max_tokens": 10})
+        permit = await limits.admit(
+            _req({"messages": [{"role": "user", "content": "x" * 400}], "max_tokens": 10})
+        )
         return limits.tpm, permit.charged
 
     tpm, charged = virtual(main)
@@ -580,12 +597,12 @@ def test_a_request_bigger_than_a_minute_of_tpm_costs_at_most_a_minutes_wait():
 
     async def main() -> float:
         limits = Limits(tpm=1000)
-        big = {"messages": [{"role": "user", "content": "x" * 20_000}], "max_tokens": 5000}
+        big = _req({"messages": [{"role": "user", "content": "x" * 20_000}], "max_tokens": 5000})
         assert limits.oversized(big) > 1000
         permit = await limits.admit(big)
         permit.settle(_answer(prompt=5000, completion=5000))
         start = now()
-        await limits.admit({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 5})
+        await limits.admit(_req({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 5}))
         return now() - start
 
     waited = virtual(main)
@@ -612,6 +629,10 @@ def test_the_status_says_what_holds_requests_back():
 
 
 def _answer(*, prompt: int, completion: int) -> Any:
-    from llmbatch.providers.base import Completion, Usage
+    from llmbatch.core.values import Completion, Usage
 
     return Completion(body={}, usage=Usage(prompt, completion))
+
+
+def _req(body: dict[str, Any]) -> Request:
+    return Request("r", body)

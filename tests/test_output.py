@@ -7,10 +7,10 @@ import orjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from llmbatch.errors import PermanentError, TransientError
-from llmbatch.output import Finished, State, batch_record, merged_record, read_line, read_tail, server_hash
-from llmbatch.providers.base import Completion, Request
-from llmbatch.requests import fingerprint
+from llmbatch.core.errors import PermanentError, TransientError
+from llmbatch.core.values import Completion, Finished, Request, State
+from llmbatch.input.build import fingerprint
+from llmbatch.output.records import batch_record, merged_record, read_line, read_tail, server_hash
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers(-(10**6), 10**6) | st.text(max_size=20),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from llmbatch.prices import Price, cost, price_for
+from llmbatch.cost.prices import Price, cost, price_for
 
 
 def test_a_known_model_has_its_list_price_from_the_database() -> None:

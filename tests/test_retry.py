@@ -9,16 +9,9 @@ from email.utils import format_datetime
 import orjson
 import pytest
 
-from llmbatch.errors import AuthError, PermanentError, RateLimited, TransientError
-from llmbatch.retry import (
-    MAX_SERVER_DELAY,
-    BackoffStrategy,
-    RetryConfig,
-    error_for_status,
-    no_backoff,
-    parse_duration,
-    server_delay,
-)
+from llmbatch.core.errors import AuthError, PermanentError, RateLimited, TransientError
+from llmbatch.core.http import MAX_SERVER_DELAY, error_for_status, parse_duration, server_delay
+from llmbatch.schedule.retry import BackoffStrategy, RetryConfig, no_backoff
 
 
 def delays(config: RetryConfig, attempts: int, seed: int = 7) -> list[float]:

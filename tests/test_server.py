@@ -16,7 +16,7 @@ import pytest
 from aiohttp import web
 from conftest import PYTHON
 
-from llmbatch.retry import parse_duration
+from llmbatch.core.http import parse_duration
 from llmbatch.testing.server import FakeServer, new_event_loop
 
 OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))

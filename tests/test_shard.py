@@ -11,9 +11,9 @@ from conftest import read_jsonl, write_jsonl
 from hypothesis import given
 from hypothesis import strategies as st
 
-from llmbatch.locking import OutputLock
-from llmbatch.merge import merge
-from llmbatch.shard import shard_of
+from llmbatch.app.merge import merge
+from llmbatch.files.locking import OutputLock
+from llmbatch.scale.shard import shard_of
 
 
 def _input(tmp_path: Path, n: int = 40) -> Path:

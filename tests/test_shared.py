@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 from conftest import PYTHON, RedisServer, free_port, read_jsonl, reap, write_jsonl
 
-from llmbatch.limits import Limits
-from llmbatch.shared import SharedBudget, default_key
+from llmbatch.scale.budget import SharedBudget, default_key
+from llmbatch.schedule.limits import Limits
 
 KEY = "test-budget"
 

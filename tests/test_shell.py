@@ -242,7 +242,7 @@ def test_ordered_output_is_in_input_order_file_and_stdout(run_cli, fake_server, 
 
 def test_the_external_sort_sorts_beyond_memory():
     """Lines sorted by key through spilled runs (a tiny run size forces many), stable."""
-    from llmbatch.ordering import sorted_lines
+    from llmbatch.files.ordering import sorted_lines
 
     rng = random.Random(8)
     keyed = [(rng.randrange(500), f"{i}\n".encode()) for i in range(5000)]

@@ -15,10 +15,10 @@ import pytest
 import zstandard
 from conftest import PYTHON, SAMPLES, read_jsonl, write_jsonl
 
-from llmbatch.errors import ConfigError, InputError
-from llmbatch.providers.base import Request
-from llmbatch.requests import RequestBuilder, Template
-from llmbatch.source import Source
+from llmbatch.core.errors import ConfigError, InputError
+from llmbatch.core.values import Request
+from llmbatch.input.build import RequestBuilder, Template
+from llmbatch.input.source import Source
 
 TEMPLATE = ["--template", SAMPLES / "review_prompt.txt", "--id-field", "id"]
 N_REVIEWS = 24

@@ -6,9 +6,10 @@ from typing import Any
 
 import pytest
 
-from llmbatch.errors import ConfigError
-from llmbatch.providers.base import EMBEDDINGS, Completion, Request
-from llmbatch.validate import build_validator, extract_json
+from llmbatch.core.endpoints import EMBEDDINGS
+from llmbatch.core.errors import ConfigError
+from llmbatch.core.values import Completion, Request
+from llmbatch.validate.validator import build_validator, extract_json
 
 SAMPLES = Path(__file__).resolve().parent.parent / "samples"
 
@@ -221,7 +222,7 @@ def test_bad_regex_stops_at_build_time() -> None:
 # --- python ----------------------------------------------------------------------
 
 RULES = """
-from llmbatch.errors import ValidationFailed
+from llmbatch.core.errors import ValidationFailed
 
 def verdict(item, answer):
     return {"true": True, "false": False, "none": None, "empty": ""}.get(answer, answer)

@@ -17,8 +17,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from llmbatch.errors import TransientError
-from llmbatch.providers.base import Completion, Request, Usage
+from llmbatch.core.errors import TransientError
+from llmbatch.core.values import Completion, Request, Usage
 from llmbatch.providers.script import count_tokens
 
 __all__ = ["EchoProvider", "ErrorResponse", "ScriptedResponse", "text_response"]

@@ -8,10 +8,11 @@ import asyncio
 import itertools
 import random
 
-from llmbatch.errors import TransientError
+from llmbatch.core.endpoints import EMBEDDINGS
+from llmbatch.core.errors import TransientError
+from llmbatch.core.http import error_for_status
+from llmbatch.core.values import Completion, Request, Usage
 from llmbatch.providers import script
-from llmbatch.providers.base import EMBEDDINGS, Completion, Request, Usage
-from llmbatch.retry import error_for_status
 
 __all__ = ["FakeProvider"]
 

@@ -31,10 +31,10 @@ import openai
 import orjson
 from yarl import URL
 
-from llmbatch.errors import ConfigError, TransientError
-from llmbatch.providers.base import Completion, Request, Usage
-from llmbatch.retry import error_for_status
-from llmbatch.settings import DEFAULT_TIMEOUT
+from llmbatch.core.errors import ConfigError, TransientError
+from llmbatch.core.http import error_for_status
+from llmbatch.core.values import Completion, Request, Usage
+from llmbatch.providers.base import DEFAULT_TIMEOUT
 
 __all__ = ["OpenAIProvider"]
 

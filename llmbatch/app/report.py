@@ -1,0 +1,219 @@
+"""`llmbatch report OUTPUT...`: what finished outputs hold, without writing a script.
+
+Counts (valid, invalid, failed by error code, how answered), tokens, cost, the most
+common reasons answers were invalid, and the latency percentiles, read from output files
+of either format (plain or compressed, one or several: a sharded run's outputs).
+Streams: memory is the counters, one hash per id and one number per latency.
+"""
+
+from __future__ import annotations
+
+import math
+from array import array
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from llmbatch.core.errors import ConfigError
+from llmbatch.core.values import State
+from llmbatch.cost.prices import FAKE_FREE, FAKE_MODEL, Price, cost, price_for
+from llmbatch.files.idset import IdSet
+from llmbatch.files.jsonl import open_lines
+from llmbatch.output.records import read_line
+
+__all__ = ["Report", "read_report"]
+
+TOP_REASONS = 5
+
+
+@dataclass(slots=True)
+class Report:
+    files: list[str] = field(default_factory=list)
+    lines: int = 0
+    ids: int = 0
+    repeated: int = 0  # lines for an id seen before (an output not compacted yet)
+    other: int = 0  # lines that are not llmbatch's
+    states: Counter[str] = field(default_factory=Counter)
+    failed: Counter[str] = field(default_factory=Counter)  # by error code
+    via: Counter[str] = field(default_factory=Counter)
+    reasons: Counter[str] = field(default_factory=Counter)
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_tokens: int = 0
+    cost_usd: float = 0.0
+    unpriced: Counter[str] = field(default_factory=Counter)  # lines by model with no price
+    models: Counter[str] = field(default_factory=Counter)
+    latencies: array[float] = field(default_factory=lambda: array("d"))
+
+    def percentiles(self, *ps: float) -> list[float | None]:
+        """The latency percentiles asked for (nearest rank), from one sort."""
+        values = sorted(self.latencies)
+        if not values:
+            return [None for _ in ps]
+        return [values[max(0, math.ceil(p / 100 * len(values)) - 1)] for p in ps]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "files": self.files,
+            "lines": self.lines,
+            "ids": self.ids,
+            "repeated_lines": self.repeated,
+            "other_lines": self.other,
+            "valid": self.states[State.VALID.value],
+            "invalid": self.states[State.INVALID.value],
+            "failed": self.states[State.FAILED.value],
+            "failed_by_code": dict(self.failed.most_common()),
+            "answered_via": dict(self.via.most_common()),
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "cached_tokens": self.cached_tokens,
+            "cost_usd": round(self.cost_usd, 6),
+            "unpriced_lines_by_model": dict(self.unpriced),
+            "models": dict(self.models.most_common()),
+            "invalid_reasons": dict(self.reasons.most_common(TOP_REASONS)),
+            "latency_ms": dict(zip(("p50", "p95", "p99"), self.percentiles(50, 95, 99), strict=True)),
+        }
+
+
+def read_report(
+    paths: list[Path], *, price_in: float | None = None, price_out: float | None = None
+) -> Report:
+    """The report over `paths`, in one pass each."""
+    for path in paths:
+        if not path.is_file():
+            raise ConfigError(f"output file not found: {path}")
+    seen = IdSet()  # grows as it goes: counting the lines first would read every file twice
+    report = Report(files=[str(p) for p in paths])
+    prices: dict[tuple[str, bool], Price | None] = {}
+    for path in paths:
+        with open_lines(path) as f:
+            for raw in f:
+                if raw.strip():
+                    _count(report, raw, seen, prices, price_in, price_out)
+    report.ids = len(seen)
+    return report
+
+
+def _count(
+    report: Report,
+    raw: bytes,
+    seen: IdSet,
+    prices: dict[tuple[str, bool], Price | None],
+    price_in: float | None,
+    price_out: float | None,
+) -> None:
+    report.lines += 1
+    try:
+        rec = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        report.other += 1
+        return
+    line = read_line(rec)
+    if line is None:
+        report.other += 1
+        return
+    if not seen.add(line.custom_id):
+        report.repeated += 1
+    report.states[line.state.value] += 1
+    fields = _fields(rec)
+    via = fields["via"] or "live"
+    report.via[via] += 1
+    if line.state is State.FAILED:
+        report.failed[fields["code"] or "error"] += 1
+    elif line.state is State.INVALID and fields["reason"]:
+        report.reasons[fields["reason"]] += 1
+    prompt, completion, cached = fields["prompt"], fields["completion"], fields["cached"]
+    report.prompt_tokens += prompt
+    report.completion_tokens += completion
+    report.cached_tokens += cached
+    if fields["latency"] is not None and fields["requests"]:
+        report.latencies.append(float(fields["latency"]))
+    model = fields["model"]
+    if model:
+        report.models[model] += 1
+    if not (prompt or completion):
+        return
+    key = (model or "", via == "batch")
+    if key not in prices:
+        offline = model == FAKE_MODEL and price_in is None and price_out is None
+        prices[key] = (
+            FAKE_FREE if offline else price_for(model, price_in=price_in, price_out=price_out, batch=key[1])
+        )
+    spent = cost(prices[key], prompt, completion, cached)
+    if spent is None:
+        report.unpriced[model or "(no model)"] += 1
+    else:
+        report.cost_usd += spent
+
+
+def _fields(rec: dict[str, Any]) -> dict[str, Any]:
+    """The figures a report needs, from a line of either format."""
+    if "llm_custom_id" in rec:
+        reason = rec.get("llm_error") if rec.get("llm_state") == State.INVALID.value else None
+        return {
+            "via": rec.get("llm_via"),
+            "code": rec.get("llm_error_code"),
+            "reason": reason,
+            "prompt": int(rec.get("llm_prompt_tokens") or 0),
+            "completion": int(rec.get("llm_completion_tokens") or 0),
+            "cached": int(rec.get("llm_cached_tokens") or 0),
+            "latency": rec.get("llm_latency_ms"),
+            "requests": rec.get("llm_requests"),
+            "model": rec.get("llm_model"),
+        }
+    meta: dict[str, Any] = rec["llmbatch"] if isinstance(rec.get("llmbatch"), dict) else {}
+    usage: dict[str, Any] = meta["usage"] if isinstance(meta.get("usage"), dict) else {}
+    error: dict[str, Any] = rec["error"] if isinstance(rec.get("error"), dict) else {}
+    response: dict[str, Any] = rec["response"] if isinstance(rec.get("response"), dict) else {}
+    body: dict[str, Any] = response["body"] if isinstance(response.get("body"), dict) else {}
+    return {
+        "via": meta.get("via"),
+        "code": error.get("code"),
+        "reason": error.get("message") if error.get("code") == "invalid_answer" else None,
+        "prompt": int(usage.get("prompt_tokens") or 0),
+        "completion": int(usage.get("completion_tokens") or 0),
+        "cached": int(usage.get("cached_tokens") or 0),
+        "latency": meta.get("latency_ms"),
+        "requests": meta.get("requests"),
+        "model": body.get("model") if isinstance(body.get("model"), str) else None,
+    }
+
+
+def format_report(report: Report) -> str:
+    """The report as a few lines for a terminal."""
+    d = report.as_dict()
+    failed = ", ".join(f"{code} {n:,}" for code, n in report.failed.most_common())
+    lines = [
+        f"files:        {len(report.files)} ({', '.join(report.files)})",
+        f"lines:        {report.lines:,} ({report.ids:,} ids"
+        + (f", {report.repeated:,} lines repeat an id" if report.repeated else "")
+        + (f", {report.other:,} not llmbatch's" if report.other else "")
+        + ")",
+        f"valid:        {d['valid']:,}   invalid: {d['invalid']:,}   failed: {d['failed']:,}"
+        + (f" ({failed})" if failed else ""),
+        "answered:     " + ", ".join(f"{via} {n:,}" for via, n in report.via.most_common()),
+        f"tokens:       {report.prompt_tokens:,} in"
+        + (f" ({report.cached_tokens:,} cached)" if report.cached_tokens else "")
+        + f", {report.completion_tokens:,} out",
+        f"cost:         {_usd(report.cost_usd)}"
+        + (
+            f" (and {sum(report.unpriced.values()):,} lines unpriced: {', '.join(report.unpriced)};"
+            " give --price-in/--price-out)"
+            if report.unpriced
+            else ""
+        ),
+    ]
+    p50, p95, p99 = report.percentiles(50, 95, 99)
+    if p50 is not None:
+        lines.append(f"latency ms:   p50 {p50:,.0f}   p95 {p95:,.0f}   p99 {p99:,.0f}")
+    if report.reasons:
+        lines.append("invalid, most common reasons:")
+        lines.extend(f"  {n:>6,}  {reason}" for reason, n in report.reasons.most_common(TOP_REASONS))
+    return "\n".join(lines)
+
+
+def _usd(x: float) -> str:
+    return f"${x:,.2f}" if x >= 1 else f"${x:.4f}"

@@ -1,0 +1,261 @@
+"""Everything a run needs to know, frozen, with every default named once; the config
+file; and the checking of values, wherever they come from.
+
+Flags override the config file (``llmbatch.toml`` in the working directory, or
+``--config FILE``), which overrides the defaults here. The file holds what a cron job
+repeats: ``model``, ``rpm``, ``tpm``, ``concurrency``, ``validate``, ``prices`` ...
+`make_settings` checks every value's type and range, for flags and file alike, and
+turns a bad one into a one-line `ConfigError` naming the flag or the file's key.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import MISSING, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Literal
+
+from llmbatch.app.display import DEFAULT_PROGRESS_EVERY
+from llmbatch.core.endpoints import CHAT
+from llmbatch.core.errors import ConfigError
+from llmbatch.modes.batch.mode import DEFAULT_BATCH_BYTES, DEFAULT_BATCH_REQUESTS, DEFAULT_POLL_EVERY
+from llmbatch.modes.live.engine import DEFAULT_CONCURRENCY, DEFAULT_CONNECT_GRACE, DEFAULT_MAX_REQUESTS
+from llmbatch.providers.base import DEFAULT_TIMEOUT
+from llmbatch.providers.fake import DEFAULT_LATENCY_MS as DEFAULT_FAKE_LATENCY_MS
+from llmbatch.schedule.retry import DEFAULT_MAX_RETRIES
+
+__all__ = [
+    "CONFIG_NAME",
+    "DEFAULT_BATCH_BYTES",
+    "DEFAULT_BATCH_REQUESTS",
+    "DEFAULT_CONCURRENCY",
+    "DEFAULT_CONNECT_GRACE",
+    "DEFAULT_FAKE_LATENCY_MS",
+    "DEFAULT_MAX_REQUESTS",
+    "DEFAULT_MAX_RETRIES",
+    "DEFAULT_POLL_EVERY",
+    "DEFAULT_PROGRESS_EVERY",
+    "DEFAULT_TIMEOUT",
+    "Settings",
+    "load_config",
+    "make_settings",
+    "read_api_key",
+]
+
+CONFIG_NAME = "llmbatch.toml"
+
+
+def _at_least(low: float, *, strict: bool = False) -> dict[str, Any]:
+    return {"low": low, "strict": strict}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Settings:
+    input: Path
+    output: Path
+    provider: Literal["openai", "fake"] = "openai"
+    base_url: str | None = None
+    api_key_file: Path | None = None
+    model: str | None = None
+    prompt: str | None = None
+    system: str | None = None
+    id_field: str | None = None
+    endpoint: str = CHAT
+    params: dict[str, Any] = field(default_factory=dict)
+    concurrency: int = field(default=DEFAULT_CONCURRENCY, metadata=_at_least(1))
+    rpm: float | None = field(default=None, metadata=_at_least(0, strict=True))
+    tpm: float | None = field(default=None, metadata=_at_least(0, strict=True))
+    timeout: float | None = field(default=DEFAULT_TIMEOUT, metadata=_at_least(0, strict=True))
+    max_requests: int = field(default=DEFAULT_MAX_REQUESTS, metadata=_at_least(1))
+    max_retries: int = field(default=DEFAULT_MAX_RETRIES, metadata=_at_least(0))
+    max_cost: float | None = field(default=None, metadata=_at_least(0, strict=True))
+    connect_grace: float = field(default=DEFAULT_CONNECT_GRACE, metadata=_at_least(0, strict=True))
+    validate: tuple[str, ...] = ()
+    schema: Path | None = None  # structured outputs + a schema validator, in one flag
+    require_finish: str | None = None
+    output_format: Literal["batch", "merged"] = "batch"
+    ordered: bool = False  # the output in input order
+    rejects: Path | None = None
+    fresh: bool = False
+    force: bool = False  # a file that is not an llmbatch output may be appended to, or emptied by --fresh
+    redo: str | None = None  # comma list: failed, invalid, stale, all, none
+    keep_stale: bool = False
+    revalidate: bool = False
+    max_items: int | None = field(default=None, metadata=_at_least(1))
+    cache: Path | None = None
+    batch_api: bool = False
+    batch_requests: int = field(default=DEFAULT_BATCH_REQUESTS, metadata=_at_least(1))
+    batch_bytes: int = field(default=DEFAULT_BATCH_BYTES, metadata=_at_least(1024))
+    batch_max_tokens: int | None = field(default=None, metadata=_at_least(1))
+    poll_every: float = field(default=DEFAULT_POLL_EVERY, metadata=_at_least(0, strict=True))
+    no_wait: bool = False
+    cancel: bool = False
+    then: Literal["batch", "live"] = "batch"  # where a batch's follow-ups go
+    number_duplicates: bool = False
+    transport: Literal["fast", "sdk"] = "fast"
+    fake_latency_ms: float = field(default=DEFAULT_FAKE_LATENCY_MS, metadata=_at_least(0))
+    live: bool = True
+    quiet: bool = False
+    progress_every: float = field(default=DEFAULT_PROGRESS_EVERY, metadata=_at_least(0, strict=True))
+    summary_json: Path | None = None
+    price_in: float | None = field(default=None, metadata=_at_least(0))
+    price_out: float | None = field(default=None, metadata=_at_least(0))
+    prices: dict[str, tuple[float, float]] = field(default_factory=dict)
+    # Beyond one machine (llmbatch.scale.budget, llmbatch.scale.shard): a budget shared through Redis
+    # by every process that names the same key, and this process's share of the input.
+    redis: str | None = None  # redis://[:password@]host[:port][/db]; LLMBATCH_REDIS_URL
+    redis_key: str | None = None  # default: from the base URL, model and API key's fingerprint
+    shard: str | None = None  # "K/N"
+
+    @property
+    def rejects_path(self) -> Path:
+        return self.rejects or self.output.with_name(self.output.name + ".rejects.jsonl")
+
+
+# Settings the config file may not hold: they name this run's own files.
+_NOT_IN_CONFIG = frozenset({"input", "output"})
+_HINTS = typing.get_type_hints(Settings)
+FIELDS = {f.name: f for f in fields(Settings)}
+
+
+def default(name: str) -> Any:
+    """A setting's default value."""
+    f = FIELDS[name]
+    if f.default is not MISSING:
+        return f.default
+    if f.default_factory is not MISSING:
+        return f.default_factory()
+    raise KeyError(name)
+
+
+def _type_name(t: Any) -> str:
+    if typing.get_origin(t) is Literal:
+        return " or ".join(repr(c) for c in typing.get_args(t))
+    names = {int: "an integer", float: "a number", bool: "true or false", str: "a string", Path: "a path"}
+    if t in names:
+        return names[t]
+    origin = typing.get_origin(t)
+    return {tuple: "a list of strings", dict: "a table"}.get(origin, str(t))
+
+
+def _coerce(value: Any, t: Any) -> Any:
+    """`value` as type `t`, or raise ValueError with what was expected."""
+    origin = typing.get_origin(t)
+    if origin in (types.UnionType, typing.Union):
+        args = [a for a in typing.get_args(t) if a is not type(None)]
+        if value is None:
+            return None
+        return _coerce(value, args[0])
+    if origin is Literal:
+        if value in typing.get_args(t):
+            return value
+    elif t is bool:
+        if isinstance(value, bool):
+            return value
+    elif t is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif t is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+    elif t is str:
+        if isinstance(value, str):
+            return value
+    elif t is Path:
+        if isinstance(value, str | Path):
+            return Path(value).expanduser()
+    elif origin is tuple:
+        if isinstance(value, str):
+            value = [value]
+        if isinstance(value, list | tuple) and all(isinstance(v, str) for v in value):
+            return tuple(value)
+    elif origin is dict and isinstance(value, dict):
+        return value
+    raise ValueError(_type_name(t))
+
+
+def check_value(name: str, value: Any, where: str) -> Any:
+    """A setting's value, checked and converted; `where` names it in the error
+    (``--concurrency``, or ``llmbatch.toml: concurrency``)."""
+    try:
+        value = _coerce(value, _HINTS[name])
+    except ValueError as exc:
+        raise ConfigError(f"{where} must be {exc}, not {value!r}") from None
+    bound = FIELDS[name].metadata
+    if bound and value is not None:
+        low, strict = bound["low"], bound["strict"]
+        if value < low or (strict and value == low):
+            raise ConfigError(
+                f"{where} must be {'more than' if strict else 'at least'} {low:g}, not {value!r}"
+            )
+    return value
+
+
+def flag_name(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def make_settings(*, flags: Mapping[str, Any], config: Mapping[str, Any], config_path: str = "") -> Settings:
+    """Settings from the defaults, overridden by the config file's values, overridden by
+    the flags given. Every value is checked (see `check_value`)."""
+    values: dict[str, Any] = {}
+    for name, value in config.items():
+        values[name] = check_value(name, value, f"{config_path}: {name}")
+    for name, value in flags.items():
+        values[name] = check_value(name, value, flag_name(name))
+    if "params" in config and "params" in flags:
+        values["params"] = {**config["params"], **flags["params"]}
+    for name in ("input", "output"):
+        if name not in values:
+            raise ConfigError(f"missing {name}")
+    return Settings(**values)
+
+
+def load_config(path: Path | None) -> tuple[dict[str, Any], str]:
+    """The config file's settings as Settings field names (dashes become underscores),
+    unchecked, and the file's name for messages."""
+    if path is None:
+        default_path = Path(CONFIG_NAME)
+        if not default_path.is_file():
+            return {}, ""
+        path = default_path
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc}") from None
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        name = key.replace("-", "_")
+        if name == "prices":
+            out["prices"] = _prices(value, path)
+        elif name in FIELDS and name not in _NOT_IN_CONFIG:
+            out[name] = value
+        else:
+            raise ConfigError(f"{path}: unknown setting {key!r}")
+    return out, str(path)
+
+
+def _prices(value: Any, path: Path) -> dict[str, tuple[float, float]]:
+    try:
+        return {m: (float(p["input"]), float(p["output"])) for m, p in value.items()}
+    except (AttributeError, KeyError, TypeError, ValueError):
+        raise ConfigError(f"{path}: [prices.MODEL] needs numeric 'input' and 'output'") from None
+
+
+def read_api_key(api_key_file: Path | None) -> str | None:
+    """The API key from --api-key-file, else OPENAI_API_KEY. Never echoed anywhere."""
+    if api_key_file is not None:
+        try:
+            key = api_key_file.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ConfigError(f"cannot read API key file {api_key_file}: {exc.strerror}") from None
+        if not key:
+            raise ConfigError(f"API key file {api_key_file} is empty")
+        return key
+    return os.environ.get("OPENAI_API_KEY") or None

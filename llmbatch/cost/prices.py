@@ -1,0 +1,177 @@
+"""What tokens cost. Prices come from genai-prices (the price database Pydantic keeps;
+its data ships with the package and is never updated at run time), overridable per
+model in the config file and per run by flags. It knows cached-input prices and the
+Batch API's; where it has no batch price, a batch costs half the list price.
+
+A model we cannot price is *unknown*, never free: the display says "unknown" rather
+than show $0.00. genai-prices takes about a third of a second to import, so it is
+imported when a price is first needed.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from functools import cache
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from llmbatch.app.settings import Settings
+
+__all__ = ["BATCH_DISCOUNT", "FAKE_FREE", "FAKE_MODEL", "Price", "cost", "price_for", "run_price"]
+
+# The Batch API's discount, where the database has no batch price of its own.
+BATCH_DISCOUNT = 0.5
+# Only a date or version stamp may follow a base name in the config's table: "o3-mini"
+# is another model than "o3", and guessing its price from it would be wrong with
+# confidence.
+_VERSION_SUFFIX = re.compile(r"-(\d{4}-\d{2}-\d{2}|\d{4})")
+
+
+@dataclass(frozen=True, slots=True)
+class Price:
+    """USD per million tokens: prompt (`input`), completion (`output`), and prompt
+    tokens read from the provider's cache (`cached_input`, when it bills them apart).
+    `source` says where the price came from, for the summary."""
+
+    input: float
+    output: float
+    cached_input: float | None = None
+    source: str = ""
+
+    def halved(self, why: str) -> Price:
+        cached = None if self.cached_input is None else self.cached_input * BATCH_DISCOUNT
+        return Price(
+            self.input * BATCH_DISCOUNT, self.output * BATCH_DISCOUNT, cached, f"{self.source}, {why}"
+        )
+
+
+def cost(
+    price: Price | None, prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0
+) -> float | None:
+    """USD for the given tokens, or None when the price is unknown. `cached_tokens` are
+    the part of the prompt tokens the provider read from its cache."""
+    if price is None:
+        return None
+    cached = min(cached_tokens, prompt_tokens) if price.cached_input is not None else 0
+    fresh = prompt_tokens - cached
+    total = fresh * price.input + cached * (price.cached_input or 0.0) + completion_tokens * price.output
+    return total / 1_000_000
+
+
+def _lookup(model: str, table: Mapping[str, Price]) -> Price | None:
+    """The entry for `model` or for its longest base name followed by a date stamp."""
+    if model in table:
+        return table[model]
+    best: str | None = None
+    for name in table:
+        if (
+            model.startswith(name)
+            and _VERSION_SUFFIX.fullmatch(model[len(name) :])
+            and (best is None or len(name) > len(best))
+        ):
+            best = name
+    return table[best] if best is not None else None
+
+
+@cache
+def _database(model: str, base_url: str | None, batch: bool) -> Price | None:
+    """The price genai-prices has for `model` (at the provider of `base_url` when it
+    knows the URL, else wherever the model is found), None when it has none."""
+    import genai_prices
+    from genai_prices import data_snapshot
+
+    snapshot = data_snapshot.get_snapshot()
+    found: Any = None
+    if base_url:
+        try:
+            found = snapshot.find_provider_model(model, None, None, base_url)
+        except LookupError:
+            found = None
+    if found is None:
+        try:
+            found = snapshot.find_provider_model(model, None, None, None)
+        except LookupError:
+            return None
+    provider, info = found
+    now = dt.datetime.now(dt.UTC)
+    standard = info.get_prices(now)
+    source = f"genai-prices {genai_prices.__version__} ({provider.id}/{info.id})"
+    price = Price(
+        float(standard.input_mtok or 0),
+        float(standard.output_mtok or 0),
+        None if standard.cache_read_mtok is None else float(standard.cache_read_mtok),
+        source,
+    )
+    if not batch:
+        return price
+    batched = info.get_prices(now, {"processing": "batch"})
+    if batched == standard:
+        return price.halved("half for the Batch API")
+    return Price(
+        float(batched.input_mtok or 0),
+        float(batched.output_mtok or 0),
+        None if batched.cache_read_mtok is None else float(batched.cache_read_mtok),
+        f"{source}, its Batch API price",
+    )
+
+
+def price_for(
+    model: str | None,
+    overrides: Mapping[str, Price] | None = None,
+    *,
+    price_in: float | None = None,
+    price_out: float | None = None,
+    base_url: str | None = None,
+    batch: bool = False,
+) -> Price | None:
+    """The price to charge `model`: flags win, then `overrides` (the config file's
+    table), then genai-prices. Dated names resolve to their base entry. A single flag
+    replaces one side of the looked-up price; when the model has no price, the side
+    without a flag counts as zero (embeddings have no output tokens). Prices from the
+    table and the database are batch prices when `batch`; flags are taken as given.
+    Returns None when nothing prices the model."""
+    found: Price | None = None
+    if model:
+        name = model.strip().lower()
+        if overrides:
+            found = _lookup(
+                name, {k.lower(): replace(v, source="the config file") for k, v in overrides.items()}
+            )
+            if found is not None and batch:
+                found = found.halved("half for the Batch API")
+        if found is None:
+            found = _database(name, base_url, batch)
+    if price_in is None and price_out is None:
+        return found
+    base = found or Price(0.0, 0.0)
+    return Price(
+        input=base.input if price_in is None else price_in,
+        output=base.output if price_out is None else price_out,
+        cached_input=base.cached_input if price_in is None else None,
+        source="--price-in/--price-out"
+        + (f" and {base.source}" if found and None in (price_in, price_out) else ""),
+    )
+
+
+FAKE_MODEL = "fake"  # the model name the offline provider answers with when none was asked
+FAKE_FREE = Price(0.0, 0.0, source="the offline fake model is free")
+
+
+def run_price(settings: Settings, model: str | None = None) -> Price | None:
+    """The price a run's settings charge for `model` (or --model); with --batch-api,
+    the batch price. The offline fake model is free."""
+    overrides = {m: Price(i, o) for m, (i, o) in settings.prices.items()}
+    model = settings.model or model or ("fake" if settings.provider == "fake" else None)
+    if settings.provider == "fake" and settings.price_in is None and settings.price_out is None:
+        return _lookup(model or "", overrides) or FAKE_FREE
+    return price_for(
+        model,
+        overrides,
+        price_in=settings.price_in,
+        price_out=settings.price_out,
+        base_url=settings.base_url,
+        batch=settings.batch_api,
+    )

@@ -1,0 +1,84 @@
+"""The spending cap (``--max-cost USD``): this run never spends more than it.
+
+Before each attempt its worst case is reserved: the prompt's UTF-8 bytes (a token is at
+least a byte, so an upper bound on its tokens) at the input price, plus the answer's
+ceiling (``max_tokens`` / ``max_completion_tokens``) at the output price. An attempt is
+sent only while what was spent plus what is reserved stays within the cap; its
+reservation is then settled: by the answer's real cost, or given back when the server
+did no work (a 429, a refused request, a failed connection), or kept whole when it may
+have (a timeout, a cancel: the provider may bill it). So the spend, counted from the
+server's usage, never passes the cap.
+"""
+
+from __future__ import annotations
+
+from llmbatch.core.endpoints import endpoint_of
+from llmbatch.core.errors import ConfigError, InputError, ProviderError
+from llmbatch.core.values import Request, Usage
+from llmbatch.cost.prices import Price, cost
+
+__all__ = ["SpendingCap"]
+
+
+class SpendingCap:
+    """What a run may still spend, in USD."""
+
+    def __init__(self, cap: float, price: Price | None) -> None:
+        if price is None:
+            raise ConfigError(
+                "--max-cost needs the model's price, and it has none: give --price-in and --price-out "
+                "(USD per million tokens), or [prices.MODEL] in the config file"
+            )
+        self.cap = cap
+        self.price = price
+        self.spent = 0.0
+        self.reserved = 0.0
+
+    def worst_case(self, request: Request) -> float:
+        """USD the request can cost at most; an InputError (a reject) when nothing
+        bounds its answer."""
+        endpoint = endpoint_of(request.url)
+        ceiling = endpoint.answer_ceiling(request.body)
+        if ceiling is None:
+            keys = " or ".join(endpoint.ceiling_keys)
+            raise InputError(
+                f"no answer ceiling ({keys}) to reserve for under --max-cost: give --max-tokens N",
+                line=request.line,
+                kind="no_ceiling",
+            )
+        worst = cost(self.price, endpoint.prompt_bound(request.body), ceiling)
+        assert worst is not None
+        return worst
+
+    def check(self, request: Request) -> None:
+        """Refuse, before anything is sent, requests that cannot be reserved for."""
+        try:
+            self.worst_case(request)
+        except InputError as exc:
+            raise ConfigError(f"{exc}; nothing was sent") from None
+
+    def reserve(self, amount: float) -> bool:
+        """Reserve `amount`; False (nothing reserved) when it would pass the cap."""
+        if self.spent + self.reserved + amount > self.cap:
+            return False
+        self.reserved += amount
+        return True
+
+    def settle(self, amount: float, outcome: Usage | BaseException | None) -> None:
+        """End a reservation: an answer costs its usage; a timeout or a cancel keeps the
+        reservation (it may be billed); anything else that got no answer costs
+        nothing."""
+        self.reserved -= amount
+        if isinstance(outcome, Usage):
+            real = cost(self.price, outcome.prompt_tokens, outcome.completion_tokens, outcome.cached_tokens)
+            self.spent += real or 0.0
+        elif (
+            outcome is None
+            or getattr(outcome, "code", None) == "timeout"
+            or not isinstance(outcome, ProviderError)
+        ):
+            self.spent += amount
+
+    def reason(self) -> str:
+        spent, flight = f"${self.spent:.4f}", f"${self.reserved:.4f}"
+        return f"spending cap reached ({spent} spent and {flight} in flight, of ${self.cap:g})"
