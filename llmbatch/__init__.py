@@ -11,6 +11,7 @@ from llmbatch.core.errors import (
     TransientError,
     ValidationFailed,
 )
+from llmbatch.core.retry import BackoffStrategy, RetryConfig
 from llmbatch.core.values import Completion, Request, Usage
 from llmbatch.library.executor import (
     DeterministicTask,
@@ -22,7 +23,6 @@ from llmbatch.library.executor import (
 )
 from llmbatch.providers.base import Provider
 from llmbatch.providers.echo import EchoProvider
-from llmbatch.schedule.retry import BackoffStrategy, RetryConfig
 
 __version__ = "0.1.0"
 

@@ -21,7 +21,7 @@ from aiohttp import web
 from typer.testing import CliRunner, Result
 
 from llmbatch.app.cli import app
-from llmbatch.schedule import retry
+from llmbatch.core import retry
 from llmbatch.testing.server import FakeServer
 
 ROOT = Path(__file__).resolve().parent.parent

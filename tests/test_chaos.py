@@ -17,8 +17,8 @@ from aiohttp import web
 from typer.testing import CliRunner, Result
 
 from llmbatch.app.cli import app
+from llmbatch.core.retry import no_backoff
 from llmbatch.files.jsonl import JsonlWriter
-from llmbatch.schedule.retry import no_backoff
 from llmbatch.testing.server import FakeServer
 
 KEY = "sk-chaos-DO-NOT-LEAK-4b1d9e7a2c6f8035"

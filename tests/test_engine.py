@@ -23,12 +23,12 @@ from llmbatch.core.errors import (
     Stop,
     TransientError,
 )
+from llmbatch.core.retry import no_backoff
 from llmbatch.core.stats import Stats
 from llmbatch.core.values import Completion, Finished, Request, State
 from llmbatch.modes.live.engine import Engine, EngineConfig
 from llmbatch.providers.echo import text_response
 from llmbatch.schedule.limits import Limits, Permit
-from llmbatch.schedule.retry import no_backoff
 
 
 class ListOutput:

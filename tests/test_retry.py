@@ -11,7 +11,7 @@ import pytest
 
 from llmbatch.core.errors import AuthError, PermanentError, RateLimited, TransientError
 from llmbatch.core.http import MAX_SERVER_DELAY, error_for_status, parse_duration, server_delay
-from llmbatch.schedule.retry import BackoffStrategy, RetryConfig, no_backoff
+from llmbatch.core.retry import BackoffStrategy, RetryConfig, no_backoff
 
 
 def delays(config: RetryConfig, attempts: int, seed: int = 7) -> list[float]:

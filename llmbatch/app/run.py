@@ -480,8 +480,9 @@ def _batch_mode(
 ) -> BatchMode | None:
     if not settings.batch_api or state is None:
         return None
-    from llmbatch.modes.batch.mode import BatchConfig, BatchMode, RemoteBatches
+    from llmbatch.modes.batch.mode import BatchConfig, BatchMode
     from llmbatch.providers.openai import OpenAIProvider
+    from llmbatch.providers.openai_batches import RemoteBatches
 
     assert isinstance(provider, OpenAIProvider)
 

@@ -42,10 +42,10 @@ from llmbatch.core.errors import (
     RateLimited,
     TransientError,
 )
+from llmbatch.core.retry import RetryConfig
 from llmbatch.core.values import Completion, Request, Usage
 from llmbatch.providers.base import Provider
 from llmbatch.schedule.limits import Limits
-from llmbatch.schedule.retry import RetryConfig
 
 __all__ = [
     "DEFAULT_MAX_CONCURRENCY",

@@ -41,13 +41,13 @@ from llmbatch.core.errors import (
     Stop,
     worst,
 )
+from llmbatch.core.retry import DEFAULT_MAX_RETRIES, BackoffStrategy, RetryConfig
 from llmbatch.core.stats import Stats
 from llmbatch.core.values import Completion, Finished, Request, State
 from llmbatch.cost.spend import SpendingCap
 from llmbatch.files.jsonl import write_failure
 from llmbatch.providers.base import DEFAULT_TIMEOUT, Provider
 from llmbatch.schedule.limits import Limits, Permit
-from llmbatch.schedule.retry import DEFAULT_MAX_RETRIES, BackoffStrategy, RetryConfig
 
 __all__ = [
     "DEFAULT_CONCURRENCY",
