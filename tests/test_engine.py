@@ -26,7 +26,9 @@ from llmbatch.core.errors import (
 from llmbatch.core.retry import no_backoff
 from llmbatch.core.stats import Stats
 from llmbatch.core.values import Completion, Finished, Request, State
+from llmbatch.modes.control import RunControl
 from llmbatch.modes.live.engine import Engine, EngineConfig
+from llmbatch.modes.outcome import Outcomes
 from llmbatch.providers.echo import text_response
 from llmbatch.schedule.limits import Limits, Permit
 
@@ -44,6 +46,9 @@ class ListOutput:
     backlog = 0
 
     def discard(self, order: int) -> None:
+        return None
+
+    def sync(self) -> None:
         return None
 
     def write(self, finished: Finished) -> None:
@@ -147,14 +152,14 @@ def make_engine(
 ) -> tuple[Engine, ListOutput, Stats]:
     out = output or ListOutput()
     stats = Stats()
+    judged = {"max_requests": config.pop("max_requests", 3), "max_retries": config.pop("max_retries", 3)}
+    outcomes = Outcomes(validator=validator, output=out, stats=stats, control=RunControl(stats), **judged)
     engine = Engine(
         provider=provider,
         limits=limits or RecordingLimits(),
-        validator=validator,
-        output=out,
+        outcomes=outcomes,
         rejects=ListRejects(),
-        stats=stats,
-        config=EngineConfig(**{"concurrency": 4, "max_requests": 3, "max_retries": 3, **config}),
+        config=EngineConfig(**{"concurrency": 4, **config}),
     )
     return engine, out, stats
 
@@ -203,7 +208,7 @@ async def test_the_window_bounds_what_is_read_ahead():
     await asyncio.sleep(0.3)
     assert provider.max_in_flight <= 4
     assert pulled <= 10 + len(out.items) + 1
-    engine.stop(Stop("enough"))
+    engine.control.stop(Stop("enough"))
     await task
     assert len(out.items) < 100
 
@@ -223,7 +228,7 @@ async def test_a_stop_interrupts_a_long_wait_on_the_limits():
     task = asyncio.ensure_future(engine.run(requests(50)))
     await asyncio.sleep(0.2)
     started = time.monotonic()
-    engine.stop(Stop("SIGINT received", interrupt=True))
+    engine.control.stop(Stop("SIGINT received", interrupt=True))
     await asyncio.wait_for(task, 5)
     assert time.monotonic() - started < 1.0
     assert stats.stop is not None and stats.stop.exit_code is ExitCode.STOPPED
@@ -309,7 +314,7 @@ def test_every_permit_is_settled_exactly_once(kind, limited):
             task = asyncio.ensure_future(engine.run(requests(6)))
             if kind == "cancel":
                 await asyncio.sleep(0.1)
-                engine.abort()
+                engine.control.abort()
             await task
         return out, stats
 

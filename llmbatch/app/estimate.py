@@ -4,10 +4,10 @@ every request built and counted, and the price looked up."""
 from __future__ import annotations
 
 from llmbatch.app.settings import Settings
+from llmbatch.app.wiring import builder_for, run_price
 from llmbatch.core.endpoints import DEFAULT_ANSWER_TOKENS
 from llmbatch.cost.estimate import Estimate, estimate
-from llmbatch.cost.prices import Price, run_price
-from llmbatch.input.build import builder_for
+from llmbatch.cost.prices import Price
 from llmbatch.input.source import Source
 
 __all__ = ["estimate_input"]

@@ -15,12 +15,9 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from functools import cache
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from llmbatch.app.settings import Settings
-
-__all__ = ["BATCH_DISCOUNT", "FAKE_FREE", "FAKE_MODEL", "Price", "cost", "price_for", "run_price"]
+__all__ = ["BATCH_DISCOUNT", "FAKE_FREE", "FAKE_MODEL", "Price", "cost", "price_for", "table_price"]
 
 # The Batch API's discount, where the database has no batch price of its own.
 BATCH_DISCOUNT = 0.5
@@ -61,7 +58,7 @@ def cost(
     return total / 1_000_000
 
 
-def _lookup(model: str, table: Mapping[str, Price]) -> Price | None:
+def table_price(model: str, table: Mapping[str, Price]) -> Price | None:
     """The entry for `model` or for its longest base name followed by a date stamp."""
     if model in table:
         return table[model]
@@ -137,7 +134,7 @@ def price_for(
     if model:
         name = model.strip().lower()
         if overrides:
-            found = _lookup(
+            found = table_price(
                 name, {k.lower(): replace(v, source="the config file") for k, v in overrides.items()}
             )
             if found is not None and batch:
@@ -158,20 +155,3 @@ def price_for(
 
 FAKE_MODEL = "fake"  # the model name the offline provider answers with when none was asked
 FAKE_FREE = Price(0.0, 0.0, source="the offline fake model is free")
-
-
-def run_price(settings: Settings, model: str | None = None) -> Price | None:
-    """The price a run's settings charge for `model` (or --model); with --batch-api,
-    the batch price. The offline fake model is free."""
-    overrides = {m: Price(i, o) for m, (i, o) in settings.prices.items()}
-    model = settings.model or model or ("fake" if settings.provider == "fake" else None)
-    if settings.provider == "fake" and settings.price_in is None and settings.price_out is None:
-        return _lookup(model or "", overrides) or FAKE_FREE
-    return price_for(
-        model,
-        overrides,
-        price_in=settings.price_in,
-        price_out=settings.price_out,
-        base_url=settings.base_url,
-        batch=settings.batch_api,
-    )

@@ -15,24 +15,19 @@ import hashlib
 import string
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import orjson
 
-from llmbatch.core.endpoints import CHAT, EMBEDDINGS, ENDPOINTS
+from llmbatch.core.endpoints import CHAT, EMBEDDINGS, ENDPOINTS, normalise_endpoint
 from llmbatch.core.errors import ConfigError, InputError
 from llmbatch.core.values import Request
-
-if TYPE_CHECKING:
-    from llmbatch.app.settings import Settings
 
 __all__ = [
     "SETUP_KINDS",
     "RequestBuilder",
     "Template",
-    "builder_for",
     "fingerprint",
-    "normalise_endpoint",
     "schema_format",
 ]
 
@@ -79,14 +74,6 @@ def _endpoint(url: str) -> str | None:
             return normalise_endpoint(url)
         found = _ENDPOINTS[url] = normalise_endpoint(url)
         return found
-
-
-def normalise_endpoint(url: str) -> str | None:
-    """'/v1/chat/completions', '/chat/completions' or 'chat/completions' -> the /v1 form."""
-    path = "/" + url.strip().lstrip("/")
-    if not path.startswith("/v1/"):
-        path = "/v1" + path
-    return path if path in ENDPOINTS else None
 
 
 class Template:
@@ -241,22 +228,3 @@ def schema_format(path: Path) -> dict[str, object]:
         raise ConfigError(f"schema {path} is not JSON: {exc}") from None
     name = "".join(c if c.isalnum() or c in "_-" else "_" for c in path.stem.split(".")[0])[:64] or "answer"
     return {"type": "json_schema", "json_schema": {"name": name, "schema": schema}}
-
-
-def builder_for(settings: Settings) -> RequestBuilder:
-    """The builder a run's settings ask for (run and estimate alike)."""
-    endpoint = normalise_endpoint(settings.endpoint)
-    if endpoint is None:
-        raise ConfigError(f"unknown endpoint {settings.endpoint!r} (use {' or '.join(ENDPOINTS)})")
-    params = dict(settings.params)
-    if settings.schema is not None:
-        params.setdefault("response_format", schema_format(settings.schema))
-    return RequestBuilder(
-        model=settings.model,
-        template=Template(settings.prompt) if settings.prompt is not None else None,
-        system=settings.system,
-        id_field=settings.id_field,
-        endpoint=endpoint,
-        params=params,
-        default_model="fake" if settings.provider == "fake" else None,
-    )

@@ -34,16 +34,10 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from llmbatch.core.errors import (
-    AuthError,
-    LLMBatchError,
-    PermanentError,
-    ProviderError,
-    RateLimited,
-    TransientError,
-)
+from llmbatch.core.errors import RateLimited, TransientError
 from llmbatch.core.retry import RetryConfig
 from llmbatch.core.values import Completion, Request, Usage
+from llmbatch.modes.outcome import ErrorKind, kind_of
 from llmbatch.providers.base import Provider
 from llmbatch.schedule.limits import Limits
 
@@ -147,12 +141,10 @@ _T = TypeVar("_T", bound=LLMTask | DeterministicTask)
 
 
 def worth_retrying(exc: BaseException) -> bool:
-    """Whether another attempt might succeed (see the module docstring)."""
-    if isinstance(exc, PermanentError | AuthError):
-        return False
-    if isinstance(exc, ProviderError):
-        return True  # transient, rate limited, or of no known kind: as the CLI's engine does
-    return isinstance(exc, Exception) and not isinstance(exc, LLMBatchError)
+    """Whether another attempt might succeed (see the module docstring): the one
+    classification of the engine's (`llmbatch.modes.outcome.kind_of`), where a foreign
+    exception (a custom provider's own) is believed to be worth the task's policy."""
+    return kind_of(exc) in (ErrorKind.TRANSIENT, ErrorKind.FOREIGN)
 
 
 class _Clock:

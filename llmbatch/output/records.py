@@ -26,8 +26,10 @@ The Batch-shaped line keeps these in its ``llmbatch`` block, the merged row in
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO, Literal, NamedTuple
 
@@ -42,7 +44,9 @@ __all__ = [
     "Format",
     "Line",
     "OutputFile",
+    "RejectsFile",
     "State",
+    "StderrRejects",
     "batch_record",
     "completion_of",
     "custom_id_of",
@@ -433,3 +437,45 @@ def is_ours(first_line: bytes) -> bool:
         return read_line(orjson.loads(first_line)) is not None
     except orjson.JSONDecodeError:
         return False
+
+
+class StderrRejects:
+    """With `-o -` and no --rejects: each bad line told on stderr, one line each."""
+
+    path = "standard error"
+    error = None
+
+    def __init__(self, log: Callable[[str], None]) -> None:
+        self.log = log
+
+    def write(self, err: InputError) -> None:
+        self.log(f"error: rejected line {err.line}: {err}")
+
+    def close(self) -> None:
+        return None
+
+
+class RejectsFile:
+    """Bad input lines, one JSON line each. Each run reads the whole input again and
+    rejects its bad lines again, so the file is rewritten by every run (a bad line is
+    listed once however many reruns it takes), and is only made when there is one."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._writer: JsonlWriter | None = None
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+
+    @property
+    def error(self) -> OSError | None:
+        return self._writer.error if self._writer is not None else None
+
+    def write(self, err: InputError) -> None:
+        if self._writer is None:
+            self.path.write_bytes(b"")
+            self._writer = JsonlWriter(self.path)
+        self._writer.write(reject_record(err))
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()

@@ -16,18 +16,12 @@ Batch API record) follows the output's name already.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 from dataclasses import dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING
 
 from llmbatch.core.errors import ConfigError
 
-if TYPE_CHECKING:
-    from llmbatch.app.settings import Settings
-
-__all__ = ["PLACEHOLDER", "Shard", "for_shard", "parse_shard", "shard_of"]
+__all__ = ["PER_OUTPUT", "PLACEHOLDER", "Shard", "parse_shard", "shard_of"]
 
 PLACEHOLDER = "{shard}"
 # The settings that name a file of this run's own: {shard} expands in each.
@@ -69,22 +63,3 @@ def parse_shard(text: str) -> Shard:
     if not sep or count < 1 or not 0 <= index < count:
         raise ConfigError(f"--shard takes K/N with 0 <= K < N (e.g. 0/4), not {text!r}")
     return Shard(index, count)
-
-
-def for_shard(settings: Settings) -> Settings:
-    """The settings of this shard's run: ``{shard}`` expanded in every per-output path.
-    With more than one shard the output must say where each shard's goes."""
-    if settings.shard is None:
-        return settings
-    shard = parse_shard(settings.shard)
-    if shard.count > 1 and PLACEHOLDER not in str(settings.output):
-        raise ConfigError(
-            f"with --shard {shard}, each shard needs an output of its own: put {PLACEHOLDER} in -o "
-            f"(e.g. -o out-{PLACEHOLDER}.jsonl), and `llmbatch merge` joins them"
-        )
-    changes: dict[str, Path] = {}
-    for name in PER_OUTPUT:
-        path = getattr(settings, name)
-        if path is not None and PLACEHOLDER in str(path):
-            changes[name] = Path(str(path).replace(PLACEHOLDER, str(shard.index)))
-    return dataclasses.replace(settings, **changes)  # type: ignore[arg-type]

@@ -10,8 +10,9 @@ nothing is uploaded, or paid for, twice.
 
 A chunk goes FILLING -> SEALED -> UPLOADING -> UPLOADED -> CREATING -> RUNNING ->
 COLLECTED; a batch refused for the enqueued-token limit goes back to UPLOADED (its file
-is kept) to be created again later. Items that need another round after collection
-move to a new chunk; an item is `done` once its output line is on disk.
+is kept), `held` until the running batches are done, to be created again then. Items
+that need another round after collection move to a new chunk; an item is `done` once
+its output line is on disk.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from typing import Any
 import orjson
 
 from llmbatch.core.errors import ConfigError
-from llmbatch.core.values import Request
+from llmbatch.core.values import Finished, Request, State
 
 __all__ = ["BatchState", "Chunk", "ChunkState", "Item", "state_path"]
 
@@ -52,7 +53,8 @@ CREATE TABLE IF NOT EXISTS chunks (
     counts TEXT,
     error TEXT,
     created REAL NOT NULL,
-    submitted REAL
+    submitted REAL,
+    held INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS items (
     custom_id TEXT PRIMARY KEY,
@@ -63,7 +65,8 @@ CREATE TABLE IF NOT EXISTS items (
     retries INTEGER NOT NULL DEFAULT 0,
     prompt_tokens INTEGER NOT NULL DEFAULT 0,
     completion_tokens INTEGER NOT NULL DEFAULT 0,
-    done INTEGER NOT NULL DEFAULT 0
+    done INTEGER NOT NULL DEFAULT 0,
+    cached_tokens INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS items_by_chunk ON items (chunk, done);
 """
@@ -101,6 +104,7 @@ class Chunk:
     error: str | None
     created: float
     submitted: float | None
+    held: bool  # refused for the enqueued-token limit: created again once the others end
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +115,19 @@ class Item:
     retries: int  # transient failures so far
     prompt_tokens: int
     completion_tokens: int
+    cached_tokens: int
+
+    def tally(self) -> Finished:
+        """The item's outcome so far, to build on with its next answer."""
+        return Finished(
+            request=self.request,
+            state=State.FAILED,
+            requests=self.requests,
+            retries=self.retries,
+            prompt_tokens=self.prompt_tokens,
+            completion_tokens=self.completion_tokens,
+            cached_tokens=self.cached_tokens,
+        )
 
 
 def state_path(output: Path) -> Path:
@@ -137,6 +154,7 @@ class BatchState:
             self._db = sqlite3.connect(path, isolation_level=None)
             self._db.execute("PRAGMA journal_mode = WAL")
             self._db.executescript(_SCHEMA)
+            _migrate(self._db)
         except sqlite3.Error as exc:
             raise ConfigError(f"cannot use the batch record {path}: {exc}") from None
         row = self._db.execute("SELECT value FROM meta WHERE key = 'run'").fetchone()
@@ -225,18 +243,19 @@ class BatchState:
         size: int,
         tokens: int,
         worst: float = 0.0,
-        carry: Item | None = None,
+        moving: bool = False,
     ) -> None:
-        """Put an item in a chunk (a new item, or one moving to a follow-up round with
-        what it has used so far). Committed with the chunk's next seal, or every few
-        thousand items."""
+        """Put an item in a chunk: a new item (or one written by an earlier run and
+        asked again now), or with `moving` one of this record going on to another
+        round with what it has used so far. Committed with the chunk's next seal, or
+        every few thousand items."""
         self.begin()
-        if carry is None:  # new, or written by an earlier run and asked again now
+        if not moving:
             self._db.execute(
                 "INSERT INTO items (custom_id, chunk, line, request) VALUES (?, ?, ?, ?) "
                 "ON CONFLICT (custom_id) DO UPDATE SET chunk = excluded.chunk, line = excluded.line, "
                 "request = excluded.request, requests = 0, retries = 0, prompt_tokens = 0, "
-                "completion_tokens = 0, done = 0",
+                "completion_tokens = 0, cached_tokens = 0, done = 0",
                 (req.custom_id, chunk_id, req.line, _request_blob(req)),
             )
         else:
@@ -281,15 +300,20 @@ class BatchState:
         ).fetchone()
         return None if row is None else _item(row)
 
-    def record_use(
-        self, custom_id: str, *, requests: int, retries: int, prompt: int, completion: int
-    ) -> None:
+    def record_use(self, tally: Finished) -> None:
         """What an item has used, before it moves on to another round."""
         self.begin()
         self._db.execute(
-            "UPDATE items SET requests = ?, retries = ?, prompt_tokens = ?, completion_tokens = ? "
-            "WHERE custom_id = ?",
-            (requests, retries, prompt, completion, custom_id),
+            "UPDATE items SET requests = ?, retries = ?, prompt_tokens = ?, completion_tokens = ?, "
+            "cached_tokens = ? WHERE custom_id = ?",
+            (
+                tally.requests,
+                tally.retries,
+                tally.prompt_tokens,
+                tally.completion_tokens,
+                tally.cached_tokens,
+                tally.request.custom_id,
+            ),
         )
 
     def mark_done(self, custom_ids: Iterable[str]) -> None:
@@ -312,18 +336,31 @@ class BatchState:
             yield orjson.dumps(line, option=orjson.OPT_APPEND_NEWLINE)
 
 
-_ITEM = "custom_id, line, request, chunk, requests, retries, prompt_tokens, completion_tokens"
+_ITEM = "custom_id, line, request, chunk, requests, retries, prompt_tokens, completion_tokens, cached_tokens"
 
 
 def _item(row: tuple[Any, ...]) -> Item:
-    cid, line, blob, chunk, requests, retries, prompt, completion = row
-    return Item(_request(cid, line, blob), chunk, requests, retries, prompt, completion)
+    cid, line, blob, chunk, requests, retries, prompt, completion, cached = row
+    return Item(_request(cid, line, blob), chunk, requests, retries, prompt, completion, cached)
+
+
+def _migrate(db: sqlite3.Connection) -> None:
+    """A record written by an older llmbatch: the columns added since, and a chunk it
+    marked as waiting for the enqueued-token limit by its error text."""
+    columns = {
+        table: {row[1] for row in db.execute(f"PRAGMA table_info({table})")} for table in ("items", "chunks")
+    }
+    if "cached_tokens" not in columns["items"]:
+        db.execute("ALTER TABLE items ADD COLUMN cached_tokens INTEGER NOT NULL DEFAULT 0")
+    if "held" not in columns["chunks"]:
+        db.execute("ALTER TABLE chunks ADD COLUMN held INTEGER NOT NULL DEFAULT 0")
+        db.execute("UPDATE chunks SET held = 1 WHERE error LIKE 'enqueued token limit:%'")
 
 
 def _chunk(row: tuple[Any, ...]) -> Chunk:
     """A chunk from its row (the columns in the order of its fields)."""
     id_, round_, endpoint, model, items, size, tokens, worst = row[:8]
-    state, live, file_id, batch_id, status, counts, error, created, submitted = row[8:]
+    state, live, file_id, batch_id, status, counts, error, created, submitted, held = row[8:]
     return Chunk(
         id_,
         round_,
@@ -342,4 +379,5 @@ def _chunk(row: tuple[Any, ...]) -> Chunk:
         error,
         created,
         submitted,
+        bool(held),
     )

@@ -1,0 +1,133 @@
+"""The parts a run's settings ask for: the request builder, the provider, the price,
+the shard's paths, where requests go, the budget shared through Redis."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from llmbatch.app.checks import DEFAULT_BASE_URL, check_api_key
+from llmbatch.app.settings import Settings
+from llmbatch.core.endpoints import ENDPOINTS, normalise_endpoint
+from llmbatch.core.errors import ConfigError
+from llmbatch.cost.prices import FAKE_FREE, Price, price_for, table_price
+from llmbatch.input.build import RequestBuilder, Template, schema_format
+from llmbatch.output.records import server_hash
+from llmbatch.providers.base import Provider
+from llmbatch.scale.shard import PER_OUTPUT, PLACEHOLDER, parse_shard
+
+if TYPE_CHECKING:
+    from llmbatch.scale.budget import SharedBudget
+
+__all__ = [
+    "base_url_of",
+    "builder_for",
+    "for_shard",
+    "join_budget",
+    "make_provider",
+    "run_price",
+    "server_of",
+]
+
+
+def builder_for(settings: Settings) -> RequestBuilder:
+    """The builder a run's settings ask for (run and estimate alike)."""
+    endpoint = normalise_endpoint(settings.endpoint)
+    if endpoint is None:
+        raise ConfigError(f"unknown endpoint {settings.endpoint!r} (use {' or '.join(ENDPOINTS)})")
+    params = dict(settings.params)
+    if settings.schema is not None:
+        params.setdefault("response_format", schema_format(settings.schema))
+    return RequestBuilder(
+        model=settings.model,
+        template=Template(settings.prompt) if settings.prompt is not None else None,
+        system=settings.system,
+        id_field=settings.id_field,
+        endpoint=endpoint,
+        params=params,
+        default_model="fake" if settings.provider == "fake" else None,
+    )
+
+
+def make_provider(settings: Settings) -> Provider:
+    if settings.provider == "fake":
+        from llmbatch.providers.fake import FakeProvider
+
+        return FakeProvider(latency_ms=settings.fake_latency_ms, jitter_ms=settings.fake_latency_ms / 2)
+    key = check_api_key(settings)
+    assert key is not None
+    from llmbatch.providers.openai import OpenAIProvider
+
+    return OpenAIProvider(
+        api_key=key,
+        base_url=settings.base_url,
+        concurrency=settings.concurrency,
+        transport=settings.transport,
+        timeout=settings.timeout,
+    )
+
+
+def run_price(settings: Settings, model: str | None = None) -> Price | None:
+    """The price a run's settings charge for `model` (or --model); with --batch-api,
+    the batch price. The offline fake model is free."""
+    overrides = {m: Price(i, o) for m, (i, o) in settings.prices.items()}
+    model = settings.model or model or ("fake" if settings.provider == "fake" else None)
+    if settings.provider == "fake" and settings.price_in is None and settings.price_out is None:
+        return table_price(model or "", overrides) or FAKE_FREE
+    return price_for(
+        model,
+        overrides,
+        price_in=settings.price_in,
+        price_out=settings.price_out,
+        base_url=settings.base_url,
+        batch=settings.batch_api,
+    )
+
+
+def for_shard(settings: Settings) -> Settings:
+    """The settings of this shard's run: ``{shard}`` expanded in every per-output path.
+    With more than one shard the output must say where each shard's goes."""
+    if settings.shard is None:
+        return settings
+    shard = parse_shard(settings.shard)
+    if shard.count > 1 and PLACEHOLDER not in str(settings.output):
+        raise ConfigError(
+            f"with --shard {shard}, each shard needs an output of its own: put {PLACEHOLDER} in -o "
+            f"(e.g. -o out-{PLACEHOLDER}.jsonl), and `llmbatch merge` joins them"
+        )
+    changes: dict[str, Path] = {}
+    for name in PER_OUTPUT:
+        path = getattr(settings, name)
+        if path is not None and PLACEHOLDER in str(path):
+            changes[name] = Path(str(path).replace(PLACEHOLDER, str(shard.index)))
+    return dataclasses.replace(settings, **changes)  # type: ignore[arg-type]
+
+
+def base_url_of(settings: Settings) -> str:
+    """Where this run's requests go."""
+    if settings.provider == "fake":
+        return "fake"
+    return settings.base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL
+
+
+def server_of(settings: Settings) -> str:
+    """The hash of where this run's requests go, as the output lines carry it."""
+    return server_hash(base_url_of(settings))
+
+
+async def join_budget(
+    settings: Settings, model: str | None, closing: contextlib.AsyncExitStack
+) -> SharedBudget | None:
+    """The budget shared through Redis with the other processes on the key (--redis),
+    closed with `closing`; None without --redis. Redis unreachable: a ConfigError."""
+    if settings.redis is None:
+        return None
+    from llmbatch.scale.budget import SharedBudget, default_key
+
+    name = settings.redis_key or default_key(base_url_of(settings), model, check_api_key(settings))
+    budget = await SharedBudget.connect(settings.redis, name)
+    closing.push_async_callback(budget.aclose)
+    return budget

@@ -1,0 +1,327 @@
+"""What an attempt's outcome means, decided once for the live engine, the Batch API mode
+and the library executor.
+
+    answer ──► validate ──► valid ................................ FINISH (written)
+                       └──► invalid, requests left ............... REASK
+                       └──► invalid, none left ................... FINISH (invalid)
+                       └──► the validator itself is broken ....... stop the run (exit 2)
+    error ───► transient (429, 408, 409, 5xx, timeout, reset) .... RETRY after the server's
+               delay, else backoff; FINISH (failed) when retries are spent
+          └──► the request's fault (400, 404, 422) ............... FINISH (failed)
+          └──► auth or quota (401, 403, insufficient_quota) ...... stop the run (exit 3)
+
+`Outcomes` applies that to an item's tally (a `Finished` that builds up over its
+attempts): it counts the answers and their usage (cached tokens included) into the
+tally and the run's `Stats`, and writes a finished item to the output. What a mode does
+with REASK and RETRY is its own: the engine puts the job back in its retry heap; the
+Batch API mode moves the item into a follow-up round. RELEASE means the item is not
+written in this run (a stop left it): a rerun does it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+from collections.abc import Callable
+from typing import Protocol
+
+from llmbatch.core.errors import (
+    AuthError,
+    ConfigError,
+    ExitCode,
+    LLMBatchError,
+    PermanentError,
+    ProviderError,
+    RateLimited,
+    Stop,
+)
+from llmbatch.core.retry import DEFAULT_MAX_RETRIES, BackoffStrategy, RetryConfig
+from llmbatch.core.stats import Stats
+from llmbatch.core.values import Completion, Finished, Request, State
+from llmbatch.files.jsonl import write_failure
+from llmbatch.modes.control import RunControl
+
+__all__ = [
+    "DEFAULT_MAX_REQUESTS",
+    "DEFAULT_RETRY",
+    "Cache",
+    "ErrorKind",
+    "Outcomes",
+    "Output",
+    "Validator",
+    "Verdict",
+    "kind_of",
+]
+
+DEFAULT_MAX_REQUESTS = 4  # answered requests per item, re-asks included
+# Transport retries: quick first, capped, jittered so a crowd of retries spreads out.
+DEFAULT_RETRY = RetryConfig(
+    max_attempts=DEFAULT_MAX_RETRIES + 1,
+    backoff_strategy=BackoffStrategy.JITTER,
+    initial_delay=0.5,
+    max_delay=30.0,
+)
+
+Validator = Callable[[Request, Completion], "str | None"]
+
+
+class Verdict(enum.Enum):
+    FINISH = "finish"  # written (valid, invalid with no requests left, or failed)
+    REASK = "reask"  # invalid with requests left: ask again at once
+    RETRY = "retry"  # transient: ask again after the delay
+    RELEASE = "release"  # not written this run (the run stops): a rerun does it
+
+
+class ErrorKind(enum.Enum):
+    """What an exception that ended an attempt is, whoever made the attempt."""
+
+    TRANSIENT = "transient"  # worth another try
+    REQUEST = "request"  # the request itself is wrong: fail the item
+    AUTH = "auth"  # credentials or quota: nothing else will succeed either; stop
+    FOREIGN = "foreign"  # not one of ours: a bug, or a custom provider's own exception
+    CANCELLED = "cancelled"  # the attempt was cancelled (an abort)
+    FATAL = "fatal"  # KeyboardInterrupt, SystemExit: not ours to swallow
+
+
+def kind_of(exc: BaseException) -> ErrorKind:
+    """The one classification of an attempt's exception (DESIGN's error table)."""
+    if isinstance(exc, AuthError):
+        return ErrorKind.AUTH
+    if isinstance(exc, PermanentError):
+        return ErrorKind.REQUEST
+    if isinstance(exc, ProviderError):  # TransientError, RateLimited, or of no known kind
+        return ErrorKind.TRANSIENT
+    if isinstance(exc, asyncio.CancelledError):
+        return ErrorKind.CANCELLED
+    if isinstance(exc, LLMBatchError):
+        return ErrorKind.REQUEST  # one of ours that is not about the provider: retrying cannot help
+    if isinstance(exc, Exception):
+        return ErrorKind.FOREIGN
+    return ErrorKind.FATAL
+
+
+class Output(Protocol):
+    """Where finished items go. `error` is a write that failed (a full disk): the run
+    stops, and a rerun redoes what did not reach the file."""
+
+    @property
+    def path(self) -> object: ...
+
+    @property
+    def error(self) -> OSError | None: ...
+
+    @property
+    def backlog(self) -> int:
+        """Finished items held back, not yet written: they count in the live window."""
+        ...
+
+    def write(self, finished: Finished) -> None: ...
+
+    def discard(self, order: int) -> None:
+        """The item taken `order`-th will not be written (a stop left it)."""
+        ...
+
+    def sync(self) -> None:
+        """What was written so far, on disk now (before a record says it is)."""
+        ...
+
+
+class Cache(Protocol):
+    """Valid answers by request fingerprint (see `llmbatch.rerun.cache.ResponseCache`)."""
+
+    def get(self, fp: int) -> Completion | None: ...
+
+    def put(self, fp: int, completion: Completion) -> None: ...
+
+
+def _silent(_: str) -> None:
+    return None
+
+
+class Outcomes:
+    """The judge of one run's attempts (see the module docstring)."""
+
+    def __init__(
+        self,
+        *,
+        validator: Validator,
+        output: Output,
+        stats: Stats,
+        control: RunControl,
+        cache: Cache | None = None,
+        max_requests: int = DEFAULT_MAX_REQUESTS,
+        max_retries: int = DEFAULT_MAX_RETRIES,
+        retry: RetryConfig = DEFAULT_RETRY,
+        log: Callable[[str], None] = _silent,
+    ) -> None:
+        self.validator = validator
+        self.output = output
+        self.stats = stats
+        self.control = control
+        self.cache = cache
+        self.max_requests = max_requests
+        self.max_retries = max_retries
+        self.retry = retry
+        self.log = log
+
+    def with_output(self, output: Output) -> Outcomes:
+        """The same judge writing elsewhere (a Batch API follow-up that records what it
+        wrote)."""
+        return Outcomes(
+            validator=self.validator,
+            output=output,
+            stats=self.stats,
+            control=self.control,
+            cache=self.cache,
+            max_requests=self.max_requests,
+            max_retries=self.max_retries,
+            retry=self.retry,
+            log=self.log,
+        )
+
+    # --- answers -----------------------------------------------------------------
+
+    def answered(
+        self, item: Finished, completion: Completion, *, via: str = "live", hold: bool = False
+    ) -> Verdict:
+        """A 2xx answer: counted, validated, and either finished or to be asked again.
+        With `hold` (the live run is stopping), what would be asked again is released
+        instead."""
+        stats = self.stats
+        stats.answers += 1
+        usage = completion.usage
+        stats.prompt_tokens += usage.prompt_tokens
+        stats.completion_tokens += usage.completion_tokens
+        stats.cached_tokens += usage.cached_tokens
+        item.requests += 1
+        item.prompt_tokens += usage.prompt_tokens
+        item.completion_tokens += usage.completion_tokens
+        item.cached_tokens += usage.cached_tokens
+        item.last = completion
+        item.latency_ms = completion.latency_ms
+        reason = self._validate(item.request, completion)
+        if reason is _BROKEN:
+            return Verdict.RELEASE
+        if reason is None:
+            if self.cache is not None:
+                self.cache.put(item.request.fp, completion)
+            self.finish(item, State.VALID, via=via)
+            return Verdict.FINISH
+        item.reason = reason
+        if item.requests >= self.max_requests:
+            self.finish(item, State.INVALID, via=via)
+            return Verdict.FINISH
+        if hold:
+            return Verdict.RELEASE
+        stats.reasks += 1
+        return Verdict.REASK
+
+    def from_cache(self, item: Finished, completion: Completion) -> Verdict | None:
+        """An answer the item did not ask for (the cache's, or an identical request's):
+        FINISH when it is valid for this item (validators may look at the item, not
+        only the request), None when the item must be asked itself, RELEASE when the
+        validator is broken (the run stops)."""
+        reason = self._validate(item.request, completion)
+        if reason is _BROKEN:
+            return Verdict.RELEASE
+        if reason is not None:
+            return None
+        item.last = completion
+        self.stats.cached += 1
+        self.finish(item, State.VALID, via="cached")
+        return Verdict.FINISH
+
+    def _validate(self, request: Request, completion: Completion) -> str | None:
+        try:
+            return self.validator(request, completion)
+        except ConfigError as exc:
+            self.control.stop(Stop(f"the validator is broken: {exc}", exit_code=ExitCode.USAGE))
+            return _BROKEN
+
+    # --- errors ------------------------------------------------------------------
+
+    def failed(
+        self, item: Finished, exc: BaseException, *, via: str = "live", hold: bool = False
+    ) -> tuple[Verdict, float]:
+        """An attempt that ended without an answer; with RETRY, the seconds to wait
+        before the next attempt (the server's delay, else backoff). With `hold`, what
+        would be retried is released instead."""
+        kind = kind_of(exc)
+        if isinstance(exc, ProviderError):
+            self.tell(exc)
+        if kind is ErrorKind.TRANSIENT:
+            assert isinstance(exc, ProviderError)
+            if isinstance(exc, RateLimited):
+                self.stats.http_429 += 1
+            if hold:
+                return Verdict.RELEASE, 0.0
+            if item.retries >= self.max_retries:
+                self.finish(item, State.FAILED, exc, via=via)
+                return Verdict.FINISH, 0.0
+            item.retries += 1
+            self.stats.retries["rate_limited" if isinstance(exc, RateLimited) else exc.code] += 1
+            return Verdict.RETRY, self._delay(item, exc)
+        if kind is ErrorKind.REQUEST:
+            error = exc if isinstance(exc, ProviderError) else ProviderError(str(exc), code="invalid_request")
+            self.finish(item, State.FAILED, error, via=via)
+            return Verdict.FINISH, 0.0
+        if kind is ErrorKind.AUTH:
+            self.control.stop(Stop(f"the provider refused the credentials or quota: {exc}"))
+            return Verdict.RELEASE, 0.0
+        if kind is ErrorKind.FOREIGN:  # a bug must cost one item, never the run or the line
+            assert isinstance(exc, Exception)
+            self.internal_error(item, exc)
+            return Verdict.FINISH, 0.0
+        return Verdict.RELEASE, 0.0  # cancelled, or not ours to swallow
+
+    def _delay(self, item: Finished, exc: ProviderError) -> float:
+        delay = exc.retry_after if isinstance(exc, RateLimited) and exc.retry_after is not None else None
+        if delay is None:
+            delay = self.retry.delay(item.retries)
+        return delay
+
+    def tell(self, exc: ProviderError) -> None:
+        """The first error of each cause is told, with its text; later ones are counted
+        (and the newest of each is on the panel)."""
+        last = self.stats.last_error
+        if exc.code not in last and not isinstance(exc, RateLimited):  # 429s: on the panel
+            self.log(f"error: {exc.code}: {exc} (told once; later ones are counted)")
+        last.pop(exc.code, None)
+        last[exc.code] = str(exc)  # the newest cause last
+
+    def internal_error(self, item: Finished, exc: Exception) -> None:
+        """Our own bug met while handling an item: the item fails with it, the run goes on."""
+        self.log(f"error: line {item.request.line}: unexpected {type(exc).__name__}: {exc}")
+        self.finish(item, State.FAILED, ProviderError(f"{type(exc).__name__}: {exc}", code="internal_error"))
+
+    # --- the end of an item --------------------------------------------------------
+
+    def finish(
+        self,
+        item: Finished,
+        state: State,
+        error: ProviderError | None = None,
+        *,
+        via: str = "live",
+        batch_id: str | None = None,
+    ) -> None:
+        """Count the item as finished and write it. A write that failed stops the run."""
+        stats = self.stats
+        stats.done += 1
+        if state is State.VALID:
+            stats.valid += 1
+        elif state is State.INVALID:
+            stats.invalid += 1
+        else:
+            stats.failed += 1
+        item.state, item.error, item.via = state, error, via
+        if batch_id is not None:
+            item.batch_id = batch_id
+        output = self.output
+        output.write(item)
+        if output.error is not None and not self.control.stopping:
+            self.control.stop(Stop(write_failure(output.path, output.error)))
+
+
+# `_validate`'s answer when the validator raised: not a reason, not valid.
+_BROKEN = "\0broken"
