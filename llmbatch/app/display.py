@@ -400,6 +400,10 @@ def _summary_rows(stats: Stats, price: Price | None) -> list[tuple[str, str]]:
         rows.insert(4, ("kept (not redone)", _by_reason(kept)))
     if stats.blank:
         rows.insert(3, ("blank lines", f"{stats.blank:,}"))
+    if stats.not_valid:
+        more = stats.invalid + stats.failed - len(stats.not_valid)
+        named = ", ".join(stats.not_valid) + (f" and {more:,} more" if more > 0 else "")
+        rows.insert(2, ("not valid", named))
     if stats.stopped:
         rows.append(("stopped", stats.stop_reason or "yes"))
     return rows

@@ -9,7 +9,10 @@ from typing import Any, Protocol
 
 from llmbatch.core.errors import Stop
 
-__all__ = ["Pacer", "Stats"]
+__all__ = ["NOT_VALID_SHOWN", "Pacer", "Stats"]
+
+# How many of the items written not valid the summary names.
+NOT_VALID_SHOWN = 10
 
 
 class Pacer(Protocol):
@@ -40,6 +43,7 @@ class Stats:
         "kept",
         "last_error",
         "model",
+        "not_valid",
         "pacer",
         "phases",
         "prompt_tokens",
@@ -66,6 +70,8 @@ class Stats:
         self.invalid = 0  # written with valid: false after --max-requests answers
         self.failed = 0  # written with an error (request refused, retries exhausted)
         self.rejected = 0  # bad input lines
+        # The first items written not valid, each as "ID (state: code)", for the summary.
+        self.not_valid: list[str] = []
         self.skipped = 0  # already in the output (resume)
         self.blank = 0  # blank input lines, passed over
         self.cached = 0  # answered from the response cache, no request

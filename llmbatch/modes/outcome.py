@@ -36,7 +36,7 @@ from llmbatch.core.errors import (
     Stop,
 )
 from llmbatch.core.retry import DEFAULT_MAX_RETRIES, BackoffStrategy, RetryConfig
-from llmbatch.core.stats import Stats
+from llmbatch.core.stats import NOT_VALID_SHOWN, Stats
 from llmbatch.core.values import Completion, Finished, Request, State
 from llmbatch.files.jsonl import write_failure
 from llmbatch.modes.control import RunControl
@@ -310,10 +310,14 @@ class Outcomes:
         stats.done += 1
         if state is State.VALID:
             stats.valid += 1
-        elif state is State.INVALID:
-            stats.invalid += 1
         else:
-            stats.failed += 1
+            if state is State.INVALID:
+                stats.invalid += 1
+            else:
+                stats.failed += 1
+            if len(stats.not_valid) < NOT_VALID_SHOWN:
+                why = error.code if error is not None else "invalid_answer"
+                stats.not_valid.append(f"{item.request.custom_id} ({state}: {why})")
         item.state, item.error, item.via = state, error, via
         if batch_id is not None:
             item.batch_id = batch_id

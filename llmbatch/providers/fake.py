@@ -63,7 +63,9 @@ class FakeProvider:
         if request.url == EMBEDDINGS:
             data = script.embedding_body(body)
         else:
-            data = script.chat_body(body, outcome.text, outcome.finish, f"chatcmpl-fake-{n}")
+            data = script.chat_body(
+                body, outcome.text, outcome.finish, f"chatcmpl-fake-{n}", cached=outcome.cached
+            )
         return Completion(
             body=data,
             usage=Usage.from_body(data),

@@ -9,7 +9,9 @@ A message may script its own answer with a line ``@fake {...}`` (JSON):
   (429, 500, ...) or ``"hang"``, ``"drop"``, ``"garbage"`` (a 200 that is not JSON),
   ``"nochoices"`` (a 200 chat completion with no choices);
 - ``finish``: the answer's ``finish_reason`` (default ``stop``);
-- ``latency_ms``: this request's latency.
+- ``latency_ms``: this request's latency;
+- ``cached``: prompt tokens the answer reports as read from the provider's cache
+  (``usage.prompt_tokens_details.cached_tokens``, at most the prompt's).
 
 Without a script the model is still useful: a ``json_schema`` response format gets a
 deterministic instance of the schema, a request that asks for JSON gets a small JSON
@@ -38,6 +40,7 @@ class Script:
     fail: tuple[int | str, ...] = ()
     finish: str = "stop"
     latency_ms: float | None = None
+    cached: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +50,7 @@ class Step:
     fault: int | str | None
     text: str
     finish: str
+    cached: int = 0
 
 
 def _contents(body: dict[str, Any]) -> list[str]:
@@ -89,6 +93,7 @@ def parse_script(body: dict[str, Any]) -> Script:
             fail=tuple(spec.get("fail", ())),
             finish=str(spec.get("finish", "stop")),
             latency_ms=float(spec["latency_ms"]) if "latency_ms" in spec else None,
+            cached=int(spec.get("cached", 0)),
         )
     return Script()
 
@@ -100,7 +105,7 @@ def step(script: Script, attempt: int, body: dict[str, Any]) -> Step:
     if attempt - len(script.fail) < script.bad:
         return Step(None, BAD_ANSWER, "stop")
     text = script.answer if script.answer is not None else answer_for(body)
-    return Step(None, text, script.finish)
+    return Step(None, text, script.finish, script.cached)
 
 
 def _digest(text: str) -> int:
@@ -165,14 +170,24 @@ def count_tokens(text: str) -> int:
     return max(1, (len(text) + 3) // 4)
 
 
-def chat_body(body: dict[str, Any], text: str, finish: str, request_id: str) -> dict[str, Any]:
+def chat_body(
+    body: dict[str, Any], text: str, finish: str, request_id: str, *, cached: int = 0
+) -> dict[str, Any]:
     """A chat completion answering `text`. Like a real model, it stops at the request's
-    `max_completion_tokens` / `max_tokens`: the answer is cut there, finish "length"."""
+    `max_completion_tokens` / `max_tokens`: the answer is cut there, finish "length".
+    `cached` prompt tokens are reported as read from the provider's cache."""
     prompt = sum(count_tokens(c) + 4 for c in _contents(body))
     completion = count_tokens(text)
     ceiling = body.get("max_completion_tokens") or body.get("max_tokens")
     if isinstance(ceiling, int) and 0 < ceiling < completion:
         text, completion, finish = text[: ceiling * 4], ceiling, "length"
+    usage: dict[str, Any] = {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+    }
+    if cached:
+        usage["prompt_tokens_details"] = {"cached_tokens": min(cached, prompt)}
     return {
         "id": request_id,
         "object": "chat.completion",
@@ -186,11 +201,7 @@ def chat_body(body: dict[str, Any], text: str, finish: str, request_id: str) -> 
                 "logprobs": None,
             }
         ],
-        "usage": {
-            "prompt_tokens": prompt,
-            "completion_tokens": completion,
-            "total_tokens": prompt + completion,
-        },
+        "usage": usage,
     }
 
 

@@ -150,7 +150,9 @@ def answer(line: Line, endpoint: str, attempts: Attempts) -> Result:
         if endpoint.endswith("embeddings"):
             body = script.embedding_body(line.body)
         else:
-            body = script.chat_body(line.body, outcome.text, outcome.finish, new_id("chatcmpl-"))
+            body = script.chat_body(
+                line.body, outcome.text, outcome.finish, new_id("chatcmpl-"), cached=outcome.cached
+            )
             if fault == "nochoices":
                 body["choices"] = []
         usage = body["usage"]

@@ -365,7 +365,7 @@ class FakeServer:
         if embeddings:
             payload = script.embedding_body(body)
         else:
-            payload = script.chat_body(body, outcome.text, outcome.finish, "")
+            payload = script.chat_body(body, outcome.text, outcome.finish, "", cached=outcome.cached)
         usage = payload["usage"]
 
         if self.limits is not None:
