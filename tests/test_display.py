@@ -10,14 +10,8 @@ import time
 import pytest
 from rich.console import Console
 
-from llmbatch.app.display import (
-    Display,
-    StatsView,
-    choose_mode,
-    progress_line,
-    render_summary,
-    summary_dict,
-)
+from llmbatch.app.display import Display, StatsView, choose_mode, progress_line
+from llmbatch.app.summary import render_summary, summary_dict
 from llmbatch.core.errors import Stop
 from llmbatch.core.stats import Stats
 from llmbatch.cost.prices import Price
@@ -89,7 +83,7 @@ def test_quiet_display_prints_only_errors() -> None:
     ) as d:
         time.sleep(0.05)
         d.log("resuming: 1,000 done")
-        d.log("error: quota exceeded")
+        d.error("error: quota exceeded")
     assert out.getvalue() == "error: quota exceeded\n"
 
 

@@ -14,6 +14,7 @@ from typing import Annotated, Any
 import orjson
 import typer
 
+from llmbatch.app.format import minutes, usd
 from llmbatch.app.settings import (
     DEFAULT_BATCH_BYTES,
     DEFAULT_BATCH_REQUESTS,
@@ -519,30 +520,18 @@ def estimate(
         typer.echo(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode())
         return
     rng = est.cost_range(price)
-    minutes = data["minutes_at_limits"]
+    at_limits = data["minutes_at_limits"]
     no_price = "unknown (no price for this model: --price-in/--price-out)"
     no_limits = "no --rpm/--tpm given: bound by latency and --concurrency"
     lines = [
         f"lines:            {est.lines:,} ({est.requests:,} requests, {est.rejects:,} would be rejected)",
         f"prompt tokens:    ~{est.prompt_tokens:,} (characters/4, +-25%)",
         f"answer tokens:    ~{est.answer_tokens:,} expected, {est.answer_tokens_max:,} at most",
-        "cost:             " + (f"{_usd(rng[0])} to {_usd(rng[1])}" if rng else no_price),
-        "time at limits:   " + (_minutes(minutes) if minutes is not None else no_limits),
+        "cost:             " + (f"{usd(rng[0])} to {usd(rng[1])}" if rng else no_price),
+        "time at limits:   " + (minutes(at_limits) if at_limits is not None else no_limits),
     ]
     lines.extend(f"  {r}" for r in est.first_rejects)
     typer.echo("\n".join(lines))
-
-
-def _usd(x: float) -> str:
-    return f"${x:,.2f}" if x >= 1 else f"${x:.4f}"
-
-
-def _minutes(m: float) -> str:
-    if m < 1:
-        return f"{m * 60:.0f} s"
-    if m < 120:
-        return f"{m:.1f} min"
-    return f"{m / 60:.1f} h"
 
 
 @app.command()

@@ -13,7 +13,7 @@ import threading
 import time
 from collections import deque
 from types import TracebackType
-from typing import Any, Literal, Self, TextIO
+from typing import Literal, Self, TextIO
 
 from rich.console import Console, Group
 from rich.live import Live
@@ -22,6 +22,7 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
+from llmbatch.app.format import duration, si, usd
 from llmbatch.core.stats import Stats
 from llmbatch.cost.prices import Price, cost
 
@@ -32,38 +33,16 @@ __all__ = [
     "StatsView",
     "choose_mode",
     "progress_line",
-    "render_summary",
-    "summary_dict",
+    "retries_text",
+    "spent_usd",
+    "total_text",
 ]
 
 Mode = Literal["live", "plain", "quiet"]
 DEFAULT_PROGRESS_EVERY = 10.0  # seconds between plain progress lines
 
 
-def _si(x: float) -> str:
-    for div, unit in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
-        if abs(x) >= div:
-            return f"{x / div:.1f}{unit}"
-    return f"{x:.0f}"
-
-
-def _duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "?"
-    minutes, secs = divmod(int(seconds), 60)
-    hours, minutes = divmod(minutes, 60)
-    if hours:
-        return f"{hours}h{minutes:02d}m"
-    return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
-
-
-def _usd(x: float | None) -> str:
-    if x is None:
-        return "unknown"
-    return f"${x:,.2f}" if x >= 0.01 or x == 0 else f"${x:.4f}"
-
-
-def _total(stats: Stats, *, long: bool = False) -> str:
+def total_text(stats: Stats, *, long: bool = False) -> str:
     if stats.total is None:
         return "?"
     if stats.total_exact:
@@ -77,20 +56,20 @@ def _percent(stats: Stats) -> str:
     return f"{min(stats.accounted / stats.total, 1.0):.1%}"
 
 
-def _spent(stats: Stats, price: Price | None) -> float | None:
+def spent_usd(stats: Stats, price: Price | None) -> float | None:
     return cost(price, stats.prompt_tokens, stats.completion_tokens, stats.cached_tokens)
 
 
 def _projected(stats: Stats, price: Price | None) -> float | None:
     """This run's cost when it finishes: spent so far, plus the items still to do at the
     cost per written item so far. Skipped and rejected lines cost nothing."""
-    spent = _spent(stats, price)
+    spent = spent_usd(stats, price)
     if spent is None or stats.total is None or stats.done == 0:
         return None
     return spent + spent / stats.done * max(stats.total - stats.accounted, 0)
 
 
-def _retries(stats: Stats) -> str:
+def retries_text(stats: Stats) -> str:
     # dict() copies a Counter in one step under the GIL; iterating it directly from this
     # thread could fail if the engine adds a new cause meanwhile.
     causes = dict(stats.retries)
@@ -101,13 +80,13 @@ def _retries(stats: Stats) -> str:
 
 
 def _rate(achieved: float, limit: float | None) -> str:
-    return _si(achieved) + (f" of {_si(limit)}" if limit else "")
+    return si(achieved) + (f" of {si(limit)}" if limit else "")
 
 
 def progress_line(stats: Stats, price: Price | None, pace: _RecentPace | None = None) -> str:
     """One plain progress line (no colour, no escape codes) for logs: rates over the
     last minute when `pace` keeps the history, and what holds requests back."""
-    head = f"llmbatch: {stats.accounted:,}/{_total(stats)}"
+    head = f"llmbatch: {stats.accounted:,}/{total_text(stats)}"
     if stats.total:
         head += f" ({_percent(stats)})"
     counts = (
@@ -118,17 +97,17 @@ def progress_line(stats: Stats, price: Price | None, pace: _RecentPace | None = 
     if stats.cached:
         counts += f" cached {stats.cached:,}"
     rpm, tpm, eta = pace.rates(stats) if pace is not None else (stats.rpm, stats.tpm, stats.eta())
-    rates = f"{_si(rpm)} req/min {_si(tpm)} tok/min in flight {stats.in_flight:,}"
+    rates = f"{si(rpm)} req/min {si(tpm)} tok/min in flight {stats.in_flight:,}"
     if stats.retries or stats.http_429:
         rates += f" retries {sum(dict(stats.retries).values()):,} 429s {stats.http_429:,}"
-    cost_part = _usd(_spent(stats, price))
+    cost_part = usd(spent_usd(stats, price))
     if cost_part == "unknown":
         cost_part = "cost unknown"
     parts = [
         f"{head} {counts}",
         rates,
         cost_part,
-        f"eta {_duration(eta)} elapsed {_duration(stats.elapsed)}",
+        f"eta {duration(eta)} elapsed {duration(stats.elapsed)}",
     ]
     if (waiting := stats.waiting()) is not None:
         parts.append(waiting)
@@ -145,7 +124,7 @@ def batches_line(stats: Stats) -> str:
         view = f"{batch_id} {status} {completed:,}/{total:,}"
         if failed:
             view += f" ({failed:,} failed)"
-        views.append(view + f", {_duration(now - since)} old")
+        views.append(view + f", {duration(now - since)} old")
     more = len(stats.batches) - len(views)
     return "batches: " + ", ".join(views) + (f" and {more} more" if more > 0 else "")
 
@@ -221,9 +200,9 @@ class StatsView:
         head.add_column(justify="right", no_wrap=True)
         head.add_row(
             ProgressBar(total=s.total or None, completed=s.accounted),
-            f"{s.accounted:,}/{_total(s, long=True)}  {_percent(s) or '':>6}",
+            f"{s.accounted:,}/{total_text(s, long=True)}  {_percent(s) or '':>6}",
         )
-        times = Text(f"elapsed {_duration(s.elapsed)}   eta {_duration(eta)}", style="dim")
+        times = Text(f"elapsed {duration(s.elapsed)}   eta {duration(eta)}", style="dim")
         figures = Table.grid(padding=(0, 1), expand=True)
         figures.add_column(style="dim", no_wrap=True)
         figures.add_column(justify="right", ratio=3, no_wrap=True)
@@ -239,12 +218,12 @@ class StatsView:
             ("answers", f"{s.answers:,}", "re-asks", _count(s.reasks, "yellow")),
             ("tokens in", f"{s.prompt_tokens:,}", "429s", _count(s.http_429, "yellow")),
             ("tokens out", f"{s.completion_tokens:,}", "skipped", f"{s.skipped:,}"),
-            ("cost so far", _usd(_spent(s, self.price)), "cached", f"{s.cached:,}"),
-            ("projected", _usd(_projected(s, self.price)), "", ""),
+            ("cost so far", usd(spent_usd(s, self.price)), "cached", f"{s.cached:,}"),
+            ("projected", usd(_projected(s, self.price)), "", ""),
         )
         for a, x, b, y in rows:
             figures.add_row(a, x, "", b, y)
-        retries = Text.assemble(("retries  ", "dim"), (_retries(s), "yellow" if s.retries else ""))
+        retries = Text.assemble(("retries  ", "dim"), (retries_text(s), "yellow" if s.retries else ""))
         if (waiting := s.waiting()) is not None:
             retries.append("\nwaiting  ", style="dim")
             retries.append(waiting, style="yellow")
@@ -338,10 +317,17 @@ class Display:
             self._write(progress_line(self.stats, self.price, self._recent))
 
     def log(self, message: str) -> None:
-        """Print a status line on stderr, above the live panel; when quiet, errors only."""
+        """Print a status line on stderr, above the live panel; nothing when quiet."""
         if self.mode == "live":
             self.console.print(message, markup=False, highlight=False, emoji=False)
-        elif self.mode == "plain" or message.lower().startswith("error"):
+        elif self.mode == "plain":
+            self._write(message)
+
+    def error(self, message: str) -> None:
+        """Print an error line on stderr, as `log` does, and also when quiet."""
+        if self.mode == "live":
+            self.console.print(message, markup=False, highlight=False, emoji=False)
+        else:
             self._write(message)
 
     def __enter__(self) -> Self:
@@ -368,89 +354,6 @@ class Display:
             out = self.console.file
             out.write(line + "\n")
             out.flush()
-
-
-def _summary_rows(stats: Stats, price: Price | None) -> list[tuple[str, str]]:
-    spent = _spent(stats, price)
-    rows = [
-        ("items total", "unknown" if stats.total is None else _total(stats, long=True)),
-        (
-            "written",
-            f"{stats.done:,} (valid {stats.valid:,} / invalid {stats.invalid:,} / failed {stats.failed:,})",
-        ),
-        ("rejected", f"{stats.rejected:,}"),
-        ("skipped (already done)", f"{stats.skipped:,}"),
-        ("cached (no request)", f"{stats.cached:,}"),
-        ("attempts", f"{stats.requests:,} (answers {stats.answers:,})"),
-        ("re-asks", f"{stats.reasks:,}"),
-        ("retries", _retries(stats)),
-        ("429s", f"{stats.http_429:,}"),
-        ("prompt tokens", f"{stats.prompt_tokens:,}"),
-        ("completion tokens", f"{stats.completion_tokens:,}"),
-        ("cost", _usd(spent) if spent is not None else f"unknown (no price for {stats.model or 'model'})"),
-        ("price", _price(price)),
-        ("elapsed", f"{stats.elapsed:.1f}s" if stats.elapsed < 60 else _duration(stats.elapsed)),
-        ("requests/min", f"{stats.rpm:,.0f}"),
-        ("tokens/min", f"{stats.tpm:,.0f}"),
-    ]
-    if stats.redone:
-        rows.insert(4, ("redone", _by_reason(stats.redone)))
-    kept = {k: v for k, v in stats.kept.items() if v}
-    if kept:
-        rows.insert(4, ("kept (not redone)", _by_reason(kept)))
-    if stats.blank:
-        rows.insert(3, ("blank lines", f"{stats.blank:,}"))
-    if stats.not_valid:
-        more = stats.invalid + stats.failed - len(stats.not_valid)
-        named = ", ".join(stats.not_valid) + (f" and {more:,} more" if more > 0 else "")
-        rows.insert(2, ("not valid", named))
-    if stats.stopped:
-        rows.append(("stopped", stats.stop_reason or "yes"))
-    return rows
-
-
-def _price(price: Price | None) -> str:
-    if price is None:
-        return "unknown: give --price-in/--price-out, or [prices.MODEL] in the config file"
-    text = f"${price.input:g} in / ${price.output:g} out per million tokens"
-    if price.cached_input is not None:
-        text += f" (${price.cached_input:g} cached in)"
-    return text + (f", from {price.source}" if price.source else "")
-
-
-def _by_reason(counts: dict[str, int]) -> str:
-    detail = ", ".join(f"{why} {n:,}" for why, n in sorted(counts.items()))
-    return f"{sum(counts.values()):,} ({detail})"
-
-
-def render_summary(stats: Stats, price: Price | None, *, console: Console, rich_table: bool) -> None:
-    """Print the end-of-run summary: a table on a terminal, `key: value` lines otherwise."""
-    rows = _summary_rows(stats, price)
-    if not rich_table:
-        for key, value in rows:
-            console.out(f"{key}: {value}", highlight=False)
-        return
-    table = Table(title="llmbatch summary", show_header=False, title_justify="left")
-    table.add_column(style="bold")
-    table.add_column()
-    for key, value in rows:
-        table.add_row(key, Text(value, style="red" if key == "stopped" else ""))
-    console.print(table)
-
-
-def summary_dict(stats: Stats, price: Price | None) -> dict[str, Any]:
-    """`stats.as_dict()` plus `cost_usd` (None when unknown) and the price used."""
-    summary = stats.as_dict()
-    summary["cost_usd"] = _spent(stats, price)
-    summary["price"] = None
-    if price is not None:
-        summary["price"] = {
-            "input_per_mtok": price.input,
-            "output_per_mtok": price.output,
-            "cached_input_per_mtok": price.cached_input,
-            "source": price.source,
-        }
-    return summary
 
 
 def choose_mode(*, no_live: bool, quiet: bool, stream: TextIO | None = None) -> Mode:

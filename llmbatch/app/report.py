@@ -17,6 +17,7 @@ from typing import Any
 
 import orjson
 
+from llmbatch.app.format import usd
 from llmbatch.core.errors import ConfigError
 from llmbatch.core.values import State
 from llmbatch.cost.prices import FAKE_FREE, FAKE_MODEL, Price, cost, price_for
@@ -198,7 +199,7 @@ def format_report(report: Report) -> str:
         f"tokens:       {report.prompt_tokens:,} in"
         + (f" ({report.cached_tokens:,} cached)" if report.cached_tokens else "")
         + f", {report.completion_tokens:,} out",
-        f"cost:         {_usd(report.cost_usd)}"
+        f"cost:         {usd(report.cost_usd)}"
         + (
             f" (and {sum(report.unpriced.values()):,} lines unpriced: {', '.join(report.unpriced)};"
             " give --price-in/--price-out)"
@@ -213,7 +214,3 @@ def format_report(report: Report) -> str:
         lines.append("invalid, most common reasons:")
         lines.extend(f"  {n:>6,}  {reason}" for reason, n in report.reasons.most_common(TOP_REASONS))
     return "\n".join(lines)
-
-
-def _usd(x: float) -> str:
-    return f"${x:,.2f}" if x >= 1 else f"${x:.4f}"

@@ -25,8 +25,9 @@ from llmbatch.app.checks import (
     start_fresh,
     to_stdout,
 )
-from llmbatch.app.display import Display, choose_mode, render_summary, summary_dict
+from llmbatch.app.display import Display, choose_mode
 from llmbatch.app.settings import Settings
+from llmbatch.app.summary import render_summary, summary_dict
 from llmbatch.app.wiring import builder_for, for_shard, join_budget, make_provider, run_price, server_of
 from llmbatch.app.work import StaleAnswers, not_in_batches, phase, plan_work, rerun_note
 from llmbatch.core.errors import ConfigError, ExitCode, Stop, worst
@@ -148,7 +149,7 @@ async def _run(
     output: OutputFile | InOrder = InOrder(file) if stdout is not None and settings.ordered else file
     # With -o - and no --rejects, each bad line is told on stderr: no file is made (or emptied).
     rejects: RejectsFile | StderrRejects = (
-        StderrRejects(display.log)
+        StderrRejects(display.error)
         if stdout is not None and settings.rejects is None
         else RejectsFile(settings.rejects_path)
     )
@@ -163,6 +164,7 @@ async def _run(
         max_requests=settings.max_requests,
         max_retries=settings.max_retries,
         log=display.log,
+        error=display.error,
     )
     config = EngineConfig(
         concurrency=settings.concurrency, timeout=settings.timeout, connect_grace=settings.connect_grace

@@ -153,6 +153,7 @@ class Outcomes:
         max_retries: int = DEFAULT_MAX_RETRIES,
         retry: RetryConfig = DEFAULT_RETRY,
         log: Callable[[str], None] = _silent,
+        error: Callable[[str], None] | None = None,
     ) -> None:
         self.validator = validator
         self.output = output
@@ -163,6 +164,7 @@ class Outcomes:
         self.max_retries = max_retries
         self.retry = retry
         self.log = log
+        self.error = error or log  # errors are shown even when quiet
 
     def with_output(self, output: Output) -> Outcomes:
         """The same judge writing elsewhere (a Batch API follow-up that records what it
@@ -177,6 +179,7 @@ class Outcomes:
             max_retries=self.max_retries,
             retry=self.retry,
             log=self.log,
+            error=self.error,
         )
 
     # --- answers -----------------------------------------------------------------
@@ -285,13 +288,13 @@ class Outcomes:
         (and the newest of each is on the panel)."""
         last = self.stats.last_error
         if exc.code not in last and not isinstance(exc, RateLimited):  # 429s: on the panel
-            self.log(f"error: {exc.code}: {exc} (told once; later ones are counted)")
+            self.error(f"error: {exc.code}: {exc} (told once; later ones are counted)")
         last.pop(exc.code, None)
         last[exc.code] = str(exc)  # the newest cause last
 
     def internal_error(self, item: Finished, exc: Exception) -> None:
         """Our own bug met while handling an item: the item fails with it, the run goes on."""
-        self.log(f"error: line {item.request.line}: unexpected {type(exc).__name__}: {exc}")
+        self.error(f"error: line {item.request.line}: unexpected {type(exc).__name__}: {exc}")
         self.finish(item, State.FAILED, ProviderError(f"{type(exc).__name__}: {exc}", code="internal_error"))
 
     # --- the end of an item --------------------------------------------------------
