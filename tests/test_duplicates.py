@@ -55,10 +55,13 @@ def test_numbered_duplicates_are_all_sent(tmp_path, monkeypatch):
 
 
 def test_thirty_two_bit_table_holds_what_was_added():
-    """The compact table finds every id it was given and grows past its first size."""
+    """The compact table finds every id it was given and grows past its first size.
+    At 32 bits a hit only means "maybe": among 5,000 salted hashes a false one comes
+    about once in 300 runs, so the test allows a couple (callers confirm a hit)."""
     ids = IdSet(bits=32)
     names = [f"row-{i}" for i in range(5000)]
-    assert all(ids.add(n) for n in names)
+    false_hits = sum(not ids.add(n) for n in names)
+    assert false_hits <= 2
     assert not ids.add("row-17")
     assert all(n in ids for n in names)
-    assert len(ids) == 5000
+    assert len(ids) == 5000 - false_hits

@@ -8,6 +8,7 @@ import errno
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -28,7 +29,7 @@ from llmbatch.core.stats import Stats
 from llmbatch.core.values import Completion, Finished, Request, State
 from llmbatch.modes.control import RunControl
 from llmbatch.modes.live.engine import Engine, EngineConfig
-from llmbatch.modes.outcome import Outcomes
+from llmbatch.modes.outcome import DEFAULT_RETRY, Outcomes
 from llmbatch.providers.echo import text_response
 from llmbatch.schedule.limits import Limits, Permit
 
@@ -152,7 +153,10 @@ def make_engine(
 ) -> tuple[Engine, ListOutput, Stats]:
     out = output or ListOutput()
     stats = Stats()
-    judged = {"max_requests": config.pop("max_requests", 3), "max_retries": config.pop("max_retries", 3)}
+    judged = {
+        "max_requests": config.pop("max_requests", 3),
+        "retry": replace(DEFAULT_RETRY, retries=config.pop("max_retries", 3)),
+    }
     outcomes = Outcomes(validator=validator, output=out, stats=stats, control=RunControl(stats), **judged)
     engine = Engine(
         provider=provider,

@@ -23,6 +23,7 @@ from llmbatch.app.settings import (
     DEFAULT_FAKE_LATENCY_MS,
     DEFAULT_MAX_REQUESTS,
     DEFAULT_MAX_RETRIES,
+    DEFAULT_MAX_RETRY_WAIT,
     DEFAULT_POLL_EVERY,
     DEFAULT_PROGRESS_EVERY,
     DEFAULT_TIMEOUT,
@@ -249,6 +250,14 @@ def run(
     max_retries: Annotated[
         int, Opt(help="Transport retries per item (429, 5xx, timeouts).", panel=LIMITS, metavar="N")
     ] = DEFAULT_MAX_RETRIES,
+    max_retry_wait: Annotated[
+        float,
+        Opt(
+            help="Seconds at most to wait when a server asks to wait before a retry (Retry-After).",
+            panel=LIMITS,
+            metavar="N",
+        ),
+    ] = DEFAULT_MAX_RETRY_WAIT,
     connect_grace: Annotated[
         float,
         Opt(help="Stop (exit 3) when nothing connects for this many seconds.", panel=LIMITS, metavar="N"),

@@ -162,7 +162,7 @@ async def _run(
         control=control,
         cache=cache,
         max_requests=settings.max_requests,
-        max_retries=settings.max_retries,
+        retry=settings.retry,
         log=display.log,
         error=display.error,
     )

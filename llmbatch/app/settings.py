@@ -15,17 +15,17 @@ import tomllib
 import types
 import typing
 from collections.abc import Mapping
-from dataclasses import MISSING, dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Literal
 
 from llmbatch.app.display import DEFAULT_PROGRESS_EVERY
 from llmbatch.core.endpoints import CHAT
 from llmbatch.core.errors import ConfigError
-from llmbatch.core.retry import DEFAULT_MAX_RETRIES
+from llmbatch.core.retry import DEFAULT_MAX_RETRIES, DEFAULT_MAX_RETRY_WAIT, RetryPolicy
 from llmbatch.modes.batch.mode import DEFAULT_BATCH_BYTES, DEFAULT_BATCH_REQUESTS, DEFAULT_POLL_EVERY
 from llmbatch.modes.live.engine import DEFAULT_CONCURRENCY, DEFAULT_CONNECT_GRACE
-from llmbatch.modes.outcome import DEFAULT_MAX_REQUESTS
+from llmbatch.modes.outcome import DEFAULT_MAX_REQUESTS, DEFAULT_RETRY
 from llmbatch.providers.base import DEFAULT_TIMEOUT
 from llmbatch.providers.fake import DEFAULT_LATENCY_MS as DEFAULT_FAKE_LATENCY_MS
 
@@ -38,6 +38,7 @@ __all__ = [
     "DEFAULT_FAKE_LATENCY_MS",
     "DEFAULT_MAX_REQUESTS",
     "DEFAULT_MAX_RETRIES",
+    "DEFAULT_MAX_RETRY_WAIT",
     "DEFAULT_POLL_EVERY",
     "DEFAULT_PROGRESS_EVERY",
     "DEFAULT_TIMEOUT",
@@ -73,6 +74,7 @@ class Settings:
     timeout: float | None = field(default=DEFAULT_TIMEOUT, metadata=_at_least(0, strict=True))
     max_requests: int = field(default=DEFAULT_MAX_REQUESTS, metadata=_at_least(1))
     max_retries: int = field(default=DEFAULT_MAX_RETRIES, metadata=_at_least(0))
+    max_retry_wait: float = field(default=DEFAULT_MAX_RETRY_WAIT, metadata=_at_least(0))
     max_cost: float | None = field(default=None, metadata=_at_least(0, strict=True))
     connect_grace: float = field(default=DEFAULT_CONNECT_GRACE, metadata=_at_least(0, strict=True))
     validate: tuple[str, ...] = ()
@@ -111,6 +113,11 @@ class Settings:
     redis: str | None = None  # redis://[:password@]host[:port][/db]; LLMBATCH_REDIS_URL
     redis_key: str | None = None  # default: from the base URL, model and API key's fingerprint
     shard: str | None = None  # "K/N"
+
+    @property
+    def retry(self) -> RetryPolicy:
+        """The run's retry policy: the engine's backoff, these counts and caps."""
+        return replace(DEFAULT_RETRY, retries=self.max_retries, max_wait=self.max_retry_wait)
 
     @property
     def rejects_path(self) -> Path:

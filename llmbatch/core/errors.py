@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Mapping
+from typing import Any
 
 __all__ = [
     "CONNECT_CODES",
@@ -97,9 +98,14 @@ class ProviderError(LLMBatchError):
 
 
 class TransientError(ProviderError):
-    """Worth trying again later: overload, timeout, a dropped connection."""
+    """Worth trying again later: overload, timeout, a dropped connection. `retry_after`
+    is the delay in seconds the server asked for (429, 503 ...), if any."""
 
     code = "transient"
+
+    def __init__(self, message: str, *, retry_after: float | None = None, **kw: Any) -> None:
+        super().__init__(message, **kw)
+        self.retry_after = retry_after
 
 
 # Codes of a TransientError that never reached a server: a run in which every attempt
@@ -108,13 +114,9 @@ CONNECT_CODES = frozenset({"connection_refused", "dns", "tls", "connect"})
 
 
 class RateLimited(TransientError):
-    """The server said 429. `retry_after` is its requested delay in seconds, if any."""
+    """The server said 429."""
 
     code = "rate_limited"
-
-    def __init__(self, message: str, *, retry_after: float | None = None, **kw: object) -> None:
-        super().__init__(message, **kw)  # type: ignore[arg-type]
-        self.retry_after = retry_after
 
 
 class PermanentError(ProviderError):

@@ -62,15 +62,29 @@ def _http_date(value: str) -> float | None:
 
 def server_delay(headers: Mapping[str, str]) -> float | None:
     """The delay a response asks for: retry-after-ms, Retry-After (seconds or an
-    HTTP-date), or the reset of an exhausted x-ratelimit budget. None when it asks for
-    nothing. Header names are matched without regard to case, as HTTP says."""
+    HTTP-date), or the reset of an exhausted x-ratelimit budget; the same under the
+    `llm_provider-` names the LiteLLM proxy forwards an upstream's headers by, when the
+    response's own say nothing. None when it asks for nothing. Header names are matched
+    without regard to case, as HTTP says."""
     if isinstance(headers, dict):  # HTTP clients' header maps already ignore case
         headers = {k.lower(): v for k, v in headers.items()}
+    for prefix in _DELAY_PREFIXES:
+        seconds = _delay_named(headers, prefix)
+        if seconds is not None:
+            return seconds
+    return None
+
+
+# The response's own headers, then an upstream's as the LiteLLM proxy relays them.
+_DELAY_PREFIXES = ("", "llm_provider-")
+
+
+def _delay_named(headers: Mapping[str, str], prefix: str) -> float | None:
     get = headers.get
-    value = get("retry-after-ms")
+    value = get(prefix + "retry-after-ms")
     if value and (seconds := _seconds(value, 0.001)) is not None:
         return seconds
-    value = get("retry-after")
+    value = get(prefix + "retry-after")
     if value:
         seconds = _seconds(value)
         if seconds is None:
@@ -78,8 +92,8 @@ def server_delay(headers: Mapping[str, str]) -> float | None:
         if seconds is not None:
             return seconds
     for kind in ("requests", "tokens"):
-        if get(f"x-ratelimit-remaining-{kind}") == "0":
-            reset = get(f"x-ratelimit-reset-{kind}")
+        if get(f"{prefix}x-ratelimit-remaining-{kind}") == "0":
+            reset = get(f"{prefix}x-ratelimit-reset-{kind}")
             seconds = parse_duration(reset) if reset else None
             if seconds is not None:
                 return min(seconds, MAX_SERVER_DELAY)
@@ -118,6 +132,12 @@ def error_for_status(status: int, body: bytes, headers: Mapping[str, str]) -> Pr
         return RateLimited(text, retry_after=server_delay(headers), status_code=status, headers=headers)
     if status in (401, 403):
         return AuthError(text, status_code=status, code=code or kind or "auth", headers=headers)
-    if status in (408, 409) or status >= 500:
-        return TransientError(text, status_code=status, code=f"http_{status}", headers=headers)
+    if status in (408, 409) or status >= 500:  # a 503's Retry-After is honoured as a 429's
+        return TransientError(
+            text,
+            retry_after=server_delay(headers),
+            status_code=status,
+            code=f"http_{status}",
+            headers=headers,
+        )
     return PermanentError(text, status_code=status, code=code or kind or f"http_{status}", headers=headers)

@@ -34,7 +34,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from llmbatch.core.errors import RateLimited, TransientError
+from llmbatch.core.errors import TransientError
 from llmbatch.core.retry import RetryConfig
 from llmbatch.core.values import Completion, Request, Usage
 from llmbatch.modes.outcome import ErrorKind, kind_of
@@ -291,8 +291,8 @@ class ParallelLLMExecutor:
         self, task: LLMTask, clock: _Clock, deadline: asyncio.Timeout, limit: float | None
     ) -> LLMResponse:
         """Attempt after attempt, a slot each, waiting as the policy says in between."""
-        policy = task.retry or self.default_retry
-        attempts = max(1, policy.max_attempts) if policy else 1
+        config = task.retry or self.default_retry
+        policy = config.policy() if config else None
         request = self._request(task)
         loop = asyncio.get_running_loop()
         attempt, last_delay = 0, 0.0
@@ -307,13 +307,10 @@ class ParallelLLMExecutor:
                         request, None if when is None else max(when - loop.time(), 0.001)
                     )
                 except Exception as exc:
-                    if policy is None or attempt >= attempts or not worth_retrying(exc):
+                    if policy is None or not policy.allows(attempt - 1) or not worth_retrying(exc):
                         raise
-                    delay = exc.retry_after if isinstance(exc, RateLimited) else None
-                    if delay is None:
-                        delay = policy.delay(attempt, last_delay)
-                    last_delay = delay
-            await asyncio.sleep(delay)
+                    last_delay = policy.wait(exc, attempt, last_delay).seconds
+            await asyncio.sleep(last_delay)
 
     def _request(self, task: LLMTask) -> Request:
         body: dict[str, Any] = {"model": self.model} if self.model else {}

@@ -35,7 +35,7 @@ from llmbatch.core.errors import (
     RateLimited,
     Stop,
 )
-from llmbatch.core.retry import DEFAULT_MAX_RETRIES, BackoffStrategy, RetryConfig
+from llmbatch.core.retry import DEFAULT_MAX_RETRIES, BackoffStrategy, RetryConfig, RetryPolicy
 from llmbatch.core.stats import NOT_VALID_SHOWN, Stats
 from llmbatch.core.values import Completion, Finished, Request, State
 from llmbatch.files.jsonl import write_failure
@@ -55,11 +55,9 @@ __all__ = [
 
 DEFAULT_MAX_REQUESTS = 4  # answered requests per item, re-asks included
 # Transport retries: quick first, capped, jittered so a crowd of retries spreads out.
-DEFAULT_RETRY = RetryConfig(
-    max_attempts=DEFAULT_MAX_RETRIES + 1,
-    backoff_strategy=BackoffStrategy.JITTER,
-    initial_delay=0.5,
-    max_delay=30.0,
+DEFAULT_RETRY = RetryPolicy(
+    retries=DEFAULT_MAX_RETRIES,
+    backoff=RetryConfig(backoff_strategy=BackoffStrategy.JITTER, initial_delay=0.5, max_delay=30.0),
 )
 
 Validator = Callable[[Request, Completion], "str | None"]
@@ -150,8 +148,7 @@ class Outcomes:
         control: RunControl,
         cache: Cache | None = None,
         max_requests: int = DEFAULT_MAX_REQUESTS,
-        max_retries: int = DEFAULT_MAX_RETRIES,
-        retry: RetryConfig = DEFAULT_RETRY,
+        retry: RetryPolicy = DEFAULT_RETRY,
         log: Callable[[str], None] = _silent,
         error: Callable[[str], None] | None = None,
     ) -> None:
@@ -161,8 +158,8 @@ class Outcomes:
         self.control = control
         self.cache = cache
         self.max_requests = max_requests
-        self.max_retries = max_retries
         self.retry = retry
+        self._capped_told = False
         self.log = log
         self.error = error or log  # errors are shown even when quiet
 
@@ -176,7 +173,6 @@ class Outcomes:
             control=self.control,
             cache=self.cache,
             max_requests=self.max_requests,
-            max_retries=self.max_retries,
             retry=self.retry,
             log=self.log,
             error=self.error,
@@ -258,7 +254,7 @@ class Outcomes:
                 self.stats.http_429 += 1
             if hold:
                 return Verdict.RELEASE, 0.0
-            if item.retries >= self.max_retries:
+            if not self.retry.allows(item.retries):
                 self.finish(item, State.FAILED, exc, via=via)
                 return Verdict.FINISH, 0.0
             item.retries += 1
@@ -278,10 +274,14 @@ class Outcomes:
         return Verdict.RELEASE, 0.0  # cancelled, or not ours to swallow
 
     def _delay(self, item: Finished, exc: ProviderError) -> float:
-        delay = exc.retry_after if isinstance(exc, RateLimited) and exc.retry_after is not None else None
-        if delay is None:
-            delay = self.retry.delay(item.retries)
-        return delay
+        wait = self.retry.wait(exc, item.retries)
+        if wait.capped and not self._capped_told:
+            self._capped_told = True
+            self.error(
+                f"note: the server asked to wait {wait.asked:.0f}s before retrying; waiting"
+                f" {wait.seconds:.0f}s (--max-retry-wait; told once)"
+            )
+        return wait.seconds
 
     def tell(self, exc: ProviderError) -> None:
         """The first error of each cause is told, with its text; later ones are counted

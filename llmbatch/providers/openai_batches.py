@@ -13,7 +13,7 @@ from typing import IO, Any, Literal
 
 import openai
 
-from llmbatch.core.errors import ProviderError, RateLimited, TransientError
+from llmbatch.core.errors import ProviderError, TransientError
 from llmbatch.core.http import error_for_status
 from llmbatch.core.retry import BackoffStrategy, RetryConfig
 
@@ -23,7 +23,7 @@ COMPLETION_WINDOW: Literal["24h"] = "24h"
 # Control-plane calls (upload, create, retrieve) are retried with this when transient.
 CONTROL_RETRY = RetryConfig(
     max_attempts=8, backoff_strategy=BackoffStrategy.JITTER, initial_delay=1.0, max_delay=60.0
-)
+).policy()
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,20 +85,20 @@ class RemoteBatches:
         """`call()`, retried on transient errors; before each retry, `lost()` may find
         what a call whose answer was lost created (and that is the result)."""
         last_delay = 0.0
-        for attempt in range(1, CONTROL_RETRY.max_attempts + 1):
+        for attempt in range(1, CONTROL_RETRY.retries + 2):
             try:
                 return await call()
             except Exception as exc:
                 err = _translated(exc)
-                if not isinstance(err, TransientError) or attempt == CONTROL_RETRY.max_attempts:
+                if not isinstance(err, TransientError) or not CONTROL_RETRY.allows(attempt - 1):
                     if isinstance(err, ProviderError):
                         raise err from None
                     raise
-                delay = err.retry_after if isinstance(err, RateLimited) and err.retry_after else None
-                delay = delay if delay is not None else CONTROL_RETRY.delay(attempt, last_delay)
-                last_delay = delay
-                self.log(f"{what}: {err}; trying again in {delay:.0f}s")
-                await asyncio.sleep(delay)
+                wait = CONTROL_RETRY.wait(err, attempt, last_delay)
+                last_delay = wait.seconds
+                capped = f" (it asked for {wait.asked:.0f}s)" if wait.capped else ""
+                self.log(f"{what}: {err}; trying again in {wait.seconds:.0f}s{capped}")
+                await asyncio.sleep(wait.seconds)
                 if lost is not None:
                     found = await lost()
                     if found is not None:
