@@ -306,8 +306,8 @@ def test_two_runs_on_one_output_the_second_exits_2_at_once(fake_server, tmp_path
     server = fake_server(latency_ms=100)
     src = write_jsonl(tmp_path / "in.jsonl", rows(60))
     out = tmp_path / "out.jsonl"
-    # 60 items at 4 at once and 100 ms each: about 1.5 s, long enough for a second
-    # process to start even on a loaded machine only if it is slower still: -c 2 (3 s).
+    # 60 items, 2 at once, 100 ms each: about 3 s, so the second process starts while
+    # the first still runs even on a loaded machine.
     first = _start(tmp_path, src, "-o", out, *flags(server, "-c", "2"))
     deadline = time.monotonic() + 30
     while server.stats.requests == 0 and time.monotonic() < deadline:
