@@ -1,0 +1,154 @@
+"""The command line's parts: help panels, the options several commands share (declared
+once), and the reading of the flags given into `Settings`.
+
+Each option's parameter name is the `Settings` field it sets; only the options given on
+the command line override the config file (click tells given from default), so a
+default shown in `--help` is the real one and `--live` beats ``live = false``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import orjson
+import typer
+
+from llmbatch.app.settings import Settings, load_config, make_settings
+from llmbatch.core.endpoints import CHAT
+from llmbatch.core.errors import ExitCode, LLMBatchError
+
+INPUT = "Input"
+REQUEST = "Requests"
+LIMITS = "Limits and retries"
+VALIDATION = "Validation"
+OUTPUT = "Output"
+RERUN = "Reruns and cache"
+BATCH = "Batch API (half price)"
+DISPLAY = "Display"
+OFFLINE = "Offline model (--provider fake)"
+SCALE = "Many processes, one quota"
+
+
+def Opt(*names: str, help: str, panel: str, show_default: bool = True, metavar: str | None = None) -> Any:
+    return typer.Option(*names, help=help, rich_help_panel=panel, show_default=show_default, metavar=metavar)
+
+
+# Options `run` and `estimate` share, declared once.
+ProviderOpt = Annotated[
+    str, Opt(help="openai (any compatible server) or fake (offline).", panel=REQUEST, metavar="openai|fake")
+]
+ModelOpt = Annotated[
+    str | None,
+    Opt("--model", "-m", help="Fill or override each request's model.", panel=REQUEST, metavar="MODEL"),
+]
+PromptOpt = Annotated[
+    str | None,
+    Opt(help="Prompt template for data items, with {field} placeholders.", panel=INPUT, metavar="TEXT"),
+]
+TemplateOpt = Annotated[
+    Path | None, Opt(help="Read the prompt template from a file.", panel=INPUT, metavar="FILE")
+]
+SystemOpt = Annotated[
+    str | None, Opt(help="System message for templated requests.", panel=INPUT, metavar="TEXT")
+]
+IdFieldOpt = Annotated[
+    str | None, Opt(help="Data items' id field (else the line number).", panel=INPUT, metavar="TEXT")
+]
+EndpointOpt = Annotated[
+    str, Opt(help="/v1/chat/completions or /v1/embeddings.", panel=REQUEST, metavar="TEXT")
+]
+ParamOpt = Annotated[
+    list[str] | None,
+    Opt(
+        help="Extra body parameter KEY=JSON, e.g. temperature=0 (a value that is not JSON goes as a string).",
+        panel=REQUEST,
+        metavar="KEY=JSON",
+    ),
+]
+MaxTokensOpt = Annotated[
+    int | None, Opt(help="Shorthand for --param max_tokens=N.", panel=REQUEST, metavar="N")
+]
+RpmOpt = Annotated[
+    float | None, Opt(help="Requests per minute allowed by your provider.", panel=LIMITS, metavar="N")
+]
+TpmOpt = Annotated[
+    float | None, Opt(help="Tokens per minute allowed by your provider.", panel=LIMITS, metavar="N")
+]
+PriceInOpt = Annotated[
+    float | None,
+    Opt(help="USD per million prompt tokens (overrides the price database).", panel=DISPLAY, metavar="N"),
+]
+PriceOutOpt = Annotated[
+    float | None, Opt(help="USD per million completion tokens.", panel=DISPLAY, metavar="N")
+]
+ConfigOpt = Annotated[
+    Path | None, Opt(help="Config file (default ./llmbatch.toml if present).", panel=DISPLAY, metavar="FILE")
+]
+SchemaOpt = Annotated[
+    Path | None,
+    Opt(
+        help="JSON Schema file: ask for it (response_format) and validate answers against it.",
+        panel=VALIDATION,
+        metavar="FILE",
+    ),
+]
+DEFAULT_ENDPOINT = CHAT
+
+
+# Options that are not a Settings field of the same name.
+_NOT_SETTINGS = frozenset(
+    {"config", "template", "param", "max_tokens", "merged", "json_output", "answer_tokens"}
+)
+
+
+def given_flags(ctx: typer.Context) -> dict[str, Any]:
+    """The options given on the command line (or by environment), by name."""
+    given = ("COMMANDLINE", "ENVIRONMENT")
+    return {k: v for k, v in ctx.params.items() if getattr(ctx.get_parameter_source(k), "name", "") in given}
+
+
+def _params(values: list[str] | None) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for item in values or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise typer.BadParameter(f"expected KEY=VALUE, got {item!r}", param_hint="--param")
+        try:
+            out[key] = orjson.loads(value)
+        except orjson.JSONDecodeError:
+            out[key] = value
+    return out
+
+
+def _read_template(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise LLMBatchError(f"cannot read template {path}: {exc.strerror}") from None
+
+
+def settings_from(ctx: typer.Context, *, input: str, output: str) -> Settings:
+    """Settings from the defaults, the config file and the flags given, in that order."""
+    given = given_flags(ctx)
+    config, config_path = load_config(ctx.params.get("config"))
+    flags = {k: v for k, v in given.items() if k not in _NOT_SETTINGS}
+    flags["input"] = Path(input)
+    flags["output"] = Path(output)
+    if "template" in given:
+        flags["prompt"] = _read_template(given["template"])
+    params = _params(given.get("param"))
+    if "max_tokens" in given:
+        params["max_tokens"] = given["max_tokens"]
+    if params:
+        flags["params"] = params
+    if given.get("merged"):
+        flags["output_format"] = "merged"
+    if "validate" in flags:
+        flags["validate"] = tuple(flags["validate"])
+    return make_settings(flags=flags, config=config, config_path=config_path)
+
+
+def fail(message: str, code: ExitCode = ExitCode.USAGE) -> typer.Exit:
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(int(code))

@@ -1,0 +1,174 @@
+"""The commands that send nothing: `estimate` (before a run), `report` (after it) and
+`merge` (shards into one file). The CLI registers them (llmbatch.app.cli)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import orjson
+import typer
+
+from llmbatch.app.format import minutes, usd
+from llmbatch.app.options import (
+    BATCH,
+    DEFAULT_ENDPOINT,
+    DISPLAY,
+    OUTPUT,
+    REQUEST,
+    ConfigOpt,
+    EndpointOpt,
+    IdFieldOpt,
+    MaxTokensOpt,
+    ModelOpt,
+    Opt,
+    ParamOpt,
+    PriceInOpt,
+    PriceOutOpt,
+    PromptOpt,
+    ProviderOpt,
+    RpmOpt,
+    SchemaOpt,
+    SystemOpt,
+    TemplateOpt,
+    TpmOpt,
+    fail,
+    settings_from,
+)
+from llmbatch.core.endpoints import DEFAULT_ANSWER_TOKENS
+from llmbatch.core.errors import LLMBatchError
+
+__all__ = ["estimate", "merge", "report"]
+
+
+def estimate(
+    ctx: typer.Context,
+    input: Annotated[str, typer.Argument(help="Input JSONL, as for `run`.")],
+    provider: ProviderOpt = "openai",
+    model: ModelOpt = None,
+    prompt: PromptOpt = None,
+    template: TemplateOpt = None,
+    system: SystemOpt = None,
+    id_field: IdFieldOpt = None,
+    endpoint: EndpointOpt = DEFAULT_ENDPOINT,
+    param: ParamOpt = None,
+    max_tokens: MaxTokensOpt = None,
+    schema: SchemaOpt = None,
+    answer_tokens: Annotated[
+        int,
+        Opt(help="Expected answer length in tokens when max_tokens is unset.", panel=REQUEST, metavar="N"),
+    ] = DEFAULT_ANSWER_TOKENS,
+    rpm: RpmOpt = None,
+    tpm: TpmOpt = None,
+    price_in: PriceInOpt = None,
+    price_out: PriceOutOpt = None,
+    batch_api: Annotated[
+        bool,
+        Opt(
+            "--batch-api",
+            help="Cost it at the Batch API's price (half, or the price database's).",
+            panel=BATCH,
+            metavar="",
+        ),
+    ] = False,
+    json_output: Annotated[
+        bool, Opt("--json", help="Print the estimate as JSON.", panel=DISPLAY, metavar="")
+    ] = False,
+    config: ConfigOpt = None,
+) -> None:
+    """Count requests, tokens, cost and time before spending anything. Sends nothing."""
+    from llmbatch.app.estimate import estimate_input
+
+    try:
+        settings = settings_from(ctx, input=input, output=input + ".out")
+        est, price = estimate_input(settings, answer_tokens=answer_tokens)
+    except LLMBatchError as exc:
+        raise fail(str(exc)) from None
+    data = est.as_dict(price, rpm=settings.rpm, tpm=settings.tpm)
+    if json_output:
+        typer.echo(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode())
+        return
+    rng = est.cost_range(price)
+    at_limits = data["minutes_at_limits"]
+    no_price = "unknown (no price for this model: --price-in/--price-out)"
+    no_limits = "no --rpm/--tpm given: bound by latency and --concurrency"
+    lines = [
+        f"lines:            {est.lines:,} ({est.requests:,} requests, {est.rejects:,} would be rejected)",
+        f"prompt tokens:    ~{est.prompt_tokens:,} (characters/4, +-25%)",
+        f"answer tokens:    ~{est.answer_tokens:,} expected, {est.answer_tokens_max:,} at most",
+        "cost:             " + (f"{usd(rng[0])} to {usd(rng[1])}" if rng else no_price),
+        "time at limits:   " + (minutes(at_limits) if at_limits is not None else no_limits),
+    ]
+    lines.extend(f"  {r}" for r in est.first_rejects)
+    typer.echo("\n".join(lines))
+
+
+def report(
+    outputs: Annotated[list[Path], typer.Argument(help="Output files of llmbatch runs (.gz and .zst too).")],
+    json_output: Annotated[
+        bool, Opt("--json", help="Print the report as JSON.", panel=DISPLAY, metavar="")
+    ] = False,
+    price_in: Annotated[
+        float | None, Opt(help="USD per million prompt tokens.", panel=DISPLAY, metavar="N")
+    ] = None,
+    price_out: Annotated[
+        float | None, Opt(help="USD per million completion tokens.", panel=DISPLAY, metavar="N")
+    ] = None,
+) -> None:
+    """What finished outputs hold: counts, failures, tokens, cost, latency. Sends nothing."""
+    from llmbatch.app.report import format_report, read_report
+
+    try:
+        found = read_report(outputs, price_in=price_in, price_out=price_out)
+    except LLMBatchError as exc:
+        raise fail(str(exc)) from None
+    if json_output:
+        typer.echo(orjson.dumps(found.as_dict(), option=orjson.OPT_INDENT_2).decode())
+    else:
+        typer.echo(format_report(found))
+
+
+def merge(
+    files: Annotated[
+        list[Path],
+        typer.Argument(help="Outputs to join (shards of one input), oldest first.", show_default=False),
+    ],
+    output: Annotated[
+        Path, Opt("--output", "-o", help="The merged file (replaced), or - for stdout.", panel=OUTPUT)
+    ],
+    ordered: Annotated[
+        bool,
+        Opt("--ordered", help="In input line order (an external sort: memory stays bounded).", panel=OUTPUT),
+    ] = False,
+) -> None:
+    """Join outputs into one file, one line per id (the newest: a later file is newer)."""
+    import shutil
+    import tempfile
+
+    from llmbatch.app.merge import merge as merge_files
+
+    to_stdout = str(output) == "-"
+    try:
+        with tempfile.TemporaryDirectory(prefix="llmbatch-merge-") as spool:
+            target = Path(spool) / "merged.jsonl" if to_stdout else output
+            done = merge_files(files, target, ordered=ordered)
+            if to_stdout:  # merged in a file first (the merge replaces its output whole)
+                with target.open("rb") as f:
+                    shutil.copyfileobj(f, sys.stdout.buffer)
+                sys.stdout.buffer.flush()
+    except LLMBatchError as exc:
+        raise fail(str(exc)) from None
+    except BrokenPipeError:
+        raise fail("standard output was closed by its reader") from None
+    except OSError as exc:
+        raise fail(f"cannot merge: {exc.strerror or exc}: {exc.filename}") from None
+    notes = []
+    if done.dropped:
+        notes.append(f"{done.dropped:,} older line{'s' if done.dropped != 1 else ''} of an id dropped")
+    if done.torn:
+        notes.append(f"{done.torn:,} torn last line{'s' if done.torn != 1 else ''} skipped")
+    more = f" ({'; '.join(notes)})" if notes else ""
+    files_ = f"{done.files:,} file{'s' if done.files != 1 else ''}"
+    into = "standard output" if to_stdout else output
+    typer.echo(f"merged {files_} into {into}: {done.lines:,} lines{more}", err=True)
