@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
@@ -83,12 +84,13 @@ class RecordingServer(FakeServer):
 
 
 @pytest.fixture
-def fake_server() -> Iterator[Callable[..., RecordingServer]]:
-    """`fake_server(**FakeServer kwargs)`: a started loopback server, stopped at teardown."""
-    servers: list[RecordingServer] = []
+def serve() -> Iterator[Callable[..., Any]]:
+    """`serve(ServerClass, *args, **kwargs)`: a started loopback server of that FakeServer
+    subclass (a test's own faults), stopped at teardown."""
+    servers: list[FakeServer] = []
 
-    def start(**kwargs: Any) -> RecordingServer:
-        server = RecordingServer(**kwargs)
+    def start(cls: type[FakeServer], *args: Any, **kwargs: Any) -> Any:
+        server = cls(*args, **kwargs)
         server.start()
         servers.append(server)
         return server
@@ -96,6 +98,12 @@ def fake_server() -> Iterator[Callable[..., RecordingServer]]:
     yield start
     for server in servers:
         server.stop()
+
+
+@pytest.fixture
+def fake_server(serve: Callable[..., Any]) -> Callable[..., RecordingServer]:
+    """`fake_server(**FakeServer kwargs)`: a started loopback server, stopped at teardown."""
+    return lambda **kwargs: serve(RecordingServer, **kwargs)
 
 
 @pytest.fixture
@@ -142,6 +150,16 @@ def read_jsonl(path: Path) -> list[Any]:
     """Every line of a JSONL file, parsed (a torn or bad line fails the test)."""
     with path.open("rb") as f:
         return [orjson.loads(line) for line in f]
+
+
+def by_id(out: Path) -> dict[str, dict[str, Any]]:
+    """An output's lines by custom_id; an id written twice fails the test."""
+    records = read_jsonl(out)
+    counts = Counter(r["custom_id"] for r in records)
+    assert all(k == 1 for k in counts.values()), (
+        f"ids written twice: {[c for c, k in counts.items() if k > 1][:5]}"
+    )
+    return {r["custom_id"]: r for r in records}
 
 
 def reap(procs: Iterable[subprocess.Popen[bytes]]) -> None:

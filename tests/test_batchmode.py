@@ -16,7 +16,7 @@ from typing import Any
 
 import orjson
 import pytest
-from conftest import read_jsonl, write_jsonl
+from conftest import by_id, write_jsonl
 
 pytestmark = pytest.mark.usefixtures("no_backoff")
 
@@ -38,13 +38,6 @@ def rows(n: int, *, bad_every: int = 0) -> list[dict[str, Any]]:
 def flags(server: Any, *extra: object) -> list[object]:
     return ["--batch-api", "--base-url", server.base_url, "--prompt", "{text}", "--id-field", "id",
             "-m", "gpt-4o-mini", "--validate", "json", "--no-live", *POLL, *extra]  # fmt: skip
-
-
-def by_id(out: Path) -> dict[str, dict[str, Any]]:
-    records = read_jsonl(out)
-    counts = Counter(r["custom_id"] for r in records)
-    assert all(k == 1 for k in counts.values()), [c for c, k in counts.items() if k > 1][:5]
-    return {r["custom_id"]: r for r in records}
 
 
 def test_items_are_split_into_batches_and_invalid_ones_follow_up(run_cli, fake_server, api_key, tmp_path):

@@ -18,7 +18,7 @@ from typing import Any
 import orjson
 import pytest
 from aiohttp import web
-from conftest import RecordingServer, read_jsonl, reap, write_jsonl
+from conftest import RecordingServer, by_id, reap, write_jsonl
 
 from llmbatch.cost.prices import cost, price_for
 from llmbatch.testing.api import error_body
@@ -41,13 +41,6 @@ def rows(n: int, scripts: dict[int, dict[str, Any]] | None = None) -> list[dict[
 def batch_flags(server: Any, *extra: object) -> list[object]:
     return ["--batch-api", "--base-url", server.base_url, "--prompt", "{text}", "--id-field", "id",
             "-m", "gpt-4o-mini", "--validate", "json", "--no-live", *POLL, *extra]  # fmt: skip
-
-
-def by_id(out: Path) -> dict[str, dict[str, Any]]:
-    records = read_jsonl(out)
-    counts = Counter(r["custom_id"] for r in records)
-    assert all(k == 1 for k in counts.values()), [c for c, k in counts.items() if k > 1][:5]
-    return {r["custom_id"]: r for r in records}
 
 
 def test_several_expired_batches_finished_live_write_every_item_once(run_cli, fake_server, api_key, tmp_path):
@@ -115,18 +108,8 @@ class Refusing(RecordingServer):
 
 
 @pytest.fixture
-def refusing() -> Iterator[Callable[..., Refusing]]:
-    servers: list[Refusing] = []
-
-    def start(**kwargs: Any) -> Refusing:
-        server = Refusing(**kwargs)
-        server.start()
-        servers.append(server)
-        return server
-
-    yield start
-    for server in servers:
-        server.stop()
+def refusing(serve: Callable[..., Any]) -> Callable[..., Refusing]:
+    return lambda **kwargs: serve(Refusing, **kwargs)
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ says so once."""
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -46,18 +46,11 @@ class Busy(RecordingServer):
 
 
 @pytest.fixture
-def busy() -> Iterator[Callable[..., Busy]]:
-    servers: list[Busy] = []
+def busy(serve: Callable[..., Any]) -> Callable[..., Busy]:
+    def start(suffix: str = "/chat/completions", after: dict[str, str] | None = None) -> Busy:
+        return serve(Busy, suffix, after if after is not None else {"retry-after": "3"})
 
-    def start(suffix: str = "/chat/completions", after: dict[str, str] | None = None, **kw: Any) -> Busy:
-        server = Busy(suffix, after if after is not None else {"retry-after": "3"}, **kw)
-        server.start()
-        servers.append(server)
-        return server
-
-    yield start
-    for server in servers:
-        server.stop()
+    return start
 
 
 def flags(server: Busy, *extra: str) -> list[str]:
