@@ -15,7 +15,8 @@ from conftest import virtual
 from llmbatch.core.endpoints import CHAT, EMBEDDINGS, endpoint_of
 from llmbatch.core.values import Request
 from llmbatch.schedule.buckets import LocalBucket
-from llmbatch.schedule.limits import BACKOFF_FACTOR, CUT_HOLD, Limits
+from llmbatch.schedule.limits import Limits
+from llmbatch.schedule.pace import BACKOFF_FACTOR, CUT_HOLD
 from llmbatch.schedule.tokens import TokenEstimator
 
 

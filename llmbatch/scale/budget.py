@@ -139,7 +139,7 @@ def _silent(message: str) -> None:
 
 class SharedBudget:
     """The shared state of one budget in Redis, for one process: the buckets, the pause,
-    the pace cuts and the peers (the `Shared` seam of :class:`~llmbatch.schedule.limits.Limits`).
+    the pace cuts and the peers (the :class:`~llmbatch.schedule.shared.Shared` seam of the limits).
     Made by `connect`; `aclose` at the end."""
 
     def __init__(self, client: Redis, name: str, *, where: str, log: Callable[[str], None] = _silent) -> None:
@@ -193,7 +193,7 @@ class SharedBudget:
         budget._task = budget.loop.create_task(budget._keep_in_touch())
         return budget
 
-    # --- the Shared seam (llmbatch.schedule.limits) -------------------------------------------
+    # --- the Shared seam (llmbatch.schedule.shared) -------------------------------------------
 
     def bucket(self, kind: str, per_minute: float, *, spent: float = 0.0) -> RedisBucket:
         """The budget of `kind` ("requests" or "tokens"), `per_minute` being this

@@ -17,28 +17,31 @@ of this server outpace the clients it measures. Without uvloop it runs on asynci
 Tests extend it by overriding :meth:`FakeServer.handle`, which sees every request;
 new endpoints are rows added to :meth:`FakeServer.routes`.
 
-Run it alone with ``python -m llmbatch.testing.server --port 8900 --latency-ms 50``.
+The model endpoints live in :mod:`llmbatch.testing.completions`; this module owns the
+server itself: its settings, the route table and the one handler every request passes
+(the API key, the 404, the answer to an :class:`~llmbatch.testing.api.ApiError`), the
+counters route, and running it in a thread or a loop of its own.
+
+Run it alone with ``python -m llmbatch.testing.server --port 8900 --latency-ms 50``
+(its flags: :mod:`llmbatch.testing.cli`).
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import contextlib
-import gc
 import random
 import threading
-from typing import Any, Literal, cast
+from typing import Literal, cast
 
 import orjson
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from llmbatch.providers import script
-from llmbatch.testing.api import JSON, ApiError, error_body, injected_error
+from llmbatch.testing.api import JSON, ApiError, error_body
 from llmbatch.testing.batches import BatchBehaviour, BatchQueue
 from llmbatch.testing.buckets import RESET_MEANINGS, RateLimits, ResetMeaning
-from llmbatch.testing.counts import Attempts, ServerStats, digest
+from llmbatch.testing.completions import FAULT_KINDS, ModelEndpoints
+from llmbatch.testing.counts import Attempts, ServerStats
 from llmbatch.testing.files import FileStore
 
 __all__ = ["LOOP_KINDS", "FakeServer", "LoopKind", "ServerStats", "error_body", "new_event_loop"]
@@ -47,16 +50,10 @@ LoopKind = Literal["auto", "uvloop", "asyncio"]
 """The event loop a server of its own runs on: ``auto`` is uvloop when it is installed."""
 LOOP_KINDS: tuple[LoopKind, ...] = ("auto", "uvloop", "asyncio")
 
-FAULT_KINDS = (429, 500, 502, 503, "hang", "drop", "garbage", "nochoices")
 STATS_PATH = "/_stats"
 # Long enough for requests in flight to see their answer out, short enough that
 # stopping a server with hung requests does not hold up a test suite.
 SHUTDOWN_GRACE_S = 0.1
-TORN_BODY = b'{"id": "chatcmpl-torn", "object": "chat.completion", "choices": [{"ind'
-NO_SCRIPT = script.Script()
-# A body holding neither the directive nor a JSON escape (which could spell it) has no
-# script: a bytes search is far cheaper than looking through its messages.
-DIRECTIVE = script.DIRECTIVE.encode()
 
 
 def new_event_loop(kind: LoopKind = "auto") -> asyncio.AbstractEventLoop:
@@ -72,7 +69,7 @@ def new_event_loop(kind: LoopKind = "auto") -> asyncio.AbstractEventLoop:
     return asyncio.new_event_loop()
 
 
-class FakeServer:
+class FakeServer(ModelEndpoints):
     """An OpenAI-compatible server on loopback; start it in a thread or serve it in a loop.
 
     ``rpm`` and ``tpm`` are enforced by buckets holding ``bucket_seconds`` of their rate,
@@ -328,221 +325,15 @@ class FakeServer:
         by_status[status] = by_status.get(status, 0) + 1
         return web.Response(body=body, status=status, headers=headers, content_type=content_type)
 
-    def _limit_headers(self) -> list[tuple[str, str]]:
-        if self.limits is None or not self.limit_headers:
-            return []
-        return self.limits.headers()
-
-    # --- answering ---------------------------------------------------------------
+    # --- the counters (GET /_stats) ------------------------------------------------
 
     async def _stats(self, request: web.Request) -> web.Response:
         loop = type(asyncio.get_running_loop())
         counters = {**self.stats.as_dict(), "loop": f"{loop.__module__}.{loop.__qualname__}"}
         return web.Response(body=orjson.dumps(counters), content_type=JSON)
 
-    async def _chat(self, request: web.Request) -> web.StreamResponse:
-        return await self._model(request, embeddings=False)
-
-    async def _embeddings(self, request: web.Request) -> web.StreamResponse:
-        return await self._model(request, embeddings=True)
-
-    async def _model(self, request: web.Request, *, embeddings: bool) -> web.StreamResponse:
-        raw = await request.read()
-        try:
-            body = orjson.loads(raw)
-            if not isinstance(body, dict):
-                raise ValueError("body is not an object")
-        except (orjson.JSONDecodeError, ValueError) as exc:
-            return self.reply(400, error_body(f"Invalid JSON body: {exc}", "invalid_request_error", None))
-
-        plan = script.parse_script(body) if DIRECTIVE in raw or b"\\u" in raw else NO_SCRIPT
-        # Only a script's outcome depends on the attempt, and only a body seen in a batch
-        # has a custom_id to count its answers under: the others need no count.
-        attempts = self.attempts
-        key = attempts.key(digest(raw)) if plan is not NO_SCRIPT or attempts.ids else None
-        attempt = attempts.count(key) if key is not None else 0
-        outcome = script.step(plan, attempt, body)
-        if embeddings:
-            payload = script.embedding_body(body)
-        else:
-            payload = script.chat_body(body, outcome.text, outcome.finish, "", cached=outcome.cached)
-        usage = payload["usage"]
-
-        if self.limits is not None:
-            refused = self.limits.admit(_charge(body, usage, embeddings))
-            if refused is not None:
-                self.stats.rate_limited += 1
-                hdrs = self._limit_headers()
-                if self.retry_after and refused.wait is not None:
-                    hdrs.append(("retry-after-ms", str(int(refused.wait * 1000) + 1)))
-                    hdrs.append(("retry-after", str(max(1, round(refused.wait)))))
-                return self.reply(429, error_body(refused.message, refused.kind, "rate_limit_exceeded"), hdrs)
-        limit_headers = self._limit_headers()
-
-        fault = outcome.fault
-        if fault is None and self.fault_rate and self.rng.random() < self.fault_rate:
-            fault = self.rng.choice(self.faults)  # a random fault is not the script's attempt
-        elif key is not None:
-            attempts.answered(key)
-
-        delay = self.latency if plan.latency_ms is None else plan.latency_ms / 1000
-        if self.jitter:
-            delay += self.rng.random() * self.jitter
-
-        stats = self.stats
-        if fault is not None:
-            stats.faults[str(fault)] = stats.faults.get(str(fault), 0) + 1
-        stats.in_flight += 1
-        stats.max_in_flight = max(stats.max_in_flight, stats.in_flight)
-        try:
-            if fault == "hang":  # held from arrival, whatever the latency
-                return await self._hang(request)
-            if delay > 0:
-                await asyncio.sleep(delay)
-            if fault is not None:
-                return await self._fault(request, fault)
-            self._seq += 1
-            if not embeddings:
-                payload["id"] = f"chatcmpl-{self._seq}"
-            stats.prompt_tokens += usage.get("prompt_tokens", 0)
-            stats.completion_tokens += usage.get("completion_tokens", 0)
-            hdrs = [("x-request-id", f"req_{self._seq:08d}"), *limit_headers]
-            return self.reply(200, orjson.dumps(payload), hdrs)
-        finally:
-            stats.in_flight -= 1
-
-    async def _fault(self, request: web.Request, fault: int | str) -> web.StreamResponse:
-        if isinstance(fault, int) or fault == "quota":
-            status, error = injected_error(fault)
-            hdrs = [("retry-after-ms", "20")] if fault == 429 and self.retry_after else []
-            return self.reply(status, orjson.dumps({"error": error}), hdrs)
-        if fault == "garbage":
-            return self.reply(200, b"<html><body>502 upstream hiccup</body></html>")
-        if fault == "nochoices":
-            return self.reply(200, orjson.dumps({"id": "x", "object": "chat.completion", "choices": []}))
-        return await self._torn(request)
-
-    async def _hang(self, request: web.Request) -> web.StreamResponse:
-        await asyncio.sleep(self.hang_seconds)
-        if request.transport is not None:
-            request.transport.abort()
-        return web.Response(status=504)  # never sent: the connection is gone
-
-    async def _torn(self, request: web.Request) -> web.StreamResponse:
-        """Headers and half a body, then the connection goes away ("drop")."""
-        response = web.StreamResponse(status=200, headers={"Content-Type": JSON})
-        response.content_length = len(TORN_BODY) * 3
-        await response.prepare(request)
-        await response.write(TORN_BODY)
-        if request.transport is not None:
-            request.transport.close()  # after what was written has gone out
-        return response
-
-
-def _charge(body: dict[str, Any], usage: dict[str, int], embeddings: bool) -> int:
-    """The tokens a request costs against the tokens-per-minute limit."""
-    prompt = usage["prompt_tokens"]
-    if embeddings:
-        return prompt
-    for name in ("max_completion_tokens", "max_tokens"):
-        ceiling = body.get(name)
-        if isinstance(ceiling, int) and not isinstance(ceiling, bool) and ceiling > 0:
-            return prompt + ceiling
-    return prompt + usage["completion_tokens"]
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8900)
-    parser.add_argument("--latency-ms", type=float, default=0.0)
-    parser.add_argument("--jitter-ms", type=float, default=0.0)
-    parser.add_argument("--rpm", type=float, default=None, help="requests per minute (429 past it)")
-    parser.add_argument("--tpm", type=float, default=None, help="tokens per minute (429 past it)")
-    parser.add_argument(
-        "--bucket-seconds",
-        type=float,
-        default=1.0,
-        help="how many seconds of the rate the limits' buckets hold (60: a minute's worth)",
-    )
-    parser.add_argument(
-        "--start-spent", action="store_true", help="the buckets start empty, as if the key was just used"
-    )
-    parser.add_argument(
-        "--reset-means",
-        choices=RESET_MEANINGS,
-        default="next",
-        help="x-ratelimit-reset-*: time until one more unit (next) or until the bucket is full (full)",
-    )
-    parser.add_argument("--fault-rate", type=float, default=0.0)
-    parser.add_argument("--no-retry-after", action="store_true")
-    parser.add_argument("--no-limit-headers", action="store_true", help="send no x-ratelimit-* headers")
-    parser.add_argument("--api-key", default=None)
-    parser.add_argument(
-        "--loop", choices=LOOP_KINDS, default="auto", help="event loop (auto: uvloop when installed)"
-    )
-    batch = parser.add_argument_group("Batch API")
-    batch.add_argument(
-        "--batch-start-delay", type=float, default=0.0, help="seconds a batch stays validating"
-    )
-    batch.add_argument(
-        "--batch-lines-per-second",
-        type=float,
-        default=None,
-        help="the pace of a running batch (default: unpaced)",
-    )
-    batch.add_argument("--batch-expire-after", type=int, default=None, help="a batch expires after N lines")
-    batch.add_argument(
-        "--enqueued-token-limit",
-        type=int,
-        default=None,
-        help="input tokens of a model's batches enqueued at once",
-    )
-    batch.add_argument(
-        "--lose-create-answers",
-        type=int,
-        default=0,
-        help="the first K creates drop the connection unanswered",
-    )
-    args = parser.parse_args(argv)
-    server = FakeServer(
-        latency_ms=args.latency_ms,
-        jitter_ms=args.jitter_ms,
-        rpm=args.rpm,
-        tpm=args.tpm,
-        bucket_seconds=args.bucket_seconds,
-        start_spent=args.start_spent,
-        reset_means=args.reset_means,
-        fault_rate=args.fault_rate,
-        retry_after=not args.no_retry_after,
-        limit_headers=not args.no_limit_headers,
-        api_key=args.api_key,
-        host=args.host,
-        port=args.port,
-        batch_start_delay=args.batch_start_delay,
-        batch_lines_per_second=args.batch_lines_per_second,
-        batch_expire_after=args.batch_expire_after,
-        enqueued_token_limit=args.enqueued_token_limit,
-        lose_create_answers=args.lose_create_answers,
-    )
-
-    async def run() -> None:
-        await server.serve()
-        # A process of its own may tune its collector: aiohttp allocates a few hundred
-        # objects per request, nearly all freed by reference counting, and collecting
-        # every 700 allocations (over all that was imported, too) cost this server
-        # about 15% of its CPU under load (median of 8 alternated runs).
-        gc.freeze()
-        gc.set_threshold(20_000, 20, 20)
-        print(f"listening on {server.base_url}", flush=True)
-        await asyncio.Event().wait()
-
-    with (
-        contextlib.suppress(KeyboardInterrupt),
-        asyncio.Runner(loop_factory=lambda: new_event_loop(args.loop)) as runner,
-    ):
-        runner.run(run())
-
 
 if __name__ == "__main__":
+    from llmbatch.testing.cli import main
+
     main()

@@ -1,0 +1,168 @@
+"""The fake model's endpoints: ``POST /chat/completions`` and ``POST /embeddings``.
+
+What one model request meets on the fake server (:class:`~llmbatch.testing.server.FakeServer`,
+whose base this is), in order: the ``@fake`` script of its body
+(:mod:`llmbatch.providers.script`) and the attempt it is on; the rate limits
+(:mod:`llmbatch.testing.buckets`), which refuse it with a 429 and OpenAI's headers; a
+random injected fault (an HTTP error, a hang, a dropped connection, a body that is not
+JSON, an answer without choices); the latency; then the answer, counted in the stats.
+The settings it reads (``latency``, ``fault_rate``, ``retry_after``...) are the server's
+constructor arguments, kept on the server so a test may change them while it runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from llmbatch.providers import script
+from llmbatch.testing.api import JSON, Reply, error_body, injected_error
+from llmbatch.testing.buckets import RateLimits
+from llmbatch.testing.counts import Attempts, ServerStats, digest
+
+__all__ = ["FAULT_KINDS", "ModelEndpoints"]
+
+FAULT_KINDS = (429, 500, 502, 503, "hang", "drop", "garbage", "nochoices")
+TORN_BODY = b'{"id": "chatcmpl-torn", "object": "chat.completion", "choices": [{"ind'
+NO_SCRIPT = script.Script()
+# A body holding neither the directive nor a JSON escape (which could spell it) has no
+# script: a bytes search is far cheaper than looking through its messages.
+DIRECTIVE = script.DIRECTIVE.encode()
+
+
+class ModelEndpoints:
+    """The chat completions and embeddings endpoints (the base of ``FakeServer``)."""
+
+    # The server's settings and counters (see ``FakeServer``), read on every request.
+    latency: float
+    jitter: float
+    fault_rate: float
+    faults: tuple[int | str, ...]
+    retry_after: bool
+    limit_headers: bool
+    hang_seconds: float
+    rng: random.Random
+    stats: ServerStats
+    attempts: Attempts
+    limits: RateLimits | None
+    reply: Reply
+    _seq: int
+
+    def _limit_headers(self) -> list[tuple[str, str]]:
+        if self.limits is None or not self.limit_headers:
+            return []
+        return self.limits.headers()
+
+    async def _chat(self, request: web.Request) -> web.StreamResponse:
+        return await self._model(request, embeddings=False)
+
+    async def _embeddings(self, request: web.Request) -> web.StreamResponse:
+        return await self._model(request, embeddings=True)
+
+    async def _model(self, request: web.Request, *, embeddings: bool) -> web.StreamResponse:
+        raw = await request.read()
+        try:
+            body = orjson.loads(raw)
+            if not isinstance(body, dict):
+                raise ValueError("body is not an object")
+        except (orjson.JSONDecodeError, ValueError) as exc:
+            return self.reply(400, error_body(f"Invalid JSON body: {exc}", "invalid_request_error", None))
+
+        plan = script.parse_script(body) if DIRECTIVE in raw or b"\\u" in raw else NO_SCRIPT
+        # Only a script's outcome depends on the attempt, and only a body seen in a batch
+        # has a custom_id to count its answers under: the others need no count.
+        attempts = self.attempts
+        key = attempts.key(digest(raw)) if plan is not NO_SCRIPT or attempts.ids else None
+        attempt = attempts.count(key) if key is not None else 0
+        outcome = script.step(plan, attempt, body)
+        if embeddings:
+            payload = script.embedding_body(body)
+        else:
+            payload = script.chat_body(body, outcome.text, outcome.finish, "", cached=outcome.cached)
+        usage = payload["usage"]
+
+        if self.limits is not None:
+            refused = self.limits.admit(_charge(body, usage, embeddings))
+            if refused is not None:
+                self.stats.rate_limited += 1
+                hdrs = self._limit_headers()
+                if self.retry_after and refused.wait is not None:
+                    hdrs.append(("retry-after-ms", str(int(refused.wait * 1000) + 1)))
+                    hdrs.append(("retry-after", str(max(1, round(refused.wait)))))
+                return self.reply(429, error_body(refused.message, refused.kind, "rate_limit_exceeded"), hdrs)
+        limit_headers = self._limit_headers()
+
+        fault = outcome.fault
+        if fault is None and self.fault_rate and self.rng.random() < self.fault_rate:
+            fault = self.rng.choice(self.faults)  # a random fault is not the script's attempt
+        elif key is not None:
+            attempts.answered(key)
+
+        delay = self.latency if plan.latency_ms is None else plan.latency_ms / 1000
+        if self.jitter:
+            delay += self.rng.random() * self.jitter
+
+        stats = self.stats
+        if fault is not None:
+            stats.faults[str(fault)] = stats.faults.get(str(fault), 0) + 1
+        stats.in_flight += 1
+        stats.max_in_flight = max(stats.max_in_flight, stats.in_flight)
+        try:
+            if fault == "hang":  # held from arrival, whatever the latency
+                return await self._hang(request)
+            if delay > 0:
+                await asyncio.sleep(delay)
+            if fault is not None:
+                return await self._fault(request, fault)
+            self._seq += 1
+            if not embeddings:
+                payload["id"] = f"chatcmpl-{self._seq}"
+            stats.prompt_tokens += usage.get("prompt_tokens", 0)
+            stats.completion_tokens += usage.get("completion_tokens", 0)
+            hdrs = [("x-request-id", f"req_{self._seq:08d}"), *limit_headers]
+            return self.reply(200, orjson.dumps(payload), hdrs)
+        finally:
+            stats.in_flight -= 1
+
+    async def _fault(self, request: web.Request, fault: int | str) -> web.StreamResponse:
+        if isinstance(fault, int) or fault == "quota":
+            status, error = injected_error(fault)
+            hdrs = [("retry-after-ms", "20")] if fault == 429 and self.retry_after else []
+            return self.reply(status, orjson.dumps({"error": error}), hdrs)
+        if fault == "garbage":
+            return self.reply(200, b"<html><body>502 upstream hiccup</body></html>")
+        if fault == "nochoices":
+            return self.reply(200, orjson.dumps({"id": "x", "object": "chat.completion", "choices": []}))
+        return await self._torn(request)
+
+    async def _hang(self, request: web.Request) -> web.StreamResponse:
+        await asyncio.sleep(self.hang_seconds)
+        if request.transport is not None:
+            request.transport.abort()
+        return web.Response(status=504)  # never sent: the connection is gone
+
+    async def _torn(self, request: web.Request) -> web.StreamResponse:
+        """Headers and half a body, then the connection goes away ("drop")."""
+        response = web.StreamResponse(status=200, headers={"Content-Type": JSON})
+        response.content_length = len(TORN_BODY) * 3
+        await response.prepare(request)
+        await response.write(TORN_BODY)
+        if request.transport is not None:
+            request.transport.close()  # after what was written has gone out
+        return response
+
+
+def _charge(body: dict[str, Any], usage: dict[str, int], embeddings: bool) -> int:
+    """The tokens a request costs against the tokens-per-minute limit."""
+    prompt = usage["prompt_tokens"]
+    if embeddings:
+        return prompt
+    for name in ("max_completion_tokens", "max_tokens"):
+        ceiling = body.get(name)
+        if isinstance(ceiling, int) and not isinstance(ceiling, bool) and ceiling > 0:
+            return prompt + ceiling
+    return prompt + usage["completion_tokens"]
