@@ -28,9 +28,10 @@ class Busy(RecordingServer):
     """Answers the first POST to a path ending in `suffix` 503 with `Retry-After: after`
     (or `retry-after-ms`), then as usual; `arrivals` holds when each such POST came."""
 
-    def __init__(self, suffix: str, after: dict[str, str], **kwargs: Any) -> None:
+    def __init__(self, suffix: str, after: dict[str, str], status: int = 503, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.suffix = suffix
+        self.status = status
         self.after = after
         self.arrivals: list[float] = []
 
@@ -47,8 +48,10 @@ class Busy(RecordingServer):
 
 @pytest.fixture
 def busy(serve: Callable[..., Any]) -> Callable[..., Busy]:
-    def start(suffix: str = "/chat/completions", after: dict[str, str] | None = None) -> Busy:
-        return serve(Busy, suffix, after if after is not None else {"retry-after": "3"})
+    def start(
+        suffix: str = "/chat/completions", after: dict[str, str] | None = None, status: int = 503
+    ) -> Busy:
+        return serve(Busy, suffix, after if after is not None else {"retry-after": "3"}, status)
 
     return start
 
@@ -76,10 +79,14 @@ def test_a_503_retry_after_is_waited_out_in_a_live_run(run_cli, busy, api_key, t
     assert line["llmbatch"]["valid"] and line["llmbatch"]["retries"] == 1
 
 
-def test_a_server_delay_over_the_cap_waits_the_cap_and_says_so(run_cli, busy, api_key, tmp_path: Path):
-    """Retry-After: 120 with --max-retry-wait 1: the retry comes after about 1 s, and
-    stderr says once that the wait was capped."""
-    server = busy(after={"retry-after": "120"})
+@pytest.mark.parametrize("status", [503, 429])
+def test_a_server_delay_over_the_cap_waits_the_cap_and_says_so(
+    run_cli, busy, api_key, tmp_path: Path, status
+):
+    """Retry-After: 120 with --max-retry-wait 1: the retry comes after about 1 s (the
+    429's pause of the whole run is capped alike), and stderr says once that the wait
+    was capped."""
+    server = busy(after={"retry-after": "120"}, status=status)
     src = write_jsonl(tmp_path / "in.jsonl", [{"id": "a", "text": "hello"}])
     out = tmp_path / "out.jsonl"
     result = run_cli("run", src, "-o", out, *flags(server, "--max-retry-wait", "1"))

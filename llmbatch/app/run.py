@@ -153,7 +153,7 @@ async def _run(
         if stdout is not None and settings.rejects is None
         else RejectsFile(settings.rejects_path)
     )
-    limits = Limits(rpm=settings.rpm, tpm=settings.tpm, shared=shared)
+    limits = Limits(rpm=settings.rpm, tpm=settings.tpm, shared=shared, max_pause=settings.max_retry_wait)
     stats.pacer = limits
     outcomes = Outcomes(
         validator=validator,

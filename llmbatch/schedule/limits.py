@@ -45,6 +45,7 @@ from collections.abc import Mapping
 from llmbatch.core.endpoints import endpoint_of
 from llmbatch.core.errors import AuthError, RateLimited
 from llmbatch.core.http import parse_duration
+from llmbatch.core.retry import DEFAULT_MAX_RETRY_WAIT
 from llmbatch.core.values import Completion, Request
 from llmbatch.schedule.buckets import Bucket, LocalBucket
 from llmbatch.schedule.pace import SHARE_MIN, SIGNIFICANT_SHARE, AdaptivePace
@@ -78,10 +79,16 @@ class Limits(AdaptivePace):
     """
 
     def __init__(
-        self, *, rpm: float | None = None, tpm: float | None = None, shared: Shared | None = None
+        self,
+        *,
+        rpm: float | None = None,
+        tpm: float | None = None,
+        shared: Shared | None = None,
+        max_pause: float = DEFAULT_MAX_RETRY_WAIT,
     ) -> None:
         self.rpm = rpm
         self.tpm = tpm
+        self.max_pause = max_pause  # a server's delay pauses the run this long at most
         self._shared = shared  # several processes on one key (--redis), else None
         self._requests: Bucket | None = self._new_bucket("requests", rpm) if rpm else None
         self._tokens: Bucket | None = self._new_bucket("tokens", tpm) if tpm else None
@@ -220,6 +227,7 @@ class Limits(AdaptivePace):
             self._shared.publish_cut()
 
     def _pause(self, seconds: float, cause: str) -> None:
+        seconds = min(seconds, self.max_pause)  # as the retry policy caps the retry's wait
         until = asyncio.get_running_loop().time() + seconds
         if until > self._paused_until:
             self._paused_until = until
