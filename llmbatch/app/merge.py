@@ -30,6 +30,7 @@ from pathlib import Path
 import orjson
 
 from llmbatch.core.errors import ConfigError
+from llmbatch.files import sidecars
 from llmbatch.files.idset import IdSet
 from llmbatch.files.jsonl import codec_for, count_lines, open_lines, write_lines
 from llmbatch.files.locking import OutputLock
@@ -59,7 +60,7 @@ def merge(
         for path in dict.fromkeys(p.resolve() for p in [*inputs, output]):
             stack.enter_context(OutputLock(path))
         keep, dropped, torn = _newest(inputs)
-        tmp = output.with_name(output.name + ".merging")
+        tmp = sidecars.merging(output)
         lines = _kept(inputs, keep)
         if ordered:
             lines = sorted_lines(((input_line(raw), raw) for raw in lines), run_bytes=run_bytes)

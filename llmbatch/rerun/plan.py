@@ -36,6 +36,7 @@ import orjson
 from llmbatch.core.errors import ConfigError, InputError
 from llmbatch.core.stats import Stats
 from llmbatch.core.values import Completion, Request, State
+from llmbatch.files import sidecars
 from llmbatch.files.idset import IdSet
 from llmbatch.files.jsonl import codec_for, count_lines, cut_torn, open_lines, write_lines
 from llmbatch.files.ordering import sorted_lines
@@ -363,7 +364,7 @@ def compact(path: Path, *, ordered: bool = False) -> int:
         if number:
             keep.add(number)
     del newest, ids
-    tmp = path.with_name(path.name + ".compacting")
+    tmp = sidecars.compacting(path)
     codec = codec_for(path)
     with open_lines(path) as src, tmp.open("wb") as dst:
         kept: Iterator[bytes] = (raw for number, raw in enumerate(src, 1) if number in keep)
