@@ -36,7 +36,6 @@ __all__ = [
     "drop_torn_tail",
     "open_lines",
     "parse_line",
-    "read_lines",
     "write_failure",
     "write_lines",
 ]
@@ -212,13 +211,6 @@ def open_lines(path: Path) -> Iterator[BinaryIO]:
             yield stream
         finally:
             stream.close()
-
-
-def read_lines(path: Path) -> Iterator[tuple[int, bytes]]:
-    """(line number, raw line without its newline), one at a time, never the whole file."""
-    with path.open("rb") as f:
-        for number, raw in enumerate(f, 1):
-            yield number, raw.rstrip(b"\r\n")
 
 
 def parse_line(number: int, raw: bytes) -> dict[str, Any]:
