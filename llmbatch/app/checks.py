@@ -13,7 +13,7 @@ from llmbatch.files import sidecars
 from llmbatch.files.jsonl import open_lines
 from llmbatch.input.source import Source
 from llmbatch.modes.batch.state import BatchState
-from llmbatch.output.records import is_ours
+from llmbatch.output.readback import is_ours
 
 __all__ = [
     "BATCH_WAYS",

@@ -35,7 +35,8 @@ from llmbatch.files.idset import IdSet
 from llmbatch.files.jsonl import codec_for, count_lines, open_lines, write_lines
 from llmbatch.files.locking import OutputLock
 from llmbatch.files.ordering import LAST, RUN_BYTES, sorted_lines
-from llmbatch.output.records import Format, input_line_of, read_line, read_tail
+from llmbatch.output.readback import input_line_of, read_line, read_tail
+from llmbatch.output.records import Format
 from llmbatch.rerun.plan import Bitmap, sync_dir
 
 __all__ = ["Merged", "merge"]

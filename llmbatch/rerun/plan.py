@@ -41,8 +41,7 @@ from llmbatch.files.idset import IdSet
 from llmbatch.files.jsonl import codec_for, count_lines, cut_torn, open_lines, write_lines
 from llmbatch.files.ordering import sorted_lines
 from llmbatch.input.source import Source
-from llmbatch.output.records import (
-    Format,
+from llmbatch.output.readback import (
     Line,
     completion_of,
     custom_id_of,
@@ -50,6 +49,7 @@ from llmbatch.output.records import (
     read_line,
     read_tail,
 )
+from llmbatch.output.records import Format
 
 __all__ = ["REDO_CHOICES", "OutputIndex", "Plan", "Rules", "compact", "make_plan", "parse_redo"]
 
