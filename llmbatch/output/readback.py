@@ -17,9 +17,9 @@ from llmbatch.output.records import Format
 __all__ = [
     "Line",
     "completion_of",
-    "custom_id_of",
     "input_line_of",
     "is_ours",
+    "line_of",
     "read_line",
     "read_tail",
 ]
@@ -174,20 +174,20 @@ def input_line_of(rec: Any) -> int | None:
     return line if isinstance(line, int) and not isinstance(line, bool) and line >= 0 else None
 
 
-def custom_id_of(record: Any) -> str | None:
-    """The custom_id of an output line of either format. A merged line is the data item
-    itself, which may have a `custom_id` field of its own; `llm_custom_id` is ours
-    (Batch lines never have it)."""
-    if not isinstance(record, dict):
+def line_of(raw: bytes) -> Line | None:
+    """`read_line` of a raw output line: None when it is not ours (not JSON, or not an
+    llmbatch output line). The one test of which lines are ours, for the rerun's index,
+    compaction and merge alike."""
+    line = read_tail(raw)
+    if line is not None:
+        return line
+    try:
+        return read_line(orjson.loads(raw))
+    except orjson.JSONDecodeError:
         return None
-    cid = record.get("llm_custom_id", record.get("custom_id"))
-    return cid if isinstance(cid, str) else None
 
 
 def is_ours(first_line: bytes) -> bool:
     """Whether a file's first line is an llmbatch output line (`--fresh` empties only
     those)."""
-    try:
-        return read_line(orjson.loads(first_line)) is not None
-    except orjson.JSONDecodeError:
-        return False
+    return line_of(first_line) is not None
