@@ -4,6 +4,7 @@ temporary one."""
 
 from __future__ import annotations
 
+import gzip
 import json
 from pathlib import Path
 
@@ -159,3 +160,20 @@ def test_a_merge_that_fails_midway_leaves_no_half_file(tmp_path, monkeypatch, er
     assert joined.read_bytes() == b"the previous merge\n"
     assert not sidecars.merging(joined).exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.jsonl", "all.jsonl"]
+
+
+@pytest.mark.parametrize("suffix", [".gz", ".zst"])
+def test_merging_a_torn_compressed_output_is_refused_naming_it(run_cli, tmp_path, suffix):
+    """A compressed shard cut short (a killed run's last block): exit 2 with one line
+    naming the file, not a bare "Aborted." or a silently short merge."""
+    import zstandard
+
+    data = b"".join(_batch(f"id-{i}", i, "answer " * 20, old=False, spaced=False) + b"\n" for i in range(50))
+    packed = gzip.compress(data) if suffix == ".gz" else zstandard.ZstdCompressor().compress(data)
+    shard = tmp_path / f"a.jsonl{suffix}"
+    shard.write_bytes(packed[: len(packed) // 2])
+    result = run_cli("merge", shard, "-o", tmp_path / "all.jsonl")
+    assert result.exit_code == 2
+    assert result.stderr.count("\n") == 1 and f"error: {shard} ends in a torn" in result.stderr
+    assert not (tmp_path / "all.jsonl").exists()
+    assert shard.read_bytes() == packed[: len(packed) // 2]  # the input is left as it was

@@ -4,7 +4,7 @@ into one file with one line per custom_id.
 The files count as given oldest first; the join is the rewrite a resume's compaction
 does (`llmbatch.output.rewrite`: the newest line of an id wins, lines that are not
 llmbatch output lines are kept as they are, a torn last line is skipped, as a rerun
-would drop it). All
+would drop it; a compressed file with a torn last block is refused, naming it). All
 the inputs must be of one format (Batch lines or merged rows). ``--ordered`` sorts the
 lines by the input line number each carries, with bounded memory. Compressed outputs
 are read as such (the merged file is written plain, or compressed as its own name

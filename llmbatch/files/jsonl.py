@@ -36,6 +36,7 @@ __all__ = [
     "drop_torn_tail",
     "open_lines",
     "parse_line",
+    "torn_end",
     "write_failure",
     "write_lines",
 ]
@@ -180,6 +181,19 @@ def cut_torn(path: Path) -> int:
         if end < size:
             f.truncate(end)
         return size - end
+
+
+def torn_end(path: Path) -> int:
+    """The bytes at the end of a compressed file (told by its content) that make no whole
+    gzip member or zstd frame: a torn write, or damage. 0 for a plain file, and for a
+    file too short to tell. `cut_torn` would cut them; this cuts nothing."""
+    codec = _content_codec(path)
+    if not codec:
+        return 0
+    with path.open("rb") as f:
+        size = f.seek(0, os.SEEK_END)
+        f.seek(0)
+        return size - _intact_end(f, codec)
 
 
 # A file rewritten whole (compaction, merge) goes out in members of about this much text.

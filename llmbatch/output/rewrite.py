@@ -11,8 +11,10 @@ else is in it:
   block or ``llm_custom_id`` column, even one with a ``custom_id`` of its own) is not ours
   to judge: it is kept as it is, in its place; ``ordered``, after ours, in its order.
 - A *torn tail*, a file's last line without its newline (what a killed writer leaves),
-  is left out and counted, whether or not it parses, as a rerun drops it (compaction
-  cuts it first, as the rerun's scan does).
+  is left out and counted, whether or not it parses, as a rerun drops it. A compressed
+  file whose last gzip member or zstd frame is unfinished is refused, naming it: how
+  many lines the torn block held cannot be told, and a rerun of that output cuts it
+  (compaction cuts it first, as the rerun's scan does).
 
 Memory is bounded whatever the size: one number per id (`IdSet`) and one bit per line
 (`Bitmap`) in the first pass; the second copies the kept lines as bytes, through the
@@ -29,10 +31,11 @@ from pathlib import Path
 
 import orjson
 
+from llmbatch.core.errors import ConfigError
 from llmbatch.files import atomic, sidecars
 from llmbatch.files.bitmap import Bitmap
 from llmbatch.files.idset import IdSet
-from llmbatch.files.jsonl import codec_for, count_lines, cut_torn, open_lines, write_lines
+from llmbatch.files.jsonl import codec_for, count_lines, cut_torn, open_lines, torn_end, write_lines
 from llmbatch.files.ordering import LAST, RUN_BYTES, sorted_lines
 from llmbatch.output.readback import input_line_of, line_of, read_line
 from llmbatch.output.records import Format
@@ -53,6 +56,8 @@ class Selection:
 
 def select(inputs: Sequence[Path]) -> Selection:
     """Pass one: per id, its newest line; every line not ours is kept."""
+    for path in inputs:
+        _refuse_torn_block(path)
     total = sum(count_lines(p) for p in inputs)
     ids = IdSet(total)
     # Per id: 1 + the number of its newest line (0: none yet).
@@ -108,6 +113,14 @@ def compact(path: Path, *, ordered: bool = False) -> int:
     if chosen.dropped or ordered:
         rewrite([path], chosen, path, temp=sidecars.compacting(path), ordered=ordered)
     return chosen.dropped
+
+
+def _refuse_torn_block(path: Path) -> None:
+    if torn_end(path):
+        raise ConfigError(
+            f"{path} ends in a torn or damaged compressed block (a killed run leaves one): "
+            "rerun the run that wrote it to cut it off, then try again"
+        )
 
 
 def _lines(path: Path) -> Iterator[bytes]:
