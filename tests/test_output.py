@@ -10,7 +10,8 @@ from hypothesis import strategies as st
 from llmbatch.core.errors import PermanentError, TransientError
 from llmbatch.core.values import Completion, Finished, Request, State
 from llmbatch.input.build import fingerprint
-from llmbatch.output.records import batch_record, merged_record, read_line, read_tail, server_hash
+from llmbatch.output.readback import read_line, read_tail
+from llmbatch.output.records import batch_record, merged_record, server_hash
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers(-(10**6), 10**6) | st.text(max_size=20),

@@ -9,10 +9,11 @@ from pathlib import Path
 
 from llmbatch.app.settings import Settings, read_api_key
 from llmbatch.core.errors import ConfigError
+from llmbatch.files import sidecars
 from llmbatch.files.jsonl import open_lines
 from llmbatch.input.source import Source
-from llmbatch.modes.batch.state import BatchState, state_path
-from llmbatch.output.records import is_ours
+from llmbatch.modes.batch.state import BatchState
+from llmbatch.output.readback import is_ours
 
 __all__ = [
     "BATCH_WAYS",
@@ -92,7 +93,7 @@ def start_fresh(output: Path, *, force: bool) -> None:
             )
     output.write_bytes(b"")
     with contextlib.suppress(FileNotFoundError):
-        output.with_name(output.name + ".compacting").unlink()
+        sidecars.compacting(output).unlink()
 
 
 def open_batches_check(settings: Settings) -> BatchState | None:
@@ -121,11 +122,11 @@ def open_batches_check(settings: Settings) -> BatchState | None:
     if settings.fresh and existing is not None:  # starting over: the record of what was done too
         existing.close()
         existing = None
-        for suffix in ("", "-wal", "-shm"):
+        for path in sidecars.sqlite_files(sidecars.batches(settings.output)):
             with contextlib.suppress(FileNotFoundError):
-                Path(str(state_path(settings.output)) + suffix).unlink()
+                path.unlink()
     if settings.batch_api:
-        return existing or BatchState(state_path(settings.output))
+        return existing or BatchState(sidecars.batches(settings.output))
     if existing is not None:
         existing.close()
     return None

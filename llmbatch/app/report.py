@@ -23,7 +23,7 @@ from llmbatch.core.values import State
 from llmbatch.cost.prices import FAKE_FREE, FAKE_MODEL, Price, cost, price_for
 from llmbatch.files.idset import IdSet
 from llmbatch.files.jsonl import open_lines
-from llmbatch.output.records import read_line
+from llmbatch.output.readback import read_line
 
 __all__ = ["Report", "read_report"]
 

@@ -39,10 +39,11 @@ from llmbatch.modes.batch.state import BatchState
 from llmbatch.modes.control import RunControl
 from llmbatch.modes.live.engine import Engine, EngineConfig, Job
 from llmbatch.modes.outcome import Outcomes
-from llmbatch.output.records import InOrder, OutputFile, RejectsFile, StderrRejects
+from llmbatch.output.rewrite import compact
+from llmbatch.output.writers import InOrder, OutputFile, RejectsFile, StderrRejects
 from llmbatch.providers.base import Provider
 from llmbatch.rerun.cache import ResponseCache
-from llmbatch.rerun.plan import Rules, compact, parse_redo
+from llmbatch.rerun.plan import Rules, parse_redo
 from llmbatch.scale.shard import parse_shard
 from llmbatch.schedule.limits import Limits
 from llmbatch.validate.validator import build_validator

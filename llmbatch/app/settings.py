@@ -23,6 +23,7 @@ from llmbatch.app.display import DEFAULT_PROGRESS_EVERY
 from llmbatch.core.endpoints import CHAT
 from llmbatch.core.errors import ConfigError
 from llmbatch.core.retry import DEFAULT_MAX_RETRIES, DEFAULT_MAX_RETRY_WAIT, RetryPolicy
+from llmbatch.files import sidecars
 from llmbatch.modes.batch.mode import DEFAULT_BATCH_BYTES, DEFAULT_BATCH_REQUESTS, DEFAULT_POLL_EVERY
 from llmbatch.modes.live.engine import DEFAULT_CONCURRENCY, DEFAULT_CONNECT_GRACE
 from llmbatch.modes.outcome import DEFAULT_MAX_REQUESTS, DEFAULT_RETRY
@@ -121,7 +122,7 @@ class Settings:
 
     @property
     def rejects_path(self) -> Path:
-        return self.rejects or self.output.with_name(self.output.name + ".rejects.jsonl")
+        return self.rejects or sidecars.rejects(self.output)
 
 
 # Settings the config file may not hold: they name this run's own files.

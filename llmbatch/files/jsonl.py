@@ -36,7 +36,7 @@ __all__ = [
     "drop_torn_tail",
     "open_lines",
     "parse_line",
-    "read_lines",
+    "torn_end",
     "write_failure",
     "write_lines",
 ]
@@ -183,6 +183,19 @@ def cut_torn(path: Path) -> int:
         return size - end
 
 
+def torn_end(path: Path) -> int:
+    """The bytes at the end of a compressed file (told by its content) that make no whole
+    gzip member or zstd frame: a torn write, or damage. 0 for a plain file, and for a
+    file too short to tell. `cut_torn` would cut them; this cuts nothing."""
+    codec = _content_codec(path)
+    if not codec:
+        return 0
+    with path.open("rb") as f:
+        size = f.seek(0, os.SEEK_END)
+        f.seek(0)
+        return size - _intact_end(f, codec)
+
+
 # A file rewritten whole (compaction, merge) goes out in members of about this much text.
 REWRITE_BLOCK = 1 << 20
 
@@ -212,13 +225,6 @@ def open_lines(path: Path) -> Iterator[BinaryIO]:
             yield stream
         finally:
             stream.close()
-
-
-def read_lines(path: Path) -> Iterator[tuple[int, bytes]]:
-    """(line number, raw line without its newline), one at a time, never the whole file."""
-    with path.open("rb") as f:
-        for number, raw in enumerate(f, 1):
-            yield number, raw.rstrip(b"\r\n")
 
 
 def parse_line(number: int, raw: bytes) -> dict[str, Any]:

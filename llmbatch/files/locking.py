@@ -15,6 +15,7 @@ from pathlib import Path
 from types import TracebackType
 
 from llmbatch.core.errors import ConfigError
+from llmbatch.files import sidecars
 
 __all__ = ["OutputLock"]
 
@@ -22,7 +23,7 @@ __all__ = ["OutputLock"]
 class OutputLock:
     def __init__(self, output: Path) -> None:
         self.output = output
-        self.path = output.with_name(output.name + ".lock")
+        self.path = sidecars.lock(output)
         self._fd: int | None = None
 
     def acquire(self) -> None:

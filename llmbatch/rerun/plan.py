@@ -1,5 +1,5 @@
-"""Reruns: what the output already holds, what each id needs now, and the compaction
-that leaves one line per id.
+"""Reruns: what the output already holds, and what each id needs now (the compaction
+that leaves one line per id afterwards is `llmbatch.output.rewrite`).
 
 A rerun reads the output once into an `OutputIndex` (per custom_id: the fingerprint,
 state, fault and server of its newest line, in a few arrays: ~25 bytes an id), then
@@ -21,12 +21,10 @@ Lines written by an older llmbatch carry no fingerprint: they are kept as they a
 
 from __future__ import annotations
 
-import contextlib
-import os
 import tempfile
 from array import array
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
@@ -36,21 +34,14 @@ import orjson
 from llmbatch.core.errors import ConfigError, InputError
 from llmbatch.core.stats import Stats
 from llmbatch.core.values import Completion, Request, State
+from llmbatch.files.bitmap import Bitmap
 from llmbatch.files.idset import IdSet
-from llmbatch.files.jsonl import codec_for, count_lines, cut_torn, open_lines, write_lines
-from llmbatch.files.ordering import sorted_lines
+from llmbatch.files.jsonl import codec_for, count_lines, cut_torn, open_lines
 from llmbatch.input.source import Source
-from llmbatch.output.records import (
-    Format,
-    Line,
-    completion_of,
-    custom_id_of,
-    input_line_of,
-    read_line,
-    read_tail,
-)
+from llmbatch.output.readback import Line, completion_of, line_of
+from llmbatch.output.records import Format
 
-__all__ = ["REDO_CHOICES", "OutputIndex", "Plan", "Rules", "compact", "make_plan", "parse_redo"]
+__all__ = ["REDO_CHOICES", "OutputIndex", "Plan", "Rules", "make_plan", "parse_redo"]
 
 REDO_CHOICES = ("failed", "invalid", "stale", "all", "none")
 
@@ -120,17 +111,12 @@ class OutputIndex:
             return cls(0)
         cut_torn(path)
         index = cls(count_lines(path), offsets=offsets)
-        add, loads = index.add, orjson.loads
+        add = index.add
         with open_lines(path) as f:
             pos = 0
             for raw in f:
                 at, pos = pos, pos + len(raw)
-                line = read_tail(raw)
-                if line is None:
-                    try:
-                        line = read_line(loads(raw))
-                    except orjson.JSONDecodeError:
-                        continue
+                line = line_of(raw)
                 if line is not None:
                     add(line, at)
         return index
@@ -164,27 +150,6 @@ class OutputIndex:
         self.servers.append(server)
         self._servers[server] = len(self.servers) - 1
         return len(self.servers) - 1
-
-
-class Bitmap:
-    """A set of line numbers, one bit each (a million lines: 125 KB)."""
-
-    __slots__ = ("_bits",)
-
-    def __init__(self) -> None:
-        self._bits = bytearray()
-
-    def add(self, n: int) -> None:
-        byte = n >> 3
-        if byte >= len(self._bits):
-            self._bits.extend(bytes(byte - len(self._bits) + 1 + len(self._bits) // 2))
-        self._bits[byte] |= 1 << (n & 7)
-
-    def __contains__(self, n: object) -> bool:
-        if not isinstance(n, int):
-            return False
-        byte = n >> 3
-        return byte < len(self._bits) and bool(self._bits[byte] & (1 << (n & 7)))
 
 
 @dataclass(slots=True)
@@ -326,62 +291,6 @@ class _Revalidator:
         self._f.close()
 
 
-def compact(path: Path, *, ordered: bool = False) -> int:
-    """Rewrite `path` with only the newest line of each id (and with `ordered`, in
-    input order), atomically: a new file is written beside it, synced, and renamed over
-    it. A crash before the rename leaves the old file (old lines and new) and a stray
-    temp file, which the next compaction replaces. Streams: memory is a few numbers per
-    line and id (and one sort run, `llmbatch.files.ordering`), not the file; lines are parsed
-    once (for their ids and input lines) and copied as they are. Returns the number of
-    lines dropped."""
-    cut_torn(path)
-    lines = count_lines(path)
-    ids = IdSet(lines)
-    newest = array("I", bytes(4 * ids.capacity))  # per id, the number of its newest line
-    # Per output line, its input line (NO_LINE_32 for a line that has none: last).
-    source_line = array("I", bytes(4 * (lines + 1))) if ordered else None
-    keep = Bitmap()
-    repeated = 0
-    with open_lines(path) as src:
-        for number, raw in enumerate(src, 1):
-            try:
-                rec = orjson.loads(raw)
-            except orjson.JSONDecodeError:
-                rec = None
-            cid = custom_id_of(rec)
-            if source_line is not None:
-                source_line[number] = min(input_line_of(rec) or NO_LINE_32, NO_LINE_32)
-            if cid is None:
-                keep.add(number)  # not ours to judge: kept
-                continue
-            slot = ids.locate(cid, add=True)
-            repeated += newest[slot] != 0
-            newest[slot] = number
-    if not repeated and not ordered:
-        return 0
-    for number in newest:
-        if number:
-            keep.add(number)
-    del newest, ids
-    tmp = path.with_name(path.name + ".compacting")
-    codec = codec_for(path)
-    with open_lines(path) as src, tmp.open("wb") as dst:
-        kept: Iterator[bytes] = (raw for number, raw in enumerate(src, 1) if number in keep)
-        if source_line is not None:
-            order = source_line
-            keyed = ((order[number], raw) for number, raw in enumerate(src, 1) if number in keep)
-            kept = sorted_lines(keyed)
-        write_lines(dst, kept, codec)
-        dst.flush()
-        os.fsync(dst.fileno())
-    os.replace(tmp, path)
-    sync_dir(path.parent)
-    return repeated
-
-
-NO_LINE_32 = (1 << 32) - 1
-
-
 def _seekable(output: Path) -> IO[bytes]:
     """The output, open for reading at line offsets: a compressed one is copied out
     decompressed first (its offsets are those of the decompressed text)."""
@@ -393,13 +302,3 @@ def _seekable(output: Path) -> IO[bytes]:
             copy.write(chunk)
     copy.seek(0)
     return copy
-
-
-def sync_dir(folder: Path) -> None:
-    """fsync a folder: a rename in it is then on disk too."""
-    with contextlib.suppress(OSError):
-        fd = os.open(folder if str(folder) else ".", os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)

@@ -31,8 +31,9 @@ import orjson
 
 from llmbatch.core.errors import ConfigError
 from llmbatch.core.values import Finished, Request, State
+from llmbatch.files import sidecars
 
-__all__ = ["BatchState", "Chunk", "ChunkState", "Item", "state_path"]
+__all__ = ["BatchState", "Chunk", "ChunkState", "Item"]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -130,10 +131,6 @@ class Item:
         )
 
 
-def state_path(output: Path) -> Path:
-    return output.with_name(output.name + ".batches.db")
-
-
 def _request_blob(req: Request) -> bytes:
     return orjson.dumps(
         {"body": req.body, "url": req.url, "metadata": req.metadata, "item": req.item, "fp": req.fp}
@@ -167,7 +164,7 @@ class BatchState:
 
     @classmethod
     def existing(cls, output: Path) -> BatchState | None:
-        path = state_path(output)
+        path = sidecars.batches(output)
         return cls(path) if path.exists() else None
 
     def close(self) -> None:
