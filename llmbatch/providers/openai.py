@@ -18,7 +18,6 @@ request (e.g. refreshing tokens). See docs/benchmarks.md.
 from __future__ import annotations
 
 import asyncio
-import errno
 import io
 import time
 import urllib.request
@@ -35,6 +34,7 @@ from llmbatch.core.errors import ConfigError, TransientError
 from llmbatch.core.http import error_for_status
 from llmbatch.core.values import Completion, Request, Usage
 from llmbatch.providers.base import DEFAULT_TIMEOUT
+from llmbatch.providers.openai_errors import connection_error, redact, secret_of, translate
 
 __all__ = ["OpenAIProvider"]
 
@@ -85,7 +85,7 @@ class OpenAIProvider:
         self.transport = transport
         # A server (or proxy) may quote our Authorization header back in a body; the
         # key must not reach the output or the terminal through it.
-        self._secret = api_key.encode() if len(api_key) >= 8 else b""
+        self._secret = secret_of(api_key)
         self.client = openai.AsyncOpenAI(
             api_key=api_key,
             base_url=base_url,
@@ -193,7 +193,7 @@ class OpenAIProvider:
         except TimeoutError:
             raise TransientError(f"no answer within {timeout:g}s", code="timeout") from None
         except aiohttp.ClientError as exc:
-            raise _connection_error(exc) from None
+            raise connection_error(exc, self._secret) from None
         return _completion(status, self._redact(raw), resp_headers, started)
 
     async def _complete_sdk(self, request: Request, timeout: float | None) -> Completion:
@@ -208,41 +208,20 @@ class OpenAIProvider:
                     "timeout": timeout or self.client.timeout,
                 },
             )
-        except openai.APIStatusError as exc:
-            r = exc.response
-            raise error_for_status(r.status_code, self._redact(r.content), r.headers) from None
-        except openai.APITimeoutError:
-            raise TransientError(f"no answer within {timeout:g}s", code="timeout") from None
-        except openai.APIConnectionError as exc:
-            cause = exc.__cause__
-            if isinstance(cause, aiohttp.ClientError):
-                raise _connection_error(cause) from None
-            raise TransientError(f"connection failed: {exc}", code="connection") from None
+        except openai.APIConnectionError as exc:  # a timeout too: its cause says which
+            raise connection_error(exc, self._secret, timeout=timeout) from None
+        except openai.OpenAIError as exc:
+            raise translate(exc, self._secret) from None
         return _completion(resp.status_code, self._redact(resp.content), resp.headers, started)
 
     def _redact(self, raw: bytes) -> bytes:
-        secret = self._secret
-        return raw.replace(secret, b"[redacted]") if secret and secret in raw else raw
+        return redact(raw, self._secret)
 
     async def aclose(self) -> None:
         if self._session is not None:
             await self._session.close()
             self._session = None
         await self.client.close()
-
-
-def _connection_error(exc: aiohttp.ClientError) -> TransientError:
-    """A failed connection, by cause: the first of each is told to the user, and a run
-    that connects to nothing stops (see CONNECT_CODES)."""
-    if isinstance(exc, aiohttp.ClientConnectorDNSError):
-        return TransientError(f"cannot resolve the host: {exc}", code="dns")
-    if isinstance(exc, aiohttp.ClientConnectorCertificateError | aiohttp.ClientSSLError):
-        return TransientError(f"TLS failed: {exc}", code="tls")
-    if isinstance(exc, aiohttp.ClientConnectorError):
-        refused = exc.os_error.errno == errno.ECONNREFUSED if exc.os_error is not None else False
-        text = "connection refused" if refused else "cannot connect"
-        return TransientError(f"{text}: {exc}", code="connection_refused" if refused else "connect")
-    return TransientError(f"connection failed: {type(exc).__name__}: {exc}", code="connection")
 
 
 def _completion(status: int, raw: bytes, headers: Mapping[str, str], started: float) -> Completion:

@@ -14,8 +14,8 @@ from typing import IO, Any, Literal
 import openai
 
 from llmbatch.core.errors import ProviderError, TransientError
-from llmbatch.core.http import error_for_status
 from llmbatch.core.retry import BackoffStrategy, RetryConfig
+from llmbatch.providers.openai_errors import secret_of, translate
 
 __all__ = ["COMPLETION_WINDOW", "Remote", "RemoteBatches"]
 
@@ -60,24 +60,13 @@ class Remote:
         )
 
 
-def _translated(exc: BaseException) -> BaseException:
-    """An SDK exception as one of ours (the edge: foreign exceptions end here)."""
-    if isinstance(exc, openai.APIStatusError):
-        r = exc.response
-        return error_for_status(r.status_code, r.content, r.headers)
-    if isinstance(exc, openai.APITimeoutError):
-        return TransientError("no answer in time", code="timeout")
-    if isinstance(exc, openai.APIConnectionError):
-        return TransientError(f"connection failed: {exc}", code="connection")
-    return exc
-
-
 class RemoteBatches:
     """The Batch API through the openai SDK (files and batches), retried when transient."""
 
     def __init__(self, client: openai.AsyncOpenAI, *, log: Callable[[str], None] = lambda _: None) -> None:
         self.client = client
         self.log = log
+        self._secret = secret_of(client.api_key)  # out of every message the server sends
 
     async def _call(
         self, what: str, call: Callable[[], Awaitable[Any]], lost: Callable[[], Awaitable[Any]] | None = None
@@ -89,7 +78,7 @@ class RemoteBatches:
             try:
                 return await call()
             except Exception as exc:
-                err = _translated(exc)
+                err = translate(exc, self._secret) if isinstance(exc, openai.OpenAIError) else exc
                 if not isinstance(err, TransientError) or not CONTROL_RETRY.allows(attempt - 1):
                     if isinstance(err, ProviderError):
                         raise err from None

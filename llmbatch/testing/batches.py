@@ -58,13 +58,17 @@ class BatchBehaviour:
     many lines. ``enqueued_token_limit``: a batch whose input tokens, with those of the
     batches of its model still validating or in progress, pass it fails with
     ``token_limit_exceeded``. ``lose_create_answers``: the first k creates make their
-    batch and then drop the connection without an answer."""
+    batch and then drop the connection without an answer. ``fail_creates``: the first k
+    creates are refused with ``fail_status``, the message quoting the request's
+    Authorization header back (as a badly behaved gateway does)."""
 
     start_delay: float = 0.0
     lines_per_second: float | None = None
     expire_after: int | None = None
     enqueued_token_limit: int | None = None
     lose_create_answers: int = 0
+    fail_creates: int = 0
+    fail_status: int = 500
 
     def __post_init__(self) -> None:
         if self.start_delay < 0:
@@ -194,6 +198,7 @@ class BatchQueue:
         self.rng = random.Random(seed)  # the order of the result files' lines
         self.batches: dict[str, Batch] = {}
         self.tasks: set[asyncio.Task[None]] = set()
+        self.refused = 0  # creates refused so far (fail_creates)
 
     def routes(self, prefix: str) -> list[web.RouteDef]:
         return [
@@ -223,6 +228,12 @@ class BatchQueue:
     # --- the endpoints -----------------------------------------------------------
 
     async def _create(self, request: web.Request) -> web.StreamResponse:
+        if self.refused < self.behaviour.fail_creates:
+            self.refused += 1
+            quoted = (
+                f"upstream refused the request with Authorization: {request.headers.get('Authorization')}"
+            )
+            raise ApiError(self.behaviour.fail_status, quoted, kind="server_error")
         params = _params(await request.read())
         file_id, endpoint = params.get("input_file_id"), params.get("endpoint")
         if endpoint not in ENDPOINTS:

@@ -85,7 +85,9 @@ class FakeServer(ModelEndpoints):
     ``batch_expire_after`` lines; it fails with ``token_limit_exceeded`` when its input
     tokens and those of its model's batches still validating or in progress pass
     ``enqueued_token_limit``; the first ``lose_create_answers`` creates make their batch
-    and drop the connection unanswered (see :class:`~llmbatch.testing.batches.BatchBehaviour`).
+    and drop the connection unanswered; the first ``fail_creates`` creates are refused
+    with ``fail_create_status``, quoting the caller's Authorization header (see
+    :class:`~llmbatch.testing.batches.BatchBehaviour`).
     """
 
     def __init__(
@@ -113,6 +115,8 @@ class FakeServer(ModelEndpoints):
         batch_expire_after: int | None = None,
         enqueued_token_limit: int | None = None,
         lose_create_answers: int = 0,
+        fail_creates: int = 0,
+        fail_create_status: int = 500,
     ) -> None:
         if reset_means not in RESET_MEANINGS:
             raise ValueError(f"reset_means must be one of {', '.join(RESET_MEANINGS)}")
@@ -146,6 +150,8 @@ class FakeServer(ModelEndpoints):
             expire_after=batch_expire_after,
             enqueued_token_limit=enqueued_token_limit,
             lose_create_answers=lose_create_answers,
+            fail_creates=fail_creates,
+            fail_status=fail_create_status,
         )
         self.batches = BatchQueue(
             behaviour, files=self.files, attempts=self.attempts, stats=self.stats, reply=self.reply, seed=seed
