@@ -15,7 +15,7 @@ import openai
 
 from llmbatch.core.errors import ProviderError, TransientError
 from llmbatch.core.retry import BackoffStrategy, RetryConfig
-from llmbatch.providers.openai_errors import secret_of, translate
+from llmbatch.providers.openai_errors import redact, secret_of, translate
 
 __all__ = ["COMPLETION_WINDOW", "Remote", "RemoteBatches"]
 
@@ -38,14 +38,21 @@ class Remote:
     output_file_id: str | None = None
     error_file_id: str | None = None
     error_code: str | None = None
-    error: str | None = None
+    error: str | None = None  # the server's reason, the key taken out
     metadata: dict[str, str] = field(default_factory=dict)
+    # Refused for the enqueued-token limit (create it again once others are done), as
+    # the provider tells it: OpenAI's code token_limit_exceeded, or a message naming it.
+    queue_full: bool = False
 
     @classmethod
-    def of(cls, batch: Any) -> Remote:
+    def of(cls, batch: Any, secret: bytes = b"") -> Remote:
         counts = batch.request_counts
         errors = getattr(batch.errors, "data", None) or []
         first = errors[0] if errors else None
+        code, message = getattr(first, "code", None), getattr(first, "message", None)
+        if message and secret:
+            message = redact(message.encode(), secret).decode()
+        reason = f"{code or ''} {message or ''}".lower()
         return cls(
             id=batch.id,
             status=batch.status,
@@ -54,9 +61,10 @@ class Remote:
             failed=counts.failed if counts else 0,
             output_file_id=batch.output_file_id,
             error_file_id=batch.error_file_id,
-            error_code=getattr(first, "code", None),
-            error=getattr(first, "message", None),
+            error_code=code,
+            error=message,
             metadata=dict(batch.metadata or {}),
+            queue_full="token_limit" in reason or "enqueued" in reason,
         )
 
 
@@ -122,7 +130,7 @@ class RemoteBatches:
                 completion_window=COMPLETION_WINDOW,
                 metadata=metadata,
             )
-            return Remote.of(batch)
+            return Remote.of(batch, self._secret)
 
         remote: Remote = await self._call("creating a batch", call, lambda: self.find_batch(metadata))
         return remote
@@ -134,7 +142,7 @@ class RemoteBatches:
             async for batch in self.client.batches.list(limit=100):
                 md = batch.metadata or {}
                 if all(md.get(k) == v for k, v in metadata.items()):
-                    return Remote.of(batch)
+                    return Remote.of(batch, self._secret)
             return None
 
         found: Remote | None = await self._call("listing batches", call)
@@ -142,14 +150,14 @@ class RemoteBatches:
 
     async def retrieve(self, batch_id: str) -> Remote:
         async def call() -> Remote:
-            return Remote.of(await self.client.batches.retrieve(batch_id))
+            return Remote.of(await self.client.batches.retrieve(batch_id), self._secret)
 
         remote: Remote = await self._call(f"checking batch {batch_id}", call)
         return remote
 
     async def cancel(self, batch_id: str) -> Remote:
         async def call() -> Remote:
-            return Remote.of(await self.client.batches.cancel(batch_id))
+            return Remote.of(await self.client.batches.cancel(batch_id), self._secret)
 
         remote: Remote = await self._call(f"cancelling batch {batch_id}", call)
         return remote

@@ -168,7 +168,7 @@ class Collector:
         message = remote.error or remote.error_code or "the batch failed"
         if self.cap is not None:  # refused whole: nothing was run, nothing billed
             self.cap.settle(self.reserved.pop(chunk.id, 0.0), TransientError("refused"))
-        if _enqueued_limit(remote):
+        if remote.queue_full:
             self.state.update(chunk.id, state=ChunkState.UPLOADED, held=True, error=message, batch_id=None)
             self.log(
                 f"batch {remote.id} refused for the enqueued-token limit; "
@@ -207,13 +207,6 @@ class Collector:
                 self.state.update(chunk.id, state=ChunkState.COLLECTED)
             elif not self.outcomes.control.stopping:
                 self.log(f"chunk {chunk.id}: {left:,} live follow-ups not written; a rerun sends them")
-
-
-def _enqueued_limit(remote: Remote) -> bool:
-    """Whether the provider refused a batch for the enqueued-token limit (OpenAI's code
-    is token_limit_exceeded; its message names the enqueued tokens)."""
-    text = f"{remote.error_code or ''} {remote.error or ''}".lower()
-    return "token_limit" in text or "enqueued" in text
 
 
 class _Recording:
