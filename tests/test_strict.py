@@ -1,5 +1,5 @@
 """The strict-subset checker, rule by rule as OpenAI's Structured Outputs guide documents
-them."""
+them; what is sent; the strict flag left out of the request fingerprint."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ from typing import Any
 
 import pytest
 
+from llmbatch.core.structured import response_format
+from llmbatch.input.build import fingerprint
 from llmbatch.validate.strict import MAX_DEPTH, strict_problem
 
 
@@ -203,3 +205,33 @@ def test_a_large_string_enum_has_at_most_15000_characters() -> None:
     over = [f"{i:0>60}" for i in range(251)]  # 15,060 characters
     reason = strict_problem(obj(a={"type": "string", "enum": over}))
     assert reason is not None and reason.startswith("#/properties/a: an enum of 251 strings with 15,060")
+
+
+# --- what is sent, and the fingerprint ---------------------------------------------
+
+
+def test_response_format_carries_strict_only_when_asked() -> None:
+    """strict: true when the schema fits; no key at all otherwise (the body as it was)."""
+    assert response_format(WEATHER, "w", True) == {
+        "type": "json_schema",
+        "json_schema": {"name": "w", "schema": WEATHER, "strict": True},
+    }
+    assert response_format(WEATHER, "w", False) == {
+        "type": "json_schema",
+        "json_schema": {"name": "w", "schema": WEATHER},
+    }
+
+
+def test_the_strict_flag_is_not_part_of_the_fingerprint() -> None:
+    """A body with strict: true (chat's response_format, the Responses API's text.format)
+    has the fingerprint of the same body without it; the schema itself still counts."""
+    chat = {"model": "m", "messages": [], "response_format": response_format(WEATHER, "w", False)}
+    strict = {**chat, "response_format": response_format(WEATHER, "w", True)}
+    assert fingerprint("/v1/chat/completions", strict) == fingerprint("/v1/chat/completions", chat)
+    assert strict["response_format"]["json_schema"]["strict"] is True  # the body sent is untouched
+    fmt = {"type": "json_schema", "name": "w", "schema": WEATHER}
+    text = {"model": "m", "input": "x", "text": {"format": fmt}}
+    strict_text = {**text, "text": {"format": {**fmt, "strict": True}}}
+    assert fingerprint("/v1/responses", strict_text) == fingerprint("/v1/responses", text)
+    other = {**chat, "response_format": response_format(CONSTRAINED, "w", True)}
+    assert fingerprint("/v1/chat/completions", other) != fingerprint("/v1/chat/completions", chat)

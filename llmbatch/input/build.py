@@ -21,6 +21,7 @@ import orjson
 
 from llmbatch.core.endpoints import CHAT, EMBEDDINGS, ENDPOINTS, normalise_endpoint
 from llmbatch.core.errors import ConfigError, InputError
+from llmbatch.core.structured import STRICT_KEYS
 from llmbatch.core.values import Request
 
 __all__ = [
@@ -47,9 +48,22 @@ _Parts = tuple[str, dict[str, Any], str, Any, "dict[str, Any] | None"]
 def fingerprint(url: str, body: dict[str, Any]) -> int:
     """A 64-bit hash of what is sent: the endpoint and the body with its keys sorted
     (so the order a file or a template writes them in does not matter), model and
-    parameters included; the custom_id and metadata, never sent, are not part of it."""
-    data = url.encode() + b"\0" + orjson.dumps(body, option=orjson.OPT_SORT_KEYS)
+    parameters included; the custom_id and metadata, never sent, are not part of it, nor
+    the structured-outputs `strict` flag (how the server decodes, not what is asked)."""
+    data = url.encode() + b"\0" + orjson.dumps(_without_strict(body), option=orjson.OPT_SORT_KEYS)
     return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "big", signed=True)
+
+
+def _without_strict(body: dict[str, Any]) -> dict[str, Any]:
+    """`body` without the `strict` flag of its schema format, copied only if it has one."""
+    for param, inner in STRICT_KEYS:
+        outer = body.get(param)
+        if type(outer) is dict:
+            spec = outer.get(inner)
+            if type(spec) is dict and "strict" in spec:
+                kept = {k: v for k, v in spec.items() if k != "strict"}
+                body = {**body, param: {**outer, inner: kept}}
+    return body
 
 
 def _body_id(obj: dict[str, Any], line: int) -> str:
