@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import string
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import orjson
@@ -29,7 +28,6 @@ __all__ = [
     "RequestBuilder",
     "Template",
     "fingerprint",
-    "schema_format",
 ]
 
 # InputError kinds that, made by every row, are a mistake in the command rather than in
@@ -230,15 +228,3 @@ class RequestBuilder:
                 messages.insert(0, {"role": "system", "content": self.system})
             body = {"messages": messages}
         return custom_id, self._finish_body(line, body, self.endpoint), self.endpoint, None, obj
-
-
-def schema_format(path: Path) -> dict[str, object]:
-    """A structured-outputs response_format asking for the schema in `path`."""
-    try:
-        schema = orjson.loads(path.read_bytes())
-    except OSError as exc:
-        raise ConfigError(f"cannot read schema {path}: {exc.strerror}") from None
-    except orjson.JSONDecodeError as exc:
-        raise ConfigError(f"schema {path} is not JSON: {exc}") from None
-    name = "".join(c if c.isalnum() or c in "_-" else "_" for c in path.stem.split(".")[0])[:64] or "answer"
-    return {"type": "json_schema", "json_schema": {"name": name, "schema": schema}}
