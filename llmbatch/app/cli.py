@@ -168,6 +168,16 @@ def run(
         ),
     ] = None,
     schema: SchemaOpt = None,
+    strict: Annotated[
+        bool,
+        Opt(
+            "--strict",
+            help="--schema must be sent with strict: true: exit 2 naming why not (else it goes "
+            "non-strict with a note).",
+            panel=VALIDATION,
+            metavar="",
+        ),
+    ] = False,
     require_finish: Annotated[
         str | None,
         Opt(help="Answers must end with this finish_reason (stop).", panel=VALIDATION, metavar="TEXT"),

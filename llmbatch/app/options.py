@@ -88,9 +88,11 @@ ConfigOpt = Annotated[
 SchemaOpt = Annotated[
     Path | None,
     Opt(
-        help="JSON Schema file: ask for it (response_format) and validate answers against it.",
+        help="JSON Schema file, or python:MODULE:Model (a pydantic model): ask for it "
+        "(response_format, strict: true when it fits OpenAI's strict subset) and validate answers "
+        "against it.",
         panel=VALIDATION,
-        metavar="FILE",
+        metavar="FILE|python:MOD:Model",
     ),
 ]
 DEFAULT_ENDPOINT = CHAT

@@ -28,7 +28,15 @@ from llmbatch.app.checks import (
 from llmbatch.app.display import Display, choose_mode
 from llmbatch.app.settings import Settings
 from llmbatch.app.summary import render_summary, summary_dict
-from llmbatch.app.wiring import builder_for, for_shard, join_budget, make_provider, run_price, server_of
+from llmbatch.app.wiring import (
+    builder_for,
+    for_shard,
+    join_budget,
+    make_provider,
+    run_price,
+    schema_note,
+    server_of,
+)
 from llmbatch.app.work import StaleAnswers, not_in_batches, phase, plan_work, rerun_note
 from llmbatch.core.errors import ConfigError, ExitCode, Stop, worst
 from llmbatch.core.stats import Stats
@@ -110,6 +118,8 @@ async def _run(
     mode = choose_mode(no_live=not settings.live, quiet=settings.quiet)
     display = Display(stats, mode=mode, price=None, progress_every=settings.progress_every, console=console)
     control = RunControl(stats, log=display.log)
+    if note := schema_note(settings):
+        display.log(note)
     loop = asyncio.get_running_loop()
     # The price is looked up while the run starts (the database takes a third of a
     # second to import); the display shows the cost from when it is known.

@@ -80,6 +80,7 @@ class Settings:
     connect_grace: float = field(default=DEFAULT_CONNECT_GRACE, metadata=_at_least(0, strict=True))
     validate: tuple[str, ...] = ()
     schema: Path | None = None  # structured outputs + a schema validator, in one flag
+    strict: bool = False  # --schema must go strict: true (else exit 2), not quietly non-strict
     require_finish: str | None = None
     output_format: Literal["batch", "merged"] = "batch"
     ordered: bool = False  # the output in input order

@@ -13,11 +13,13 @@ from llmbatch.app.checks import DEFAULT_BASE_URL, check_api_key
 from llmbatch.app.settings import Settings
 from llmbatch.core.endpoints import ENDPOINTS, normalise_endpoint
 from llmbatch.core.errors import ConfigError
+from llmbatch.core.structured import response_format
 from llmbatch.cost.prices import FAKE_FREE, Price, price_for, table_price
-from llmbatch.input.build import RequestBuilder, Template, schema_format
+from llmbatch.input.build import RequestBuilder, Template
 from llmbatch.output.records import server_hash
 from llmbatch.providers.base import Provider
 from llmbatch.scale.shard import PER_OUTPUT, PLACEHOLDER, parse_shard
+from llmbatch.validate.asked import AskedSchema, asked_schema
 
 if TYPE_CHECKING:
     from llmbatch.scale.budget import SharedBudget
@@ -29,6 +31,8 @@ __all__ = [
     "join_budget",
     "make_provider",
     "run_price",
+    "schema_asked",
+    "schema_note",
     "server_of",
 ]
 
@@ -39,8 +43,9 @@ def builder_for(settings: Settings) -> RequestBuilder:
     if endpoint is None:
         raise ConfigError(f"unknown endpoint {settings.endpoint!r} (use {' or '.join(ENDPOINTS)})")
     params = dict(settings.params)
-    if settings.schema is not None:
-        params.setdefault("response_format", schema_format(settings.schema))
+    asked = schema_asked(settings)
+    if asked is not None:
+        params.setdefault("response_format", response_format(asked.schema, asked.name, asked.strict))
     return RequestBuilder(
         model=settings.model,
         template=Template(settings.prompt) if settings.prompt is not None else None,
@@ -49,6 +54,32 @@ def builder_for(settings: Settings) -> RequestBuilder:
         endpoint=endpoint,
         params=params,
         default_model="fake" if settings.provider == "fake" else None,
+    )
+
+
+def schema_asked(settings: Settings) -> AskedSchema | None:
+    """What --schema asks for; with --strict, a schema outside the strict subset is a
+    ConfigError naming the first reason."""
+    if settings.schema is None:
+        if settings.strict:
+            raise ConfigError("--strict needs --schema (the schema to send with strict: true)")
+        return None
+    asked = asked_schema(settings.schema)
+    if settings.strict and asked.problem is not None:
+        raise ConfigError(
+            f"--strict: schema {settings.schema} does not fit OpenAI's strict subset: {asked.problem}"
+        )
+    return asked
+
+
+def schema_note(settings: Settings) -> str | None:
+    """The one line a run says when its schema goes without strict: true, and why."""
+    asked = schema_asked(settings)
+    if asked is None or asked.problem is None:
+        return None
+    return (
+        f"--schema {settings.schema} is sent without strict: true (outside OpenAI's strict subset: "
+        f"{asked.problem}); answers are still checked against it (--strict makes this an error)"
     )
 
 

@@ -14,13 +14,13 @@ from __future__ import annotations
 import hashlib
 import string
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import orjson
 
 from llmbatch.core.endpoints import CHAT, EMBEDDINGS, ENDPOINTS, normalise_endpoint
 from llmbatch.core.errors import ConfigError, InputError
+from llmbatch.core.structured import STRICT_KEYS
 from llmbatch.core.values import Request
 
 __all__ = [
@@ -28,7 +28,6 @@ __all__ = [
     "RequestBuilder",
     "Template",
     "fingerprint",
-    "schema_format",
 ]
 
 # InputError kinds that, made by every row, are a mistake in the command rather than in
@@ -47,9 +46,22 @@ _Parts = tuple[str, dict[str, Any], str, Any, "dict[str, Any] | None"]
 def fingerprint(url: str, body: dict[str, Any]) -> int:
     """A 64-bit hash of what is sent: the endpoint and the body with its keys sorted
     (so the order a file or a template writes them in does not matter), model and
-    parameters included; the custom_id and metadata, never sent, are not part of it."""
-    data = url.encode() + b"\0" + orjson.dumps(body, option=orjson.OPT_SORT_KEYS)
+    parameters included; the custom_id and metadata, never sent, are not part of it, nor
+    the structured-outputs `strict` flag (how the server decodes, not what is asked)."""
+    data = url.encode() + b"\0" + orjson.dumps(_without_strict(body), option=orjson.OPT_SORT_KEYS)
     return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "big", signed=True)
+
+
+def _without_strict(body: dict[str, Any]) -> dict[str, Any]:
+    """`body` without the `strict` flag of its schema format, copied only if it has one."""
+    for param, inner in STRICT_KEYS:
+        outer = body.get(param)
+        if type(outer) is dict:
+            spec = outer.get(inner)
+            if type(spec) is dict and "strict" in spec:
+                kept = {k: v for k, v in spec.items() if k != "strict"}
+                body = {**body, param: {**outer, inner: kept}}
+    return body
 
 
 def _body_id(obj: dict[str, Any], line: int) -> str:
@@ -216,15 +228,3 @@ class RequestBuilder:
                 messages.insert(0, {"role": "system", "content": self.system})
             body = {"messages": messages}
         return custom_id, self._finish_body(line, body, self.endpoint), self.endpoint, None, obj
-
-
-def schema_format(path: Path) -> dict[str, object]:
-    """A structured-outputs response_format asking for the schema in `path`."""
-    try:
-        schema = orjson.loads(path.read_bytes())
-    except OSError as exc:
-        raise ConfigError(f"cannot read schema {path}: {exc.strerror}") from None
-    except orjson.JSONDecodeError as exc:
-        raise ConfigError(f"schema {path} is not JSON: {exc}") from None
-    name = "".join(c if c.isalnum() or c in "_-" else "_" for c in path.stem.split(".")[0])[:64] or "answer"
-    return {"type": "json_schema", "json_schema": {"name": name, "schema": schema}}

@@ -13,6 +13,7 @@ failure's reason wins:
 
     json                      the answer text is JSON (a ``` fence around it is fine)
     schema:FILE               ... and matches the JSON Schema in FILE
+    schema:python:MODULE:Model  ... and validates with that pydantic model (or FILE.py:Model)
     regex:PATTERN             re.search(PATTERN, answer text) matches
     python:MODULE:FUNCTION    FUNCTION(item, answer_text) accepts it
     python:FILE.py:FUNCTION
@@ -45,6 +46,8 @@ import orjson
 from llmbatch.core.endpoints import CHAT
 from llmbatch.core.errors import ConfigError, ValidationFailed
 from llmbatch.core.values import Completion, Request, choice_text
+from llmbatch.validate.model import PREFIX as MODEL_PREFIX
+from llmbatch.validate.model import ModelCheck, load_model
 
 __all__ = ["KINDS", "Answer", "Check", "Validator", "build_validator", "extract_json"]
 
@@ -242,6 +245,8 @@ def _build_check(spec: str, root: Path) -> Check:
         usage = next(k for k in KINDS if k.startswith(kind))
         raise ConfigError(f"validator {spec!r} is incomplete: use {usage}")
     if kind == "schema":
+        if arg.startswith(MODEL_PREFIX):
+            return ModelCheck(arg, load_model(arg, root))
         return _schema_check(arg, root)
     if kind == "regex":
         try:
@@ -285,11 +290,7 @@ def _python_check(arg: str, root: Path) -> PythonCheck:
     target, _, name = arg.rpartition(":")
     if not target or not name.isidentifier():
         raise ConfigError(f"validator 'python:{arg}': use python:MODULE:FUNCTION or python:FILE.py:FUNCTION")
-    if target.endswith(".py") or "/" in target or "\\" in target:
-        module = _import_file(_resolve(target, root), target)
-    else:
-        module = _import_module(target, root)
-    fn = getattr(module, name, None)
+    fn = getattr(load_module(target, root), name, None)
     if fn is None:
         raise ConfigError(f"validator python:{name}: {target} has no function {name!r}")
     if not callable(fn):
@@ -297,7 +298,15 @@ def _python_check(arg: str, root: Path) -> PythonCheck:
     return PythonCheck(name, target, fn)
 
 
-def _import_file(path: Path, shown: str) -> ModuleType:
+def load_module(target: str, root: Path, what: str = "validator") -> ModuleType:
+    """The module `target` names: a FILE.py (or a path) relative to `root`, else a MODULE
+    importable from `root` or sys.path. Raises ConfigError, naming it as `what`'s."""
+    if target.endswith(".py") or "/" in target or "\\" in target:
+        return _import_file(_resolve(target, root), target, what)
+    return _import_module(target, root, what)
+
+
+def _import_file(path: Path, shown: str, what: str) -> ModuleType:
     path = path.resolve()
     # Unique per file, so two validator files called validators.py do not collide.
     digest = hashlib.blake2b(str(path).encode(), digest_size=6).hexdigest()
@@ -305,10 +314,10 @@ def _import_file(path: Path, shown: str) -> ModuleType:
     if module_name in sys.modules:
         return sys.modules[module_name]
     if not path.is_file():
-        raise ConfigError(f"validator file {shown} not found")
+        raise ConfigError(f"{what} file {shown} not found")
     spec = importlib.util.spec_from_file_location(module_name, path)
     if spec is None or spec.loader is None:
-        raise ConfigError(f"validator file {shown} cannot be loaded as Python")
+        raise ConfigError(f"{what} file {shown} cannot be loaded as Python")
     module = importlib.util.module_from_spec(spec)
     sys.modules[module_name] = module  # dataclasses and pickling look themselves up here
     try:
@@ -316,22 +325,20 @@ def _import_file(path: Path, shown: str) -> ModuleType:
             spec.loader.exec_module(module)
     except Exception as exc:
         del sys.modules[module_name]
-        raise ConfigError(f"cannot import validator file {shown}: {type(exc).__name__}: {exc}") from exc
+        raise ConfigError(f"cannot import {what} file {shown}: {type(exc).__name__}: {exc}") from exc
     return module
 
 
-def _import_module(name: str, root: Path) -> ModuleType:
+def _import_module(name: str, root: Path, what: str) -> ModuleType:
     try:
         with _on_sys_path(root):
             return importlib.import_module(name)
     except ModuleNotFoundError as exc:
         if exc.name is not None and (name == exc.name or name.startswith(exc.name + ".")):
-            raise ConfigError(
-                f"validator module {name!r} not found (looked in {root} and sys.path)"
-            ) from None
-        raise ConfigError(f"cannot import validator module {name}: {exc}") from exc
+            raise ConfigError(f"{what} module {name!r} not found (looked in {root} and sys.path)") from None
+        raise ConfigError(f"cannot import {what} module {name}: {exc}") from exc
     except Exception as exc:
-        raise ConfigError(f"cannot import validator module {name}: {type(exc).__name__}: {exc}") from exc
+        raise ConfigError(f"cannot import {what} module {name}: {type(exc).__name__}: {exc}") from exc
 
 
 @contextmanager
