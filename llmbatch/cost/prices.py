@@ -45,6 +45,9 @@ class Price:
     output: float
     cached_input: float | None = None
     source: str = ""
+    # A flex run's default-tier price, for the requests it sent there after capacity
+    # 429s (--flex-fallback): they are charged at it, reserved for and counted apart.
+    fallback: Price | None = None
 
     def halved(self, why: str) -> Price:
         cached = None if self.cached_input is None else self.cached_input * BATCH_DISCOUNT

@@ -9,18 +9,16 @@ did no work (a 429, a refused request, a failed connection), or kept whole when 
 have (a timeout, a cancel: the provider may bill it). So the spend, counted from the
 server's usage, never passes the cap.
 
-A request on another service tier than the run's (a flex item sent on the default tier
-after its capacity 429s, ``--flex-fallback``) is reserved and charged at that tier's
-price, when the cap was given one.
+A request a flex run sends on the default tier after its capacity 429s
+(``--flex-fallback``) is reserved and charged at the default tier's price
+(`Price.fallback`), when the price has one.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
 from llmbatch.core.endpoints import endpoint_of
 from llmbatch.core.errors import ConfigError, InputError, ProviderError
-from llmbatch.core.tiers import tier_of
+from llmbatch.core.tiers import DEFAULT_TIER, tier_of
 from llmbatch.core.values import Request, Usage
 from llmbatch.cost.prices import Price, cost
 
@@ -36,7 +34,6 @@ class SpendingCap:
         price: Price | None,
         *,
         tier: str | None = None,
-        tiers: Mapping[str, Price] | None = None,
     ) -> None:
         if price is None:
             on = f" on the {tier} tier" if tier not in (None, "default", "auto") else ""
@@ -47,15 +44,15 @@ class SpendingCap:
             )
         self.cap = cap
         self.price = price
-        # Prices of the other tiers a request may be sent on (by service_tier).
-        self.tiers: Mapping[str, Price] = tiers or {}
         self.spent = 0.0
         self.reserved = 0.0
 
     def price_of(self, request: Request | None) -> Price:
-        """The price `request` is charged at: its tier's, when that is another's."""
-        if self.tiers and request is not None:
-            return self.tiers.get(tier_of(request.body) or "", self.price)
+        """The price `request` is charged at: the default tier's for one a flex run sent
+        there (when known), else the run's."""
+        fallback = self.price.fallback
+        if fallback is not None and request is not None and tier_of(request.body) == DEFAULT_TIER:
+            return fallback
         return self.price
 
     def worst_case(self, request: Request) -> float:
