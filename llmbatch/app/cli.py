@@ -53,6 +53,7 @@ from llmbatch.app.settings import (
     DEFAULT_POLL_EVERY,
     DEFAULT_PROGRESS_EVERY,
     DEFAULT_TIMEOUT,
+    FLEX_TIMEOUT,
 )
 from llmbatch.app.tools import estimate, merge, report
 from llmbatch.core.errors import LLMBatchError
@@ -126,6 +127,23 @@ def run(
     transport: Annotated[
         str, Opt(help="fast, or sdk: the openai SDK's per-request path.", panel=REQUEST, metavar="fast|sdk")
     ] = "fast",
+    service_tier: Annotated[
+        str | None,
+        Opt(
+            help="service_tier for bodies that name none: flex (Batch API prices, slower, a live tier; "
+            "timeout 900 s), priority, default or auto. Priced by tier.",
+            panel=REQUEST,
+            metavar="flex|priority|default|auto",
+        ),
+    ] = None,
+    flex_fallback: Annotated[
+        int | None,
+        Opt(
+            help="Ask a flex item on the default tier after N capacity 429s (resource unavailable).",
+            panel=REQUEST,
+            metavar="N",
+        ),
+    ] = None,
     # limits
     concurrency: Annotated[
         int, Opt("--concurrency", "-c", help="Requests in flight at most.", panel=LIMITS, metavar="N")
@@ -133,7 +151,12 @@ def run(
     rpm: RpmOpt = None,
     tpm: TpmOpt = None,
     timeout: Annotated[
-        float, Opt(help="Seconds to wait for one answer.", panel=LIMITS, metavar="N")
+        float,
+        Opt(
+            help=f"Seconds to wait for one answer ({FLEX_TIMEOUT:g} with --service-tier flex).",
+            panel=LIMITS,
+            metavar="N",
+        ),
     ] = DEFAULT_TIMEOUT,
     max_retries: Annotated[
         int, Opt(help="Transport retries per item (429, 5xx, timeouts).", panel=LIMITS, metavar="N")

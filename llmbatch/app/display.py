@@ -57,7 +57,19 @@ def _percent(stats: Stats) -> str:
 
 
 def spent_usd(stats: Stats, price: Price | None) -> float | None:
-    return cost(price, stats.prompt_tokens, stats.completion_tokens, stats.cached_tokens)
+    fallback = price.fallback if price is not None else None
+    prompt, completion, cached = stats.fallback_tokens
+    if fallback is None or not (prompt or completion):
+        return cost(price, stats.prompt_tokens, stats.completion_tokens, stats.cached_tokens)
+    # A flex run's answers on the default tier (--flex-fallback) cost that tier's price.
+    flex = cost(
+        price,
+        stats.prompt_tokens - prompt,
+        stats.completion_tokens - completion,
+        stats.cached_tokens - cached,
+    )
+    default = cost(fallback, prompt, completion, cached)
+    return None if flex is None or default is None else flex + default
 
 
 def _projected(stats: Stats, price: Price | None) -> float | None:

@@ -34,6 +34,7 @@ from llmbatch.app.wiring import (
     join_budget,
     make_provider,
     run_price,
+    run_tier,
     schema_note,
     server_of,
 )
@@ -123,7 +124,8 @@ async def _run(
     loop = asyncio.get_running_loop()
     # The price is looked up while the run starts (the database takes a third of a
     # second to import); the display shows the cost from when it is known.
-    pricing = loop.run_in_executor(None, run_price, settings, stats.model)
+    tier = run_tier(settings, first.first_request)
+    pricing = loop.run_in_executor(None, run_price, settings, stats.model, tier)
     pricing.add_done_callback(lambda f: display.set_price(None if f.exception() else f.result()))
     if shared is not None:
         shared.log = display.log
@@ -150,7 +152,7 @@ async def _run(
 
     cap = None
     if settings.max_cost is not None:
-        cap = SpendingCap(settings.max_cost, await pricing)
+        cap = SpendingCap(settings.max_cost, await pricing, tier=tier)
         if first.first_request is not None:
             cap.check(first.first_request)
     provider = make_provider(settings)
@@ -176,6 +178,7 @@ async def _run(
         retry=settings.retry,
         log=display.log,
         error=display.error,
+        flex_fallback=settings.flex_fallback,
     )
     config = EngineConfig(
         concurrency=settings.concurrency, timeout=settings.timeout, connect_grace=settings.connect_grace

@@ -23,6 +23,7 @@ from llmbatch.app.display import DEFAULT_PROGRESS_EVERY
 from llmbatch.core.endpoints import CHAT
 from llmbatch.core.errors import ConfigError
 from llmbatch.core.retry import DEFAULT_MAX_RETRIES, DEFAULT_MAX_RETRY_WAIT, RetryPolicy
+from llmbatch.core.tiers import FLEX, FLEX_TIMEOUT
 from llmbatch.files import sidecars
 from llmbatch.modes.batch.mode import DEFAULT_BATCH_BYTES, DEFAULT_BATCH_REQUESTS, DEFAULT_POLL_EVERY
 from llmbatch.modes.live.engine import DEFAULT_CONCURRENCY, DEFAULT_CONNECT_GRACE
@@ -43,6 +44,7 @@ __all__ = [
     "DEFAULT_POLL_EVERY",
     "DEFAULT_PROGRESS_EVERY",
     "DEFAULT_TIMEOUT",
+    "FLEX_TIMEOUT",
     "Settings",
     "load_config",
     "make_settings",
@@ -115,6 +117,10 @@ class Settings:
     redis: str | None = None  # redis://[:password@]host[:port][/db]; LLMBATCH_REDIS_URL
     redis_key: str | None = None  # default: from the base URL, model and API key's fingerprint
     shard: str | None = None  # "K/N"
+    # The service tier asked for (llmbatch.core.tiers), and after how many capacity 429s
+    # a flex item is asked on the default tier.
+    service_tier: Literal["flex", "priority", "default", "auto"] | None = None
+    flex_fallback: int | None = field(default=None, metadata=_at_least(1))
 
     @property
     def retry(self) -> RetryPolicy:
@@ -222,6 +228,13 @@ def make_settings(*, flags: Mapping[str, Any], config: Mapping[str, Any], config
     for name in ("input", "output"):
         if name not in values:
             raise ConfigError(f"missing {name}")
+    if values.get("service_tier") == FLEX:
+        if values.get("batch_api"):
+            raise ConfigError(
+                "--service-tier flex is a live tier (synchronous, at the Batch API's price): "
+                "it cannot go through --batch-api; choose one"
+            )
+        values.setdefault("timeout", FLEX_TIMEOUT)  # unless --timeout (or the file) says
     return Settings(**values)
 
 

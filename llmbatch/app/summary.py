@@ -40,6 +40,12 @@ def _summary_rows(stats: Stats, price: Price | None) -> list[tuple[str, str]]:
         ("requests/min", f"{stats.rpm:,.0f}"),
         ("tokens/min", f"{stats.tpm:,.0f}"),
     ]
+    if stats.capacity_429:  # flex's "resource unavailable": retried, the pace kept
+        fallbacks = f", {stats.fallbacks:,} items sent on the default tier" if stats.fallbacks else ""
+        rows.insert(
+            rows.index(("429s", f"{stats.http_429:,}")) + 1,
+            ("capacity 429s", f"{stats.capacity_429:,}{fallbacks}"),
+        )
     if stats.redone:
         rows.insert(4, ("redone", _by_reason(stats.redone)))
     kept = {k: v for k, v in stats.kept.items() if v}

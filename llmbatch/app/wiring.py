@@ -14,6 +14,8 @@ from llmbatch.app.settings import Settings
 from llmbatch.core.endpoints import ENDPOINTS, normalise_endpoint
 from llmbatch.core.errors import ConfigError
 from llmbatch.core.structured import response_format
+from llmbatch.core.tiers import DEFAULT_TIER, FLEX, tier_of
+from llmbatch.core.values import Request
 from llmbatch.cost.prices import FAKE_FREE, Price, price_for, table_price
 from llmbatch.input.build import RequestBuilder, Template
 from llmbatch.output.records import server_hash
@@ -31,6 +33,7 @@ __all__ = [
     "join_budget",
     "make_provider",
     "run_price",
+    "run_tier",
     "schema_asked",
     "schema_note",
     "server_of",
@@ -46,6 +49,8 @@ def builder_for(settings: Settings) -> RequestBuilder:
     asked = schema_asked(settings)
     if asked is not None:
         params.setdefault("response_format", response_format(asked.schema, asked.name, asked.strict))
+    if settings.service_tier is not None:
+        params.setdefault("service_tier", settings.service_tier)
     return RequestBuilder(
         model=settings.model,
         template=Template(settings.prompt) if settings.prompt is not None else None,
@@ -101,21 +106,40 @@ def make_provider(settings: Settings) -> Provider:
     )
 
 
-def run_price(settings: Settings, model: str | None = None) -> Price | None:
-    """The price a run's settings charge for `model` (or --model); with --batch-api,
-    the batch price. The offline fake model is free."""
+def run_price(settings: Settings, model: str | None = None, tier: str | None = None) -> Price | None:
+    """The price a run's settings charge for `model` (or --model) on the service `tier`
+    (else --service-tier's); with --batch-api, the batch price. A flex run with
+    --flex-fallback carries the default tier's price too (`Price.fallback`). The offline
+    fake model is free."""
     overrides = {m: Price(i, o) for m, (i, o) in settings.prices.items()}
     model = settings.model or model or ("fake" if settings.provider == "fake" else None)
     if settings.provider == "fake" and settings.price_in is None and settings.price_out is None:
         return table_price(model or "", overrides) or FAKE_FREE
-    return price_for(
+    tier = tier or settings.service_tier
+    price = price_for(
         model,
         overrides,
         price_in=settings.price_in,
         price_out=settings.price_out,
         base_url=settings.base_url,
         batch=settings.batch_api,
+        tier=tier,
     )
+    if price is not None and tier == FLEX and settings.flex_fallback is not None:
+        price = dataclasses.replace(price, fallback=run_price(settings, model, DEFAULT_TIER))
+    return price
+
+
+def run_tier(settings: Settings, first: Request | None) -> str | None:
+    """The service tier a run is priced at: the first request's (--service-tier fills
+    the bodies that name none), else --service-tier. Flex with --batch-api: exit 2."""
+    tier = tier_of(first.body) if first is not None else settings.service_tier
+    if tier == FLEX and settings.batch_api:
+        raise ConfigError(
+            "service_tier flex is a live tier (synchronous, at the Batch API's price): it cannot go "
+            "through --batch-api; send it live, or drop service_tier"
+        )
+    return tier
 
 
 def for_shard(settings: Settings) -> Settings:

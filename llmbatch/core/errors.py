@@ -7,7 +7,8 @@ engine only ever sees these:
     ├── InputError            one bad input line (carries its line number): a reject
     ├── ProviderError         a request did not produce an answer
     │   ├── TransientError    408, 409, 5xx, timeouts, resets: retry with backoff
-    │   │   └── RateLimited   429: retry after the server's delay, slow the run down
+    │   │   ├── RateLimited   429: retry after the server's delay, slow the run down
+    │   │   └── CapacityError 429 "resource unavailable" (flex): retry, the pace kept
     │   ├── PermanentError    400, 404, 422: the request itself is wrong; fail the item
     │   └── AuthError         401, 403, insufficient_quota: stop dispatching, exit 3
     ├── ValidationFailed      an answer came back but is not usable: ask again
@@ -25,6 +26,7 @@ from typing import Any
 __all__ = [
     "CONNECT_CODES",
     "AuthError",
+    "CapacityError",
     "ConfigError",
     "ExitCode",
     "InputError",
@@ -117,6 +119,14 @@ class RateLimited(TransientError):
     """The server said 429."""
 
     code = "rate_limited"
+
+
+class CapacityError(TransientError):
+    """A 429 that is not about our rate: the tier has no capacity for the request now
+    (OpenAI's flex processing answers "Resource Unavailable"). Retried with backoff;
+    slowing down would not help, so the pace is not lowered for it."""
+
+    code = "capacity"
 
 
 class PermanentError(ProviderError):

@@ -12,12 +12,24 @@ from typing import Any
 
 import orjson
 
-from llmbatch.core.errors import AuthError, PermanentError, ProviderError, RateLimited, TransientError
+from llmbatch.core.errors import (
+    AuthError,
+    CapacityError,
+    PermanentError,
+    ProviderError,
+    RateLimited,
+    TransientError,
+)
 
-__all__ = ["MAX_SERVER_DELAY", "error_for_status", "parse_duration", "server_delay"]
+__all__ = ["CAPACITY_CODE", "MAX_SERVER_DELAY", "error_for_status", "parse_duration", "server_delay"]
 
 # A server asking us to wait longer than this is more likely confused than right.
 MAX_SERVER_DELAY = 600.0
+
+# OpenAI's flex tier refuses a request it has no capacity for with a 429 "Resource
+# Unavailable" (its flex processing guide): the code, else the message, says which 429.
+CAPACITY_CODE = "resource_unavailable"
+_CAPACITY_MESSAGE = re.compile(r"\s*resource[ _]unavailable", re.IGNORECASE)
 
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
 
@@ -129,6 +141,8 @@ def error_for_status(status: int, body: bytes, headers: Mapping[str, str]) -> Pr
     if status == 429:
         if "insufficient_quota" in (code, kind):  # out of credit: no wait will help
             return AuthError(text, status_code=status, code="insufficient_quota", headers=headers)
+        if CAPACITY_CODE in (code, kind) or _CAPACITY_MESSAGE.match(message):
+            return CapacityError(text, retry_after=server_delay(headers), status_code=status, headers=headers)
         return RateLimited(text, retry_after=server_delay(headers), status_code=status, headers=headers)
     if status in (401, 403):
         return AuthError(text, status_code=status, code=code or kind or "auth", headers=headers)

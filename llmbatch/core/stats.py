@@ -24,6 +24,11 @@ class Pacer(Protocol):
 
     def known_limits(self) -> tuple[float | None, float | None]: ...
 
+    @property
+    def cuts(self) -> int:
+        """Times the pace was lowered after 429s."""
+        ...
+
 
 class Stats:
     __slots__ = (
@@ -32,10 +37,13 @@ class Stats:
         "blank",
         "cached",
         "cached_tokens",
+        "capacity_429",
         "completion_tokens",
         "counts_skipped",
         "done",
         "failed",
+        "fallback_tokens",
+        "fallbacks",
         "finished",
         "http_429",
         "in_flight",
@@ -93,6 +101,13 @@ class Stats:
         self.reasks = 0  # requests repeated because an answer was invalid
         self.retries: Counter[str] = Counter()  # transport retries by cause
         self.http_429 = 0
+        # 429s that said the tier had no capacity (flex): retried, the pace kept; and the
+        # items sent on the default tier after them (--flex-fallback).
+        self.capacity_429 = 0
+        self.fallbacks = 0
+        # Of the tokens above, those of answers on the default tier after a fallback
+        # (prompt, completion, cached): they cost the default tier's price.
+        self.fallback_tokens = [0, 0, 0]
         self.prompt_tokens = 0
         self.completion_tokens = 0
         self.cached_tokens = 0  # of the prompt tokens, read from the provider's cache
@@ -177,6 +192,9 @@ class Stats:
             "reasks": self.reasks,
             "retries": dict(self.retries),
             "http_429": self.http_429,
+            "capacity_429": self.capacity_429,
+            "fallbacks": self.fallbacks,
+            "pace_cuts": self.pacer.cuts if self.pacer is not None else 0,
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
             "cached_tokens": self.cached_tokens,

@@ -122,6 +122,7 @@ class Finished:
     state: State
     requests: int = 0  # answers received, re-asks included
     retries: int = 0  # transport retries (429, 5xx, timeouts)
+    capacity_429s: int = 0  # of those, 429s for want of the tier's capacity (flex)
     latency_ms: float = 0.0
     # Usage summed over every answer of the item, re-asks included: what the provider
     # bills, so the output file adds up to the summary's totals.

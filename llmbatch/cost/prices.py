@@ -3,6 +3,12 @@ its data ships with the package and is never updated at run time), overridable p
 model in the config file and per run by flags. It knows cached-input prices and the
 Batch API's; where it has no batch price, a batch costs half the list price.
 
+Prices by service tier (``service_tier``, :mod:`llmbatch.core.tiers`): the database's
+price for the tier where it has one (its ``service_tier`` price variants). Where it has
+none, flex costs what the Batch API costs for an OpenAI model (OpenAI bills flex at Batch
+API rates) and is unknown elsewhere; priority is unknown (it costs more than the list
+price, by how much only a price says). ``default`` and ``auto`` are the list price.
+
 A model we cannot price is *unknown*, never free: the display says "unknown" rather
 than show $0.00. genai-prices takes about a third of a second to import, so it is
 imported when a price is first needed.
@@ -16,6 +22,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from functools import cache
 from typing import Any
+
+from llmbatch.core.tiers import FLEX, PRIORITY
 
 __all__ = ["BATCH_DISCOUNT", "FAKE_FREE", "FAKE_MODEL", "Price", "cost", "price_for", "table_price"]
 
@@ -37,6 +45,9 @@ class Price:
     output: float
     cached_input: float | None = None
     source: str = ""
+    # A flex run's default-tier price, for the requests it sent there after capacity
+    # 429s (--flex-fallback): they are charged at it, reserved for and counted apart.
+    fallback: Price | None = None
 
     def halved(self, why: str) -> Price:
         cached = None if self.cached_input is None else self.cached_input * BATCH_DISCOUNT
@@ -74,9 +85,10 @@ def table_price(model: str, table: Mapping[str, Price]) -> Price | None:
 
 
 @cache
-def _database(model: str, base_url: str | None, batch: bool) -> Price | None:
+def _database(model: str, base_url: str | None, batch: bool, tier: str | None = None) -> Price | None:
     """The price genai-prices has for `model` (at the provider of `base_url` when it
-    knows the URL, else wherever the model is found), None when it has none."""
+    knows the URL, else wherever the model is found) on `tier`, None when it has none
+    (see the module docstring for tiers)."""
     import genai_prices
     from genai_prices import data_snapshot
 
@@ -96,22 +108,30 @@ def _database(model: str, base_url: str | None, batch: bool) -> Price | None:
     now = dt.datetime.now(dt.UTC)
     standard = info.get_prices(now)
     source = f"genai-prices {genai_prices.__version__} ({provider.id}/{info.id})"
-    price = Price(
-        float(standard.input_mtok or 0),
-        float(standard.output_mtok or 0),
-        None if standard.cache_read_mtok is None else float(standard.cache_read_mtok),
-        source,
-    )
+    price = _price(standard, source)
+    if tier in (FLEX, PRIORITY) and not batch:
+        if any(v.when == {"service_tier": tier} for v in info.price_variants or ()):
+            tiered = info.get_prices(now, {"service_tier": tier})
+            return _price(tiered, f"{source}, its {tier} price")
+        if tier == PRIORITY or provider.id != "openai":
+            return None
+        batch = True  # flex is billed at the Batch API's rates
     if not batch:
         return price
     batched = info.get_prices(now, {"processing": "batch"})
+    why = "flex at the Batch API's price: " if tier == FLEX else ""
     if batched == standard:
-        return price.halved("half for the Batch API")
+        return price.halved(f"{why}half for the Batch API")
+    return _price(batched, f"{source}, {why}its Batch API price")
+
+
+def _price(found: Any, source: str) -> Price:
+    """Our `Price` of a genai-prices ModelPrice."""
     return Price(
-        float(batched.input_mtok or 0),
-        float(batched.output_mtok or 0),
-        None if batched.cache_read_mtok is None else float(batched.cache_read_mtok),
-        f"{source}, its Batch API price",
+        float(found.input_mtok or 0),
+        float(found.output_mtok or 0),
+        None if found.cache_read_mtok is None else float(found.cache_read_mtok),
+        source,
     )
 
 
@@ -123,24 +143,28 @@ def price_for(
     price_out: float | None = None,
     base_url: str | None = None,
     batch: bool = False,
+    tier: str | None = None,
 ) -> Price | None:
     """The price to charge `model`: flags win, then `overrides` (the config file's
     table), then genai-prices. Dated names resolve to their base entry. A single flag
     replaces one side of the looked-up price; when the model has no price, the side
     without a flag counts as zero (embeddings have no output tokens). Prices from the
-    table and the database are batch prices when `batch`; flags are taken as given.
-    Returns None when nothing prices the model."""
+    table and the database are batch prices when `batch`, and `tier`'s (the service
+    tier: a table's price is the list price, halved for flex, and no priority price);
+    flags are taken as given. Returns None when nothing prices the model."""
     found: Price | None = None
     if model:
         name = model.strip().lower()
-        if overrides:
+        if overrides and tier != PRIORITY:
             found = table_price(
                 name, {k.lower(): replace(v, source="the config file") for k, v in overrides.items()}
             )
             if found is not None and batch:
                 found = found.halved("half for the Batch API")
+            elif found is not None and tier == FLEX:
+                found = found.halved("half for flex, billed at the Batch API's price")
         if found is None:
-            found = _database(name, base_url, batch)
+            found = _database(name, base_url, batch, tier)
     if price_in is None and price_out is None:
         return found
     base = found or Price(0.0, 0.0)

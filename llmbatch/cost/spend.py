@@ -8,12 +8,17 @@ reservation is then settled: by the answer's real cost, or given back when the s
 did no work (a 429, a refused request, a failed connection), or kept whole when it may
 have (a timeout, a cancel: the provider may bill it). So the spend, counted from the
 server's usage, never passes the cap.
+
+A request a flex run sends on the default tier after its capacity 429s
+(``--flex-fallback``) is reserved and charged at the default tier's price
+(`Price.fallback`), when the price has one.
 """
 
 from __future__ import annotations
 
 from llmbatch.core.endpoints import endpoint_of
 from llmbatch.core.errors import ConfigError, InputError, ProviderError
+from llmbatch.core.tiers import DEFAULT_TIER, tier_of
 from llmbatch.core.values import Request, Usage
 from llmbatch.cost.prices import Price, cost
 
@@ -23,16 +28,32 @@ __all__ = ["SpendingCap"]
 class SpendingCap:
     """What a run may still spend, in USD."""
 
-    def __init__(self, cap: float, price: Price | None) -> None:
+    def __init__(
+        self,
+        cap: float,
+        price: Price | None,
+        *,
+        tier: str | None = None,
+    ) -> None:
         if price is None:
+            on = f" on the {tier} tier" if tier not in (None, "default", "auto") else ""
             raise ConfigError(
-                "--max-cost needs the model's price, and it has none: give --price-in and --price-out "
-                "(USD per million tokens), or [prices.MODEL] in the config file"
+                f"--max-cost needs the model's price{on}, and it has none, so the cap could not be "
+                "honoured: give --price-in and --price-out (USD per million tokens)"
+                + (", or [prices.MODEL] in the config file" if not on else "")
             )
         self.cap = cap
         self.price = price
         self.spent = 0.0
         self.reserved = 0.0
+
+    def price_of(self, request: Request | None) -> Price:
+        """The price `request` is charged at: the default tier's for one a flex run sent
+        there (when known), else the run's."""
+        fallback = self.price.fallback
+        if fallback is not None and request is not None and tier_of(request.body) == DEFAULT_TIER:
+            return fallback
+        return self.price
 
     def worst_case(self, request: Request) -> float:
         """USD the request can cost at most; an InputError (a reject) when nothing
@@ -46,7 +67,7 @@ class SpendingCap:
                 line=request.line,
                 kind="no_ceiling",
             )
-        worst = cost(self.price, endpoint.prompt_bound(request.body), ceiling)
+        worst = cost(self.price_of(request), endpoint.prompt_bound(request.body), ceiling)
         assert worst is not None
         return worst
 
@@ -64,13 +85,16 @@ class SpendingCap:
         self.reserved += amount
         return True
 
-    def settle(self, amount: float, outcome: Usage | BaseException | None) -> None:
-        """End a reservation: an answer costs its usage; a timeout or a cancel keeps the
-        reservation (it may be billed); anything else that got no answer costs
-        nothing."""
+    def settle(
+        self, amount: float, outcome: Usage | BaseException | None, request: Request | None = None
+    ) -> None:
+        """End a reservation: an answer costs its usage (at the price of `request`'s
+        tier); a timeout or a cancel keeps the reservation (it may be billed); anything
+        else that got no answer costs nothing."""
         self.reserved -= amount
         if isinstance(outcome, Usage):
-            real = cost(self.price, outcome.prompt_tokens, outcome.completion_tokens, outcome.cached_tokens)
+            price = self.price_of(request)
+            real = cost(price, outcome.prompt_tokens, outcome.completion_tokens, outcome.cached_tokens)
             self.spent += real or 0.0
         elif (
             outcome is None

@@ -43,11 +43,20 @@ SETUP_KINDS = {
 _Parts = tuple[str, dict[str, Any], str, Any, "dict[str, Any] | None"]
 
 
+# Body keys that say how a request is served, not what is asked: left out of the
+# fingerprint, so a body without them hashes as it always did (an output written before
+# --service-tier is not stale with it) and a fallback to another tier is the same request.
+NOT_ASKED = frozenset({"service_tier"})
+
+
 def fingerprint(url: str, body: dict[str, Any]) -> int:
     """A 64-bit hash of what is sent: the endpoint and the body with its keys sorted
     (so the order a file or a template writes them in does not matter), model and
     parameters included; the custom_id and metadata, never sent, are not part of it, nor
-    the structured-outputs `strict` flag (how the server decodes, not what is asked)."""
+    the keys of `NOT_ASKED`, nor the structured-outputs `strict` flag (how the server
+    decodes, not what is asked)."""
+    if not NOT_ASKED.isdisjoint(body):
+        body = {k: v for k, v in body.items() if k not in NOT_ASKED}
     data = url.encode() + b"\0" + orjson.dumps(_without_strict(body), option=orjson.OPT_SORT_KEYS)
     return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "big", signed=True)
 

@@ -7,6 +7,8 @@ and the library executor.
                        └──► the validator itself is broken ....... stop the run (exit 2)
     error ───► transient (429, 408, 409, 5xx, timeout, reset) .... RETRY after the server's
                delay, else backoff; FINISH (failed) when retries are spent
+          └──► no capacity on the flex tier (a capacity 429) ........ RETRY, counted apart;
+               after --flex-fallback N of them, on the default tier
           └──► the request's fault (400, 404, 422) ............... FINISH (failed)
           └──► auth or quota (401, 403, insufficient_quota) ...... stop the run (exit 3)
 
@@ -27,6 +29,7 @@ from typing import Protocol
 
 from llmbatch.core.errors import (
     AuthError,
+    CapacityError,
     ConfigError,
     ExitCode,
     LLMBatchError,
@@ -37,7 +40,8 @@ from llmbatch.core.errors import (
 )
 from llmbatch.core.retry import DEFAULT_MAX_RETRIES, BackoffStrategy, RetryConfig, RetryPolicy
 from llmbatch.core.stats import NOT_VALID_SHOWN, Stats
-from llmbatch.core.values import Completion, Finished, Request, State
+from llmbatch.core.tiers import DEFAULT_TIER, FLEX, on_tier, tier_of
+from llmbatch.core.values import Completion, Finished, Request, State, Usage
 from llmbatch.files.jsonl import write_failure
 from llmbatch.modes.control import RunControl
 
@@ -151,6 +155,7 @@ class Outcomes:
         retry: RetryPolicy = DEFAULT_RETRY,
         log: Callable[[str], None] = _silent,
         error: Callable[[str], None] | None = None,
+        flex_fallback: int | None = None,
     ) -> None:
         self.validator = validator
         self.output = output
@@ -162,6 +167,8 @@ class Outcomes:
         self._capped_told = False
         self.log = log
         self.error = error or log  # errors are shown even when quiet
+        # After this many capacity 429s, a flex item is asked on the default tier.
+        self.flex_fallback = flex_fallback
 
     def with_output(self, output: Output) -> Outcomes:
         """The same judge writing elsewhere (a Batch API follow-up that records what it
@@ -176,6 +183,7 @@ class Outcomes:
             retry=self.retry,
             log=self.log,
             error=self.error,
+            flex_fallback=self.flex_fallback,
         )
 
     # --- answers -----------------------------------------------------------------
@@ -198,6 +206,8 @@ class Outcomes:
         item.cached_tokens += usage.cached_tokens
         item.last = completion
         item.latency_ms = completion.latency_ms
+        if item.capacity_429s and self.flex_fallback is not None:
+            self._fallen_back(item, usage)
         reason = self._validate(item.request, completion)
         if reason is _BROKEN:
             return Verdict.RELEASE
@@ -252,6 +262,9 @@ class Outcomes:
             assert isinstance(exc, ProviderError)
             if isinstance(exc, RateLimited):
                 self.stats.http_429 += 1
+            elif isinstance(exc, CapacityError):
+                self.stats.capacity_429 += 1
+                item.capacity_429s += 1
             if hold:
                 return Verdict.RELEASE, 0.0
             if not self.retry.allows(item.retries):
@@ -259,6 +272,8 @@ class Outcomes:
                 return Verdict.FINISH, 0.0
             item.retries += 1
             self.stats.retries["rate_limited" if isinstance(exc, RateLimited) else exc.code] += 1
+            if isinstance(exc, CapacityError) and self._falls_back(item):
+                return Verdict.RETRY, 0.0  # another tier: no reason to wait
             return Verdict.RETRY, self._delay(item, exc)
         if kind is ErrorKind.REQUEST:
             error = exc if isinstance(exc, ProviderError) else ProviderError(str(exc), code="invalid_request")
@@ -272,6 +287,25 @@ class Outcomes:
             self.internal_error(item, exc)
             return Verdict.FINISH, 0.0
         return Verdict.RELEASE, 0.0  # cancelled, or not ours to swallow
+
+    def _falls_back(self, item: Finished) -> bool:
+        """--flex-fallback N: the N-th capacity 429 of a flex item sends it on the default
+        tier from its next attempt on (its fingerprint kept). True when it does."""
+        limit = self.flex_fallback
+        if limit is None or item.capacity_429s < limit or tier_of(item.request.body) != FLEX:
+            return False
+        item.request = on_tier(item.request, DEFAULT_TIER)
+        self.stats.fallbacks += 1
+        return True
+
+    def _fallen_back(self, item: Finished, usage: Usage) -> None:
+        """An answer on the default tier after a fallback: its tokens counted apart (they
+        cost the default tier's price, not flex's)."""
+        if tier_of(item.request.body) == DEFAULT_TIER:
+            tokens = self.stats.fallback_tokens
+            tokens[0] += usage.prompt_tokens
+            tokens[1] += usage.completion_tokens
+            tokens[2] += usage.cached_tokens
 
     def _delay(self, item: Finished, exc: ProviderError) -> float:
         wait = self.retry.wait(exc, item.retries)

@@ -362,7 +362,8 @@ class Permit:
 
     What each outcome does: an answer settles the token charge against its real usage,
     teaches the estimator and the header-announced limits, and counts as a success; a
-    429 refunds the charge and pushes the pace back; a refused request (4xx, auth) or a
+    429 refunds the charge and pushes the pace back (a capacity 429, `CapacityError`,
+    does not: the tier was full, not our rate too high); a refused request (4xx, auth) or a
     failed connection refunds the charge, since the server did no work; a timeout or a
     cancelled attempt keeps its charge, since the server may have done the work (and
     counted it) all the same.

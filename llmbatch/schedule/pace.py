@@ -92,6 +92,7 @@ class AdaptivePace:
         self._after_cut = 0
         self._after_cut_limited = 0
         self._share_at_cut = 0.0
+        self.cuts = 0  # times the pace was lowered in this run (the summary shows it)
 
     @property
     def pace_rpm(self) -> float | None:
@@ -169,6 +170,7 @@ class AdaptivePace:
     def _cut(self, now: float, share: float) -> None:
         """Lower the pace below the rate the server refused; `share` is the share of
         429s the cut is for."""
+        self.cuts += 1
         # Nothing sent before the pause ends can tell whether the new pace is right.
         self._hold_until = max(now + CUT_HOLD, self._paused_until)
         # The server refused what we sent, but it accepted about its limit: far over a

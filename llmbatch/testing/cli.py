@@ -44,6 +44,12 @@ def main(argv: list[str] | None = None) -> None:
         help="x-ratelimit-reset-*: time until one more unit (next) or until the bucket is full (full)",
     )
     parser.add_argument("--fault-rate", type=float, default=0.0)
+    parser.add_argument(
+        "--flex-capacity-429",
+        type=float,
+        default=0.0,
+        help="share of service_tier flex requests refused with a capacity 429 (resource unavailable)",
+    )
     parser.add_argument("--no-retry-after", action="store_true")
     parser.add_argument("--no-limit-headers", action="store_true", help="send no x-ratelimit-* headers")
     parser.add_argument("--api-key", default=None)
@@ -83,6 +89,7 @@ def main(argv: list[str] | None = None) -> None:
         start_spent=args.start_spent,
         reset_means=args.reset_means,
         fault_rate=args.fault_rate,
+        flex_capacity_429=args.flex_capacity_429,
         retry_after=not args.no_retry_after,
         limit_headers=not args.no_limit_headers,
         api_key=args.api_key,

@@ -3,8 +3,9 @@
 What one model request meets on the fake server (:class:`~llmbatch.testing.server.FakeServer`,
 whose base this is), in order: the ``@fake`` script of its body
 (:mod:`llmbatch.providers.script`) and the attempt it is on; the rate limits
-(:mod:`llmbatch.testing.buckets`), which refuse it with a 429 and OpenAI's headers; a
-random injected fault (an HTTP error, a hang, a dropped connection, a body that is not
+(:mod:`llmbatch.testing.buckets`), which refuse it with a 429 and OpenAI's headers; for a
+``service_tier: flex`` request, a share refused with flex's capacity 429 ("Resource
+unavailable"); a random injected fault (an HTTP error, a hang, a dropped connection, a body that is not
 JSON, an answer without choices); the latency; then the answer, counted in the stats.
 The settings it reads (``latency``, ``fault_rate``, ``retry_after``...) are the server's
 constructor arguments, kept on the server so a test may change them while it runs.
@@ -29,6 +30,13 @@ __all__ = ["FAULT_KINDS", "ModelEndpoints"]
 FAULT_KINDS = (429, 500, 502, 503, "hang", "drop", "garbage", "nochoices")
 TORN_BODY = b'{"id": "chatcmpl-torn", "object": "chat.completion", "choices": [{"ind'
 NO_SCRIPT = script.Script()
+# What OpenAI's flex tier answers, with a 429, when it has no capacity for a request.
+CAPACITY_BODY = error_body(
+    "Resource unavailable: flex processing has no capacity for this request right now. "
+    "Retry later, or send it on the default tier.",
+    "rate_limit_error",
+    "resource_unavailable",
+)
 # A body holding neither the directive nor a JSON escape (which could spell it) has no
 # script: a bytes search is far cheaper than looking through its messages.
 DIRECTIVE = script.DIRECTIVE.encode()
@@ -41,6 +49,7 @@ class ModelEndpoints:
     latency: float
     jitter: float
     fault_rate: float
+    flex_capacity_429: float  # the share of flex requests refused for want of capacity
     faults: tuple[int | str, ...]
     retry_after: bool
     limit_headers: bool
@@ -95,6 +104,12 @@ class ModelEndpoints:
                     hdrs.append(("retry-after", str(max(1, round(refused.wait)))))
                 return self.reply(429, error_body(refused.message, refused.kind, "rate_limit_exceeded"), hdrs)
         limit_headers = self._limit_headers()
+        tier = body.get("service_tier")
+        if tier == "flex" and self.flex_capacity_429 and self.rng.random() < self.flex_capacity_429:
+            self.stats.faults["capacity_429"] = self.stats.faults.get("capacity_429", 0) + 1
+            return self.reply(429, CAPACITY_BODY, limit_headers)
+        if tier is not None and not embeddings:
+            payload["service_tier"] = "default" if tier == "auto" else tier  # the tier that answered
 
         fault = outcome.fault
         if fault is None and self.fault_rate and self.rng.random() < self.fault_rate:

@@ -80,6 +80,10 @@ class FakeServer(ModelEndpoints):
     ``x-ratelimit-reset-*`` counts down to (see :data:`~llmbatch.testing.buckets.ResetMeaning`).
     ``loop`` is the event loop :meth:`start` runs it on (:meth:`serve` uses the running one).
 
+    ``flex_capacity_429`` is the share of ``service_tier: flex`` requests refused with
+    the 429 OpenAI's flex tier sends when it has no capacity (``resource_unavailable``);
+    an answer says which tier served it (``service_tier``) when the request named one.
+
     The Batch API: a batch stays ``validating`` for ``batch_start_delay`` seconds, then
     runs ``batch_lines_per_second`` lines a second (None: unpaced); it expires after
     ``batch_expire_after`` lines; it fails with ``token_limit_exceeded`` when its input
@@ -102,6 +106,7 @@ class FakeServer(ModelEndpoints):
         reset_means: ResetMeaning = "next",
         fault_rate: float = 0.0,
         faults: tuple[int | str, ...] = FAULT_KINDS,
+        flex_capacity_429: float = 0.0,
         retry_after: bool = True,
         limit_headers: bool = True,
         api_key: str | None = None,
@@ -133,6 +138,7 @@ class FakeServer(ModelEndpoints):
         self.reset_means: ResetMeaning = reset_means
         self.fault_rate = fault_rate
         self.faults = faults
+        self.flex_capacity_429 = flex_capacity_429
         self.retry_after = retry_after
         self.limit_headers = limit_headers  # x-ratelimit-*: off for servers that announce nothing
         self.api_key = api_key

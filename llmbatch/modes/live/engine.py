@@ -248,7 +248,7 @@ class Engine:
 
     def _unreserve(self, job: Job, outcome: Any = _NOT_SENT) -> None:
         if self.cap is not None and job.reserved:
-            self.cap.settle(job.reserved, outcome)
+            self.cap.settle(job.reserved, outcome, job.request)
             job.reserved = 0.0
 
     def _needs_sending(self, job: Job) -> bool:

@@ -37,6 +37,7 @@ class Job(Finished):
             request=tally.request,
             requests=tally.requests,
             retries=tally.retries,
+            capacity_429s=tally.capacity_429s,
             prompt_tokens=tally.prompt_tokens,
             completion_tokens=tally.completion_tokens,
             cached_tokens=tally.cached_tokens,
