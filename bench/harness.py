@@ -92,9 +92,11 @@ def run_measured(
     timeout: float,
     env: dict[str, str] | None = None,
     poll: Callable[[float], None] | None = None,
+    cwd: Path | None = None,
 ) -> Measured:
     """Run `argv` pinned to the client core; kill it after `timeout` seconds. `poll` is
-    called with the seconds since the start, every 20 ms while it runs."""
+    called with the seconds since the start, every 20 ms while it runs; `cwd` is where it
+    runs (by default here: `python -m` puts that folder first on the import path)."""
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         started = time.perf_counter()
         proc = subprocess.Popen(
@@ -103,6 +105,7 @@ def run_measured(
             stderr=err,
             stdin=subprocess.DEVNULL,
             env=env,
+            cwd=cwd,
             preexec_fn=_pin(CLIENT_CORES),
         )
         deadline = started + timeout
