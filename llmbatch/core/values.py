@@ -12,6 +12,7 @@ from llmbatch.core.endpoints import CHAT
 from llmbatch.core.errors import ProviderError
 
 __all__ = [
+    "Cause",
     "Completion",
     "Finished",
     "Request",
@@ -100,12 +101,52 @@ class Completion:
         c = self.choice
         return c.get("finish_reason") if c is not None else None
 
+    @property
+    def refusal(self) -> str | None:
+        """The model's refusal, when it declined to answer: the first choice's
+        `message.refusal`, or a `refusal` content part; None when it did not refuse."""
+        # Read on every answer: indexing straight in (a try costs nothing when it holds)
+        # is half the cost of checking each level's type first.
+        try:
+            msg = self.body["choices"][0]["message"]
+            refusal = msg.get("refusal")
+        except (TypeError, KeyError, IndexError, AttributeError):
+            return None
+        if refusal:
+            return refusal if isinstance(refusal, str) else str(refusal)
+        content = msg.get("content")
+        return _refusal_part(content) if content.__class__ is list else None
+
+    @property
+    def truncated(self) -> bool:
+        """Whether the answer was cut at the request's answer ceiling (`finish_reason`
+        "length")."""
+        try:
+            return bool(self.body["choices"][0]["finish_reason"] == "length")
+        except (TypeError, KeyError, IndexError):
+            return False
+
+
+def _refusal_part(parts: list[Any]) -> str | None:
+    for part in parts:
+        if isinstance(part, dict) and part.get("type") == "refusal":
+            text = part.get("refusal")
+            return text if isinstance(text, str) and text else "refused"
+    return None
+
 
 def choice_text(choice: Mapping[str, Any]) -> str | None:
     """A choice's message content (or a completion's text), or None when there is none."""
     msg = choice.get("message")
     content = msg.get("content") if isinstance(msg, dict) else choice.get("text")
     return content if isinstance(content, str) else None
+
+
+class Cause(enum.StrEnum):
+    """What sets an item's last answer apart, beside its state (the output's `cause`)."""
+
+    REFUSED = "refused"  # the model declined to answer: invalid, not asked again unless asked
+    TRUNCATED = "truncated"  # cut at the answer ceiling (finish_reason "length"); judged as any
 
 
 class State(enum.StrEnum):
@@ -130,6 +171,7 @@ class Finished:
     cached_tokens: int = 0  # of the prompt tokens, those the provider read from its cache
     last: Completion | None = None  # the last answer, if any
     reason: str | None = None  # why the last answer is invalid
+    cause: Cause | None = None  # the last answer refused or truncated (not for failures)
     error: ProviderError | None = None  # why the item failed
     via: str = "live"  # live, cached or batch
     batch_id: str | None = None
