@@ -81,6 +81,7 @@ class Settings:
     validate: tuple[str, ...] = ()
     schema: Path | None = None  # structured outputs + a schema validator, in one flag
     require_finish: str | None = None
+    reask_refusals: bool = False  # a refusal is asked again like an invalid answer
     output_format: Literal["batch", "merged"] = "batch"
     ordered: bool = False  # the output in input order
     rejects: Path | None = None

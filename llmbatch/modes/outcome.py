@@ -5,6 +5,8 @@ and the library executor.
                        └──► invalid, requests left ............... REASK
                        └──► invalid, none left ................... FINISH (invalid)
                        └──► the validator itself is broken ....... stop the run (exit 2)
+           └──► a refusal (valid or not) ......................... FINISH (invalid, cause
+                refused); with --reask-refusals as an invalid answer
     error ───► transient (429, 408, 409, 5xx, timeout, reset) .... RETRY after the server's
                delay, else backoff; FINISH (failed) when retries are spent
           └──► the request's fault (400, 404, 422) ............... FINISH (failed)
@@ -12,7 +14,10 @@ and the library executor.
 
 `Outcomes` applies that to an item's tally (a `Finished` that builds up over its
 attempts): it counts the answers and their usage (cached tokens included) into the
-tally and the run's `Stats`, and writes a finished item to the output. What a mode does
+tally and the run's `Stats`, and writes a finished item to the output. A finished
+answer's `cause` says that it was a refusal or cut at its ceiling (`finish_reason`
+"length": judged by the validators as any answer; `--require-finish stop` makes it
+invalid). What a mode does
 with REASK and RETRY is its own: the engine puts the job back in its retry heap; the
 Batch API mode moves the item into a follow-up round. RELEASE means the item is not
 written in this run (a stop left it): a rerun does it.
@@ -37,7 +42,7 @@ from llmbatch.core.errors import (
 )
 from llmbatch.core.retry import DEFAULT_MAX_RETRIES, BackoffStrategy, RetryConfig, RetryPolicy
 from llmbatch.core.stats import NOT_VALID_SHOWN, Stats
-from llmbatch.core.values import Completion, Finished, Request, State
+from llmbatch.core.values import Cause, Completion, Finished, Request, State
 from llmbatch.files.jsonl import write_failure
 from llmbatch.modes.control import RunControl
 
@@ -148,6 +153,7 @@ class Outcomes:
         control: RunControl,
         cache: Cache | None = None,
         max_requests: int = DEFAULT_MAX_REQUESTS,
+        reask_refusals: bool = False,
         retry: RetryPolicy = DEFAULT_RETRY,
         log: Callable[[str], None] = _silent,
         error: Callable[[str], None] | None = None,
@@ -158,6 +164,9 @@ class Outcomes:
         self.control = control
         self.cache = cache
         self.max_requests = max_requests
+        # A refusal is written as it is: asking the same again mostly pays for the same
+        # refusal. With this, it is asked again like an invalid answer.
+        self.reask_refusals = reask_refusals
         self.retry = retry
         self._capped_told = False
         self.log = log
@@ -173,6 +182,7 @@ class Outcomes:
             control=self.control,
             cache=self.cache,
             max_requests=self.max_requests,
+            reask_refusals=self.reask_refusals,
             retry=self.retry,
             log=self.log,
             error=self.error,
@@ -201,13 +211,18 @@ class Outcomes:
         reason = self._validate(item.request, completion)
         if reason is _BROKEN:
             return Verdict.RELEASE
-        if reason is None:
+        refusal = completion.refusal
+        if refusal is not None:
+            reason = _short(f"the model refused: {refusal}")
+        elif reason is None:
             if self.cache is not None:
                 self.cache.put(item.request.fp, completion)
+            item.cause = _TRUNCATED if completion.truncated else None
             self.finish(item, State.VALID, via=via)
             return Verdict.FINISH
         item.reason = reason
-        if item.requests >= self.max_requests:
+        if item.requests >= self.max_requests or (refusal is not None and not self.reask_refusals):
+            item.cause = _REFUSED if refusal is not None else _TRUNCATED if completion.truncated else None
             self.finish(item, State.INVALID, via=via)
             return Verdict.FINISH
         if hold:
@@ -223,9 +238,10 @@ class Outcomes:
         reason = self._validate(item.request, completion)
         if reason is _BROKEN:
             return Verdict.RELEASE
-        if reason is not None:
+        if reason is not None or completion.refusal is not None:
             return None
         item.last = completion
+        item.cause = _TRUNCATED if completion.truncated else None
         self.stats.cached += 1
         self.finish(item, State.VALID, via="cached")
         return Verdict.FINISH
@@ -311,6 +327,7 @@ class Outcomes:
         """Count the item as finished and write it. A write that failed stops the run."""
         stats = self.stats
         stats.done += 1
+        cause = item.cause
         if state is State.VALID:
             stats.valid += 1
         else:
@@ -318,9 +335,15 @@ class Outcomes:
                 stats.invalid += 1
             else:
                 stats.failed += 1
+                item.cause = cause = None  # a failure's error says what happened
             if len(stats.not_valid) < NOT_VALID_SHOWN:
-                why = error.code if error is not None else "invalid_answer"
+                why = error.code if error is not None else cause or "invalid_answer"
                 stats.not_valid.append(f"{item.request.custom_id} ({state}: {why})")
+        if cause is not None:
+            if cause is _REFUSED:
+                stats.refused += 1
+            else:
+                stats.truncated += 1
         item.state, item.error, item.via = state, error, via
         if batch_id is not None:
             item.batch_id = batch_id
@@ -332,3 +355,11 @@ class Outcomes:
 
 # `_validate`'s answer when the validator raised: not a reason, not valid.
 _BROKEN = "\0broken"
+_REFUSED, _TRUNCATED = Cause.REFUSED, Cause.TRUNCATED
+# A reason lands in every output line; a refusal can be a paragraph.
+MAX_REASON = 300
+
+
+def _short(text: str) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= MAX_REASON else text[: MAX_REASON - 1] + "…"
