@@ -105,10 +105,14 @@ class Completion:
     def refusal(self) -> str | None:
         """The model's refusal, when it declined to answer: the first choice's
         `message.refusal`, or a `refusal` content part; None when it did not refuse."""
-        # Read on every answer: indexing straight in (a try costs nothing when it holds)
-        # is half the cost of checking each level's type first.
+        # Read on every answer: the usual shapes are read straight (no exception is
+        # raised for an embeddings body), anything odd falls to the except.
+        body = self.body
+        choices = body.get("choices") if isinstance(body, dict) else None
+        if not choices:
+            return None
         try:
-            msg = self.body["choices"][0]["message"]
+            msg = choices[0]["message"]
             refusal = msg.get("refusal")
         except (TypeError, KeyError, IndexError, AttributeError):
             return None
@@ -121,10 +125,12 @@ class Completion:
     def truncated(self) -> bool:
         """Whether the answer was cut at the request's answer ceiling (`finish_reason`
         "length")."""
-        try:
-            return bool(self.body["choices"][0]["finish_reason"] == "length")
-        except (TypeError, KeyError, IndexError):
+        body = self.body
+        choices = body.get("choices") if isinstance(body, dict) else None
+        if not choices or not isinstance(choices, list):
             return False
+        choice = choices[0]
+        return isinstance(choice, dict) and choice.get("finish_reason") == "length"
 
 
 def _refusal_part(parts: list[Any]) -> str | None:
