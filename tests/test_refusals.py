@@ -36,15 +36,17 @@ def rows(n: int, *, refuse_every: int = 20, script: dict[str, Any] | None = None
 REFUSED = {f"r{i}" for i in range(0, 100, 20)}
 
 
-def run(run_cli: Any, server: Any, tmp_path: Path, items: list[dict[str, Any]], *extra: object) -> Any:
+def run(
+    run_cli: Any, server: Any, tmp_path: Path, items: list[dict[str, Any]], *extra: object, out: str = "out"
+) -> Any:
     src = write_jsonl(tmp_path / "in.jsonl", items)
-    out = tmp_path / "out.jsonl"
+    out_path = tmp_path / f"{out}.jsonl"
     summary = tmp_path / "summary.json"
     result = run_cli(
-        "run", src, "-o", out, "--base-url", server.base_url, "--prompt", "{text}", "--id-field", "id",
+        "run", src, "-o", out_path, "--base-url", server.base_url, "--prompt", "{text}", "--id-field", "id",
         "-m", "gpt-4o-mini", "--validate", "json", "--no-live", "--summary-json", summary, *extra,
     )  # fmt: skip
-    return result, out, orjson.loads(summary.read_bytes()) if summary.exists() else None
+    return result, out_path, orjson.loads(summary.read_bytes()) if summary.exists() else None
 
 
 def asked(server: Any) -> Counter[str]:
@@ -183,6 +185,11 @@ def test_merged_rows_carry_llm_cause(run_cli, fake_server, tmp_path):
     }
     assert merged["r0"]["llm_state"] == "invalid" and merged["r0"]["llm_answer"] is None
     assert merged["r0"]["llm_error"] == f"the model refused: {REFUSAL}"
+    report = orjson.loads(run_cli("report", out, "--json").stdout)
+    assert (report["invalid"], report["refused"], report["truncated"]) == (3, 2, 1)
+    _, batch_shaped, _ = run(run_cli, fake_server(), tmp_path, items, "--max-tokens", "8", out="batch")
+    shown = run_cli("report", batch_shaped).stdout
+    assert "refused: 2   truncated: 1" in shown
 
 
 def test_a_rerun_keeps_refused_lines_and_redoes_them_with_redo_invalid(run_cli, fake_server, tmp_path):
