@@ -69,6 +69,16 @@ class Usage:
         )
 
 
+class Cause(enum.StrEnum):
+    """What sets an item's last answer apart, beside its state (the output's `cause`)."""
+
+    REFUSED = "refused"  # the model declined to answer: invalid, not asked again unless asked
+    TRUNCATED = "truncated"  # cut at the answer ceiling (finish_reason "length"); judged as any
+
+
+_REFUSED, _TRUNCATED = Cause.REFUSED, Cause.TRUNCATED
+
+
 @dataclass(slots=True)
 class Completion:
     """A 2xx answer. The body is kept as the parsed JSON, not as SDK models: building
@@ -119,7 +129,7 @@ class Completion:
         if refusal:
             return refusal if isinstance(refusal, str) else str(refusal)
         content = msg.get("content")
-        return _refusal_part(content) if content.__class__ is list else None
+        return _refusal_part(content) if isinstance(content, list) else None
 
     @property
     def truncated(self) -> bool:
@@ -131,6 +141,28 @@ class Completion:
             return False
         choice = choices[0]
         return isinstance(choice, dict) and choice.get("finish_reason") == "length"
+
+    @property
+    def cause(self) -> Cause | None:
+        """What sets this answer apart: REFUSED when the model declined (`refusal`),
+        TRUNCATED when it was cut at its ceiling (`truncated`), else None."""
+        # The judge reads this on every answer. A chat answer with text content and no
+        # refusal is told from one reading of its first choice (about half the cost of
+        # asking `refusal` and `truncated` in turn); any other body (a refusal, content
+        # parts, tool calls, another endpoint's answer) is asked through them, so an
+        # endpoint that teaches those two its own shape gets a right `cause` too.
+        body = self.body
+        if body.__class__ is dict and "choices" in body:
+            try:
+                choice = body["choices"][0]
+                msg = choice["message"]
+                if not msg.get("refusal") and msg["content"].__class__ is str:
+                    return _TRUNCATED if choice.get("finish_reason") == "length" else None
+            except (TypeError, KeyError, IndexError, AttributeError):
+                pass
+        if self.refusal is not None:
+            return _REFUSED
+        return _TRUNCATED if self.truncated else None
 
 
 def _refusal_part(parts: list[Any]) -> str | None:
@@ -146,13 +178,6 @@ def choice_text(choice: Mapping[str, Any]) -> str | None:
     msg = choice.get("message")
     content = msg.get("content") if isinstance(msg, dict) else choice.get("text")
     return content if isinstance(content, str) else None
-
-
-class Cause(enum.StrEnum):
-    """What sets an item's last answer apart, beside its state (the output's `cause`)."""
-
-    REFUSED = "refused"  # the model declined to answer: invalid, not asked again unless asked
-    TRUNCATED = "truncated"  # cut at the answer ceiling (finish_reason "length"); judged as any
 
 
 class State(enum.StrEnum):

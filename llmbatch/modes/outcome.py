@@ -211,18 +211,19 @@ class Outcomes:
         reason = self._validate(item.request, completion)
         if reason is _BROKEN:
             return Verdict.RELEASE
-        refusal = completion.refusal
-        if refusal is not None:
-            reason = _short(f"the model refused: {refusal}")
+        cause = completion.cause  # refused, truncated, or (most often) None
+        refused = cause is _REFUSED
+        if refused:
+            reason = _short(f"the model refused: {completion.refusal}")
         elif reason is None:
             if self.cache is not None:
                 self.cache.put(item.request.fp, completion)
-            item.cause = _TRUNCATED if completion.truncated else None
+            item.cause = cause
             self.finish(item, State.VALID, via=via)
             return Verdict.FINISH
         item.reason = reason
-        if item.requests >= self.max_requests or (refusal is not None and not self.reask_refusals):
-            item.cause = _REFUSED if refusal is not None else _TRUNCATED if completion.truncated else None
+        if item.requests >= self.max_requests or (refused and not self.reask_refusals):
+            item.cause = cause
             self.finish(item, State.INVALID, via=via)
             return Verdict.FINISH
         if hold:
@@ -238,10 +239,11 @@ class Outcomes:
         reason = self._validate(item.request, completion)
         if reason is _BROKEN:
             return Verdict.RELEASE
-        if reason is not None or completion.refusal is not None:
+        cause = completion.cause
+        if reason is not None or cause is _REFUSED:
             return None
         item.last = completion
-        item.cause = _TRUNCATED if completion.truncated else None
+        item.cause = cause
         self.stats.cached += 1
         self.finish(item, State.VALID, via="cached")
         return Verdict.FINISH
@@ -355,7 +357,7 @@ class Outcomes:
 
 # `_validate`'s answer when the validator raised: not a reason, not valid.
 _BROKEN = "\0broken"
-_REFUSED, _TRUNCATED = Cause.REFUSED, Cause.TRUNCATED
+_REFUSED = Cause.REFUSED
 # A reason lands in every output line; a refusal can be a paragraph.
 MAX_REASON = 300
 
