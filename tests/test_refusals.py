@@ -13,7 +13,7 @@ import orjson
 import pytest
 from conftest import by_id, read_jsonl, write_jsonl
 
-from llmbatch.core.values import State
+from llmbatch.core.values import Cause, Completion, State
 from llmbatch.output.readback import line_of, read_tail
 
 pytestmark = pytest.mark.usefixtures("no_backoff", "api_key")
@@ -220,3 +220,34 @@ def test_a_rerun_keeps_refused_lines_and_redoes_them_with_redo_invalid(run_cli, 
     records = by_id(out)
     assert len(records) == 40
     assert {cid for cid, r in records.items() if r["llmbatch"].get("cause") == "refused"} == {"r0", "r20"}
+
+
+def _chat(message: Any, finish: str = "stop") -> dict[str, Any]:
+    return {
+        "object": "chat.completion",
+        "choices": [{"index": 0, "message": message, "finish_reason": finish}],
+    }
+
+
+@pytest.mark.parametrize(
+    ("body", "refusal", "truncated", "cause"),
+    [
+        (_chat({"content": "ok", "refusal": None}), None, False, None),
+        (_chat({"content": "ok"}, "length"), None, True, Cause.TRUNCATED),
+        (_chat({"content": None, "refusal": "No."}), "No.", False, Cause.REFUSED),
+        (_chat({"content": "Sorry.", "refusal": "No."}, "length"), "No.", True, Cause.REFUSED),
+        (_chat({"content": [{"type": "refusal", "refusal": "No."}]}), "No.", False, Cause.REFUSED),
+        (_chat({"content": [{"type": "text", "text": "ok"}]}, "length"), None, True, Cause.TRUNCATED),
+        (_chat({"content": None, "tool_calls": []}, "tool_calls"), None, False, None),
+        ({"object": "list", "data": [{"embedding": [0.1]}]}, None, False, None),
+        ({"choices": []}, None, False, None),
+        ({"choices": ["odd"]}, None, False, None),
+        ("<html>not JSON</html>", None, False, None),
+    ],
+    ids=lambda v: None,
+)
+def test_an_answer_is_read_for_its_refusal_and_its_truncation(body, refusal, truncated, cause):
+    """`refusal`, `truncated` and the judge's `cause` agree on every shape of answer,
+    odd ones included (never an exception)."""
+    completion = Completion(body=body)
+    assert (completion.refusal, completion.truncated, completion.cause) == (refusal, truncated, cause)
