@@ -15,12 +15,12 @@ and the library executor.
 `Outcomes` applies that to an item's tally (a `Finished` that builds up over its
 attempts): it counts the answers and their usage (cached tokens included) into the
 tally and the run's `Stats`, and writes a finished item to the output. A finished
-answer's `cause` says that it was a refusal or cut at its ceiling (`finish_reason`
-"length": judged by the validators as any answer; `--require-finish stop` makes it
-invalid). What a mode does
-with REASK and RETRY is its own: the engine puts the job back in its retry heap; the
-Batch API mode moves the item into a follow-up round. RELEASE means the item is not
-written in this run (a stop left it): a rerun does it.
+item's `cause` says its last answer was a refusal or was cut at its ceiling
+(`finish_reason` "length": judged by the validators as any answer; `--require-finish
+stop` makes it invalid). What a mode does with REASK and RETRY is its own: the engine
+puts the job back in its retry heap; the Batch API mode moves the item into a follow-up
+round. RELEASE means the item is not written in this run (a stop left it): a rerun
+does it.
 """
 
 from __future__ import annotations
