@@ -253,3 +253,25 @@ def test_live_panel_keeps_its_width_and_says_when_stopping() -> None:
     big = console.export_text().splitlines()
     assert {len(line) for line in small} == {len(line) for line in big}
     assert "stopping: SIGINT received" in big[-1]
+
+
+def test_refusals_and_truncations_are_counted_on_the_panel_lines_and_summary() -> None:
+    """Two of the invalid items refused, five answers cut: the panel shows refused 2,
+    the plain line refused 2 and truncated 5, the summary both (text and JSON); a run
+    with neither keeps its plain line and summary as they were."""
+    plain = make_stats()
+    assert "refused" not in progress_line(plain, PRICE) and "truncated" not in progress_line(plain, PRICE)
+    stats = make_stats()
+    stats.refused, stats.truncated = 2, 5
+    console = Console(width=120, record=True, file=io.StringIO())
+    console.print(StatsView(stats, PRICE))
+    assert re.search(r"refused\s+2\b", console.export_text())
+    line = progress_line(stats, PRICE)
+    assert "invalid 3" in line and "refused 2" in line and "truncated 5" in line
+    out = io.StringIO()
+    render_summary(stats, PRICE, console=Console(file=out, width=200), rich_table=False)
+    assert "refused / truncated: 2 / 5" in out.getvalue()
+    assert (summary_dict(stats, PRICE)["refused"], summary_dict(stats, PRICE)["truncated"]) == (2, 5)
+    out = io.StringIO()
+    render_summary(plain, PRICE, console=Console(file=out, width=200), rich_table=False)
+    assert "refused" not in out.getvalue()

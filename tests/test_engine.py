@@ -26,10 +26,10 @@ from llmbatch.core.errors import (
 )
 from llmbatch.core.retry import no_backoff
 from llmbatch.core.stats import Stats
-from llmbatch.core.values import Completion, Finished, Request, State
+from llmbatch.core.values import Cause, Completion, Finished, Request, State
 from llmbatch.modes.control import RunControl
 from llmbatch.modes.live.engine import Engine, EngineConfig
-from llmbatch.modes.outcome import DEFAULT_RETRY, Outcomes
+from llmbatch.modes.outcome import DEFAULT_RETRY, Outcomes, Verdict
 from llmbatch.providers.echo import text_response
 from llmbatch.schedule.limits import Limits, Permit
 
@@ -156,6 +156,7 @@ def make_engine(
     judged = {
         "max_requests": config.pop("max_requests", 3),
         "retry": replace(DEFAULT_RETRY, retries=config.pop("max_retries", 3)),
+        "reask_refusals": config.pop("reask_refusals", False),
     }
     outcomes = Outcomes(validator=validator, output=out, stats=stats, control=RunControl(stats), **judged)
     engine = Engine(
@@ -387,3 +388,121 @@ async def test_an_input_that_fails_to_read_mid_run_fails_the_run():
         await asyncio.wait_for(engine.run(source()), 5)
     assert 0 < len(out.items) <= 50
     assert len(states(out)) == len(out.items)
+
+
+# --- refusals and truncations ---------------------------------------------------------
+
+
+def refusal(text: str = "I can't help with that", *, as_part: bool = False) -> Completion:
+    """A chat completion in which the model declines: `message.refusal` (content null),
+    or a `refusal` content part."""
+    message: dict[str, Any] = {"role": "assistant", "content": None, "refusal": text}
+    if as_part:
+        message = {"role": "assistant", "content": [{"type": "refusal", "refusal": text}]}
+    body = {
+        "object": "chat.completion",
+        "choices": [{"index": 0, "message": message, "finish_reason": "stop"}],
+    }
+    return Completion(body=body)
+
+
+@pytest.mark.parametrize("as_part", [False, True], ids=["message.refusal", "content-part"])
+async def test_a_refusal_is_written_invalid_once_and_not_asked_again(as_part):
+    """A model that refuses r1 and r3: each is written once, invalid with the cause
+    refused and the refusal in its reason, after one request; the others are valid."""
+
+    def script(req: Request, n: int) -> Completion:
+        return refusal(as_part=as_part) if req.custom_id in ("r1", "r3") else text_response("good")
+
+    provider = ScriptedProvider(script)
+    engine, out, stats = make_engine(provider, max_requests=3)
+    await engine.run(requests(5))
+    refused = {f.request.custom_id: f for f in out.items if f.cause is Cause.REFUSED}
+    assert sorted(refused) == ["r1", "r3"]
+    for f in refused.values():
+        assert f.state is State.INVALID and f.requests == 1
+        assert f.reason == "the model refused: I can't help with that"
+    assert provider.attempts == Counter({f"r{i}": 1 for i in range(5)})
+    assert (stats.valid, stats.invalid, stats.refused, stats.reasks) == (3, 2, 2, 0)
+
+
+async def test_a_refusal_beside_content_the_validators_accept_is_still_a_refusal():
+    """An answer carrying both content and `message.refusal`: judged a refusal, and not
+    put in the response cache."""
+    answer = text_response("good")
+    answer.body["choices"][0]["message"]["refusal"] = "no"
+    cache: dict[int, Completion] = {}
+
+    class DictCache:
+        def get(self, fp: int) -> Completion | None:
+            return cache.get(fp)
+
+        def put(self, fp: int, completion: Completion) -> None:
+            cache[fp] = completion
+
+    out, stats = ListOutput(), Stats()
+    outcomes = Outcomes(
+        validator=valid_unless_bad, output=out, stats=stats, control=RunControl(stats), cache=DictCache()
+    )
+    item = Finished(request=next(requests(1)), state=State.FAILED)
+    assert outcomes.answered(item, answer) is Verdict.FINISH
+    assert (item.state, item.cause, stats.refused, cache) == (State.INVALID, Cause.REFUSED, 1, {})
+
+
+async def test_with_reask_refusals_a_refusal_is_asked_again_up_to_the_cap():
+    """--reask-refusals: r0 refuses every time (written refused after max_requests), r1
+    refuses once and then answers (valid, no cause)."""
+
+    def script(req: Request, n: int) -> Completion:
+        if req.custom_id == "r0" or (req.custom_id == "r1" and n == 0):
+            return refusal()
+        return text_response("good")
+
+    provider = ScriptedProvider(script)
+    engine, out, stats = make_engine(provider, max_requests=3, reask_refusals=True)
+    await engine.run(requests(3))
+    got = {f.request.custom_id: (f.state, f.requests, f.cause) for f in out.items}
+    assert got == {
+        "r0": (State.INVALID, 3, Cause.REFUSED),
+        "r1": (State.VALID, 2, None),
+        "r2": (State.VALID, 1, None),
+    }
+    assert (stats.refused, stats.reasks) == (1, 3)
+
+
+async def test_a_truncated_answer_is_judged_as_any_and_carries_the_cause_truncated():
+    """finish_reason "length": a valid cut answer is written valid with the cause
+    truncated; an invalid one is asked again, and written with the cause of its last
+    answer; both are counted truncated."""
+
+    def script(req: Request, n: int) -> Completion:
+        if req.custom_id == "r0":
+            return text_response("good", finish_reason="length")
+        if req.custom_id == "r1":
+            return text_response("bad", finish_reason="length")
+        return text_response("good")
+
+    provider = ScriptedProvider(script)
+    engine, out, stats = make_engine(provider, max_requests=2)
+    await engine.run(requests(3))
+    got = {f.request.custom_id: (f.state, f.requests, f.cause) for f in out.items}
+    assert got == {
+        "r0": (State.VALID, 1, Cause.TRUNCATED),
+        "r1": (State.INVALID, 2, Cause.TRUNCATED),
+        "r2": (State.VALID, 1, None),
+    }
+    assert (stats.truncated, stats.refused) == (2, 0)
+
+
+async def test_a_failure_after_a_truncated_answer_has_no_cause():
+    """A cut answer re-asked, then a 400: the item fails with the error, no cause."""
+
+    def script(req: Request, n: int) -> Completion | BaseException:
+        if n == 0:
+            return text_response("bad", finish_reason="length")
+        return PermanentError("HTTP 400: bad request", code="invalid_request")
+
+    engine, out, stats = make_engine(ScriptedProvider(script), max_requests=3)
+    await engine.run(requests(1))
+    (f,) = out.items
+    assert (f.state, f.cause, stats.truncated) == (State.FAILED, None, 0)

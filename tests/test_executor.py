@@ -334,6 +334,21 @@ async def test_doc_testing_with_echo_provider() -> None:
     assert results["science"].value.content == "Science question"
 
 
+async def test_a_refusal_is_told_on_the_response() -> None:
+    """A model that declines: the task succeeds (the executor judges no answers), with
+    empty content and the refusal on `LLMResponse.refusal`; a plain answer has none."""
+    declined = text_response("")
+    declined.body["choices"][0]["message"] = {"role": "assistant", "content": None, "refusal": "No."}
+    provider = EchoProvider()
+    provider.set_responses([declined, text_response("Sure")])
+    executor = ParallelLLMExecutor(provider, max_concurrency=1)
+    first, second = await executor.execute_sequential(
+        [LLMTask(messages=[LLMMessage(role="user", content=q)]) for q in ("a", "b")]
+    )
+    assert (first.success, first.value.content, first.value.refusal) == (True, "", "No.")
+    assert (second.value.content, second.value.refusal) == ("Sure", None)
+
+
 async def test_doc_testing_error_handling() -> None:
     """ErrorResponse makes the task that takes it fail with that exception."""
     provider = EchoProvider()

@@ -208,6 +208,15 @@ def run(
     max_requests: Annotated[
         int, Opt(help="Answered requests per item, re-asks included.", panel=VALIDATION, metavar="N")
     ] = DEFAULT_MAX_REQUESTS,
+    reask_refusals: Annotated[
+        bool,
+        Opt(
+            "--reask-refusals",
+            help="Ask again when the model refuses (else written invalid, cause refused, not asked again).",
+            panel=VALIDATION,
+            metavar="",
+        ),
+    ] = False,
     # output
     merged: Annotated[
         bool,

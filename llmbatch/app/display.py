@@ -104,6 +104,10 @@ def progress_line(stats: Stats, price: Price | None, pace: _RecentPace | None = 
     counts = (
         f"valid {stats.valid:,} invalid {stats.invalid:,} failed {stats.failed:,} rejected {stats.rejected:,}"
     )
+    if stats.refused:
+        counts += f" refused {stats.refused:,}"
+    if stats.truncated:
+        counts += f" truncated {stats.truncated:,}"
     if stats.skipped:
         counts += f" skipped {stats.skipped:,}"
     if stats.cached:
@@ -231,7 +235,7 @@ class StatsView:
             ("tokens in", f"{s.prompt_tokens:,}", "429s", _count(s.http_429, "yellow")),
             ("tokens out", f"{s.completion_tokens:,}", "skipped", f"{s.skipped:,}"),
             ("cost so far", usd(spent_usd(s, self.price)), "cached", f"{s.cached:,}"),
-            ("projected", usd(_projected(s, self.price)), "", ""),
+            ("projected", usd(_projected(s, self.price)), "refused", _count(s.refused, "yellow")),
         )
         for a, x, b, y in rows:
             figures.add_row(a, x, "", b, y)

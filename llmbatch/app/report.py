@@ -1,7 +1,7 @@
 """`llmbatch report OUTPUT...`: what finished outputs hold, without writing a script.
 
-Counts (valid, invalid, failed by error code, how answered), tokens, cost, the most
-common reasons answers were invalid, and the latency percentiles, read from output files
+Counts (valid, invalid, failed by error code, refused, truncated, how answered), tokens,
+cost, the most common reasons answers were invalid, and the latency percentiles, read from output files
 of either format (plain or compressed, one or several: a sharded run's outputs).
 Streams: memory is the counters, one hash per id and one number per latency.
 """
@@ -41,6 +41,7 @@ class Report:
     failed: Counter[str] = field(default_factory=Counter)  # by error code
     via: Counter[str] = field(default_factory=Counter)
     reasons: Counter[str] = field(default_factory=Counter)
+    causes: Counter[str] = field(default_factory=Counter)  # refused, truncated
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cached_tokens: int = 0
@@ -67,6 +68,8 @@ class Report:
             "invalid": self.states[State.INVALID.value],
             "failed": self.states[State.FAILED.value],
             "failed_by_code": dict(self.failed.most_common()),
+            "refused": self.causes["refused"],
+            "truncated": self.causes["truncated"],
             "answered_via": dict(self.via.most_common()),
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
@@ -126,6 +129,8 @@ def _count(
         report.failed[fields["code"] or "error"] += 1
     elif line.state is State.INVALID and fields["reason"]:
         report.reasons[fields["reason"]] += 1
+    if isinstance(fields["cause"], str):
+        report.causes[fields["cause"]] += 1
     prompt, completion, cached = fields["prompt"], fields["completion"], fields["cached"]
     report.prompt_tokens += prompt
     report.completion_tokens += completion
@@ -164,6 +169,7 @@ def _fields(rec: dict[str, Any]) -> dict[str, Any]:
             "latency": rec.get("llm_latency_ms"),
             "requests": rec.get("llm_requests"),
             "model": rec.get("llm_model"),
+            "cause": rec.get("llm_cause"),
         }
     meta: dict[str, Any] = rec["llmbatch"] if isinstance(rec.get("llmbatch"), dict) else {}
     usage: dict[str, Any] = meta["usage"] if isinstance(meta.get("usage"), dict) else {}
@@ -180,6 +186,7 @@ def _fields(rec: dict[str, Any]) -> dict[str, Any]:
         "latency": meta.get("latency_ms"),
         "requests": meta.get("requests"),
         "model": body.get("model") if isinstance(body.get("model"), str) else None,
+        "cause": meta.get("cause"),
     }
 
 
@@ -194,7 +201,9 @@ def format_report(report: Report) -> str:
         + (f", {report.other:,} not llmbatch's" if report.other else "")
         + ")",
         f"valid:        {d['valid']:,}   invalid: {d['invalid']:,}   failed: {d['failed']:,}"
-        + (f" ({failed})" if failed else ""),
+        + (f" ({failed})" if failed else "")
+        + (f"   refused: {d['refused']:,}" if d["refused"] else "")
+        + (f"   truncated: {d['truncated']:,}" if d["truncated"] else ""),
         "answered:     " + ", ".join(f"{via} {n:,}" for via, n in report.via.most_common()),
         f"tokens:       {report.prompt_tokens:,} in"
         + (f" ({report.cached_tokens:,} cached)" if report.cached_tokens else "")

@@ -175,6 +175,7 @@ async def _run(
         control=control,
         cache=cache,
         max_requests=settings.max_requests,
+        reask_refusals=settings.reask_refusals,
         retry=settings.retry,
         log=display.log,
         error=display.error,

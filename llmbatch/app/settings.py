@@ -84,6 +84,7 @@ class Settings:
     schema: Path | None = None  # structured outputs + a schema validator, in one flag
     strict: bool = False  # --schema must go strict: true (else exit 2), not quietly non-strict
     require_finish: str | None = None
+    reask_refusals: bool = False  # a refusal is asked again like an invalid answer
     output_format: Literal["batch", "merged"] = "batch"
     ordered: bool = False  # the output in input order
     rejects: Path | None = None

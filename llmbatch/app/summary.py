@@ -57,6 +57,8 @@ def _summary_rows(stats: Stats, price: Price | None) -> list[tuple[str, str]]:
         more = stats.invalid + stats.failed - len(stats.not_valid)
         named = ", ".join(stats.not_valid) + (f" and {more:,} more" if more > 0 else "")
         rows.insert(2, ("not valid", named))
+    if stats.refused or stats.truncated:
+        rows.insert(2, ("refused / truncated", f"{stats.refused:,} / {stats.truncated:,}"))
     if stats.stopped:
         rows.append(("stopped", stats.stop_reason or "yes"))
     return rows

@@ -57,6 +57,7 @@ class Stats:
         "prompt_tokens",
         "reasks",
         "redone",
+        "refused",
         "rejected",
         "requests",
         "retries",
@@ -67,6 +68,7 @@ class Stats:
         "total",
         "total_exact",
         "tpm_limit",
+        "truncated",
         "valid",
     )
 
@@ -77,6 +79,8 @@ class Stats:
         self.valid = 0
         self.invalid = 0  # written with valid: false after --max-requests answers
         self.failed = 0  # written with an error (request refused, retries exhausted)
+        self.refused = 0  # of the invalid, those whose last answer was the model's refusal
+        self.truncated = 0  # written with an answer cut at its ceiling (valid or invalid)
         self.rejected = 0  # bad input lines
         # The first items written not valid, each as "ID (state: code)", for the summary.
         self.not_valid: list[str] = []
@@ -180,6 +184,8 @@ class Stats:
             "valid": self.valid,
             "invalid": self.invalid,
             "failed": self.failed,
+            "refused": self.refused,
+            "truncated": self.truncated,
             "rejected": self.rejected,
             "skipped": self.skipped,
             "blank": self.blank,

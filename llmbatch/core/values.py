@@ -12,6 +12,7 @@ from llmbatch.core.endpoints import CHAT
 from llmbatch.core.errors import ProviderError
 
 __all__ = [
+    "Cause",
     "Completion",
     "Finished",
     "Request",
@@ -68,6 +69,16 @@ class Usage:
         )
 
 
+class Cause(enum.StrEnum):
+    """What sets an item's last answer apart, beside its state (the output's `cause`)."""
+
+    REFUSED = "refused"  # the model declined to answer: invalid, not asked again unless asked
+    TRUNCATED = "truncated"  # cut at the answer ceiling (finish_reason "length"); judged as any
+
+
+_REFUSED, _TRUNCATED = Cause.REFUSED, Cause.TRUNCATED
+
+
 @dataclass(slots=True)
 class Completion:
     """A 2xx answer. The body is kept as the parsed JSON, not as SDK models: building
@@ -100,6 +111,67 @@ class Completion:
         c = self.choice
         return c.get("finish_reason") if c is not None else None
 
+    @property
+    def refusal(self) -> str | None:
+        """The model's refusal, when it declined to answer: the first choice's
+        `message.refusal`, or a `refusal` content part; None when it did not refuse."""
+        # Read on every answer: the usual shapes are read straight (no exception is
+        # raised for an embeddings body), anything odd falls to the except.
+        body = self.body
+        choices = body.get("choices") if isinstance(body, dict) else None
+        if not choices:
+            return None
+        try:
+            msg = choices[0]["message"]
+            refusal = msg.get("refusal")
+        except (TypeError, KeyError, IndexError, AttributeError):
+            return None
+        if refusal:
+            return refusal if isinstance(refusal, str) else str(refusal)
+        content = msg.get("content")
+        return _refusal_part(content) if isinstance(content, list) else None
+
+    @property
+    def truncated(self) -> bool:
+        """Whether the answer was cut at the request's answer ceiling (`finish_reason`
+        "length")."""
+        body = self.body
+        choices = body.get("choices") if isinstance(body, dict) else None
+        if not choices or not isinstance(choices, list):
+            return False
+        choice = choices[0]
+        return isinstance(choice, dict) and choice.get("finish_reason") == "length"
+
+    @property
+    def cause(self) -> Cause | None:
+        """What sets this answer apart: REFUSED when the model declined (`refusal`),
+        TRUNCATED when it was cut at its ceiling (`truncated`), else None."""
+        # The judge reads this on every answer. A chat answer with text content and no
+        # refusal is told from one reading of its first choice (about half the cost of
+        # asking `refusal` and `truncated` in turn); any other body (a refusal, content
+        # parts, tool calls, another endpoint's answer) is asked through them, so an
+        # endpoint that teaches those two its own shape gets a right `cause` too.
+        body = self.body
+        if body.__class__ is dict and "choices" in body:
+            try:
+                choice = body["choices"][0]
+                msg = choice["message"]
+                if not msg.get("refusal") and msg["content"].__class__ is str:
+                    return _TRUNCATED if choice.get("finish_reason") == "length" else None
+            except (TypeError, KeyError, IndexError, AttributeError):
+                pass
+        if self.refusal is not None:
+            return _REFUSED
+        return _TRUNCATED if self.truncated else None
+
+
+def _refusal_part(parts: list[Any]) -> str | None:
+    for part in parts:
+        if isinstance(part, dict) and part.get("type") == "refusal":
+            text = part.get("refusal")
+            return text if isinstance(text, str) and text else "refused"
+    return None
+
 
 def choice_text(choice: Mapping[str, Any]) -> str | None:
     """A choice's message content (or a completion's text), or None when there is none."""
@@ -131,6 +203,7 @@ class Finished:
     cached_tokens: int = 0  # of the prompt tokens, those the provider read from its cache
     last: Completion | None = None  # the last answer, if any
     reason: str | None = None  # why the last answer is invalid
+    cause: Cause | None = None  # the last answer refused or truncated (not for failures)
     error: ProviderError | None = None  # why the item failed
     via: str = "live"  # live, cached or batch
     batch_id: str | None = None

@@ -98,13 +98,15 @@ class DeterministicTask:
 @dataclass(frozen=True, slots=True)
 class LLMResponse:
     """An LLM task's answer. `content` is the text ("" when the model answered without
-    any, e.g. only tool calls); `completion` is the provider's full answer."""
+    any, e.g. only tool calls); `completion` is the provider's full answer; `refusal`
+    the model's refusal when it declined to answer (its `content` is then "")."""
 
     content: str
     model: str | None
     usage: Usage
     finish_reason: str | None
     completion: Completion
+    refusal: str | None = None
 
     @classmethod
     def from_completion(cls, completion: Completion) -> LLMResponse:
@@ -119,6 +121,7 @@ class LLMResponse:
             usage=completion.usage,
             finish_reason=completion.finish_reason,
             completion=completion,
+            refusal=completion.refusal,
         )
 
 

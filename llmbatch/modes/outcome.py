@@ -5,6 +5,8 @@ and the library executor.
                        └──► invalid, requests left ............... REASK
                        └──► invalid, none left ................... FINISH (invalid)
                        └──► the validator itself is broken ....... stop the run (exit 2)
+           └──► a refusal (valid or not) ......................... FINISH (invalid, cause
+                refused); with --reask-refusals as an invalid answer
     error ───► transient (429, 408, 409, 5xx, timeout, reset) .... RETRY after the server's
                delay, else backoff; FINISH (failed) when retries are spent
           └──► no capacity on the flex tier (a capacity 429) ........ RETRY, counted apart;
@@ -14,15 +16,19 @@ and the library executor.
 
 `Outcomes` applies that to an item's tally (a `Finished` that builds up over its
 attempts): it counts the answers and their usage (cached tokens included) into the
-tally and the run's `Stats`, and writes a finished item to the output. What a mode does
-with REASK and RETRY is its own: the engine puts the job back in its retry heap; the
-Batch API mode moves the item into a follow-up round. RELEASE means the item is not
-written in this run (a stop left it): a rerun does it.
+tally and the run's `Stats`, and writes a finished item to the output. A finished
+item's `cause` says its last answer was a refusal or was cut at its ceiling
+(`finish_reason` "length": judged by the validators as any answer; `--require-finish
+stop` makes it invalid). What a mode does with REASK and RETRY is its own: the engine
+puts the job back in its retry heap; the Batch API mode moves the item into a follow-up
+round. RELEASE means the item is not written in this run (a stop left it): a rerun
+does it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import copy
 import enum
 from collections.abc import Callable
 from typing import Protocol
@@ -41,7 +47,7 @@ from llmbatch.core.errors import (
 from llmbatch.core.retry import DEFAULT_MAX_RETRIES, BackoffStrategy, RetryConfig, RetryPolicy
 from llmbatch.core.stats import NOT_VALID_SHOWN, Stats
 from llmbatch.core.tiers import DEFAULT_TIER, FLEX, on_tier, tier_of
-from llmbatch.core.values import Completion, Finished, Request, State, Usage
+from llmbatch.core.values import Cause, Completion, Finished, Request, State, Usage
 from llmbatch.files.jsonl import write_failure
 from llmbatch.modes.control import RunControl
 
@@ -152,6 +158,7 @@ class Outcomes:
         control: RunControl,
         cache: Cache | None = None,
         max_requests: int = DEFAULT_MAX_REQUESTS,
+        reask_refusals: bool = False,
         retry: RetryPolicy = DEFAULT_RETRY,
         log: Callable[[str], None] = _silent,
         error: Callable[[str], None] | None = None,
@@ -163,6 +170,9 @@ class Outcomes:
         self.control = control
         self.cache = cache
         self.max_requests = max_requests
+        # A refusal is written as it is: asking the same again mostly pays for the same
+        # refusal. With this, it is asked again like an invalid answer.
+        self.reask_refusals = reask_refusals
         self.retry = retry
         self._capped_told = False
         self.log = log
@@ -172,19 +182,10 @@ class Outcomes:
 
     def with_output(self, output: Output) -> Outcomes:
         """The same judge writing elsewhere (a Batch API follow-up that records what it
-        wrote)."""
-        return Outcomes(
-            validator=self.validator,
-            output=output,
-            stats=self.stats,
-            control=self.control,
-            cache=self.cache,
-            max_requests=self.max_requests,
-            retry=self.retry,
-            log=self.log,
-            error=self.error,
-            flex_fallback=self.flex_fallback,
-        )
+        wrote): every other setting and sink kept, so none can be forgotten."""
+        judge = copy.copy(self)
+        judge.output = output
+        return judge
 
     # --- answers -----------------------------------------------------------------
 
@@ -211,13 +212,19 @@ class Outcomes:
         reason = self._validate(item.request, completion)
         if reason is _BROKEN:
             return Verdict.RELEASE
-        if reason is None:
+        cause = completion.cause  # refused, truncated, or (most often) None
+        refused = cause is _REFUSED
+        if refused:
+            reason = _short(f"the model refused: {completion.refusal}")
+        elif reason is None:
             if self.cache is not None:
                 self.cache.put(item.request.fp, completion)
+            item.cause = cause
             self.finish(item, State.VALID, via=via)
             return Verdict.FINISH
         item.reason = reason
-        if item.requests >= self.max_requests:
+        if item.requests >= self.max_requests or (refused and not self.reask_refusals):
+            item.cause = cause
             self.finish(item, State.INVALID, via=via)
             return Verdict.FINISH
         if hold:
@@ -233,9 +240,11 @@ class Outcomes:
         reason = self._validate(item.request, completion)
         if reason is _BROKEN:
             return Verdict.RELEASE
-        if reason is not None:
+        cause = completion.cause
+        if reason is not None or cause is _REFUSED:
             return None
         item.last = completion
+        item.cause = cause
         self.stats.cached += 1
         self.finish(item, State.VALID, via="cached")
         return Verdict.FINISH
@@ -345,6 +354,7 @@ class Outcomes:
         """Count the item as finished and write it. A write that failed stops the run."""
         stats = self.stats
         stats.done += 1
+        cause = item.cause
         if state is State.VALID:
             stats.valid += 1
         else:
@@ -352,9 +362,15 @@ class Outcomes:
                 stats.invalid += 1
             else:
                 stats.failed += 1
+                item.cause = cause = None  # a failure's error says what happened
             if len(stats.not_valid) < NOT_VALID_SHOWN:
-                why = error.code if error is not None else "invalid_answer"
+                why = error.code if error is not None else cause or "invalid_answer"
                 stats.not_valid.append(f"{item.request.custom_id} ({state}: {why})")
+        if cause is not None:
+            if cause is _REFUSED:
+                stats.refused += 1
+            else:
+                stats.truncated += 1
         item.state, item.error, item.via = state, error, via
         if batch_id is not None:
             item.batch_id = batch_id
@@ -366,3 +382,11 @@ class Outcomes:
 
 # `_validate`'s answer when the validator raised: not a reason, not valid.
 _BROKEN = "\0broken"
+_REFUSED = Cause.REFUSED
+# A reason lands in every output line; a refusal can be a paragraph.
+MAX_REASON = 300
+
+
+def _short(text: str) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= MAX_REASON else text[: MAX_REASON - 1] + "…"

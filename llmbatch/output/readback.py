@@ -2,6 +2,11 @@
 (`Line`: its custom_id, format, state, fingerprint, fault and server), from either format
 and from lines an older llmbatch wrote, and the answer a line holds (for
 ``--revalidate``). The shape of the lines is `llmbatch.output.records`'.
+
+A line's ``cause`` (``refused``, ``truncated``) is not read back: a refused answer is
+written invalid, and a rerun redoes it as any invalid one (``--redo invalid``). It sits
+before the tail `read_tail` reads, so lines with it and lines without it (an older
+llmbatch's) read alike.
 """
 
 from __future__ import annotations

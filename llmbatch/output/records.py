@@ -20,9 +20,12 @@ state (valid / invalid / failed) and, for a failure, its error code and whose fa
 was (``request``: 400/404/422, retrying cannot help; ``transient``: worth another try),
 the server it was sent to (``server``: a hash of the base URL, never the URL itself),
 and how it was answered (``via``: ``live``, ``cached``, or ``batch`` with the batch id).
-The Batch-shaped line keeps these in its ``llmbatch`` block, the merged row in
-``llm_*`` columns. `llmbatch.output.readback` reads them back from either;
-`llmbatch.output.writers` appends them to the output.
+An answer that was a refusal or was cut at its ceiling says so in ``cause``
+(``refused``: written invalid; ``truncated``: valid or not, as the validators said);
+a line without it (none, or an older llmbatch's) has no cause. The Batch-shaped line
+keeps these in its ``llmbatch`` block, the merged row in ``llm_*`` columns.
+`llmbatch.output.readback` reads them back from either; `llmbatch.output.writers`
+appends them to the output.
 """
 
 from __future__ import annotations
@@ -89,6 +92,8 @@ def batch_record(f: Finished, server: str = "") -> dict[str, Any]:
         meta["metadata"] = req.metadata
     if f.batch_id is not None:
         meta["batch_id"] = f.batch_id
+    if f.cause is not None:
+        meta["cause"] = f.cause  # refused, truncated
     # What a rerun reads comes last, in this order, and nothing of the user's after it:
     # `read_tail` finds it at the end of the line without parsing the whole answer.
     if f.error is not None:
@@ -148,6 +153,7 @@ def merged_record(f: Finished, server: str = "") -> dict[str, Any]:
             "llm_error_code": err["code"] if err else None,
             "llm_fault": fault_of(f.error) if f.error is not None else None,
             "llm_finish_reason": f.last.finish_reason if f.last is not None else None,
+            "llm_cause": f.cause,
             "llm_requests": f.requests,
             "llm_prompt_tokens": f.prompt_tokens,
             "llm_completion_tokens": f.completion_tokens,

@@ -36,7 +36,7 @@ class FakeProvider:
         body = request.body
         plan = script.parse_script(body)
         attempt = 0
-        if plan.fail or plan.bad:
+        if plan.counted:
             attempt = self._attempts.get(request.custom_id, 0)
             self._attempts[request.custom_id] = attempt + 1
         outcome = script.step(plan, attempt, body)
@@ -64,7 +64,12 @@ class FakeProvider:
             data = script.embedding_body(body)
         else:
             data = script.chat_body(
-                body, outcome.text, outcome.finish, f"chatcmpl-fake-{n}", cached=outcome.cached
+                body,
+                outcome.text,
+                outcome.finish,
+                f"chatcmpl-fake-{n}",
+                cached=outcome.cached,
+                refusal=outcome.refusal,
             )
         return Completion(
             body=data,

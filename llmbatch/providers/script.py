@@ -9,6 +9,8 @@ A message may script its own answer with a line ``@fake {...}`` (JSON):
   (429, 500, ...) or ``"hang"``, ``"drop"``, ``"garbage"`` (a 200 that is not JSON),
   ``"nochoices"`` (a 200 chat completion with no choices);
 - ``finish``: the answer's ``finish_reason`` (default ``stop``);
+- ``refuse``: the model declines, with this text as ``message.refusal`` (and no
+  content), on every answer, or on the first ``refusals`` answers (after the bad ones);
 - ``latency_ms``: this request's latency;
 - ``cached``: prompt tokens the answer reports as read from the provider's cache
   (``usage.prompt_tokens_details.cached_tokens``, at most the prompt's).
@@ -41,6 +43,13 @@ class Script:
     finish: str = "stop"
     latency_ms: float | None = None
     cached: int = 0
+    refuse: str | None = None
+    refusals: int | None = None  # how many answers refuse; None: every one
+
+    @property
+    def counted(self) -> bool:
+        """Whether what an attempt gets depends on the answers given before it."""
+        return bool(self.fail or self.bad or self.refusals)
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +60,7 @@ class Step:
     text: str
     finish: str
     cached: int = 0
+    refusal: str | None = None  # the model declines: this is its message.refusal
 
 
 def _contents(body: dict[str, Any]) -> list[str]:
@@ -94,6 +104,8 @@ def parse_script(body: dict[str, Any]) -> Script:
             finish=str(spec.get("finish", "stop")),
             latency_ms=float(spec["latency_ms"]) if "latency_ms" in spec else None,
             cached=int(spec.get("cached", 0)),
+            refuse=str(spec["refuse"]) if spec.get("refuse") else None,
+            refusals=int(spec["refusals"]) if "refusals" in spec else None,
         )
     return Script()
 
@@ -102,8 +114,11 @@ def step(script: Script, attempt: int, body: dict[str, Any]) -> Step:
     """The outcome of the attempt numbered *attempt* (0-based) for this request."""
     if attempt < len(script.fail):
         return Step(script.fail[attempt], "", "stop")
-    if attempt - len(script.fail) < script.bad:
+    answer = attempt - len(script.fail)
+    if answer < script.bad:
         return Step(None, BAD_ANSWER, "stop")
+    if script.refuse is not None and (script.refusals is None or answer - script.bad < script.refusals):
+        return Step(None, "", "stop", refusal=script.refuse)
     text = script.answer if script.answer is not None else answer_for(body)
     return Step(None, text, script.finish, script.cached)
 
@@ -171,16 +186,27 @@ def count_tokens(text: str) -> int:
 
 
 def chat_body(
-    body: dict[str, Any], text: str, finish: str, request_id: str, *, cached: int = 0
+    body: dict[str, Any],
+    text: str,
+    finish: str,
+    request_id: str,
+    *,
+    cached: int = 0,
+    refusal: str | None = None,
 ) -> dict[str, Any]:
     """A chat completion answering `text`. Like a real model, it stops at the request's
     `max_completion_tokens` / `max_tokens`: the answer is cut there, finish "length".
-    `cached` prompt tokens are reported as read from the provider's cache."""
+    `cached` prompt tokens are reported as read from the provider's cache. A `refusal`
+    is answered as OpenAI does: ``message.refusal`` set, ``content`` null."""
     prompt = sum(count_tokens(c) + 4 for c in _contents(body))
-    completion = count_tokens(text)
-    ceiling = body.get("max_completion_tokens") or body.get("max_tokens")
-    if isinstance(ceiling, int) and 0 < ceiling < completion:
-        text, completion, finish = text[: ceiling * 4], ceiling, "length"
+    content: str | None = text
+    if refusal is not None:
+        content, completion = None, count_tokens(refusal)
+    else:
+        completion = count_tokens(text)
+        ceiling = body.get("max_completion_tokens") or body.get("max_tokens")
+        if isinstance(ceiling, int) and 0 < ceiling < completion:
+            content, completion, finish = text[: ceiling * 4], ceiling, "length"
     usage: dict[str, Any] = {
         "prompt_tokens": prompt,
         "completion_tokens": completion,
@@ -196,7 +222,7 @@ def chat_body(
         "choices": [
             {
                 "index": 0,
-                "message": {"role": "assistant", "content": text},
+                "message": {"role": "assistant", "content": content, "refusal": refusal},
                 "finish_reason": finish,
                 "logprobs": None,
             }

@@ -151,7 +151,12 @@ def answer(line: Line, endpoint: str, attempts: Attempts) -> Result:
             body = script.embedding_body(line.body)
         else:
             body = script.chat_body(
-                line.body, outcome.text, outcome.finish, new_id("chatcmpl-"), cached=outcome.cached
+                line.body,
+                outcome.text,
+                outcome.finish,
+                new_id("chatcmpl-"),
+                cached=outcome.cached,
+                refusal=outcome.refusal,
             )
             if fault == "nochoices":
                 body["choices"] = []

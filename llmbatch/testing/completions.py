@@ -91,7 +91,9 @@ class ModelEndpoints:
         if embeddings:
             payload = script.embedding_body(body)
         else:
-            payload = script.chat_body(body, outcome.text, outcome.finish, "", cached=outcome.cached)
+            payload = script.chat_body(
+                body, outcome.text, outcome.finish, "", cached=outcome.cached, refusal=outcome.refusal
+            )
         usage = payload["usage"]
 
         if self.limits is not None:
