@@ -1,5 +1,6 @@
 """The values every layer passes around: a `Request` (what is sent for one item), the
-`Completion` that answers it and its `Usage`."""
+`Completion` that answers it and its `Usage`. A completion reads its answer (text,
+finish reason, usage) through its endpoint (:mod:`llmbatch.core.endpoints`)."""
 
 from __future__ import annotations
 
@@ -8,8 +9,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from llmbatch.core.endpoints import CHAT
+from llmbatch.core.endpoints import CHAT, CHAT_ENDPOINT, Endpoint
+from llmbatch.core.endpoints.chat import choice_text, first_choice
 from llmbatch.core.errors import ProviderError
+from llmbatch.core.usage import Usage
 
 __all__ = [
     "Completion",
@@ -43,32 +46,6 @@ class Request:
 
 
 @dataclass(slots=True)
-class Usage:
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    cached_tokens: int = 0  # of the prompt tokens, those read from the provider's cache
-
-    @property
-    def total_tokens(self) -> int:
-        return self.prompt_tokens + self.completion_tokens
-
-    @classmethod
-    def from_body(cls, body: Mapping[str, Any]) -> Usage:
-        u = body.get("usage")
-        if not isinstance(u, dict):
-            return cls()
-        prompt, completion = u.get("prompt_tokens"), u.get("completion_tokens")
-        details = u.get("prompt_tokens_details")
-        cached = details.get("cached_tokens") if details.__class__ is dict else None
-        # int() only for what is not an int already (a float, a string): once per answer.
-        return cls(
-            prompt if prompt.__class__ is int else int(prompt or 0),
-            completion if completion.__class__ is int else int(completion or 0),
-            cached if cached.__class__ is int else int(cached or 0),
-        )
-
-
-@dataclass(slots=True)
 class Completion:
     """A 2xx answer. The body is kept as the parsed JSON, not as SDK models: building
     pydantic objects per response is most of the SDK's cost and we only re-serialise."""
@@ -80,32 +57,29 @@ class Completion:
     request_id: str | None = None
     latency_ms: float = 0.0
 
+    # The endpoint that answered: it reads the body (chat's unless told otherwise).
+    endpoint: Endpoint = CHAT_ENDPOINT
+
     @property
     def choice(self) -> dict[str, Any] | None:
-        body = self.body
-        if isinstance(body, dict):
-            choices = body.get("choices")
-            if isinstance(choices, list) and choices and isinstance(choices[0], dict):
-                return choices[0]
-        return None
+        """A chat or completions body's first choice (None for the other endpoints)."""
+        return first_choice(self.body)
 
     @property
     def text(self) -> str | None:
-        """The first choice's message content, or None when there is none."""
-        c = self.choice
-        return None if c is None else choice_text(c)
+        """The answer's text (chat: the first choice's message content), or None when
+        there is none."""
+        return self.endpoint.text(self.body)
 
     @property
     def finish_reason(self) -> str | None:
-        c = self.choice
-        return c.get("finish_reason") if c is not None else None
+        return self.endpoint.finish_reason(self.body)
 
-
-def choice_text(choice: Mapping[str, Any]) -> str | None:
-    """A choice's message content (or a completion's text), or None when there is none."""
-    msg = choice.get("message")
-    content = msg.get("content") if isinstance(msg, dict) else choice.get("text")
-    return content if isinstance(content, str) else None
+    @property
+    def truncated(self) -> bool:
+        """Whether the answer was cut off by its ceiling (chat: finish_reason length;
+        Responses: incomplete, max_output_tokens)."""
+        return self.endpoint.truncated(self.body)
 
 
 class State(enum.StrEnum):
@@ -128,6 +102,7 @@ class Finished:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cached_tokens: int = 0  # of the prompt tokens, those the provider read from its cache
+    reasoning_tokens: int = 0  # of the completion tokens, those spent reasoning
     last: Completion | None = None  # the last answer, if any
     reason: str | None = None  # why the last answer is invalid
     error: ProviderError | None = None  # why the item failed

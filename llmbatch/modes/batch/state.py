@@ -255,8 +255,11 @@ class BatchState:
                 "completion_tokens = 0, cached_tokens = 0, done = 0",
                 (req.custom_id, chunk_id, req.line, _request_blob(req)),
             )
-        else:
-            self._db.execute("UPDATE items SET chunk = ? WHERE custom_id = ?", (chunk_id, req.custom_id))
+        else:  # its request too: a re-ask may carry the conversation (Responses, completions)
+            self._db.execute(
+                "UPDATE items SET chunk = ?, request = ? WHERE custom_id = ?",
+                (chunk_id, _request_blob(req), req.custom_id),
+            )
         self._db.execute(
             "UPDATE chunks SET items = items + 1, bytes = bytes + ?, tokens = tokens + ?, worst = worst + ? "
             "WHERE id = ?",
