@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 from llmbatch.app.checks import DEFAULT_BASE_URL, check_api_key
 from llmbatch.app.settings import Settings
-from llmbatch.core.endpoints import ENDPOINTS, normalise_endpoint
+from llmbatch.core.endpoints import known_endpoints, normalise_endpoint
 from llmbatch.core.errors import ConfigError
 from llmbatch.cost.prices import FAKE_FREE, Price, price_for, table_price
 from llmbatch.input.build import RequestBuilder, Template, schema_format
@@ -35,20 +35,22 @@ __all__ = [
 
 def builder_for(settings: Settings) -> RequestBuilder:
     """The builder a run's settings ask for (run and estimate alike)."""
-    endpoint = normalise_endpoint(settings.endpoint)
-    if endpoint is None:
-        raise ConfigError(f"unknown endpoint {settings.endpoint!r} (use {' or '.join(ENDPOINTS)})")
-    params = dict(settings.params)
-    if settings.schema is not None:
-        params.setdefault("response_format", schema_format(settings.schema))
+    endpoint = None
+    if settings.endpoint is not None:
+        endpoint = normalise_endpoint(settings.endpoint)
+        if endpoint is None:
+            raise ConfigError(f"unknown endpoint {settings.endpoint!r} (use {known_endpoints()})")
     return RequestBuilder(
         model=settings.model,
         template=Template(settings.prompt) if settings.prompt is not None else None,
         system=settings.system,
         id_field=settings.id_field,
         endpoint=endpoint,
-        params=params,
+        params=dict(settings.params),
         default_model="fake" if settings.provider == "fake" else None,
+        max_tokens=settings.max_tokens,
+        schema=schema_format(settings.schema) if settings.schema is not None else None,
+        validating=bool(settings.validate) or settings.schema is not None,
     )
 
 
