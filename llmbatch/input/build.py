@@ -32,8 +32,8 @@ from llmbatch.core.endpoints import (
     bare_endpoint,
     known_endpoints,
     normalise_endpoint,
+    text_format_of,
 )
-from llmbatch.core.endpoints import text_format as _text_format
 from llmbatch.core.errors import ConfigError, InputError
 from llmbatch.core.values import Request
 
@@ -278,4 +278,4 @@ def text_format(path: Path) -> dict[str, object]:
     """The Responses API's ``text.format`` asking for the schema in `path`: what
     `schema_format` asks of chat, in the Responses shape (so whatever `schema_format`
     adds, ``strict`` included, is asked of both)."""
-    return _text_format(schema_format(path))
+    return text_format_of(schema_format(path))

@@ -162,7 +162,7 @@ def step(script: Script, attempt: int, body: dict[str, Any]) -> Step:
     if attempt < len(script.fail):
         return Step(script.fail[attempt], "", "stop")
     if attempt - len(script.fail) < script.bad:
-        return Step(None, BAD_ANSWER, "stop")
+        return Step(None, BAD_ANSWER, "stop", script.cached, script.reasoning)
     text = script.answer if script.answer is not None else answer_for(body)
     return Step(None, text, script.finish, script.cached, script.reasoning, script.flag)
 

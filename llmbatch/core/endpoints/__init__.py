@@ -23,7 +23,7 @@ from llmbatch.core.endpoints.chat import CHAT, Chat
 from llmbatch.core.endpoints.completions import COMPLETIONS, Completions
 from llmbatch.core.endpoints.embeddings import EMBEDDINGS, Embeddings
 from llmbatch.core.endpoints.moderations import MODERATIONS, Moderations
-from llmbatch.core.endpoints.responses import RESPONSES, Responses, text_format
+from llmbatch.core.endpoints.responses import RESPONSES, Responses, text_format_of
 
 __all__ = [
     "CHARS_PER_TOKEN",
@@ -40,7 +40,7 @@ __all__ = [
     "endpoint_of",
     "known_endpoints",
     "normalise_endpoint",
-    "text_format",
+    "text_format_of",
 ]
 
 ENDPOINTS: dict[str, Endpoint] = {

@@ -19,13 +19,13 @@ from typing import Any
 from llmbatch.core.endpoints.base import MESSAGE_FRAMING, Endpoint, reask_message, text_chars
 from llmbatch.core.usage import Usage
 
-__all__ = ["RESPONSES", "Responses", "text_format"]
+__all__ = ["RESPONSES", "Responses", "text_format_of"]
 
 RESPONSES = "/v1/responses"
 TRUNCATED = "incomplete: max_output_tokens"
 
 
-def text_format(response_format: Mapping[str, Any]) -> dict[str, Any]:
+def text_format_of(response_format: Mapping[str, Any]) -> dict[str, Any]:
     """The Responses API's ``text.format`` asking what chat's `response_format` asks:
     ``{"type": "json_schema", "json_schema": {"name", "schema", ...}}`` becomes
     ``{"type": "json_schema", "name", "schema", ...}`` (whatever else the json_schema
@@ -68,7 +68,7 @@ class Responses(Endpoint):
         return body
 
     def schema_params(self, response_format: dict[str, Any]) -> dict[str, Any]:
-        return {"text": {"format": text_format(response_format)}}
+        return {"text": {"format": text_format_of(response_format)}}
 
     def reask(self, body: Mapping[str, Any], answer: str | None, reason: str) -> dict[str, Any] | None:
         given = body.get("input")
