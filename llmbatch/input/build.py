@@ -185,19 +185,27 @@ class RequestBuilder:
 
     # Each shape gives (custom_id, body, url, metadata, item).
 
-    def _finish_body(self, line: int, body: dict[str, Any], endpoint: Endpoint) -> dict[str, Any]:
+    def _finish_body(
+        self, line: int, body: dict[str, Any], endpoint: Endpoint, *, own: bool = False
+    ) -> dict[str, Any]:
+        """The body as sent: the flags' parameters where the endpoint takes them. A line
+        that names its `own` endpoint (a Batch API line, a bare body without --endpoint)
+        in a file of several gets --max-tokens where its endpoint takes it
+        (`Endpoint.line_max_tokens_key`), and its validators only where they read its
+        answers; a run whose --endpoint has neither refuses the flags."""
         if self.params:
             body = {**self.params, **body}
         if self.max_tokens is not None:
-            key = endpoint.max_tokens_key
-            if key is None:
+            key = endpoint.line_max_tokens_key if own else endpoint.max_tokens_key
+            if key is not None:
+                body.setdefault(key, self.max_tokens)
+            elif not own:
                 message = f"--max-tokens has no meaning for {endpoint.path} (its answers have no length)"
                 raise InputError(message, line=line, kind="no_max_tokens")
-            body.setdefault(key, self.max_tokens)
         if self.schema is not None:
             for key, value in endpoint.schema_params(self.schema).items():
                 body.setdefault(key, value)
-        if self.validating and not endpoint.takes_validators:
+        if self.validating and not endpoint.takes_validators and not own:
             message = f"{endpoint.path} answers are not checked: --validate and --schema do not apply"
             raise InputError(message, line=line, kind="no_validators")
         if self.model:
@@ -225,13 +233,14 @@ class RequestBuilder:
         body = obj["body"]
         if not isinstance(body, dict):
             raise InputError("body must be a JSON object", line=line)
-        return cid, self._finish_body(line, dict(body), ENDPOINTS[url]), url, None, None
+        return cid, self._finish_body(line, dict(body), ENDPOINTS[url], own=True), url, None, None
 
     def _from_body(self, line: int, obj: dict[str, Any]) -> _Parts:
         custom_id = _body_id(obj, line)
         body = dict(obj)
         metadata = body.pop("metadata", None)
         body.pop("id", None)
+        own = self.endpoint is None
         if self.endpoint is not None:
             endpoint = ENDPOINTS[self.endpoint]
         else:
@@ -246,7 +255,7 @@ class RequestBuilder:
                     line=line,
                     kind="bare_endpoint",
                 )
-        return custom_id, self._finish_body(line, body, endpoint), endpoint.path, metadata, None
+        return custom_id, self._finish_body(line, body, endpoint, own=own), endpoint.path, metadata, None
 
     def _from_item(self, line: int, obj: dict[str, Any]) -> _Parts:
         assert self.template is not None

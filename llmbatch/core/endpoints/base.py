@@ -78,7 +78,8 @@ class Endpoint:
 
     `ceiling_keys` name the body fields that bound the answer, the first one present
     winning; `max_tokens_key` is the one ``--max-tokens`` fills (None: the endpoint has
-    no answer to bound, and the flag is refused). An endpoint whose `answers` is False
+    no answer to bound, and the flag is refused); `line_max_tokens_key` the one it fills
+    in a line that names this endpoint itself, in a file of several. An endpoint whose `answers` is False
     is billed no completion tokens (its ceiling is 0); one that is `free` is billed
     nothing. `prompt_keys` name the fields that carry the prompt. `bare_key` is the
     field that makes a bare body this endpoint's when ``--endpoint`` is not given.
@@ -98,6 +99,10 @@ class Endpoint:
     takes_validators: bool = True
 
     # --- the request ---------------------------------------------------------------
+
+    @property
+    def line_max_tokens_key(self) -> str | None:
+        return self.max_tokens_key
 
     def from_text(self, text: str, system: str | None) -> dict[str, Any]:
         """The body a filled-in template asks (``--system`` too, where it has a place)."""

@@ -19,6 +19,12 @@ class Embeddings(Endpoint):
     bare_key = "input"
     text_answers = False
 
+    @property
+    def line_max_tokens_key(self) -> str | None:
+        # An embeddings line of a mixed file has always been sent --max-tokens as
+        # max_tokens; leaving it out now would make every such output stale.
+        return "max_tokens"
+
     def from_text(self, text: str, system: str | None) -> dict[str, Any]:
         return {"input": text}
 
