@@ -328,3 +328,38 @@ def test_a_responses_answer_cut_at_max_output_tokens_is_told_incomplete(run_cli,
     assert got["long"]["llm_state"] == "invalid"
     assert "incomplete: max_output_tokens" in got["long"]["llm_error"]
     assert got["short"]["llm_finish_reason"] == "stop" and got["short"]["llm_state"] == "valid"
+
+
+def test_estimate_counts_and_report_reads_the_new_endpoints(run_cli, fake_server, tmp_path):
+    """`estimate` reads Responses bodies (input and instructions, max_output_tokens)
+    and prices moderations at nothing; `report` reads a Responses output's cached and
+    reasoning tokens."""
+    schema = schema_file(tmp_path)
+    rows = items(20)
+    src = write_jsonl(tmp_path / "in.jsonl", batch_lines(rows, schema))
+    est = run_cli("estimate", src, "--max-tokens", "100", "--json")
+    assert est.exit_code == 0, est.output
+    figures = orjson.loads(est.stdout)
+    assert figures["requests"] == 20 and figures["answer_tokens_max"] == 20 * 100
+    assert figures["prompt_tokens"] >= sum(len(TEMPLATE.format(**r)) for r in rows) // 4
+    data = write_jsonl(tmp_path / "rows.jsonl", rows)
+    est = run_cli("estimate", data, "--prompt", "{text}", "--endpoint", "/v1/moderations",
+                  "-m", "omni-moderation-latest", "--json")  # fmt: skip
+    assert est.exit_code == 0, est.output
+    figures = orjson.loads(est.stdout)
+    assert figures["requests"] == 20 and figures["cost_usd_high"] == 0
+
+    server = fake_server()
+    out = tmp_path / "out.jsonl"
+    result = run_cli("run", src, "-o", out, "--base-url", server.base_url, "--validate", f"schema:{schema}",
+                     "--no-live")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    report = run_cli("report", out, "--json")
+    assert report.exit_code == 0, report.output
+    got = orjson.loads(report.stdout)
+    assert (
+        got["valid"] == 20
+        and got["cached_tokens"] == CACHED * 22
+        and got["reasoning_tokens"] == REASONING * 22
+    )
+    assert got["cost_usd"] > 0 and got["unpriced_lines_by_model"] == {}

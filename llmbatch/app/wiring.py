@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 from llmbatch.app.checks import DEFAULT_BASE_URL, check_api_key
 from llmbatch.app.settings import Settings
-from llmbatch.core.endpoints import known_endpoints, normalise_endpoint
+from llmbatch.core.endpoints import ENDPOINTS, known_endpoints, normalise_endpoint
 from llmbatch.core.errors import ConfigError
 from llmbatch.cost.prices import FAKE_FREE, Price, price_for, table_price
 from llmbatch.input.build import RequestBuilder, Template, schema_format
@@ -74,7 +74,11 @@ def make_provider(settings: Settings) -> Provider:
 
 def run_price(settings: Settings, model: str | None = None) -> Price | None:
     """The price a run's settings charge for `model` (or --model); with --batch-api,
-    the batch price. The offline fake model is free."""
+    the batch price. The offline fake model is free, and so is an endpoint that bills
+    nothing (moderations)."""
+    endpoint = normalise_endpoint(settings.endpoint) if settings.endpoint is not None else None
+    if endpoint is not None and ENDPOINTS[endpoint].free:
+        return Price(0.0, 0.0, source=f"{endpoint} is free")
     overrides = {m: Price(i, o) for m, (i, o) in settings.prices.items()}
     model = settings.model or model or ("fake" if settings.provider == "fake" else None)
     if settings.provider == "fake" and settings.price_in is None and settings.price_out is None:
