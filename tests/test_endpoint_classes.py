@@ -221,6 +221,9 @@ def test_a_body_that_is_not_an_embeddings_request_needs_its_endpoint() -> None:
     with pytest.raises(InputError, match="give --endpoint /v1/responses") as err:
         builder().build(1, body)
     assert err.value.kind == "bare_endpoint"
+    with pytest.raises(InputError, match="with the model 'omni-moderation-latest' is not an embeddings"):
+        RequestBuilder().build(1, {"model": "omni-moderation-latest", "input": "x"})
+    assert builder().build(1, {"input": "x", "truncate_prompt_tokens": 9}).url == EMBEDDINGS  # vLLM's
     req = builder(endpoint=RESPONSES).build(1, body)
     assert (req.url, req.custom_id, req.body) == (
         RESPONSES,

@@ -57,9 +57,13 @@ SETUP_KINDS = {
     "no_max_tokens": "leave out --max-tokens for this endpoint",
     "no_validators": "leave out --validate and --schema for this endpoint",
 }
-# The keys an embeddings body may hold: a bare body with `input` and any other key is
-# not taken for one (a Responses or moderations body looks like it, but for these).
-_EMBEDDINGS_KEYS = frozenset({"model", "input", "dimensions", "encoding_format", "user", "metadata", "id"})
+# A bare body with `input` is an embeddings request by its keys, unless it holds one of
+# these (the Responses API's own) or names a moderation model: then it is refused, saying
+# to give --endpoint, rather than sent to the wrong endpoint.
+_RESPONSES_KEYS = frozenset(
+    {"instructions", "max_output_tokens", "text", "reasoning", "tools", "tool_choice", "previous_response_id",
+     "truncation", "include", "conversation", "background", "store"}
+)  # fmt: skip
 
 
 _Parts = tuple[str, dict[str, Any], str, Any, "dict[str, Any] | None"]
@@ -247,11 +251,14 @@ class RequestBuilder:
             found = bare_endpoint(body)
             assert found is not None  # build() checked
             endpoint = found
-            if endpoint.path == EMBEDDINGS and not _EMBEDDINGS_KEYS.issuperset(obj):
-                others = ", ".join(sorted(set(obj) - _EMBEDDINGS_KEYS))
+            if endpoint.path == EMBEDDINGS and (
+                (others := sorted(_RESPONSES_KEYS.intersection(body)))
+                or "moderation" in str(body.get("model"))
+            ):
+                what = f"input and {', '.join(others)}" if others else f"the model {body.get('model')!r}"
                 raise InputError(
-                    f"a body with input and {others} is not an embeddings request; for the Responses "
-                    "API or moderations, give --endpoint /v1/responses or /v1/moderations",
+                    f"a body with {what} is not an embeddings request; for the Responses API or "
+                    "moderations, give --endpoint /v1/responses or /v1/moderations",
                     line=line,
                     kind="bare_endpoint",
                 )
