@@ -75,9 +75,10 @@ class FakeServer(ModelEndpoints):
 
     ``rpm`` and ``tpm`` are enforced by buckets holding ``bucket_seconds`` of their rate,
     full at the start unless ``start_spent``. A request is charged its prompt tokens plus
-    its answer's ceiling, ``max_completion_tokens`` or ``max_tokens`` (what OpenAI counts
-    against the limit before answering), else the tokens of the answer it gets; an
-    embedding request its input tokens. ``reset_means`` says what
+    its answer's ceiling, ``max_completion_tokens`` or ``max_tokens`` (``max_output_tokens``
+    on the Responses API: what OpenAI counts against the limit before answering), else
+    the tokens of the answer it gets; an embedding request its input tokens, a
+    moderation nothing. ``reset_means`` says what
     ``x-ratelimit-reset-*`` counts down to (see :data:`~llmbatch.testing.buckets.ResetMeaning`).
     ``loop`` is the event loop :meth:`start` runs it on (:meth:`serve` uses the running one).
 
