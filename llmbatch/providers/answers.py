@@ -14,7 +14,7 @@ import hashlib
 from typing import Any
 
 from llmbatch.core.endpoints import CHAT, COMPLETIONS, EMBEDDINGS, MODERATIONS, RESPONSES
-from llmbatch.providers.script import Step, asked_texts, prompt_texts
+from llmbatch.providers.script import Step, asked_texts, count_tokens, prompt_texts
 
 __all__ = [
     "MODERATION_CATEGORIES",
@@ -49,11 +49,6 @@ MODERATION_CATEGORIES = (
 # Unscripted, the fake moderation model flags a category when one of its words is in
 # the text.
 _FLAG_WORDS = {"violence": ("kill", "attack"), "harassment": ("idiot", "stupid"), "hate": ("hate",)}
-
-
-def count_tokens(text: str) -> int:
-    """The fake model's tokenizer: about four characters a token, like English."""
-    return max(1, (len(text) + 3) // 4)
 
 
 def prompt_tokens(url: str, body: dict[str, Any]) -> int:

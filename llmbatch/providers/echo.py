@@ -19,7 +19,7 @@ from typing import Any
 
 from llmbatch.core.errors import TransientError
 from llmbatch.core.values import Completion, Request, Usage
-from llmbatch.providers.answers import count_tokens
+from llmbatch.providers.script import count_tokens
 
 __all__ = ["EchoProvider", "ErrorResponse", "ScriptedResponse", "text_response"]
 

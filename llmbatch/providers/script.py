@@ -40,7 +40,16 @@ import orjson
 
 from llmbatch.core.endpoints.base import REASK_MESSAGE
 
-__all__ = ["Script", "Step", "answer_for", "asked_texts", "parse_script", "prompt_texts", "script_root"]
+__all__ = [
+    "Script",
+    "Step",
+    "answer_for",
+    "asked_texts",
+    "count_tokens",
+    "parse_script",
+    "prompt_texts",
+    "script_root",
+]
 
 DIRECTIVE = "@fake "
 BAD_ANSWER = "Sorry, I am not sure how to answer that."
@@ -227,3 +236,8 @@ def answer_for(body: dict[str, Any]) -> str:
     if "json" in last.lower():
         return orjson.dumps({"answer": last[:80]}).decode()
     return "echo: " + last
+
+
+def count_tokens(text: str) -> int:
+    """The fake model's tokenizer: about four characters a token, like English."""
+    return max(1, (len(text) + 3) // 4)
