@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from llmbatch.core.endpoints import EMBEDDINGS
+from llmbatch.core.endpoints import EMBEDDINGS, ENDPOINTS
 from llmbatch.core.errors import ConfigError
 from llmbatch.core.values import Completion, Request
 from llmbatch.validate.validator import build_validator, extract_json
@@ -81,14 +81,15 @@ def test_embeddings_answer_is_checked_for_embeddings() -> None:
     """An embeddings answer is valid with vectors (or base64) and invalid without."""
     validator = build_validator(["json"])
     req = request(url=EMBEDDINGS)
-    good = Completion(body={"data": [{"embedding": [0.1, 0.2]}, {"embedding": "AAAA"}]})
+    endpoint = ENDPOINTS[EMBEDDINGS]
+    good = Completion(body={"data": [{"embedding": [0.1, 0.2]}, {"embedding": "AAAA"}]}, endpoint=endpoint)
     assert validator(req, good) is None
-    assert validator(req, Completion(body={"data": []})) == "response has no embeddings"
+    assert validator(req, Completion(body={"data": []}, endpoint=endpoint)) == "response has no embeddings"
     assert (
-        validator(req, Completion(body={"data": [{"index": 0}]}))
+        validator(req, Completion(body={"data": [{"index": 0}]}, endpoint=endpoint))
         == "response has an entry without an embedding"
     )
-    assert validator(req, Completion(body="oops")) == "response body is not JSON"
+    assert validator(req, Completion(body="oops", endpoint=endpoint)) == "response body is not JSON"
 
 
 # --- json ------------------------------------------------------------------------

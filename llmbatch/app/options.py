@@ -15,7 +15,6 @@ import orjson
 import typer
 
 from llmbatch.app.settings import Settings, load_config, make_settings
-from llmbatch.core.endpoints import CHAT
 from llmbatch.core.errors import ExitCode, LLMBatchError
 
 INPUT = "Input"
@@ -56,7 +55,14 @@ IdFieldOpt = Annotated[
     str | None, Opt(help="Data items' id field (else the line number).", panel=INPUT, metavar="TEXT")
 ]
 EndpointOpt = Annotated[
-    str, Opt(help="/v1/chat/completions or /v1/embeddings.", panel=REQUEST, metavar="TEXT")
+    str | None,
+    Opt(
+        help="/v1/chat/completions (a template's default), /v1/responses, /v1/completions, "
+        "/v1/embeddings or /v1/moderations. Without it a bare body's is told by its keys: "
+        "messages chat, prompt completions, input embeddings.",
+        panel=REQUEST,
+        metavar="TEXT",
+    ),
 ]
 ParamOpt = Annotated[
     list[str] | None,
@@ -67,7 +73,12 @@ ParamOpt = Annotated[
     ),
 ]
 MaxTokensOpt = Annotated[
-    int | None, Opt(help="Shorthand for --param max_tokens=N.", panel=REQUEST, metavar="N")
+    int | None,
+    Opt(
+        help="The answer's ceiling: max_tokens (chat, completions), max_output_tokens (responses).",
+        panel=REQUEST,
+        metavar="N",
+    ),
 ]
 RpmOpt = Annotated[
     float | None, Opt(help="Requests per minute allowed by your provider.", panel=LIMITS, metavar="N")
@@ -89,19 +100,17 @@ SchemaOpt = Annotated[
     Path | None,
     Opt(
         help="JSON Schema file, or python:MODULE:Model (a pydantic model): ask for it "
-        "(response_format, strict: true when it fits OpenAI's strict subset) and validate answers "
-        "against it.",
+        "(response_format, or the Responses API's text.format; strict: true when it fits OpenAI's "
+        "strict subset) and validate answers against it.",
         panel=VALIDATION,
         metavar="FILE|python:MOD:Model",
     ),
 ]
-DEFAULT_ENDPOINT = CHAT
+DEFAULT_ENDPOINT: str | None = None  # chat for templates; a bare body's by its keys
 
 
 # Options that are not a Settings field of the same name.
-_NOT_SETTINGS = frozenset(
-    {"config", "template", "param", "max_tokens", "merged", "json_output", "answer_tokens"}
-)
+_NOT_SETTINGS = frozenset({"config", "template", "param", "merged", "json_output", "answer_tokens"})
 
 
 def given_flags(ctx: typer.Context) -> dict[str, Any]:
@@ -140,8 +149,6 @@ def settings_from(ctx: typer.Context, *, input: str, output: str) -> Settings:
     if "template" in given:
         flags["prompt"] = _read_template(given["template"])
     params = _params(given.get("param"))
-    if "max_tokens" in given:
-        params["max_tokens"] = given["max_tokens"]
     if params:
         flags["params"] = params
     if given.get("merged"):

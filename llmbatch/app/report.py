@@ -45,6 +45,7 @@ class Report:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cached_tokens: int = 0
+    reasoning_tokens: int = 0  # of the completion tokens
     cost_usd: float = 0.0
     unpriced: Counter[str] = field(default_factory=Counter)  # lines by model with no price
     models: Counter[str] = field(default_factory=Counter)
@@ -74,6 +75,7 @@ class Report:
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
             "cached_tokens": self.cached_tokens,
+            "reasoning_tokens": self.reasoning_tokens,
             "cost_usd": round(self.cost_usd, 6),
             "unpriced_lines_by_model": dict(self.unpriced),
             "models": dict(self.models.most_common()),
@@ -135,6 +137,7 @@ def _count(
     report.prompt_tokens += prompt
     report.completion_tokens += completion
     report.cached_tokens += cached
+    report.reasoning_tokens += fields["reasoning"]
     if fields["latency"] is not None and fields["requests"]:
         report.latencies.append(float(fields["latency"]))
     model = fields["model"]
@@ -166,6 +169,7 @@ def _fields(rec: dict[str, Any]) -> dict[str, Any]:
             "prompt": int(rec.get("llm_prompt_tokens") or 0),
             "completion": int(rec.get("llm_completion_tokens") or 0),
             "cached": int(rec.get("llm_cached_tokens") or 0),
+            "reasoning": int(rec.get("llm_reasoning_tokens") or 0),
             "latency": rec.get("llm_latency_ms"),
             "requests": rec.get("llm_requests"),
             "model": rec.get("llm_model"),
@@ -183,6 +187,7 @@ def _fields(rec: dict[str, Any]) -> dict[str, Any]:
         "prompt": int(usage.get("prompt_tokens") or 0),
         "completion": int(usage.get("completion_tokens") or 0),
         "cached": int(usage.get("cached_tokens") or 0),
+        "reasoning": int(usage.get("reasoning_tokens") or 0),
         "latency": meta.get("latency_ms"),
         "requests": meta.get("requests"),
         "model": body.get("model") if isinstance(body.get("model"), str) else None,
@@ -207,7 +212,8 @@ def format_report(report: Report) -> str:
         "answered:     " + ", ".join(f"{via} {n:,}" for via, n in report.via.most_common()),
         f"tokens:       {report.prompt_tokens:,} in"
         + (f" ({report.cached_tokens:,} cached)" if report.cached_tokens else "")
-        + f", {report.completion_tokens:,} out",
+        + f", {report.completion_tokens:,} out"
+        + (f" ({report.reasoning_tokens:,} reasoning)" if report.reasoning_tokens else ""),
         f"cost:         {usd(report.cost_usd)}"
         + (
             f" (and {sum(report.unpriced.values()):,} lines unpriced: {', '.join(report.unpriced)};"

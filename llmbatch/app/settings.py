@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 from llmbatch.app.display import DEFAULT_PROGRESS_EVERY
-from llmbatch.core.endpoints import CHAT
 from llmbatch.core.errors import ConfigError
 from llmbatch.core.retry import DEFAULT_MAX_RETRIES, DEFAULT_MAX_RETRY_WAIT, RetryPolicy
 from llmbatch.core.tiers import FLEX, FLEX_TIMEOUT
@@ -69,7 +68,7 @@ class Settings:
     prompt: str | None = None
     system: str | None = None
     id_field: str | None = None
-    endpoint: str = CHAT
+    endpoint: str | None = None  # None: a bare body's by its keys, a template's chat
     params: dict[str, Any] = field(default_factory=dict)
     concurrency: int = field(default=DEFAULT_CONCURRENCY, metadata=_at_least(1))
     rpm: float | None = field(default=None, metadata=_at_least(0, strict=True))
@@ -80,6 +79,7 @@ class Settings:
     max_retry_wait: float = field(default=DEFAULT_MAX_RETRY_WAIT, metadata=_at_least(0))
     max_cost: float | None = field(default=None, metadata=_at_least(0, strict=True))
     connect_grace: float = field(default=DEFAULT_CONNECT_GRACE, metadata=_at_least(0, strict=True))
+    max_tokens: int | None = field(default=None, metadata=_at_least(1))  # each endpoint's ceiling
     validate: tuple[str, ...] = ()
     schema: Path | None = None  # structured outputs + a schema validator, in one flag
     strict: bool = False  # --schema must go strict: true (else exit 2), not quietly non-strict

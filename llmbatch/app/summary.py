@@ -32,8 +32,8 @@ def _summary_rows(stats: Stats, price: Price | None) -> list[tuple[str, str]]:
         ("re-asks", f"{stats.reasks:,}"),
         ("retries", retries_text(stats)),
         ("429s", f"{stats.http_429:,}"),
-        ("prompt tokens", f"{stats.prompt_tokens:,}"),
-        ("completion tokens", f"{stats.completion_tokens:,}"),
+        ("prompt tokens", _tokens(stats.prompt_tokens, stats.cached_tokens, "cached")),
+        ("completion tokens", _tokens(stats.completion_tokens, stats.reasoning_tokens, "reasoning")),
         ("cost", usd(spent) if spent is not None else f"unknown (no price for {stats.model or 'model'})"),
         ("price", _price(price)),
         ("elapsed", f"{stats.elapsed:.1f}s" if stats.elapsed < 60 else duration(stats.elapsed)),
@@ -62,6 +62,10 @@ def _summary_rows(stats: Stats, price: Price | None) -> list[tuple[str, str]]:
     if stats.stopped:
         rows.append(("stopped", stats.stop_reason or "yes"))
     return rows
+
+
+def _tokens(n: int, part: int, what: str) -> str:
+    return f"{n:,} ({part:,} {what})" if part else f"{n:,}"
 
 
 def _price(price: Price | None) -> str:

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 from llmbatch.app.checks import DEFAULT_BASE_URL, check_api_key
 from llmbatch.app.settings import Settings
-from llmbatch.core.endpoints import ENDPOINTS, normalise_endpoint
+from llmbatch.core.endpoints import ENDPOINTS, known_endpoints, normalise_endpoint
 from llmbatch.core.errors import ConfigError
 from llmbatch.core.structured import response_format
 from llmbatch.core.tiers import DEFAULT_TIER, FLEX, tier_of
@@ -42,15 +42,15 @@ __all__ = [
 
 def builder_for(settings: Settings) -> RequestBuilder:
     """The builder a run's settings ask for (run and estimate alike)."""
-    endpoint = normalise_endpoint(settings.endpoint)
-    if endpoint is None:
-        raise ConfigError(f"unknown endpoint {settings.endpoint!r} (use {' or '.join(ENDPOINTS)})")
+    endpoint = None
+    if settings.endpoint is not None:
+        endpoint = normalise_endpoint(settings.endpoint)
+        if endpoint is None:
+            raise ConfigError(f"unknown endpoint {settings.endpoint!r} (use {known_endpoints()})")
     params = dict(settings.params)
-    asked = schema_asked(settings)
-    if asked is not None:
-        params.setdefault("response_format", response_format(asked.schema, asked.name, asked.strict))
     if settings.service_tier is not None:
         params.setdefault("service_tier", settings.service_tier)
+    asked = schema_asked(settings)
     return RequestBuilder(
         model=settings.model,
         template=Template(settings.prompt) if settings.prompt is not None else None,
@@ -59,6 +59,9 @@ def builder_for(settings: Settings) -> RequestBuilder:
         endpoint=endpoint,
         params=params,
         default_model="fake" if settings.provider == "fake" else None,
+        max_tokens=settings.max_tokens,
+        schema=response_format(asked.schema, asked.name, asked.strict) if asked is not None else None,
+        validating=bool(settings.validate) or settings.schema is not None,
     )
 
 
@@ -110,7 +113,10 @@ def run_price(settings: Settings, model: str | None = None, tier: str | None = N
     """The price a run's settings charge for `model` (or --model) on the service `tier`
     (else --service-tier's); with --batch-api, the batch price. A flex run with
     --flex-fallback carries the default tier's price too (`Price.fallback`). The offline
-    fake model is free."""
+    fake model is free, and so is an endpoint that bills nothing (moderations)."""
+    endpoint = normalise_endpoint(settings.endpoint) if settings.endpoint is not None else None
+    if endpoint is not None and ENDPOINTS[endpoint].free:
+        return Price(0.0, 0.0, source=f"{endpoint} is free")
     overrides = {m: Price(i, o) for m, (i, o) in settings.prices.items()}
     model = settings.model or model or ("fake" if settings.provider == "fake" else None)
     if settings.provider == "fake" and settings.price_in is None and settings.price_out is None:

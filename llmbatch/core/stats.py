@@ -56,6 +56,7 @@ class Stats:
         "phases",
         "prompt_tokens",
         "reasks",
+        "reasoning_tokens",
         "redone",
         "refused",
         "rejected",
@@ -115,6 +116,7 @@ class Stats:
         self.prompt_tokens = 0
         self.completion_tokens = 0
         self.cached_tokens = 0  # of the prompt tokens, read from the provider's cache
+        self.reasoning_tokens = 0  # of the completion tokens, spent reasoning
         self.started = time.monotonic()
         self.finished: float | None = None
         # Why the run is stopping early, once it is: the one place that says so.
@@ -204,6 +206,7 @@ class Stats:
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
             "cached_tokens": self.cached_tokens,
+            "reasoning_tokens": self.reasoning_tokens,
             "elapsed_s": round(self.elapsed, 3),
             "requests_per_min": round(self.rpm, 1),
             "tokens_per_min": round(self.tpm, 1),

@@ -1,5 +1,6 @@
 """The values every layer passes around: a `Request` (what is sent for one item), the
-`Completion` that answers it and its `Usage`."""
+`Completion` that answers it and its `Usage`. A completion reads its answer (text,
+finish reason, usage) through its endpoint (:mod:`llmbatch.core.endpoints`)."""
 
 from __future__ import annotations
 
@@ -8,8 +9,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from llmbatch.core.endpoints import CHAT
+from llmbatch.core.endpoints import CHAT, CHAT_ENDPOINT, Endpoint
+from llmbatch.core.endpoints.chat import choice_text, first_choice
 from llmbatch.core.errors import ProviderError
+from llmbatch.core.usage import Usage
 
 __all__ = [
     "Cause",
@@ -43,32 +46,6 @@ class Request:
     fp: int = 0
 
 
-@dataclass(slots=True)
-class Usage:
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    cached_tokens: int = 0  # of the prompt tokens, those read from the provider's cache
-
-    @property
-    def total_tokens(self) -> int:
-        return self.prompt_tokens + self.completion_tokens
-
-    @classmethod
-    def from_body(cls, body: Mapping[str, Any]) -> Usage:
-        u = body.get("usage")
-        if not isinstance(u, dict):
-            return cls()
-        prompt, completion = u.get("prompt_tokens"), u.get("completion_tokens")
-        details = u.get("prompt_tokens_details")
-        cached = details.get("cached_tokens") if details.__class__ is dict else None
-        # int() only for what is not an int already (a float, a string): once per answer.
-        return cls(
-            prompt if prompt.__class__ is int else int(prompt or 0),
-            completion if completion.__class__ is int else int(completion or 0),
-            cached if cached.__class__ is int else int(cached or 0),
-        )
-
-
 class Cause(enum.StrEnum):
     """What sets an item's last answer apart, beside its state (the output's `cause`)."""
 
@@ -91,56 +68,36 @@ class Completion:
     request_id: str | None = None
     latency_ms: float = 0.0
 
+    # The endpoint that answered: it reads the body (chat's unless told otherwise).
+    endpoint: Endpoint = CHAT_ENDPOINT
+
     @property
     def choice(self) -> dict[str, Any] | None:
-        body = self.body
-        if isinstance(body, dict):
-            choices = body.get("choices")
-            if isinstance(choices, list) and choices and isinstance(choices[0], dict):
-                return choices[0]
-        return None
+        """A chat or completions body's first choice (None for the other endpoints)."""
+        return first_choice(self.body)
 
     @property
     def text(self) -> str | None:
-        """The first choice's message content, or None when there is none."""
-        c = self.choice
-        return None if c is None else choice_text(c)
+        """The answer's text (chat: the first choice's message content), or None when
+        there is none."""
+        return self.endpoint.text(self.body)
 
     @property
     def finish_reason(self) -> str | None:
-        c = self.choice
-        return c.get("finish_reason") if c is not None else None
-
-    @property
-    def refusal(self) -> str | None:
-        """The model's refusal, when it declined to answer: the first choice's
-        `message.refusal`, or a `refusal` content part; None when it did not refuse."""
-        # Read on every answer: the usual shapes are read straight (no exception is
-        # raised for an embeddings body), anything odd falls to the except.
-        body = self.body
-        choices = body.get("choices") if isinstance(body, dict) else None
-        if not choices:
-            return None
-        try:
-            msg = choices[0]["message"]
-            refusal = msg.get("refusal")
-        except (TypeError, KeyError, IndexError, AttributeError):
-            return None
-        if refusal:
-            return refusal if isinstance(refusal, str) else str(refusal)
-        content = msg.get("content")
-        return _refusal_part(content) if isinstance(content, list) else None
+        return self.endpoint.finish_reason(self.body)
 
     @property
     def truncated(self) -> bool:
-        """Whether the answer was cut at the request's answer ceiling (`finish_reason`
-        "length")."""
-        body = self.body
-        choices = body.get("choices") if isinstance(body, dict) else None
-        if not choices or not isinstance(choices, list):
-            return False
-        choice = choices[0]
-        return isinstance(choice, dict) and choice.get("finish_reason") == "length"
+        """Whether the answer was cut off by its ceiling (chat: finish_reason length;
+        Responses: incomplete, max_output_tokens)."""
+        return self.endpoint.truncated(self.body)
+
+    @property
+    def refusal(self) -> str | None:
+        """The model's refusal, when it declined to answer (chat: `message.refusal` or a
+        `refusal` content part; Responses: a `refusal` part of its output); None when it
+        did not refuse."""
+        return self.endpoint.refusal(self.body)
 
     @property
     def cause(self) -> Cause | None:
@@ -149,10 +106,9 @@ class Completion:
         # The judge reads this on every answer. A chat answer with text content and no
         # refusal is told from one reading of its first choice (about half the cost of
         # asking `refusal` and `truncated` in turn); any other body (a refusal, content
-        # parts, tool calls, another endpoint's answer) is asked through them, so an
-        # endpoint that teaches those two its own shape gets a right `cause` too.
+        # parts, tool calls, another endpoint's answer) is asked through them.
         body = self.body
-        if body.__class__ is dict and "choices" in body:
+        if self.endpoint is CHAT_ENDPOINT and body.__class__ is dict and "choices" in body:
             try:
                 choice = body["choices"][0]
                 msg = choice["message"]
@@ -163,21 +119,6 @@ class Completion:
         if self.refusal is not None:
             return _REFUSED
         return _TRUNCATED if self.truncated else None
-
-
-def _refusal_part(parts: list[Any]) -> str | None:
-    for part in parts:
-        if isinstance(part, dict) and part.get("type") == "refusal":
-            text = part.get("refusal")
-            return text if isinstance(text, str) and text else "refused"
-    return None
-
-
-def choice_text(choice: Mapping[str, Any]) -> str | None:
-    """A choice's message content (or a completion's text), or None when there is none."""
-    msg = choice.get("message")
-    content = msg.get("content") if isinstance(msg, dict) else choice.get("text")
-    return content if isinstance(content, str) else None
 
 
 class State(enum.StrEnum):
@@ -201,6 +142,7 @@ class Finished:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cached_tokens: int = 0  # of the prompt tokens, those the provider read from its cache
+    reasoning_tokens: int = 0  # of the completion tokens, those spent reasoning
     last: Completion | None = None  # the last answer, if any
     reason: str | None = None  # why the last answer is invalid
     cause: Cause | None = None  # the last answer refused or truncated (not for failures)

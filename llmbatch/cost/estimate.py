@@ -82,6 +82,8 @@ def estimate(
         if model is None and isinstance(body.get("model"), str):
             model = body["model"]
         endpoint = endpoint_of(req.url)
+        if endpoint.free:  # moderations: counted as requests, billed nothing
+            continue
         prompt += endpoint.prompt_tokens(body)
         ceiling = endpoint.answer_ceiling(body)
         if ceiling is None:

@@ -59,6 +59,8 @@ class SpendingCap:
         """USD the request can cost at most; an InputError (a reject) when nothing
         bounds its answer."""
         endpoint = endpoint_of(request.url)
+        if endpoint.free:  # moderations: billed nothing
+            return 0.0
         ceiling = endpoint.answer_ceiling(request.body)
         if ceiling is None:
             keys = " or ".join(endpoint.ceiling_keys)

@@ -2,11 +2,15 @@
 
 1. an OpenAI Batch API line ``{"custom_id", "method", "url", "body"}`` (the same file
    can go to the Batch API or ``vllm run-batch``);
-2. a bare request body ``{"model"?, "messages" | "input", ...}`` with optional
+2. a bare request body ``{"model"?, "messages" | "prompt" | "input", ...}`` with optional
    ``metadata`` (kept for the output, never sent); its id is ``metadata.id``, else
-   ``id``, else the line number;
+   ``id``, else the line number; its endpoint is ``--endpoint``, else told by its keys
+   (messages: chat, prompt: completions, input: embeddings);
 3. with a prompt template, any object is a data item whose fields fill the template;
    its id is ``--id-field``, else the line number.
+
+What each endpoint's body holds (where the template's text, ``--system``,
+``--max-tokens`` and ``--schema`` go) is the endpoint's own (:mod:`llmbatch.core.endpoints`).
 """
 
 from __future__ import annotations
@@ -18,7 +22,16 @@ from typing import Any
 
 import orjson
 
-from llmbatch.core.endpoints import CHAT, EMBEDDINGS, ENDPOINTS, normalise_endpoint
+from llmbatch.core.endpoints import (
+    CHAT,
+    CHAT_ENDPOINT,
+    EMBEDDINGS,
+    ENDPOINTS,
+    Endpoint,
+    bare_endpoint,
+    known_endpoints,
+    normalise_endpoint,
+)
 from llmbatch.core.errors import ConfigError, InputError
 from llmbatch.core.structured import STRICT_KEYS
 from llmbatch.core.values import Request
@@ -37,7 +50,17 @@ SETUP_KINDS = {
     "template_field": "check the template's {placeholders} against the input's fields",
     "id_field": "check --id-field against the input's fields",
     "shape": "for data items, give --prompt or --template",
+    "bare_endpoint": "give --endpoint, or write Batch API lines with their url",
+    "no_max_tokens": "leave out --max-tokens for this endpoint",
+    "no_validators": "leave out --validate and --schema for this endpoint",
 }
+# A bare body with `input` is an embeddings request by its keys, unless it holds one of
+# these (the Responses API's own) or names a moderation model: then it is refused, saying
+# to give --endpoint, rather than sent to the wrong endpoint.
+_RESPONSES_KEYS = frozenset(
+    {"instructions", "max_output_tokens", "text", "reasoning", "tools", "tool_choice", "previous_response_id",
+     "truncation", "include", "conversation", "background", "store"}
+)  # fmt: skip
 
 
 _Parts = tuple[str, dict[str, Any], str, Any, "dict[str, Any] | None"]
@@ -138,16 +161,22 @@ class RequestBuilder:
     template: Template | None = None
     system: str | None = None
     id_field: str | None = None
-    endpoint: str = CHAT
+    # --endpoint; None: a bare body's is told by its keys, a template's is chat.
+    endpoint: str | None = None
     params: dict[str, Any] = field(default_factory=dict)
     default_model: str | None = None  # used when neither the line nor --model names one
+    max_tokens: int | None = None  # --max-tokens: each endpoint's answer ceiling field
+    # --schema as chat's response_format (`core.structured.response_format`); each endpoint puts it where
+    # it asks for it (`Endpoint.schema_params`).
+    schema: dict[str, Any] | None = None
+    validating: bool = False  # validators given: refused for endpoints whose answers are not text
 
     def build(self, line: int, obj: dict[str, Any]) -> Request:
         if self.template is not None:
             cid, body, url, metadata, item = self._from_item(line, obj)
         elif "body" in obj and "custom_id" in obj:
             cid, body, url, metadata, item = self._from_batch_line(line, obj)
-        elif "messages" in obj or "input" in obj:
+        elif self.endpoint is not None or bare_endpoint(obj) is not None:
             cid, body, url, metadata, item = self._from_body(line, obj)
         else:
             raise self._not_a_request(line)
@@ -165,33 +194,52 @@ class RequestBuilder:
         if "body" in obj and "custom_id" in obj:
             cid = obj["custom_id"]
             return cid if isinstance(cid, str) else None
-        if "messages" in obj or "input" in obj:
+        if self.endpoint is not None or bare_endpoint(obj) is not None:
             return _body_id(obj, line)
         return None
 
     def _not_a_request(self, line: int) -> InputError:
         return InputError(
             "not a request: expected a Batch API line (custom_id, url, body), a request body "
-            "(messages or input), or a data item with --prompt/--template",
+            "(messages, prompt or input), or a data item with --prompt/--template",
             line=line,
             kind="shape",
         )
 
     # Each shape gives (custom_id, body, url, metadata, item).
 
-    def _finish_body(self, line: int, body: dict[str, Any], url: str) -> dict[str, Any]:
+    def _finish_body(
+        self, line: int, body: dict[str, Any], endpoint: Endpoint, *, own: bool = False
+    ) -> dict[str, Any]:
+        """The body as sent: the flags' parameters where the endpoint takes them. A line
+        that names its `own` endpoint (a Batch API line, a bare body without --endpoint)
+        in a file of several gets --max-tokens where its endpoint takes it
+        (`Endpoint.line_max_tokens_key`), and its validators only where they read its
+        answers; a run whose --endpoint has neither refuses the flags."""
         if self.params:
             body = {**self.params, **body}
+        if self.max_tokens is not None:
+            key = endpoint.line_max_tokens_key if own else endpoint.max_tokens_key
+            if key is not None:
+                body.setdefault(key, self.max_tokens)
+            elif not own:
+                message = f"--max-tokens has no meaning for {endpoint.path} (its answers have no length)"
+                raise InputError(message, line=line, kind="no_max_tokens")
+        if self.schema is not None:
+            for key, value in endpoint.schema_params(self.schema).items():
+                body.setdefault(key, value)
+        if self.validating and not endpoint.takes_validators and not own:
+            message = f"{endpoint.path} answers are not checked: --validate and --schema do not apply"
+            raise InputError(message, line=line, kind="no_validators")
         if self.model:
             body["model"] = self.model
         elif not body.get("model"):
             if not self.default_model:
                 raise InputError('no model: give --model or a "model" field', line=line, kind="no_model")
             body["model"] = self.default_model
-        if url == CHAT and not isinstance(body.get("messages"), list):
-            raise InputError('chat request without a "messages" list', line=line)
-        if url == EMBEDDINGS and "input" not in body:
-            raise InputError('embeddings request without "input"', line=line)
+        missing = endpoint.missing(body)
+        if missing is not None:
+            raise InputError(missing, line=line)
         return body
 
     def _from_batch_line(self, line: int, obj: dict[str, Any]) -> _Parts:
@@ -204,21 +252,36 @@ class RequestBuilder:
         raw_url = obj.get("url", CHAT)
         url = _endpoint(raw_url) if isinstance(raw_url, str) else None
         if url is None:
-            raise InputError(f"unknown endpoint {raw_url!r} (use {' or '.join(ENDPOINTS)})", line=line)
+            raise InputError(f"unknown endpoint {raw_url!r} (use {known_endpoints()})", line=line)
         body = obj["body"]
         if not isinstance(body, dict):
             raise InputError("body must be a JSON object", line=line)
-        return cid, self._finish_body(line, dict(body), url), url, None, None
+        return cid, self._finish_body(line, dict(body), ENDPOINTS[url], own=True), url, None, None
 
     def _from_body(self, line: int, obj: dict[str, Any]) -> _Parts:
         custom_id = _body_id(obj, line)
         body = dict(obj)
         metadata = body.pop("metadata", None)
         body.pop("id", None)
-        url = self.endpoint if "messages" not in body else CHAT
-        if "input" in body and "messages" not in body:
-            url = EMBEDDINGS
-        return custom_id, self._finish_body(line, body, url), url, metadata, None
+        own = self.endpoint is None
+        if self.endpoint is not None:
+            endpoint = ENDPOINTS[self.endpoint]
+        else:
+            found = bare_endpoint(body)
+            assert found is not None  # build() checked
+            endpoint = found
+            if endpoint.path == EMBEDDINGS and (
+                (others := sorted(_RESPONSES_KEYS.intersection(body)))
+                or "moderation" in str(body.get("model"))
+            ):
+                what = f"input and {', '.join(others)}" if others else f"the model {body.get('model')!r}"
+                raise InputError(
+                    f"a body with {what} is not an embeddings request; for the Responses API or "
+                    "moderations, give --endpoint /v1/responses or /v1/moderations",
+                    line=line,
+                    kind="bare_endpoint",
+                )
+        return custom_id, self._finish_body(line, body, endpoint, own=own), endpoint.path, metadata, None
 
     def _from_item(self, line: int, obj: dict[str, Any]) -> _Parts:
         assert self.template is not None
@@ -229,11 +292,6 @@ class RequestBuilder:
             custom_id = str(obj[self.id_field])
         else:
             custom_id = f"line-{line}"
-        if self.endpoint == EMBEDDINGS:
-            body: dict[str, Any] = {"input": text}
-        else:
-            messages = [{"role": "user", "content": text}]
-            if self.system:
-                messages.insert(0, {"role": "system", "content": self.system})
-            body = {"messages": messages}
-        return custom_id, self._finish_body(line, body, self.endpoint), self.endpoint, None, obj
+        endpoint = CHAT_ENDPOINT if self.endpoint is None else ENDPOINTS[self.endpoint]
+        body = endpoint.from_text(text, self.system)
+        return custom_id, self._finish_body(line, body, endpoint), endpoint.path, None, obj

@@ -29,10 +29,12 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import dataclasses
 import enum
 from collections.abc import Callable
 from typing import Protocol
 
+from llmbatch.core.endpoints import Endpoint
 from llmbatch.core.errors import (
     AuthError,
     CapacityError,
@@ -137,7 +139,7 @@ class Output(Protocol):
 class Cache(Protocol):
     """Valid answers by request fingerprint (see `llmbatch.rerun.cache.ResponseCache`)."""
 
-    def get(self, fp: int) -> Completion | None: ...
+    def get(self, fp: int, endpoint: Endpoint = ...) -> Completion | None: ...
 
     def put(self, fp: int, completion: Completion) -> None: ...
 
@@ -201,10 +203,12 @@ class Outcomes:
         stats.prompt_tokens += usage.prompt_tokens
         stats.completion_tokens += usage.completion_tokens
         stats.cached_tokens += usage.cached_tokens
+        stats.reasoning_tokens += usage.reasoning_tokens
         item.requests += 1
         item.prompt_tokens += usage.prompt_tokens
         item.completion_tokens += usage.completion_tokens
         item.cached_tokens += usage.cached_tokens
+        item.reasoning_tokens += usage.reasoning_tokens
         item.last = completion
         item.latency_ms = completion.latency_ms
         if item.capacity_429s and self.flex_fallback is not None:
@@ -230,7 +234,17 @@ class Outcomes:
         if hold:
             return Verdict.RELEASE
         stats.reasks += 1
+        self._reask(item, completion, reason)
         return Verdict.REASK
+
+    @staticmethod
+    def _reask(item: Finished, completion: Completion, reason: str) -> None:
+        """What the re-ask sends, by the endpoint: the same request (chat), or one that
+        carries the answer and the reason (Responses, completions). It keeps the first
+        request's fingerprint: it is still that request's answer."""
+        body = completion.endpoint.reask(item.request.body, completion.text, reason)
+        if body is not None:
+            item.request = dataclasses.replace(item.request, body=body)
 
     def from_cache(self, item: Finished, completion: Completion) -> Verdict | None:
         """An answer the item did not ask for (the cache's, or an identical request's):

@@ -16,6 +16,7 @@ from typing import Any, NamedTuple
 
 import orjson
 
+from llmbatch.core.endpoints import CHAT_ENDPOINT, EMBEDDINGS, ENDPOINTS, Endpoint
 from llmbatch.core.values import Completion, State
 from llmbatch.output.records import Format
 
@@ -141,27 +142,20 @@ def _state(value: Any) -> State | None:
     return _STATES.get(value) if isinstance(value, str) else None
 
 
-def completion_of(rec: dict[str, Any]) -> Completion | None:
-    """The answer an output line holds, as the validators see answers; None when the
-    line holds none."""
+def completion_of(rec: dict[str, Any], endpoint: Endpoint = CHAT_ENDPOINT) -> Completion | None:
+    """The answer an output line to a request of `endpoint` holds, as the validators see
+    answers; None when the line holds none."""
     if "llm_custom_id" in rec:
-        answer = rec.get("llm_answer")
-        if isinstance(answer, list):
-            vectors = answer if answer and isinstance(answer[0], list) else [answer]
-            body: Any = {"object": "list", "data": [{"embedding": v} for v in vectors]}
-        elif isinstance(answer, str):
-            choice = {
-                "message": {"role": "assistant", "content": answer},
-                "finish_reason": rec.get("llm_finish_reason"),
-            }
-            body = {"object": "chat.completion", "choices": [choice]}
-        else:
-            return None
-        return Completion(body=body)
+        body = endpoint.body_of(rec.get("llm_answer"), rec.get("llm_finish_reason"))
+        if body is None and endpoint is CHAT_ENDPOINT:  # an embeddings row read without its endpoint
+            body = ENDPOINTS[EMBEDDINGS].body_of(rec.get("llm_answer"), None)
+            endpoint = ENDPOINTS[EMBEDDINGS]
+        return None if body is None else Completion(body=body, endpoint=endpoint)
     response = rec.get("response")
     if not isinstance(response, dict) or "body" not in response:
         return None
-    return Completion(body=response["body"], status_code=int(response.get("status_code") or 200))
+    status = int(response.get("status_code") or 200)
+    return Completion(body=response["body"], status_code=status, endpoint=endpoint)
 
 
 def input_line_of(rec: Any) -> int | None:

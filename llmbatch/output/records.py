@@ -80,6 +80,8 @@ def batch_record(f: Finished, server: str = "") -> dict[str, Any]:
     usage = {"prompt_tokens": f.prompt_tokens, "completion_tokens": f.completion_tokens}
     if f.cached_tokens:
         usage["cached_tokens"] = f.cached_tokens
+    if f.reasoning_tokens:
+        usage["reasoning_tokens"] = f.reasoning_tokens
     meta: dict[str, Any] = {
         "line": req.line,
         "requests": f.requests,
@@ -118,15 +120,11 @@ _VALID = State.VALID
 
 
 def _answer(last: Completion | None) -> Any:
-    """The answer of a merged row: the text, or for embeddings the vector (one input)
-    or the vectors (several)."""
+    """The answer of a merged row, as its endpoint shows it: the text; for embeddings
+    the vector (one input) or the vectors (several); for moderations the results."""
     if last is None:
         return None
-    body = last.body
-    if isinstance(body, dict) and body.get("object") == "list" and isinstance(body.get("data"), list):
-        vectors = [d.get("embedding") for d in body["data"] if isinstance(d, dict)]
-        return vectors[0] if len(vectors) == 1 else vectors
-    return last.text
+    return last.endpoint.answer(last.body)
 
 
 def _model(last: Completion | None) -> str | None:
@@ -158,6 +156,7 @@ def merged_record(f: Finished, server: str = "") -> dict[str, Any]:
             "llm_prompt_tokens": f.prompt_tokens,
             "llm_completion_tokens": f.completion_tokens,
             "llm_cached_tokens": f.cached_tokens,
+            "llm_reasoning_tokens": f.reasoning_tokens,
             "llm_model": _model(f.last),
             "llm_latency_ms": round(f.latency_ms, 1),
             "llm_fp": fp_hex(req.fp),
@@ -166,6 +165,8 @@ def merged_record(f: Finished, server: str = "") -> dict[str, Any]:
             "llm_batch_id": f.batch_id,
         }
     )
+    if f.last is not None and (extra := f.last.endpoint.columns(f.last.body)):
+        base.update(extra)  # moderations: llm_flagged, llm_categories
     return base
 
 

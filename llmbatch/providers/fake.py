@@ -8,11 +8,11 @@ import asyncio
 import itertools
 import random
 
-from llmbatch.core.endpoints import EMBEDDINGS
+from llmbatch.core.endpoints import endpoint_of
 from llmbatch.core.errors import TransientError
 from llmbatch.core.http import error_for_status
-from llmbatch.core.values import Completion, Request, Usage
-from llmbatch.providers import script
+from llmbatch.core.values import Completion, Request
+from llmbatch.providers import answers, script
 
 __all__ = ["FakeProvider"]
 
@@ -50,6 +50,7 @@ class FakeProvider:
         if delay:
             await asyncio.sleep(delay)
         n = next(self._ids)
+        endpoint = endpoint_of(request.url)
         if isinstance(fault, int):
             code = {429: "rate_limit_exceeded"}.get(fault)
             err = f'{{"error": {{"message": "simulated {fault}", "code": "{code or fault}"}}}}'.encode()
@@ -57,25 +58,19 @@ class FakeProvider:
         if fault == "drop":
             raise TransientError("connection failed: the server closed the connection", code="connection")
         if fault == "garbage":
-            return Completion(body="<html>upstream hiccup</html>", latency_ms=delay * 1000)
+            return Completion(body="<html>upstream hiccup</html>", latency_ms=delay * 1000, endpoint=endpoint)
         if fault == "nochoices":
-            return Completion(body={"object": "chat.completion", "choices": []}, latency_ms=delay * 1000)
-        if request.url == EMBEDDINGS:
-            data = script.embedding_body(body)
-        else:
-            data = script.chat_body(
-                body,
-                outcome.text,
-                outcome.finish,
-                f"chatcmpl-fake-{n}",
-                cached=outcome.cached,
-                refusal=outcome.refusal,
-            )
+            empty = answers.empty_body(endpoint.path)
+            return Completion(body=empty, latency_ms=delay * 1000, endpoint=endpoint)
+        data = answers.answer_body(
+            endpoint.path, body, outcome, f"{answers.id_prefix(endpoint.path)}fake-{n}"
+        )
         return Completion(
             body=data,
-            usage=Usage.from_body(data),
+            usage=endpoint.usage(data),
             request_id=f"req_fake_{n}",
             latency_ms=delay * 1000,
+            endpoint=endpoint,
         )
 
     async def aclose(self) -> None:

@@ -30,6 +30,7 @@ import openai
 import orjson
 from yarl import URL
 
+from llmbatch.core.endpoints import Endpoint, endpoint_of
 from llmbatch.core.errors import ConfigError, TransientError
 from llmbatch.core.http import error_for_status
 from llmbatch.core.values import Completion, Request, Usage
@@ -58,6 +59,11 @@ class _Capture(httpx2.AsyncBaseTransport):
     async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
         self.request = request
         return httpx2.Response(200, content=b"{}", request=request)
+
+
+# Where an endpoint's requests go, with the SDK's headers, and the endpoint that reads
+# their answers.
+_Prepared = tuple[URL, dict[str, str], Endpoint]
 
 
 def _sdk_path(url: str) -> str:
@@ -96,10 +102,10 @@ class OpenAIProvider:
             timeout=timeout,
             http_client=self._sdk_http_client() if transport == "sdk" else None,
         )
-        self._prepared: dict[str, tuple[URL, dict[str, str]]] = {}
+        self._prepared: dict[str, _Prepared] = {}
         self._session_headers: dict[str, str] | None = None
         self._timeouts: dict[float | None, aiohttp.ClientTimeout] = {}
-        self._preparing: dict[str, asyncio.Task[tuple[URL, dict[str, str]]]] = {}
+        self._preparing: dict[str, asyncio.Task[_Prepared]] = {}
         self._session: aiohttp.ClientSession | None = None
 
     def _sdk_http_client(self) -> httpx2.AsyncClient:
@@ -111,7 +117,7 @@ class OpenAIProvider:
     def base_url(self) -> str:
         return str(self.client.base_url)
 
-    async def _prepared_for(self, url: str) -> tuple[URL, dict[str, str]]:
+    async def _prepared_for(self, url: str) -> _Prepared:
         """The first requests of a run arrive together: they share one preparation."""
         task = self._preparing.get(url)
         if task is None:
@@ -122,7 +128,7 @@ class OpenAIProvider:
             if task.done() and (task.cancelled() or task.exception() is not None):
                 self._preparing.pop(url, None)
 
-    async def _prepare(self, url: str) -> tuple[URL, dict[str, str]]:
+    async def _prepare(self, url: str) -> _Prepared:
         capture = _Capture()
         probe = self.client.copy(http_client=httpx2.AsyncClient(transport=capture))
         try:
@@ -142,7 +148,7 @@ class OpenAIProvider:
             for k, v in req.headers.items()
             if k.lower() not in _PER_REQUEST_HEADERS and not k.lower().startswith(_TELEMETRY_PREFIX)
         }
-        prepared = (URL(str(req.url), encoded=True), headers)
+        prepared = (URL(str(req.url), encoded=True), headers, endpoint_of(url))
         self._prepared[url] = prepared
         return prepared
 
@@ -173,7 +179,7 @@ class OpenAIProvider:
         if self.transport == "sdk":
             return await self._complete_sdk(request, timeout)
         prepared = self._prepared.get(request.url) or await self._prepared_for(request.url)
-        url, headers = prepared
+        url, headers, endpoint = prepared
         session = self._session or self._open_session(headers)
         data = orjson.dumps(request.body)
         # aiohttp warns about a bytes body over 1 MB (an error under -W error, so the
@@ -194,7 +200,7 @@ class OpenAIProvider:
             raise TransientError(f"no answer within {timeout:g}s", code="timeout") from None
         except aiohttp.ClientError as exc:
             raise connection_error(exc, self._secret) from None
-        return _completion(status, self._redact(raw), resp_headers, started)
+        return _completion(status, self._redact(raw), resp_headers, started, endpoint)
 
     async def _complete_sdk(self, request: Request, timeout: float | None) -> Completion:
         started = time.perf_counter()
@@ -212,7 +218,9 @@ class OpenAIProvider:
             raise connection_error(exc, self._secret, timeout=timeout) from None
         except openai.OpenAIError as exc:
             raise translate(exc, self._secret) from None
-        return _completion(resp.status_code, self._redact(resp.content), resp.headers, started)
+        return _completion(
+            resp.status_code, self._redact(resp.content), resp.headers, started, endpoint_of(request.url)
+        )
 
     def _redact(self, raw: bytes) -> bytes:
         return redact(raw, self._secret)
@@ -224,7 +232,9 @@ class OpenAIProvider:
         await self.client.close()
 
 
-def _completion(status: int, raw: bytes, headers: Mapping[str, str], started: float) -> Completion:
+def _completion(
+    status: int, raw: bytes, headers: Mapping[str, str], started: float, endpoint: Endpoint
+) -> Completion:
     latency = (time.perf_counter() - started) * 1000
     if status >= 300:
         raise error_for_status(status, raw, headers)
@@ -234,6 +244,7 @@ def _completion(status: int, raw: bytes, headers: Mapping[str, str], started: fl
     except orjson.JSONDecodeError:
         # Not an answer; the validate stage says so and the item is asked again.
         body = raw[:2000].decode("utf-8", "replace")
-    usage = Usage.from_body(body) if isinstance(body, dict) else Usage()
-    # body, status_code, usage, headers, request_id, latency_ms (positional: once per answer)
-    return Completion(body, status, usage, headers, headers.get("x-request-id"), latency)
+    usage = endpoint.usage(body) if isinstance(body, dict) else Usage()
+    # body, status_code, usage, headers, request_id, latency_ms, endpoint (positional:
+    # once per answer)
+    return Completion(body, status, usage, headers, headers.get("x-request-id"), latency, endpoint)

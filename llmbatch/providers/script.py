@@ -13,26 +13,50 @@ A message may script its own answer with a line ``@fake {...}`` (JSON):
   content), on every answer, or on the first ``refusals`` answers (after the bad ones);
 - ``latency_ms``: this request's latency;
 - ``cached``: prompt tokens the answer reports as read from the provider's cache
-  (``usage.prompt_tokens_details.cached_tokens``, at most the prompt's).
+  (``usage.prompt_tokens_details.cached_tokens``, at most the prompt's);
+- ``reasoning``: completion tokens the answer reports as spent reasoning (added to
+  them, as a reasoning model bills them);
+- ``flag``: moderation categories to flag (a moderation request).
 
-Without a script the model is still useful: a ``json_schema`` response format gets a
-deterministic instance of the schema, a request that asks for JSON gets a small JSON
-object, anything else gets an echo of the last user message.
+The script may sit in a chat message, a Responses ``input`` (a string or its items), a
+completions ``prompt`` or a moderations ``input``. A re-ask that carries the
+conversation (Responses, completions: see :mod:`llmbatch.core.endpoints`) keeps the
+script where it was; the answers and re-ask messages it adds are not read for it.
+
+Without a script the model is still useful: a ``json_schema`` response format (chat's
+``response_format``, the Responses API's ``text.format``) gets a deterministic instance
+of the schema, a request that asks for JSON gets a small JSON object, anything else gets
+an echo of the last user message. The answer bodies of every endpoint are made in
+:mod:`llmbatch.providers.answers`.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
-__all__ = ["Script", "Step", "answer_for", "chat_body", "embedding_body", "parse_script"]
+from llmbatch.core.endpoints.base import REASK_MESSAGE
+
+__all__ = [
+    "Script",
+    "Step",
+    "answer_for",
+    "asked_texts",
+    "count_tokens",
+    "parse_script",
+    "prompt_texts",
+    "script_root",
+]
 
 DIRECTIVE = "@fake "
 BAD_ANSWER = "Sorry, I am not sure how to answer that."
+_REASK = REASK_MESSAGE.split("{", 1)[0]
+_DECODER = json.JSONDecoder()
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +67,8 @@ class Script:
     finish: str = "stop"
     latency_ms: float | None = None
     cached: int = 0
+    reasoning: int = 0
+    flag: tuple[str, ...] = ()
     refuse: str | None = None
     refusals: int | None = None  # how many answers refuse; None: every one
 
@@ -60,40 +86,80 @@ class Step:
     text: str
     finish: str
     cached: int = 0
-    refusal: str | None = None  # the model declines: this is its message.refusal
+    reasoning: int = 0
+    flag: tuple[str, ...] = ()
+    refusal: str | None = None  # the model declines: this is its refusal
 
 
-def _contents(body: dict[str, Any]) -> list[str]:
+def _texts(value: Any, out: list[str], *, asked: bool) -> None:
+    """The texts of a content value (a string, parts, or Responses input items) into
+    `out`; with `asked`, leaving out what a re-ask added (answers, re-ask messages)."""
+    if isinstance(value, str):
+        if not (asked and value.startswith(_REASK)):
+            out.append(value)
+    elif isinstance(value, list):
+        for item in value:
+            if isinstance(item, str):
+                _texts(item, out, asked=asked)
+            elif isinstance(item, dict):
+                if "content" in item:
+                    if not (asked and item.get("role") == "assistant"):
+                        _texts(item["content"], out, asked=asked)
+                elif isinstance(item.get("text"), str):
+                    _texts(item["text"], out, asked=asked)
+
+
+def prompt_texts(body: dict[str, Any]) -> list[str]:
+    """Every text of the request's prompt, in order (what its prompt tokens count)."""
     out: list[str] = []
-    messages = body.get("messages")
-    if isinstance(messages, list):
-        for m in messages:
-            c = m.get("content") if isinstance(m, dict) else None
-            if isinstance(c, str):
-                out.append(c)
-            elif isinstance(c, list):  # content parts
-                out.extend(p["text"] for p in c if isinstance(p, dict) and isinstance(p.get("text"), str))
-    inp = body.get("input")
-    if isinstance(inp, str):
-        out.append(inp)
-    elif isinstance(inp, list):
-        out.extend(x for x in inp if isinstance(x, str))
+    for key in ("instructions", "messages", "input", "prompt"):
+        if key in body:
+            _texts(body[key], out, asked=False)
     return out
 
 
+def asked_texts(body: dict[str, Any]) -> list[str]:
+    """The texts the user asked, in order: the prompt without what re-asks added."""
+    out: list[str] = []
+    for key in ("messages", "input", "prompt"):
+        if key in body:
+            _texts(body[key], out, asked=True)
+    return out
+
+
+def _directive(text: str) -> tuple[dict[str, Any], int] | None:
+    """The ``@fake`` object in `text` and where it ends, if there is one."""
+    at = text.find(DIRECTIVE)
+    if at < 0:
+        return None
+    start = at + len(DIRECTIVE)
+    line = text[start:].split("\n", 1)[0]
+    try:
+        spec, end = _DECODER.raw_decode(line)  # a re-ask may append to the line
+    except ValueError:
+        return None
+    return (spec, start + end) if isinstance(spec, dict) else None
+
+
+def script_root(body: dict[str, Any]) -> str | None:
+    """What a scripted request is known by across its re-asks: its prompt up to the end
+    of its ``@fake`` object (a re-ask only adds after it); None without a script."""
+    seen: list[str] = []
+    for text in prompt_texts(body):
+        found = _directive(text)
+        if found is not None:
+            return "\0".join([*seen, text[: found[1]]])
+        seen.append(text)
+    return None
+
+
 def parse_script(body: dict[str, Any]) -> Script:
-    """The ``@fake`` directive found in the request's messages, or an empty script."""
-    for text in _contents(body):
-        at = text.find(DIRECTIVE)
-        if at < 0:
+    """The ``@fake`` directive found in the request's prompt, or an empty script."""
+    for text in prompt_texts(body):
+        found = _directive(text)
+        if found is None:
             continue
-        line = text[at + len(DIRECTIVE) :].split("\n", 1)[0]
-        try:
-            spec = orjson.loads(line)
-        except orjson.JSONDecodeError:
-            continue
-        if not isinstance(spec, dict):
-            continue
+        spec = found[0]
         answer = spec.get("answer")
         if answer is not None and not isinstance(answer, str):
             answer = orjson.dumps(answer).decode()
@@ -104,6 +170,8 @@ def parse_script(body: dict[str, Any]) -> Script:
             finish=str(spec.get("finish", "stop")),
             latency_ms=float(spec["latency_ms"]) if "latency_ms" in spec else None,
             cached=int(spec.get("cached", 0)),
+            reasoning=int(spec.get("reasoning", 0)),
+            flag=tuple(str(c) for c in spec.get("flag", ())),
             refuse=str(spec["refuse"]) if spec.get("refuse") else None,
             refusals=int(spec["refusals"]) if "refusals" in spec else None,
         )
@@ -116,11 +184,11 @@ def step(script: Script, attempt: int, body: dict[str, Any]) -> Step:
         return Step(script.fail[attempt], "", "stop")
     answer = attempt - len(script.fail)
     if answer < script.bad:
-        return Step(None, BAD_ANSWER, "stop")
+        return Step(None, BAD_ANSWER, "stop", script.cached, script.reasoning)
     if script.refuse is not None and (script.refusals is None or answer - script.bad < script.refusals):
-        return Step(None, "", "stop", refusal=script.refuse)
+        return Step(None, "", "stop", script.cached, script.reasoning, refusal=script.refuse)
     text = script.answer if script.answer is not None else answer_for(body)
-    return Step(None, text, script.finish, script.cached)
+    return Step(None, text, script.finish, script.cached, script.reasoning, script.flag)
 
 
 def _digest(text: str) -> int:
@@ -164,10 +232,15 @@ def _instance(schema: Any, seed: int, words: list[str], depth: int = 0) -> Any:
 
 def answer_for(body: dict[str, Any]) -> str:
     """The unscripted answer: schema instance, small JSON object, or an echo."""
-    contents = _contents(body)
+    contents = asked_texts(body)
     last = contents[-1] if contents else ""
     seed = _digest(last)
     fmt = body.get("response_format")
+    text = body.get("text")
+    if fmt is None and isinstance(text, dict):  # the Responses API's text.format
+        fmt = text.get("format")
+        if isinstance(fmt, dict) and fmt.get("type") == "json_schema":
+            fmt = {"type": "json_schema", "json_schema": fmt}
     if isinstance(fmt, dict):
         if fmt.get("type") == "json_schema":
             schema = (fmt.get("json_schema") or {}).get("schema", {})
@@ -183,67 +256,3 @@ def answer_for(body: dict[str, Any]) -> str:
 def count_tokens(text: str) -> int:
     """The fake model's tokenizer: about four characters a token, like English."""
     return max(1, (len(text) + 3) // 4)
-
-
-def chat_body(
-    body: dict[str, Any],
-    text: str,
-    finish: str,
-    request_id: str,
-    *,
-    cached: int = 0,
-    refusal: str | None = None,
-) -> dict[str, Any]:
-    """A chat completion answering `text`. Like a real model, it stops at the request's
-    `max_completion_tokens` / `max_tokens`: the answer is cut there, finish "length".
-    `cached` prompt tokens are reported as read from the provider's cache. A `refusal`
-    is answered as OpenAI does: ``message.refusal`` set, ``content`` null."""
-    prompt = sum(count_tokens(c) + 4 for c in _contents(body))
-    content: str | None = text
-    if refusal is not None:
-        content, completion = None, count_tokens(refusal)
-    else:
-        completion = count_tokens(text)
-        ceiling = body.get("max_completion_tokens") or body.get("max_tokens")
-        if isinstance(ceiling, int) and 0 < ceiling < completion:
-            content, completion, finish = text[: ceiling * 4], ceiling, "length"
-    usage: dict[str, Any] = {
-        "prompt_tokens": prompt,
-        "completion_tokens": completion,
-        "total_tokens": prompt + completion,
-    }
-    if cached:
-        usage["prompt_tokens_details"] = {"cached_tokens": min(cached, prompt)}
-    return {
-        "id": request_id,
-        "object": "chat.completion",
-        "created": 0,
-        "model": body.get("model") or "fake",
-        "choices": [
-            {
-                "index": 0,
-                "message": {"role": "assistant", "content": content, "refusal": refusal},
-                "finish_reason": finish,
-                "logprobs": None,
-            }
-        ],
-        "usage": usage,
-    }
-
-
-def embedding_body(body: dict[str, Any]) -> dict[str, Any]:
-    inputs = body.get("input")
-    texts = [inputs] if isinstance(inputs, str) else [str(x) for x in (inputs or [])]
-    dims = int(body.get("dimensions") or 8)
-    data = []
-    for i, t in enumerate(texts):
-        seed = _digest(t)
-        vec = [((seed >> (j * 5)) % 2001 - 1000) / 1000 for j in range(dims)]
-        data.append({"object": "embedding", "index": i, "embedding": vec})
-    tokens = sum(count_tokens(t) for t in texts)
-    return {
-        "object": "list",
-        "data": data,
-        "model": body.get("model") or "fake-embedding",
-        "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
-    }

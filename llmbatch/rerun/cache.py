@@ -20,6 +20,7 @@ from pathlib import Path
 
 import orjson
 
+from llmbatch.core.endpoints import CHAT_ENDPOINT, Endpoint
 from llmbatch.core.errors import ConfigError
 from llmbatch.core.values import Completion, Usage
 
@@ -64,7 +65,8 @@ class ResponseCache:
         self.hits = 0
         self.stored = 0
 
-    def get(self, fp: int) -> Completion | None:
+    def get(self, fp: int, endpoint: Endpoint = CHAT_ENDPOINT) -> Completion | None:
+        """The valid answer kept for the request `fp` (of `endpoint`, which reads it)."""
         pending = self._pending.get(fp)
         if pending is not None:
             status, raw, prompt, completion = pending
@@ -74,7 +76,9 @@ class ResponseCache:
                 return None
             status, raw, prompt, completion = row
         self.hits += 1
-        return Completion(body=orjson.loads(raw), status_code=status, usage=Usage(prompt, completion))
+        return Completion(
+            body=orjson.loads(raw), status_code=status, usage=Usage(prompt, completion), endpoint=endpoint
+        )
 
     def put(self, fp: int, completion: Completion) -> None:
         """Keep a valid answer (replacing what was there); committed shortly."""

@@ -31,6 +31,7 @@ from typing import IO
 
 import orjson
 
+from llmbatch.core.endpoints import endpoint_of
 from llmbatch.core.errors import ConfigError, InputError
 from llmbatch.core.stats import Stats
 from llmbatch.core.values import Completion, Request, State
@@ -282,7 +283,7 @@ class _Revalidator:
             rec = orjson.loads(self._f.readline())
         except orjson.JSONDecodeError:
             return True
-        completion = completion_of(rec)
+        completion = completion_of(rec, endpoint_of(req.url))
         if completion is None:
             return True
         return self.validator(req, completion) is not None

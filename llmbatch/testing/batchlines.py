@@ -20,13 +20,14 @@ from typing import Any
 
 import orjson
 
-from llmbatch.providers import script
+from llmbatch.core import endpoints
+from llmbatch.providers import answers, script
 from llmbatch.testing.api import injected_error, new_id
-from llmbatch.testing.counts import Attempts, digest
+from llmbatch.testing.counts import Attempts, request_digest
 
 __all__ = ["ENDPOINTS", "MAX_LINES", "InputFile", "Line", "Result", "answer", "not_run", "read_input"]
 
-ENDPOINTS = ("/v1/chat/completions", "/v1/embeddings")
+ENDPOINTS = tuple(endpoints.ENDPOINTS)  # every endpoint the Batch API takes
 MAX_LINES = 50_000  # requests in one batch at most, as OpenAI allows
 MAX_ERRORS = 100  # a failed batch lists at most this many of its file's errors
 NOT_RUN_MESSAGES = {
@@ -101,7 +102,8 @@ def read_input(content: bytes, endpoint: str) -> InputFile:
             continue
         seen.add(row["custom_id"])
         body: dict[str, Any] = row["body"]
-        lines.append(Line(row["custom_id"], body, digest(orjson.dumps(body)), _prompt_tokens(body, endpoint)))
+        known_by = request_digest(endpoint, orjson.dumps(body), body)
+        lines.append(Line(row["custom_id"], body, known_by, answers.prompt_tokens(endpoint, body)))
     if errors:
         return InputFile((), model, tuple(errors[:MAX_ERRORS]))
     return InputFile(tuple(lines), model, ())
@@ -132,13 +134,6 @@ def _check(row: Any, endpoint: str, seen: set[str]) -> tuple[str, str, str | Non
     return None
 
 
-def _prompt_tokens(body: dict[str, Any], endpoint: str) -> int:
-    usage = (
-        script.embedding_body(body) if endpoint.endswith("embeddings") else script.chat_body(body, "", "", "")
-    )
-    return int(usage["usage"]["prompt_tokens"])
-
-
 def answer(line: Line, endpoint: str, attempts: Attempts) -> Result:
     """Run one line: the fake model's answer to its attempt, counted."""
     key = attempts.line(line.custom_id, line.digest)
@@ -147,27 +142,11 @@ def answer(line: Line, endpoint: str, attempts: Attempts) -> Result:
     request_id = new_id("req_")
     fault = outcome.fault
     if fault is None or fault == "nochoices":
-        if endpoint.endswith("embeddings"):
-            body = script.embedding_body(line.body)
-        else:
-            body = script.chat_body(
-                line.body,
-                outcome.text,
-                outcome.finish,
-                new_id("chatcmpl-"),
-                cached=outcome.cached,
-                refusal=outcome.refusal,
-            )
-            if fault == "nochoices":
-                body["choices"] = []
-        usage = body["usage"]
-        return Result(
-            True,
-            _record(line.custom_id, 200, request_id, body),
-            usage.get("prompt_tokens", 0),
-            usage.get("completion_tokens", 0),
-            fault,
-        )
+        body = answers.answer_body(endpoint, line.body, outcome, new_id(answers.id_prefix(endpoint)))
+        prompt, completion = answers.billed(body)
+        if fault == "nochoices":
+            body = {**answers.empty_body(endpoint), "usage": body.get("usage")}
+        return Result(True, _record(line.custom_id, 200, request_id, body), prompt, completion, fault)
     status, error = injected_error(fault)
     return Result(False, _record(line.custom_id, status, request_id, {"error": error}), fault=str(fault))
 

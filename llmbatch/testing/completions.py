@@ -1,4 +1,5 @@
-"""The fake model's endpoints: ``POST /chat/completions`` and ``POST /embeddings``.
+"""The fake model's endpoints: ``POST /chat/completions``, ``/embeddings``,
+``/responses``, ``/completions`` and ``/moderations``.
 
 What one model request meets on the fake server (:class:`~llmbatch.testing.server.FakeServer`,
 whose base this is), in order: the ``@fake`` script of its body
@@ -15,17 +16,21 @@ from __future__ import annotations
 
 import asyncio
 import random
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
 from aiohttp import web
 
-from llmbatch.providers import script
+from llmbatch.core.endpoints import CHAT, EMBEDDINGS, ENDPOINTS, MODERATIONS
+from llmbatch.providers import answers, script
 from llmbatch.testing.api import JSON, Reply, error_body, injected_error
 from llmbatch.testing.buckets import RateLimits
-from llmbatch.testing.counts import Attempts, ServerStats, digest
+from llmbatch.testing.counts import Attempts, ServerStats, request_digest
 
-__all__ = ["FAULT_KINDS", "ModelEndpoints"]
+__all__ = ["FAULT_KINDS", "MODEL_PATHS", "ModelEndpoints"]
+
+MODEL_PATHS = tuple(ENDPOINTS)  # the model endpoints served, /v1 paths
 
 FAULT_KINDS = (429, 500, 502, 503, "hang", "drop", "garbage", "nochoices")
 TORN_BODY = b'{"id": "chatcmpl-torn", "object": "chat.completion", "choices": [{"ind'
@@ -43,7 +48,8 @@ DIRECTIVE = script.DIRECTIVE.encode()
 
 
 class ModelEndpoints:
-    """The chat completions and embeddings endpoints (the base of ``FakeServer``)."""
+    """The model endpoints (the base of ``FakeServer``): chat completions, embeddings,
+    the Responses API, completions and moderations."""
 
     # The server's settings and counters (see ``FakeServer``), read on every request.
     latency: float
@@ -67,12 +73,24 @@ class ModelEndpoints:
         return self.limits.headers()
 
     async def _chat(self, request: web.Request) -> web.StreamResponse:
-        return await self._model(request, embeddings=False)
+        return await self._model(request, CHAT)
 
     async def _embeddings(self, request: web.Request) -> web.StreamResponse:
-        return await self._model(request, embeddings=True)
+        return await self._model(request, EMBEDDINGS)
 
-    async def _model(self, request: web.Request, *, embeddings: bool) -> web.StreamResponse:
+    def model_handler(self, path: str) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+        """The handler of the model endpoint at `path` (a /v1 path)."""
+        if path == CHAT:
+            return self._chat
+        if path == EMBEDDINGS:
+            return self._embeddings
+
+        async def handler(request: web.Request) -> web.StreamResponse:
+            return await self._model(request, path)
+
+        return handler
+
+    async def _model(self, request: web.Request, path: str) -> web.StreamResponse:
         raw = await request.read()
         try:
             body = orjson.loads(raw)
@@ -85,19 +103,14 @@ class ModelEndpoints:
         # Only a script's outcome depends on the attempt, and only a body seen in a batch
         # has a custom_id to count its answers under: the others need no count.
         attempts = self.attempts
-        key = attempts.key(digest(raw)) if plan is not NO_SCRIPT or attempts.ids else None
+        key = attempts.key(request_digest(path, raw, body)) if plan is not NO_SCRIPT or attempts.ids else None
         attempt = attempts.count(key) if key is not None else 0
         outcome = script.step(plan, attempt, body)
-        if embeddings:
-            payload = script.embedding_body(body)
-        else:
-            payload = script.chat_body(
-                body, outcome.text, outcome.finish, "", cached=outcome.cached, refusal=outcome.refusal
-            )
-        usage = payload["usage"]
+        payload = answers.answer_body(path, body, outcome, "")
+        prompt, completion = answers.billed(payload)
 
         if self.limits is not None:
-            refused = self.limits.admit(_charge(body, usage, embeddings))
+            refused = self.limits.admit(_charge(path, body, prompt, completion))
             if refused is not None:
                 self.stats.rate_limited += 1
                 hdrs = self._limit_headers()
@@ -110,7 +123,7 @@ class ModelEndpoints:
         if tier == "flex" and self.flex_capacity_429 and self.rng.random() < self.flex_capacity_429:
             self.stats.faults["capacity_429"] = self.stats.faults.get("capacity_429", 0) + 1
             return self.reply(429, CAPACITY_BODY, limit_headers)
-        if tier is not None and not embeddings:
+        if tier is not None and path not in (EMBEDDINGS, MODERATIONS):
             payload["service_tier"] = "default" if tier == "auto" else tier  # the tier that answered
 
         fault = outcome.fault
@@ -134,18 +147,18 @@ class ModelEndpoints:
             if delay > 0:
                 await asyncio.sleep(delay)
             if fault is not None:
-                return await self._fault(request, fault)
+                return await self._fault(request, fault, path)
             self._seq += 1
-            if not embeddings:
-                payload["id"] = f"chatcmpl-{self._seq}"
-            stats.prompt_tokens += usage.get("prompt_tokens", 0)
-            stats.completion_tokens += usage.get("completion_tokens", 0)
+            if path != EMBEDDINGS:
+                payload["id"] = f"{answers.id_prefix(path)}{self._seq}"
+            stats.prompt_tokens += prompt
+            stats.completion_tokens += completion
             hdrs = [("x-request-id", f"req_{self._seq:08d}"), *limit_headers]
             return self.reply(200, orjson.dumps(payload), hdrs)
         finally:
             stats.in_flight -= 1
 
-    async def _fault(self, request: web.Request, fault: int | str) -> web.StreamResponse:
+    async def _fault(self, request: web.Request, fault: int | str, path: str = CHAT) -> web.StreamResponse:
         if isinstance(fault, int) or fault == "quota":
             status, error = injected_error(fault)
             hdrs = [("retry-after-ms", "20")] if fault == 429 and self.retry_after else []
@@ -153,7 +166,7 @@ class ModelEndpoints:
         if fault == "garbage":
             return self.reply(200, b"<html><body>502 upstream hiccup</body></html>")
         if fault == "nochoices":
-            return self.reply(200, orjson.dumps({"id": "x", "object": "chat.completion", "choices": []}))
+            return self.reply(200, orjson.dumps(answers.empty_body(path)))
         return await self._torn(request)
 
     async def _hang(self, request: web.Request) -> web.StreamResponse:
@@ -173,13 +186,15 @@ class ModelEndpoints:
         return response
 
 
-def _charge(body: dict[str, Any], usage: dict[str, int], embeddings: bool) -> int:
-    """The tokens a request costs against the tokens-per-minute limit."""
-    prompt = usage["prompt_tokens"]
-    if embeddings:
+def _charge(path: str, body: dict[str, Any], prompt: int, completion: int) -> int:
+    """The tokens a request costs against the tokens-per-minute limit: its prompt and
+    its answer's ceiling (what OpenAI counts before answering), else the answer's
+    tokens."""
+    endpoint = ENDPOINTS[path]
+    if not endpoint.answers:
         return prompt
-    for name in ("max_completion_tokens", "max_tokens"):
+    for name in endpoint.ceiling_keys:
         ceiling = body.get(name)
         if isinstance(ceiling, int) and not isinstance(ceiling, bool) and ceiling > 0:
             return prompt + ceiling
-    return prompt + usage["completion_tokens"]
+    return prompt + completion

@@ -2,8 +2,11 @@
 how often each request has been answered, which is what makes a ``@fake`` script play out
 across re-asks (``{"bad": 1}``: the first answer is bad, the next one good).
 
-A live request is known by its body (a digest of the bytes sent); a Batch API line by its
-``custom_id``. The two meet when a live request carries the body of a line seen in a
+A live request is known by its body (a digest of the bytes sent: `request_digest`); a
+Batch API line by its ``custom_id``. A re-ask on the Responses API or completions extends
+the prompt (the answer and the validator's message are appended), so there a scripted
+request is known by its prompt up to its ``@fake`` object, which the re-ask leaves as it
+was. The two meet when a live request carries the body of a line seen in a
 batch (llmbatch sends the same bytes both ways): it continues that line's count and is
 counted among that ``custom_id``'s answers, as a ``--then live`` follow-up is.
 """
@@ -14,7 +17,13 @@ import hashlib
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["Attempts", "Key", "ServerStats", "digest"]
+from llmbatch.core.endpoints import COMPLETIONS, RESPONSES
+from llmbatch.providers.script import script_root
+
+__all__ = ["Attempts", "Key", "ServerStats", "digest", "request_digest"]
+
+# The endpoints whose re-asks extend the prompt.
+_EXTENDED = (RESPONSES, COMPLETIONS)
 
 
 @dataclass(slots=True)
@@ -64,6 +73,16 @@ class ServerStats:
 def digest(body: bytes) -> bytes:
     """What a live request is known by: the same bytes, the same request."""
     return hashlib.blake2b(body, digest_size=12).digest()
+
+
+def request_digest(path: str, raw: bytes, body: dict[str, Any]) -> bytes:
+    """What a live request to the endpoint at `path` is known by (see the module
+    docstring); `raw` is the body's bytes as sent."""
+    if path in _EXTENDED:
+        root = script_root(body)
+        if root is not None:
+            return digest(f"{path}\0{body.get('model')}\0{root}".encode())
+    return digest(raw)
 
 
 Key = bytes | str

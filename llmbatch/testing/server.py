@@ -1,7 +1,8 @@
 """A fake OpenAI-compatible HTTP server for tests, benchmarks and trying llmbatch out.
 
-Built on :mod:`aiohttp.web`, it serves ``POST /v1/chat/completions`` and
-``POST /v1/embeddings`` (also without the ``/v1``) quickly from one core, and answers by
+Built on :mod:`aiohttp.web`, it serves ``POST /v1/chat/completions``, ``/v1/embeddings``,
+``/v1/responses``, ``/v1/completions`` and ``/v1/moderations`` (also without the
+``/v1``) quickly from one core, and answers by
 the fake model's rules (:mod:`llmbatch.providers.script`), including the ``@fake``
 scripts. It also serves the Files and Batch APIs (:mod:`llmbatch.testing.files`,
 :mod:`llmbatch.testing.batches`): batches run in the background, their lines answered by
@@ -40,7 +41,7 @@ from aiohttp.typedefs import Handler
 from llmbatch.testing.api import JSON, ApiError, error_body
 from llmbatch.testing.batches import BatchBehaviour, BatchQueue
 from llmbatch.testing.buckets import RESET_MEANINGS, RateLimits, ResetMeaning
-from llmbatch.testing.completions import FAULT_KINDS, ModelEndpoints
+from llmbatch.testing.completions import FAULT_KINDS, MODEL_PATHS, ModelEndpoints
 from llmbatch.testing.counts import Attempts, ServerStats
 from llmbatch.testing.files import FileStore
 
@@ -74,9 +75,10 @@ class FakeServer(ModelEndpoints):
 
     ``rpm`` and ``tpm`` are enforced by buckets holding ``bucket_seconds`` of their rate,
     full at the start unless ``start_spent``. A request is charged its prompt tokens plus
-    its answer's ceiling, ``max_completion_tokens`` or ``max_tokens`` (what OpenAI counts
-    against the limit before answering), else the tokens of the answer it gets; an
-    embedding request its input tokens. ``reset_means`` says what
+    its answer's ceiling, ``max_completion_tokens`` or ``max_tokens`` (``max_output_tokens``
+    on the Responses API: what OpenAI counts against the limit before answering), else
+    the tokens of the answer it gets; an embedding request its input tokens, a
+    moderation nothing. ``reset_means`` says what
     ``x-ratelimit-reset-*`` counts down to (see :data:`~llmbatch.testing.buckets.ResetMeaning`).
     ``loop`` is the event loop :meth:`start` runs it on (:meth:`serve` uses the running one).
 
@@ -291,8 +293,8 @@ class FakeServer(ModelEndpoints):
         """The route table. Endpoints of their own (files, batches) add rows here."""
         table = [web.get(STATS_PATH, self._stats)]
         for prefix in ("/v1", ""):
-            table.append(web.post(f"{prefix}/chat/completions", self._chat))
-            table.append(web.post(f"{prefix}/embeddings", self._embeddings))
+            for path in MODEL_PATHS:
+                table.append(web.post(prefix + path.removeprefix("/v1"), self.model_handler(path)))
             table += self.files.routes(prefix)
             table += self.batches.routes(prefix)
         return table

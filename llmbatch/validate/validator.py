@@ -6,10 +6,11 @@ until the item's request cap.
     validator.preflight(first_item)        # once, before any request is sent
     reason = validator(request, completion)
 
-Every answer is first checked for being usable at all: a chat body with a first choice
-that has string content (and, with `require_finish`, the expected `finish_reason`), or an
-embeddings body whose `data` holds embeddings. Then the specs run in order and the first
-failure's reason wins:
+Every answer is first checked for being usable at all, by its endpoint
+(:mod:`llmbatch.core.endpoints`): a chat body with a first choice that has string
+content (and, with `require_finish`, the expected `finish_reason`), a Responses body with
+output text, an embeddings body whose `data` holds embeddings... Then the specs run in
+order and the first failure's reason wins:
 
     json                      the answer text is JSON (a ``` fence around it is fine)
     schema:FILE               ... and matches the JSON Schema in FILE
@@ -18,7 +19,8 @@ failure's reason wins:
     python:MODULE:FUNCTION    FUNCTION(item, answer_text) accepts it
     python:FILE.py:FUNCTION
 
-Specs look at the answer text, so embeddings answers only get the usability check.
+Specs look at the answer text, so embeddings and moderations answers only get the
+usability check.
 
 Two kinds of failure are kept apart: an invalid *answer* is a reason string and costs
 one request of the item's budget; a broken *validator* (a user function that raises
@@ -43,9 +45,8 @@ from typing import Any, Protocol
 
 import orjson
 
-from llmbatch.core.endpoints import CHAT
 from llmbatch.core.errors import ConfigError, ValidationFailed
-from llmbatch.core.values import Completion, Request, choice_text
+from llmbatch.core.values import Completion, Request
 from llmbatch.validate.model import PREFIX as MODEL_PREFIX
 from llmbatch.validate.model import ModelCheck, load_model
 
@@ -199,13 +200,12 @@ class Validator:
     def __call__(self, request: Request, completion: Completion) -> str | None:
         """None when the answer is valid, else a short reason. Raises ConfigError when a
         check is broken (asking again cannot help)."""
-        if request.url != CHAT and _is_embeddings(request.url):
-            return _unusable_embeddings(completion.body)
-        reason = _unusable_chat(completion, self.require_finish)
-        if reason is not None or not self.checks:
-            return reason
+        endpoint = completion.endpoint
+        reason = endpoint.unusable(completion.body, self.require_finish)
+        if reason is not None or not self.checks or not endpoint.text_answers:
+            return _short(reason) if reason is not None else None
         text = completion.text
-        assert text is not None  # _unusable_chat checked it
+        assert text is not None  # unusable() checked it
         answer = Answer(request.item if request.item is not None else request.body, text)
         for check in self.checks:
             reason = check(answer)
@@ -354,40 +354,6 @@ def _on_sys_path(directory: Path) -> Iterator[None]:
 def _resolve(file: str, root: Path) -> Path:
     path = Path(file).expanduser()
     return path if path.is_absolute() else root / path
-
-
-def _is_embeddings(url: str) -> bool:
-    return url.rstrip("/").endswith("/embeddings")
-
-
-def _unusable_chat(completion: Completion, require_finish: str | None) -> str | None:
-    body = completion.body
-    if not isinstance(body, dict):
-        return "response body is not JSON"
-    choice = completion.choice
-    if choice is None:
-        error = body.get("error")
-        if isinstance(error, dict) and error.get("message"):
-            return _short(f"response has no choices (error: {error['message']})")
-        return "response has no choices"
-    if require_finish is not None and (finish := choice.get("finish_reason")) != require_finish:
-        return f"finish_reason was {finish!r}, expected {require_finish!r}"
-    if choice_text(choice) is None:
-        return "response has no content"
-    return None
-
-
-def _unusable_embeddings(body: Any) -> str | None:
-    if not isinstance(body, dict):
-        return "response body is not JSON"
-    data = body.get("data")
-    if not isinstance(data, list) or not data:
-        return "response has no embeddings"
-    for entry in data:
-        # A str is a base64 embedding (encoding_format="base64").
-        if not isinstance(entry, dict) or not isinstance(entry.get("embedding"), list | str):
-            return "response has an entry without an embedding"
-    return None
 
 
 def _exception_reason(exc: BaseException, name: str) -> str:

@@ -94,7 +94,7 @@ def split(
         if isinstance(req, InputError):
             reject(req)
             continue
-        if cache is not None and (cached := cache.get(req.fp)) is not None:
+        if cache is not None and (cached := cache.get(req.fp, endpoint_of(req.url))) is not None:
             verdict = outcomes.from_cache(Finished(request=req, state=State.FAILED), cached)
             if verdict is not None:
                 continue  # written from the cache (or the validator is broken: the run stops)

@@ -18,6 +18,7 @@ from typing import Any
 
 import orjson
 
+from llmbatch.core.endpoints import endpoint_of
 from llmbatch.core.errors import PermanentError, ProviderError, TransientError
 from llmbatch.core.http import error_for_status
 from llmbatch.core.stats import Stats
@@ -153,11 +154,13 @@ class Collector:
         body = response.get("body")
         if status >= 300 or status == 0:
             return outcomes.failed(tally, error_for_status(status, orjson.dumps(body), {}), via="batch")[0]
+        endpoint = endpoint_of(tally.request.url)
         completion = Completion(
             body=body,
             status_code=status,
-            usage=Usage.from_body(body) if isinstance(body, dict) else Usage(),
+            usage=endpoint.usage(body) if isinstance(body, dict) else Usage(),
             request_id=response.get("request_id"),
+            endpoint=endpoint,
         )
         return outcomes.answered(tally, completion, via="batch")
 

@@ -67,7 +67,8 @@ CREATE TABLE IF NOT EXISTS items (
     prompt_tokens INTEGER NOT NULL DEFAULT 0,
     completion_tokens INTEGER NOT NULL DEFAULT 0,
     done INTEGER NOT NULL DEFAULT 0,
-    cached_tokens INTEGER NOT NULL DEFAULT 0
+    cached_tokens INTEGER NOT NULL DEFAULT 0,
+    reasoning_tokens INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS items_by_chunk ON items (chunk, done);
 """
@@ -117,6 +118,7 @@ class Item:
     prompt_tokens: int
     completion_tokens: int
     cached_tokens: int
+    reasoning_tokens: int
 
     def tally(self) -> Finished:
         """The item's outcome so far, to build on with its next answer."""
@@ -128,6 +130,7 @@ class Item:
             prompt_tokens=self.prompt_tokens,
             completion_tokens=self.completion_tokens,
             cached_tokens=self.cached_tokens,
+            reasoning_tokens=self.reasoning_tokens,
         )
 
 
@@ -252,11 +255,14 @@ class BatchState:
                 "INSERT INTO items (custom_id, chunk, line, request) VALUES (?, ?, ?, ?) "
                 "ON CONFLICT (custom_id) DO UPDATE SET chunk = excluded.chunk, line = excluded.line, "
                 "request = excluded.request, requests = 0, retries = 0, prompt_tokens = 0, "
-                "completion_tokens = 0, cached_tokens = 0, done = 0",
+                "completion_tokens = 0, cached_tokens = 0, reasoning_tokens = 0, done = 0",
                 (req.custom_id, chunk_id, req.line, _request_blob(req)),
             )
-        else:
-            self._db.execute("UPDATE items SET chunk = ? WHERE custom_id = ?", (chunk_id, req.custom_id))
+        else:  # its request too: a re-ask may carry the conversation (Responses, completions)
+            self._db.execute(
+                "UPDATE items SET chunk = ?, request = ? WHERE custom_id = ?",
+                (chunk_id, _request_blob(req), req.custom_id),
+            )
         self._db.execute(
             "UPDATE chunks SET items = items + 1, bytes = bytes + ?, tokens = tokens + ?, worst = worst + ? "
             "WHERE id = ?",
@@ -302,13 +308,14 @@ class BatchState:
         self.begin()
         self._db.execute(
             "UPDATE items SET requests = ?, retries = ?, prompt_tokens = ?, completion_tokens = ?, "
-            "cached_tokens = ? WHERE custom_id = ?",
+            "cached_tokens = ?, reasoning_tokens = ? WHERE custom_id = ?",
             (
                 tally.requests,
                 tally.retries,
                 tally.prompt_tokens,
                 tally.completion_tokens,
                 tally.cached_tokens,
+                tally.reasoning_tokens,
                 tally.request.custom_id,
             ),
         )
@@ -333,12 +340,15 @@ class BatchState:
             yield orjson.dumps(line, option=orjson.OPT_APPEND_NEWLINE)
 
 
-_ITEM = "custom_id, line, request, chunk, requests, retries, prompt_tokens, completion_tokens, cached_tokens"
+_ITEM = (
+    "custom_id, line, request, chunk, requests, retries, prompt_tokens, completion_tokens, cached_tokens, "
+    "reasoning_tokens"
+)
 
 
 def _item(row: tuple[Any, ...]) -> Item:
-    cid, line, blob, chunk, requests, retries, prompt, completion, cached = row
-    return Item(_request(cid, line, blob), chunk, requests, retries, prompt, completion, cached)
+    cid, line, blob, chunk, requests, retries, prompt, completion, cached, reasoning = row
+    return Item(_request(cid, line, blob), chunk, requests, retries, prompt, completion, cached, reasoning)
 
 
 def _migrate(db: sqlite3.Connection) -> None:
@@ -349,6 +359,8 @@ def _migrate(db: sqlite3.Connection) -> None:
     }
     if "cached_tokens" not in columns["items"]:
         db.execute("ALTER TABLE items ADD COLUMN cached_tokens INTEGER NOT NULL DEFAULT 0")
+    if "reasoning_tokens" not in columns["items"]:
+        db.execute("ALTER TABLE items ADD COLUMN reasoning_tokens INTEGER NOT NULL DEFAULT 0")
     if "held" not in columns["chunks"]:
         db.execute("ALTER TABLE chunks ADD COLUMN held INTEGER NOT NULL DEFAULT 0")
         db.execute("UPDATE chunks SET held = 1 WHERE error LIKE 'enqueued token limit:%'")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from llmbatch.core.endpoints import endpoint_of
 from llmbatch.core.values import Completion
 from llmbatch.modes.live.job import Job
 from llmbatch.modes.outcome import Cache, Outcomes, Verdict
@@ -27,7 +28,7 @@ class Identical:
         cached answer (FINISH, or RELEASE: a broken validator), or None: it follows an
         identical request in flight."""
         fp = job.request.fp
-        cached = self.cache.get(fp)
+        cached = self.cache.get(fp, endpoint_of(job.request.url))
         if cached is not None:
             verdict = self.outcomes.from_cache(job, cached)
             if verdict is not None:

@@ -41,4 +41,5 @@ class Job(Finished):
             prompt_tokens=tally.prompt_tokens,
             completion_tokens=tally.completion_tokens,
             cached_tokens=tally.cached_tokens,
+            reasoning_tokens=tally.reasoning_tokens,
         )
