@@ -6,10 +6,14 @@ whose items were re-asked (the re-ask keeps its first request's fingerprint)."""
 from __future__ import annotations
 
 import shutil
+from typing import Any
 
 import orjson
 import pytest
 from conftest import ROOT, by_id, write_jsonl
+
+from llmbatch.input.build import fingerprint
+from llmbatch.output.records import fp_hex
 
 pytestmark = pytest.mark.usefixtures("no_backoff")
 
@@ -65,3 +69,46 @@ def test_a_rerun_of_a_reasked_responses_run_sends_nothing(run_cli, fake_server, 
     assert again.exit_code == 0, again.output
     assert server.stats.requests == sent  # nothing sent
     assert "skipped (already done): 9" in again.stderr
+
+
+def _lines_with(cache_key: str, prompt: str = "Say {i}") -> list[dict[str, object]]:
+    return [
+        {"custom_id": f"r{i}", "method": "POST", "url": "/v1/chat/completions",
+         "body": {"model": "m", "messages": [{"role": "user", "content": prompt.format(i=i)}],
+                  "prompt_cache_key": cache_key, "store": False, "metadata": {"job": "nightly"}}}
+        for i in range(5)
+    ]  # fmt: skip
+
+
+def test_keys_that_say_how_a_request_is_served_are_not_what_is_asked(run_cli, tmp_path):
+    """prompt_cache_key, store and metadata are left out of the fingerprint: a rerun
+    with another cache key sends nothing; a line written when they were still hashed
+    (its older fingerprint) is not stale either; a changed prompt still is."""
+    src = write_jsonl(tmp_path / "in.jsonl", _lines_with("k1"))
+    out = tmp_path / "out.jsonl"
+    summary = tmp_path / "summary.json"
+
+    def rerun() -> Any:
+        summary.unlink(missing_ok=True)
+        result = run_cli("run", src, "-o", out, "--provider", "fake", "-q", "--summary-json", summary)
+        assert result.exit_code == 0, result.output
+        return orjson.loads(summary.read_bytes())
+
+    assert rerun()["requests"] == 5
+    write_jsonl(src, _lines_with("k2"))
+    assert rerun()["requests"] == 0  # another cache key: the same request
+
+    # Lines as an older llmbatch wrote them: the fingerprint held every body key.
+    older = []
+    for record in (orjson.loads(line) for line in out.read_bytes().splitlines()):
+        body = next(x["body"] for x in _lines_with("k2") if x["custom_id"] == record["custom_id"])
+        record["llmbatch"]["fp"] = fp_hex(
+            fingerprint("/v1/chat/completions", body, frozenset({"service_tier"}))
+        )
+        older.append(record)
+    write_jsonl(out, older)
+    assert rerun()["requests"] == 0
+
+    write_jsonl(src, _lines_with("k2", prompt="Tell {i}"))
+    result = run_cli("run", src, "-o", out, "--provider", "fake", "-q")
+    assert result.exit_code == 2 and "different request" in result.stderr, result.output

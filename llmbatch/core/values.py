@@ -44,6 +44,9 @@ class Request:
     # A hash of what is sent (endpoint and canonical body): a rerun tells an answer to
     # this very request from one to an older prompt by it. 0 when not computed.
     fp: int = 0
+    # The fingerprint an older llmbatch gave this body, when it differs (a body with a
+    # key fingerprints now leave out): a line carrying it is not stale. 0: the same.
+    fp_before: int = 0
 
 
 class Cause(enum.StrEnum):

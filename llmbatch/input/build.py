@@ -41,6 +41,7 @@ __all__ = [
     "RequestBuilder",
     "Template",
     "fingerprint",
+    "fingerprint_before",
 ]
 
 # InputError kinds that, made by every row, are a mistake in the command rather than in
@@ -66,22 +67,33 @@ _RESPONSES_KEYS = frozenset(
 _Parts = tuple[str, dict[str, Any], str, Any, "dict[str, Any] | None"]
 
 
-# Body keys that say how a request is served, not what is asked: left out of the
-# fingerprint, so a body without them hashes as it always did (an output written before
-# --service-tier is not stale with it) and a fallback to another tier is the same request.
-NOT_ASKED = frozenset({"service_tier"})
+# Body keys that say how a request is served or kept, not what is asked (the tier, the
+# prompt cache's routing key, storing the answer, metadata the provider files it under):
+# left out of the fingerprint, so a fallback to another tier or a new cache key is the
+# same request, and a body without them hashes as it always did.
+NOT_ASKED = frozenset({"service_tier", "prompt_cache_key", "store", "metadata"})
+# Of those, the keys fingerprints held before they were left out: a line written then
+# for a body with one of them carries that older hash, which a rerun still accepts.
+ASKED_BEFORE = frozenset({"prompt_cache_key", "store", "metadata"})
+_TIER_ONLY = frozenset({"service_tier"})
 
 
-def fingerprint(url: str, body: dict[str, Any]) -> int:
+def fingerprint(url: str, body: dict[str, Any], leave_out: frozenset[str] = NOT_ASKED) -> int:
     """A 64-bit hash of what is sent: the endpoint and the body with its keys sorted
     (so the order a file or a template writes them in does not matter), model and
     parameters included; the custom_id and metadata, never sent, are not part of it, nor
-    the keys of `NOT_ASKED`, nor the structured-outputs `strict` flag (how the server
-    decodes, not what is asked)."""
-    if not NOT_ASKED.isdisjoint(body):
-        body = {k: v for k, v in body.items() if k not in NOT_ASKED}
+    the keys of `leave_out` (`NOT_ASKED`), nor the structured-outputs `strict` flag (how
+    the server decodes, not what is asked)."""
+    if not leave_out.isdisjoint(body):
+        body = {k: v for k, v in body.items() if k not in leave_out}
     data = url.encode() + b"\0" + orjson.dumps(_without_strict(body), option=orjson.OPT_SORT_KEYS)
     return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "big", signed=True)
+
+
+def fingerprint_before(url: str, body: dict[str, Any]) -> int:
+    """The fingerprint a body holding a key of `ASKED_BEFORE` had before those keys were
+    left out (0 for any other body: its fingerprint has not changed)."""
+    return fingerprint(url, body, _TIER_ONLY) if not ASKED_BEFORE.isdisjoint(body) else 0
 
 
 def _without_strict(body: dict[str, Any]) -> dict[str, Any]:
@@ -180,7 +192,10 @@ class RequestBuilder:
             cid, body, url, metadata, item = self._from_body(line, obj)
         else:
             raise self._not_a_request(line)
-        return Request(cid, body, url, line, metadata, item, fingerprint(url, body))
+        request = Request(cid, body, url, line, metadata, item, fingerprint(url, body))
+        if not ASKED_BEFORE.isdisjoint(body):
+            request.fp_before = fingerprint_before(url, body)
+        return request
 
     def custom_id(self, line: int, obj: dict[str, Any]) -> str | None:
         """The id `build` would give this object, found without building the request

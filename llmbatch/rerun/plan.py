@@ -241,7 +241,8 @@ def _judge(
     flags = index.flags[slot]
     state = _STATES[flags & 3]
     redo = rules.redo
-    stale = bool(flags & _HAS_FP) and index.fp[slot] != req.fp
+    # An older fingerprint of the same body (`Request.fp_before`) is the same request too.
+    stale = bool(flags & _HAS_FP) and index.fp[slot] != req.fp and index.fp[slot] != (req.fp_before or req.fp)
     if stale:
         if "stale" in redo:
             return "send", "stale", True
