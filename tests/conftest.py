@@ -289,3 +289,28 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture
+def spawn(tmp_path: Path) -> Iterator[Callable[..., subprocess.Popen[bytes]]]:
+    """`spawn(*args, key=KEY)`: `python -m llmbatch run ARGS` as a process of its own in
+    tmp_path, with `key` as OPENAI_API_KEY and no proxy settings; reaped at teardown."""
+    base = {k: v for k, v in os.environ.items() if "proxy" not in k.lower() and not k.startswith("OPENAI_")}
+    procs: list[subprocess.Popen[bytes]] = []
+
+    def start(*args: object, key: str) -> subprocess.Popen[bytes]:
+        argv = [sys.executable, "-m", "llmbatch", "run", *map(str, args)]
+        env = {**base, "OPENAI_API_KEY": key, "PYTHONUNBUFFERED": "1"}
+        proc = subprocess.Popen(
+            argv,
+            cwd=tmp_path,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        procs.append(proc)
+        return proc
+
+    yield start
+    reap(procs)

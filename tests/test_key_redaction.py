@@ -5,16 +5,14 @@ the key is on no stream and in no file it leaves behind, the batch state include
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import orjson
 import pytest
 from aiohttp import web
-from conftest import RecordingServer, read_jsonl, reap, write_jsonl
+from conftest import RecordingServer, read_jsonl, write_jsonl
 
 from llmbatch.testing.api import error_body
 
@@ -30,29 +28,18 @@ def rows() -> list[object]:
 
 
 @pytest.fixture
-def spawn(tmp_path: Path) -> Iterator[Callable[..., subprocess.CompletedProcess[bytes]]]:
-    """`spawn(*args)`: `python -m llmbatch run ARGS` in tmp_path, with KEY as
-    OPENAI_API_KEY; returns once it exits."""
-    env = {k: v for k, v in os.environ.items() if "proxy" not in k.lower() and not k.startswith("OPENAI_")}
-    env.update(OPENAI_API_KEY=KEY, PYTHONUNBUFFERED="1")
-    procs: list[subprocess.Popen[bytes]] = []
+def run_done(
+    spawn: Callable[..., subprocess.Popen[bytes]],
+) -> Callable[..., subprocess.CompletedProcess[bytes]]:
+    """`run_done(*args)`: `llmbatch run ARGS` in tmp_path, with KEY as OPENAI_API_KEY;
+    returns once it exits."""
 
     def run(*args: object) -> subprocess.CompletedProcess[bytes]:
-        argv = [sys.executable, "-m", "llmbatch", "run", *map(str, args)]
-        proc = subprocess.Popen(
-            argv,
-            cwd=tmp_path,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-        )
-        procs.append(proc)
+        proc = spawn(*args, key=KEY)
         out, err = proc.communicate(timeout=120)
-        return subprocess.CompletedProcess(argv, proc.returncode, out, err)
+        return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
-    yield run
-    reap(procs)
+    return run
 
 
 def everything_left(tmp_path: Path, result: subprocess.CompletedProcess[bytes]) -> tuple[bytes, list[str]]:
@@ -67,7 +54,7 @@ TEMPLATE = ("--prompt", "{text}", "--id-field", "id", "-m", "gpt-4o-mini", "--va
 
 @pytest.mark.parametrize(("status", "exit_code"), [(500, 1), (400, 3)])
 def test_a_batch_create_refused_with_the_key_quoted_leaks_it_nowhere(
-    spawn, fake_server, tmp_path, status, exit_code
+    run_done, fake_server, tmp_path, status, exit_code
 ):
     """The first batch create is refused with a message quoting `Authorization: Bearer
     <key>` (500: retried, and the run finishes, exit 1 for its bad line; 400: the run
@@ -75,7 +62,7 @@ def test_a_batch_create_refused_with_the_key_quoted_leaks_it_nowhere(
     in no file: output, rejects, the batch state (batches.db and its journal)."""
     write_jsonl(tmp_path / "in.jsonl", rows())
     server = fake_server(api_key=KEY, fail_creates=1, fail_create_status=status)
-    result = spawn(
+    result = run_done(
         "in.jsonl", "-o", "out.jsonl", "--batch-api", "--base-url", server.base_url, *TEMPLATE,
         "--poll-every", "0.05",
     )  # fmt: skip
@@ -106,14 +93,14 @@ class QuotingServer(RecordingServer):
 
 
 @pytest.mark.parametrize("transport", ["sdk", "fast"])
-def test_a_live_500_quoting_the_key_leaks_it_nowhere(spawn, tmp_path, transport):
+def test_a_live_500_quoting_the_key_leaks_it_nowhere(run_done, tmp_path, transport):
     """Every live answer is a 500 quoting `Authorization: Bearer <key>` (through the
     SDK's own transport and llmbatch's): each item is written failed with the message
     minus the key, and the key is on no stream and in no file."""
     write_jsonl(tmp_path / "in.jsonl", rows())
     server = QuotingServer().start()
     try:
-        result = spawn(
+        result = run_done(
             "in.jsonl", "-o", "out.jsonl", "--base-url", server.base_url, *TEMPLATE,
             "--transport", transport, "--max-retries", "1",
         )  # fmt: skip

@@ -5,20 +5,17 @@ run; a Batch API run counts its cached prompt tokens as a live run does."""
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
-import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import orjson
 import pytest
 from aiohttp import web
-from conftest import RecordingServer, by_id, reap, write_jsonl
+from conftest import RecordingServer, by_id, write_jsonl
 
 from llmbatch.cost.prices import cost, price_for
 from llmbatch.testing.api import error_body
@@ -113,27 +110,9 @@ def refusing(serve: Callable[..., Any]) -> Callable[..., Refusing]:
 
 
 @pytest.fixture
-def spawn(tmp_path: Path) -> Iterator[Callable[..., subprocess.Popen[bytes]]]:
-    """`spawn(*args)`: `python -m llmbatch run ARGS` as a process of its own."""
-    env = {k: v for k, v in os.environ.items() if "proxy" not in k.lower() and not k.startswith("OPENAI_")}
-    env.update(OPENAI_API_KEY=KEY, PYTHONUNBUFFERED="1")
-    procs: list[subprocess.Popen[bytes]] = []
-
-    def start(*args: object) -> subprocess.Popen[bytes]:
-        argv = [sys.executable, "-m", "llmbatch", "run", *map(str, args)]
-        proc = subprocess.Popen(
-            argv,
-            cwd=tmp_path,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-        )
-        procs.append(proc)
-        return proc
-
-    yield start
-    reap(procs)
+def run_proc(spawn: Callable[..., subprocess.Popen[bytes]]) -> Callable[..., subprocess.Popen[bytes]]:
+    """`run_proc(*args)`: `llmbatch run ARGS` as a process of its own, with KEY."""
+    return lambda *args: spawn(*args, key=KEY)
 
 
 def _interrupt_while_paused(proc: subprocess.Popen[bytes], server: Refusing) -> tuple[float, str]:
@@ -151,38 +130,38 @@ def _interrupt_while_paused(proc: subprocess.Popen[bytes], server: Refusing) -> 
     return time.monotonic() - sent, err.decode()
 
 
-def test_ctrl_c_during_a_live_run_waiting_out_a_429_stops_at_once(spawn, refusing, fake_server, tmp_path):
+def test_ctrl_c_during_a_live_run_waiting_out_a_429_stops_at_once(run_proc, refusing, fake_server, tmp_path):
     """Every request is refused with Retry-After: 30; a Ctrl-C while the run waits it
     out stops it within 2 s, exit 3, nothing written; a rerun writes every item."""
     write_jsonl(tmp_path / "in.jsonl", rows(8))
     server = refusing()
     template = ("--prompt", "{text}", "--id-field", "id", "-m", "gpt-4o-mini", "--no-live", "-c", "4")
-    proc = spawn("in.jsonl", "-o", "out.jsonl", "--base-url", server.base_url, *template)
+    proc = run_proc("in.jsonl", "-o", "out.jsonl", "--base-url", server.base_url, *template)
     took, err = _interrupt_while_paused(proc, server)
     assert proc.returncode == 3, err
     assert took < 2.0, (took, err)
     assert "SIGINT received" in err
     good = fake_server()
-    rerun = spawn("in.jsonl", "-o", "out.jsonl", "--base-url", good.base_url, *template)
+    rerun = run_proc("in.jsonl", "-o", "out.jsonl", "--base-url", good.base_url, *template)
     _, err2 = rerun.communicate(timeout=60)
     assert rerun.returncode == 0, err2.decode()
     assert len(by_id(tmp_path / "out.jsonl")) == 8
 
 
 def test_ctrl_c_during_a_then_live_follow_up_waiting_out_a_429_stops_at_once(
-    spawn, refusing, fake_server, tmp_path
+    run_proc, refusing, fake_server, tmp_path
 ):
     """A batch that expires before running anything sends all 8 items live, where every
     request meets a 429 with Retry-After: 30: a Ctrl-C then stops the run within 2 s,
     exit 3; the follow-up is not lost: a rerun writes every item once."""
     write_jsonl(tmp_path / "in.jsonl", rows(8))
     server = refusing(batch_expire_after=0)
-    proc = spawn("in.jsonl", "-o", "out.jsonl", *batch_flags(server, "--then", "live", "-c", "4"))
+    proc = run_proc("in.jsonl", "-o", "out.jsonl", *batch_flags(server, "--then", "live", "-c", "4"))
     took, err = _interrupt_while_paused(proc, server)
     assert proc.returncode == 3, err
     assert took < 2.0, (took, err)
     good = fake_server()
-    rerun = spawn("in.jsonl", "-o", "out.jsonl", *batch_flags(good, "--then", "live"))
+    rerun = run_proc("in.jsonl", "-o", "out.jsonl", *batch_flags(good, "--then", "live"))
     _, err2 = rerun.communicate(timeout=60)
     assert rerun.returncode == 0, err2.decode()
     records = by_id(tmp_path / "out.jsonl")

@@ -76,6 +76,19 @@ def _cut(text: str, ceiling: Any, used: int) -> tuple[str, int, bool]:
     return text, tokens, False
 
 
+def _usage(prompt: int, completion: int, step: Step) -> dict[str, Any]:
+    """Chat's usage (completions say it alike): the answer's tokens plus the step's
+    reasoning, its cached prompt tokens when it has some."""
+    usage: dict[str, Any] = {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion + step.reasoning,
+        "total_tokens": prompt + completion + step.reasoning,
+    }
+    if step.cached:
+        usage["prompt_tokens_details"] = {"cached_tokens": min(step.cached, prompt)}
+    return usage
+
+
 def chat_body(body: dict[str, Any], step: Step, request_id: str) -> dict[str, Any]:
     """A chat completion answering the step's text (or refusing, as the step says)."""
     prompt = prompt_tokens(CHAT, body)
@@ -84,13 +97,7 @@ def chat_body(body: dict[str, Any], step: Step, request_id: str) -> dict[str, An
         content, completion, cut = None, count_tokens(step.refusal), False
     else:
         content, completion, cut = _cut(step.text, _CEILING[CHAT](body), step.reasoning)
-    usage: dict[str, Any] = {
-        "prompt_tokens": prompt,
-        "completion_tokens": completion + step.reasoning,
-        "total_tokens": prompt + completion + step.reasoning,
-    }
-    if step.cached:
-        usage["prompt_tokens_details"] = {"cached_tokens": min(step.cached, prompt)}
+    usage = _usage(prompt, completion, step)
     if step.reasoning:
         usage["completion_tokens_details"] = {"reasoning_tokens": step.reasoning}
     return {
@@ -114,13 +121,7 @@ def completion_body(body: dict[str, Any], step: Step, request_id: str) -> dict[s
     """A text completion (``/v1/completions``) answering the step's text."""
     prompt = prompt_tokens(COMPLETIONS, body)
     text, completion, cut = _cut(step.text, _CEILING[COMPLETIONS](body), step.reasoning)
-    usage: dict[str, Any] = {
-        "prompt_tokens": prompt,
-        "completion_tokens": completion + step.reasoning,
-        "total_tokens": prompt + completion + step.reasoning,
-    }
-    if step.cached:
-        usage["prompt_tokens_details"] = {"cached_tokens": min(step.cached, prompt)}
+    usage = _usage(prompt, completion, step)
     return {
         "id": request_id,
         "object": "text_completion",

@@ -20,7 +20,7 @@ from llmbatch.core.errors import ConfigError
 from llmbatch.validate.model import PREFIX, load_model, model_schema
 from llmbatch.validate.strict import strict_problem
 
-__all__ = ["AskedSchema", "asked_schema"]
+__all__ = ["AskedSchema", "asked_schema", "read_schema"]
 
 MAX_NAME = 64  # the API's limit on a response format's name
 
@@ -48,15 +48,21 @@ def asked_schema(spec: str | Path, root: Path | None = None) -> AskedSchema:
     path = Path(spec)
     if root is not None and not path.is_absolute():
         path = root / path
-    try:
-        schema = orjson.loads(path.read_bytes())
-    except OSError as exc:
-        raise ConfigError(f"cannot read schema {spec}: {exc.strerror}") from None
-    except orjson.JSONDecodeError as exc:
-        raise ConfigError(f"schema {spec} is not JSON: {exc}") from None
+    schema = read_schema(path, str(spec))
     # The name as llmbatch has always made it: it is part of the request's fingerprint.
     return AskedSchema(schema, _name(path.stem.split(".")[0]), strict_problem(schema))
 
 
 def _name(text: str) -> str:
     return "".join(c if c.isalnum() or c in "_-" else "_" for c in text)[:MAX_NAME] or "answer"
+
+
+def read_schema(path: Path, shown: str) -> Any:
+    """The JSON in a schema file (`shown` names it in the error): what --schema asks for
+    and the schema validator checks against, read alike."""
+    try:
+        return orjson.loads(path.read_bytes())
+    except OSError as exc:
+        raise ConfigError(f"cannot read schema file {shown}: {exc.strerror or exc}") from None
+    except orjson.JSONDecodeError as exc:
+        raise ConfigError(f"schema file {shown} is not JSON: {exc}") from None

@@ -47,6 +47,7 @@ import orjson
 
 from llmbatch.core.errors import ConfigError, ValidationFailed
 from llmbatch.core.values import Completion, Request
+from llmbatch.validate.asked import read_schema
 from llmbatch.validate.model import PREFIX as MODEL_PREFIX
 from llmbatch.validate.model import ModelCheck, load_model
 
@@ -264,13 +265,7 @@ def _schema_check(file: str, root: Path) -> SchemaCheck:
     from jsonschema import Draft202012Validator, SchemaError  # type: ignore[import-untyped]
     from jsonschema.validators import validator_for  # type: ignore[import-untyped]
 
-    path = _resolve(file, root)
-    try:
-        schema = orjson.loads(path.read_bytes())
-    except OSError as exc:
-        raise ConfigError(f"cannot read schema file {file}: {exc.strerror or exc}") from None
-    except orjson.JSONDecodeError as exc:
-        raise ConfigError(f"schema file {file} is not JSON: {exc}") from None
+    schema = read_schema(_resolve(file, root), file)
     if not isinstance(schema, dict | bool):
         raise ConfigError(f"schema file {file} is not a JSON Schema: expected an object")
     cls = Draft202012Validator
