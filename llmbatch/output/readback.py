@@ -23,6 +23,7 @@ from llmbatch.output.records import Format
 __all__ = [
     "Line",
     "completion_of",
+    "id_of",
     "input_line_of",
     "is_ours",
     "line_of",
@@ -69,10 +70,10 @@ _CUSTOM_ID = b'","custom_id":"'
 _FAULTS = {b'"fault":"request",': "request", b'"fault":"transient",': "transient"}
 
 
-def read_tail(raw: bytes) -> Line | None:
-    """`read_line` of a Batch-shaped line this llmbatch wrote, from its first and last
-    bytes alone: a rerun reads millions of lines, and parsing every answer whole costs
-    most of that. None when the line is not in that shape (the caller parses it)."""
+def _tail(raw: bytes) -> tuple[re.Match[bytes], State, bytes] | None:
+    """The tail's match, the state and the custom_id of a Batch-shaped line this
+    llmbatch wrote, read from its first and last bytes alone; None when the line is not
+    in that shape (the caller parses it)."""
     if not raw.startswith(b'{"id":"'):
         return None
     m = _TAIL.search(raw, max(0, len(raw) - 160))
@@ -86,6 +87,17 @@ def read_tail(raw: bytes) -> Line | None:
     cid = raw[at + len(_CUSTOM_ID) : end]
     if b"\\" in cid:
         return None  # an escaped id: the parser knows best
+    return m, state, cid
+
+
+def read_tail(raw: bytes) -> Line | None:
+    """`read_line` of a Batch-shaped line this llmbatch wrote, from its first and last
+    bytes alone: a rerun reads millions of lines, and parsing every answer whole costs
+    most of that. None when the line is not in that shape (the caller parses it)."""
+    found = _tail(raw)
+    if found is None:
+        return None
+    m, state, cid = found
     start = m.start()
     fault = _FAULTS.get(raw[start - 18 : start]) or _FAULTS.get(raw[start - 20 : start])
     value = int(m[2], 16)
@@ -184,6 +196,19 @@ def line_of(raw: bytes) -> Line | None:
         return read_line(orjson.loads(raw))
     except orjson.JSONDecodeError:
         return None
+
+
+def id_of(raw: bytes) -> tuple[str, Format] | None:
+    """The custom_id and format of a raw line of ours, None when it is not ours: what
+    `line_of` would say of it, reading no more than a newest-line-per-id rewrite needs."""
+    found = _tail(raw)
+    if found is not None:
+        return found[2].decode(), "batch"
+    try:
+        line = read_line(orjson.loads(raw))
+    except orjson.JSONDecodeError:
+        return None
+    return (line.custom_id, line.format) if line is not None else None
 
 
 def is_ours(first_line: bytes) -> bool:

@@ -5,7 +5,8 @@ become one file in which each custom_id has one line, its newest, in that line's
 (or, ``ordered``, sorted by the input line number each carries). Two rules decide what
 else is in it:
 
-- *Ours* is what a rerun reads as an llmbatch output line (`readback.line_of`, the test
+- *Ours* is what a rerun reads as an llmbatch output line (`readback.line_of`, which
+  `readback.id_of` answers reading no more than the id; the test
   `OutputIndex.scan` applies): so a compaction removes exactly the lines the rerun's
   index counted as repeated. Any other line (not JSON, or JSON without our ``llmbatch``
   block or ``llm_custom_id`` column, even one with a ``custom_id`` of its own) is not ours
@@ -37,7 +38,7 @@ from llmbatch.files.bitmap import Bitmap
 from llmbatch.files.idset import IdSet
 from llmbatch.files.jsonl import codec_for, count_lines, cut_torn, open_lines, torn_end, write_lines
 from llmbatch.files.ordering import LAST, RUN_BYTES, sorted_lines
-from llmbatch.output.readback import input_line_of, line_of, read_line
+from llmbatch.output.readback import id_of, input_line_of, read_line
 from llmbatch.output.records import Format
 
 __all__ = ["Selection", "compact", "rewrite", "select"]
@@ -65,20 +66,24 @@ def select(inputs: Sequence[Path]) -> Selection:
     keep = Bitmap()
     formats: dict[Format, Path] = {}
     number = dropped = torn = 0
+    locate, add = ids.locate, keep.add
     for path in inputs:
-        for raw in _lines(path):
-            if not raw.endswith(b"\n"):
-                torn += 1
-                break
-            line = line_of(raw)
-            if line is None:
-                keep.add(number)
-            else:
-                formats.setdefault(line.format, path)
-                slot = ids.locate(line.custom_id, add=True)
-                dropped += newest[slot] != 0
-                newest[slot] = number + 1
-            number += 1
+        with open_lines(path) as f:
+            for raw in f:
+                if raw[-1:] != b"\n":
+                    torn += 1
+                    break
+                ours = id_of(raw)
+                if ours is None:
+                    add(number)
+                else:
+                    cid, fmt = ours
+                    if fmt not in formats:
+                        formats[fmt] = path
+                    slot = locate(cid, add=True)
+                    dropped += newest[slot] != 0
+                    newest[slot] = number + 1
+                number += 1
     for n in newest:
         if n:
             keep.add(n - 1)
@@ -123,22 +128,17 @@ def _refuse_torn_block(path: Path) -> None:
         )
 
 
-def _lines(path: Path) -> Iterator[bytes]:
-    """A file's lines, newline included (only the last may lack one: a torn tail)."""
-    with open_lines(path) as f:
-        yield from f
-
-
 def _kept(inputs: Sequence[Path], keep: Bitmap) -> Iterator[bytes]:
     """The kept lines, in the inputs' order."""
     number = 0
     for path in inputs:
-        for raw in _lines(path):
-            if not raw.endswith(b"\n"):
-                break
-            if number in keep:
-                yield raw
-            number += 1
+        with open_lines(path) as f:
+            for raw in f:
+                if raw[-1:] != b"\n":
+                    break
+                if number in keep:
+                    yield raw
+                number += 1
 
 
 def _input_line(raw: bytes) -> int:
