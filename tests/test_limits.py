@@ -684,3 +684,16 @@ def test_the_status_says_which_mode_the_pacer_is_in():
     assert len(told) == 1 and "shorter window" in told[0]
     assert cuts == 0
     assert times[-1] - times[0] == pytest.approx(1.0, abs=0.21)  # 10/s, one second's worth at most
+
+
+def test_a_given_rpm_below_the_servers_limit_keeps_smooth_pacing():
+    """--rpm 300 against a server announcing 600 with 500 left: the user's share is
+    paced smoothly (5/s after the first second's 5), not spent from the server's budget."""
+
+    async def main() -> list[float]:
+        limits = Limits(rpm=300)
+        limits.observe_headers({**LIMIT_600, "x-ratelimit-remaining-requests": "500"})
+        return await send_times(limits, 20)
+
+    times = virtual(main)
+    assert times[-1] - times[0] == pytest.approx(3.0, abs=0.21)

@@ -121,6 +121,7 @@ class Limits(AdaptivePace):
         # 429 came in the middle of such a burst (the server enforces a shorter window).
         self._offered: set[str] = set()
         self._smooth: set[str] = set()
+        self._announced: str | None = None  # the requests limit announced beside a given --rpm
         # Where a lesson the run learned is told once (the engine's log), else nowhere.
         self.notify: Callable[[str], None] | None = None
         self._paused_until = 0.0
@@ -283,7 +284,10 @@ class Limits(AdaptivePace):
         names = self._names
         for kind in KINDS:
             limit = get(names[kind][0])
-            if limit and kind not in self._given:
+            if limit and kind in self._given:
+                if kind == "requests":
+                    self._announced = limit
+            elif limit:
                 try:
                     per_minute = float(limit)
                 except ValueError:
@@ -338,6 +342,8 @@ class Limits(AdaptivePace):
     def _offer(self, bucket: Bucket, remaining: float) -> None:
         """Offer the bucket what the server says is left, less the requests on their way
         to it (sent, not answered: some may not be counted yet), to spend at once."""
+        if self._shared is not None or (self._announced is not None and self._above_given()):
+            return  # a shared budget is paced smoothly; so is a --rpm below the server's limit
         spare = remaining - max(0, self._sent - self._answers - 1)  # this answer: not recorded yet
         if spare >= 1:
             bucket.offer(spare)
@@ -345,6 +351,14 @@ class Limits(AdaptivePace):
         elif "requests" in self._offered:
             bucket.offer(0)
             self._offered.discard("requests")
+
+    def _above_given(self) -> bool:
+        """Whether the server announces a higher request limit than the --rpm given (the
+        user's share of the key, say): its budget is not the run's to spend at once."""
+        try:
+            return float(self._announced or 0) > self._limit["requests"]
+        except ValueError:
+            return False
 
     def _budget_left(self, headers: Mapping[str, str]) -> bool:
         """Whether a 429's headers say the requests budget was not spent (no budget of
