@@ -9,9 +9,19 @@ Three gates, passed in order before each request:
    back to its ceiling;
 3. buckets (:mod:`llmbatch.schedule.buckets`) for ``--rpm`` and ``--tpm`` (or the limits a
    server announces in ``x-ratelimit-limit-*`` when none is given), each holding one
-   second's worth so a minute's budget is never spent in a burst. The token bucket is
-   charged an estimate up front and corrected by the real usage afterwards; a debt is
-   capped at one minute's budget.
+   second's worth: without word from the server, a minute's budget is never spent in a
+   burst. What the server says is left of its requests budget
+   (``x-ratelimit-remaining-requests``, less the requests on their way to it) is offered
+   to the bucket at once, then the refill rate paces; a 429 in such a burst while the
+   headers still said budget was left means the server enforces a shorter window than
+   it announces (OpenAI may enforce 60,000 a minute as 1,000 a second): that pacing
+   turns smooth for the rest of the run, said once. The token bucket is charged an
+   estimate up front and corrected by the real usage afterwards; a debt is capped at
+   one minute's budget.
+
+Headers are read by OpenAI's names, else a gateway's (the LiteLLM proxy's own key limit,
+``x-ratelimit-api_key-*``, without a reset header: a minute's window like every limit
+here; an upstream's as it forwards them, ``llm_provider-x-ratelimit-*``).
 
 This module owns the pause, the admission through the gates, the buckets and what the
 server's rate-limit headers teach them, and the status line the display shows. The
