@@ -697,3 +697,21 @@ def test_a_given_rpm_below_the_servers_limit_keeps_smooth_pacing():
 
     times = virtual(main)
     assert times[-1] - times[0] == pytest.approx(3.0, abs=0.21)
+
+
+@pytest.mark.parametrize(
+    "prefix", ["x-ratelimit-api_key-", "llm_provider-x-ratelimit-"], ids=["litellm key", "forwarded"]
+)
+def test_a_gateways_header_names_teach_the_limit_from_the_first_answer(prefix):
+    """Behind the LiteLLM proxy (its key limit's names, or an upstream's forwarded), the
+    first answer teaches the limit and what is left of it, as OpenAI's names do."""
+
+    async def main() -> tuple[float | None, list[float]]:
+        limits = Limits()
+        limits.observe_headers({f"{prefix}limit-requests": "600", f"{prefix}remaining-requests": "20"})
+        return limits.ceiling_rpm, await send_times(limits, 30)
+
+    ceiling, times = virtual(main)
+    assert ceiling == 600
+    assert sum(1 for t in times if t - times[0] < 1e-6) == 20
+    assert times[-1] - times[0] == pytest.approx(1.0, abs=1e-6)  # then 10/s
