@@ -500,6 +500,7 @@ SCENARIOS: dict[str, Callable[[Context], list[Row]]] = {
     "memory": memory,
     "rerun": rerun,
     "drained": pressure.drained,
+    "budget": pressure.budget,
     "tokens": pressure.tokens_learned,
     "oversized": pressure.oversized,
     "cpu": pressure.cpu,

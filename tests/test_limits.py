@@ -344,12 +344,17 @@ LIMIT_600 = {
 }
 
 
+# A limit announced without a word of what is left of it.
+ONLY_LIMIT_600 = {"x-ratelimit-limit-requests": "600"}
+
+
 def test_announced_limit_is_learned_when_the_user_gave_none():
-    """No --rpm: x-ratelimit-limit-requests 600 makes the run pace at 10/s."""
+    """No --rpm: x-ratelimit-limit-requests 600 (nothing said of what is left) makes the
+    run pace at 10/s."""
 
     async def main() -> tuple[float | None, list[float]]:
         limits = Limits()
-        limits.observe_headers(LIMIT_600)
+        limits.observe_headers(ONLY_LIMIT_600)
         return limits.ceiling_rpm, await send_times(limits, 30)
 
     ceiling, times = virtual(main)
@@ -364,12 +369,28 @@ def test_announced_limit_never_overrides_the_users_rpm():
 
     async def main() -> tuple[float | None, list[float]]:
         limits = Limits(rpm=300)
-        limits.observe_headers(LIMIT_600)
+        limits.observe_headers(ONLY_LIMIT_600)
         return limits.ceiling_rpm, await send_times(limits, 20)
 
     ceiling, times = virtual(main)
     assert ceiling == 300
     assert times[-1] - times[0] == pytest.approx(3.0, abs=0.21)  # 5/s after the first 5
+
+
+def test_an_announced_remaining_budget_is_spent_at_once_then_the_refill_rate():
+    """600/min with 40 left: those 40 go at once (told the limit or not), then 10/s; a
+    budget spent to 0 by the burst keeps the refill pace (just under it, drained)."""
+
+    async def main(rpm: float | None) -> list[float]:
+        limits = Limits(rpm=rpm)
+        limits.observe_headers({**LIMIT_600, "x-ratelimit-remaining-requests": "40"})
+        return await send_times(limits, 60)
+
+    for rpm in (None, 600.0):
+        times = virtual(lambda rpm=rpm: main(rpm))
+        assert sum(1 for t in times if t - times[0] < 1e-6) == 40
+        gaps = [b - a for a, b in itertools.pairwise(times[40:])]
+        assert gaps == pytest.approx([0.1] * 19, abs=1e-6)
 
 
 def test_a_learned_limit_counts_what_was_already_sent():
@@ -637,3 +658,60 @@ def _answer(*, prompt: int, completion: int) -> Any:
 
 def _req(body: dict[str, Any]) -> Request:
     return Request("r", body)
+
+
+def test_the_status_says_which_mode_the_pacer_is_in():
+    """An announced budget being spent at once says so; a 429 in that burst (its headers
+    still saying budget is left) turns the pacing smooth, said once, and the status says
+    why; the run pauses for the 429 without a cut of the pace."""
+
+    async def main() -> tuple[str | None, str | None, list[str], int, list[float]]:
+        limits = Limits(rpm=600)
+        told: list[str] = []
+        limits.notify = told.append
+        limits.observe_headers({**LIMIT_600, "x-ratelimit-remaining-requests": "500"})
+        await send_times(limits, 1)
+        spending = limits.status()
+        limits.pushed_back(0.5, {**LIMIT_600, "x-ratelimit-remaining-requests": "480"})
+        limits.pushed_back(0.5, {**LIMIT_600, "x-ratelimit-remaining-requests": "479"})
+        await asyncio.sleep(1)
+        times = await send_times(limits, 21)
+        return spending, limits.status(), told, limits.cuts, times
+
+    spending, smooth, told, cuts, times = virtual(main)
+    assert spending == "spending the budget the server announced, at once"
+    assert smooth == "pacing smoothly: the server enforces its limit over a shorter window"
+    assert len(told) == 1 and "shorter window" in told[0]
+    assert cuts == 0
+    assert times[-1] - times[0] == pytest.approx(1.0, abs=0.21)  # 10/s, one second's worth at most
+
+
+def test_a_given_rpm_below_the_servers_limit_keeps_smooth_pacing():
+    """--rpm 300 against a server announcing 600 with 500 left: the user's share is
+    paced smoothly (5/s after the first second's 5), not spent from the server's budget."""
+
+    async def main() -> list[float]:
+        limits = Limits(rpm=300)
+        limits.observe_headers({**LIMIT_600, "x-ratelimit-remaining-requests": "500"})
+        return await send_times(limits, 20)
+
+    times = virtual(main)
+    assert times[-1] - times[0] == pytest.approx(3.0, abs=0.21)
+
+
+@pytest.mark.parametrize(
+    "prefix", ["x-ratelimit-api_key-", "llm_provider-x-ratelimit-"], ids=["litellm key", "forwarded"]
+)
+def test_a_gateways_header_names_teach_the_limit_from_the_first_answer(prefix):
+    """Behind the LiteLLM proxy (its key limit's names, or an upstream's forwarded), the
+    first answer teaches the limit and what is left of it, as OpenAI's names do."""
+
+    async def main() -> tuple[float | None, list[float]]:
+        limits = Limits()
+        limits.observe_headers({f"{prefix}limit-requests": "600", f"{prefix}remaining-requests": "20"})
+        return limits.ceiling_rpm, await send_times(limits, 30)
+
+    ceiling, times = virtual(main)
+    assert ceiling == 600
+    assert sum(1 for t in times if t - times[0] < 1e-6) == 20
+    assert times[-1] - times[0] == pytest.approx(1.0, abs=1e-6)  # then 10/s

@@ -215,6 +215,10 @@ class RedisBucket:
         self._cap = max(1.0, self._rate)
         self._budget.noted()
 
+    def offer(self, available: float) -> None:
+        """Not taken: the key's budget is shared, and what one answer says is left is no
+        process's own to spend at once (the shared bucket paces smoothly, as before)."""
+
     def wait_for(self, amount: float) -> float:
         if self._local is not None:
             return self._local.wait_for(amount)

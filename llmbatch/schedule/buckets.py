@@ -17,8 +17,9 @@ __all__ = ["Bucket", "LocalBucket"]
 
 class Bucket(Protocol):
     """A budget of units (requests or tokens) refilling at `rate` per second, holding
-    at most `capacity` (one second's worth: a minute's budget is never spent in a
-    burst). Spending more than it has (a debt) is allowed up to one minute's budget:
+    at most `capacity` (one second's worth: without word from the server, a minute's
+    budget is never spent in a burst; what the server says is left may be, `offer`).
+    Spending more than it has (a debt) is allowed up to one minute's budget:
     a request that turned out bigger than its estimate costs at most the wait a
     provider's one-minute window would impose."""
 
@@ -51,6 +52,12 @@ class Bucket(Protocol):
         """Pace at another rate from now on, keeping what is spent."""
         ...
 
+    def offer(self, available: float) -> None:
+        """The server says `available` more may be sent now (what it has left, less what
+        is on its way to it): spend up to that at once, then pace at the refill rate from
+        now (the bucket's own second counts as spent). 0 withdraws an offer."""
+        ...
+
     def wait_for(self, amount: float) -> float:
         """Seconds until `amount` could be spent, at the current level."""
         ...
@@ -63,10 +70,11 @@ class LocalBucket:
     made mid-run (a limit just learned from a server) must not grant a second's burst
     on top of what the server has just counted."""
 
-    __slots__ = ("_limiter", "per_minute")
+    __slots__ = ("_credit", "_limiter", "per_minute")
 
     def __init__(self, per_minute: float, *, spent: float = 0.0) -> None:
         self.per_minute = per_minute
+        self._credit = 0.0  # what the server offered beyond the bucket (`offer`), spent first
         capacity = max(1.0, per_minute / 60.0)
         self._limiter = AsyncLimiter(capacity, capacity * 60.0 / per_minute)
         if spent:
@@ -90,7 +98,17 @@ class LocalBucket:
         return float(lim._level)
 
     async def acquire(self, amount: float) -> None:
+        if self._credit >= amount:
+            self._credit -= amount
+            return
         await self._limiter.acquire(min(amount, self.capacity))
+
+    def offer(self, available: float) -> None:
+        self._credit = max(0.0, available)
+        if available > 0:
+            lim = self._limiter
+            lim._leak()
+            lim._level = max(lim._level, lim.max_rate)
 
     def adjust(self, delta: float) -> None:
         # The level is drained up to now first, or a debt would be forgiven for the
@@ -104,6 +122,7 @@ class LocalBucket:
         lim._wake_next()
 
     def cap_available(self, available: float) -> None:
+        self._credit = min(self._credit, max(0.0, available))
         lim = self._limiter
         lim._leak()
         lim._level = max(lim._level, lim.max_rate - max(0.0, available))
@@ -122,6 +141,8 @@ class LocalBucket:
     def wait_for(self, amount: float) -> float:
         # Read-only (the display asks from its own thread): the level leaked up to now
         # is computed, not stored.
+        if self._credit >= amount:
+            return 0.0
         lim = self._limiter
         elapsed = lim._loop.time() - lim._last_check if lim._level else 0.0
         level = max(lim._level - elapsed * lim._rate_per_sec, 0.0)

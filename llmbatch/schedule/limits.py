@@ -9,9 +9,19 @@ Three gates, passed in order before each request:
    back to its ceiling;
 3. buckets (:mod:`llmbatch.schedule.buckets`) for ``--rpm`` and ``--tpm`` (or the limits a
    server announces in ``x-ratelimit-limit-*`` when none is given), each holding one
-   second's worth so a minute's budget is never spent in a burst. The token bucket is
-   charged an estimate up front and corrected by the real usage afterwards; a debt is
-   capped at one minute's budget.
+   second's worth: without word from the server, a minute's budget is never spent in a
+   burst. What the server says is left of its requests budget
+   (``x-ratelimit-remaining-requests``, less the requests on their way to it) is offered
+   to the bucket at once, then the refill rate paces; a 429 in such a burst while the
+   headers still said budget was left means the server enforces a shorter window than
+   it announces (OpenAI may enforce 60,000 a minute as 1,000 a second): that pacing
+   turns smooth for the rest of the run, said once. The token bucket is charged an
+   estimate up front and corrected by the real usage afterwards; a debt is capped at
+   one minute's budget.
+
+Headers are read by OpenAI's names, else a gateway's (the LiteLLM proxy's own key limit,
+``x-ratelimit-api_key-*``, without a reset header: a minute's window like every limit
+here; an upstream's as it forwards them, ``llm_provider-x-ratelimit-*``).
 
 This module owns the pause, the admission through the gates, the buckets and what the
 server's rate-limit headers teach them, and the status line the display shows. The
@@ -40,7 +50,7 @@ pause, a learned limit); callers never touch the gates' accounting themselves.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from llmbatch.core.endpoints import endpoint_of
 from llmbatch.core.errors import AuthError, RateLimited
@@ -48,7 +58,7 @@ from llmbatch.core.http import parse_duration
 from llmbatch.core.retry import DEFAULT_MAX_RETRY_WAIT
 from llmbatch.core.values import Completion, Request
 from llmbatch.schedule.buckets import Bucket, LocalBucket
-from llmbatch.schedule.pace import SHARE_MIN, SIGNIFICANT_SHARE, AdaptivePace
+from llmbatch.schedule.pace import CUT_HOLD, SHARE_MIN, SIGNIFICANT_SHARE, AdaptivePace
 from llmbatch.schedule.shared import Shared
 from llmbatch.schedule.tokens import TokenEstimator
 
@@ -61,13 +71,27 @@ DRAINED_PACE = 0.97
 # then says how long, exactly).
 UNKNOWN_RATE_WAIT = 1.0
 KINDS = ("requests", "tokens")
-# Per kind, its x-ratelimit-* header names (looked up on every answer).
-_HEADER_NAMES = {
-    kind: (f"x-ratelimit-limit-{kind}", f"x-ratelimit-remaining-{kind}", f"x-ratelimit-reset-{kind}")
-    for kind in KINDS
-}
+# Per kind, its limit, remaining and reset header names, by family: OpenAI's; LiteLLM's
+# own key limit (no reset header: a minute's window, as every limit here is); an
+# upstream's as the LiteLLM proxy forwards them. An answer is read by one family: the
+# first found (looked for among the others only in a run's first answers, so a server
+# that announces nothing costs four lookups an answer, as before).
+_FAMILIES: tuple[dict[str, tuple[str, str, str | None]], ...] = (
+    {k: (f"x-ratelimit-limit-{k}", f"x-ratelimit-remaining-{k}", f"x-ratelimit-reset-{k}") for k in KINDS},
+    {k: (f"x-ratelimit-api_key-limit-{k}", f"x-ratelimit-api_key-remaining-{k}", None) for k in KINDS},
+    {
+        k: (
+            f"llm_provider-x-ratelimit-limit-{k}",
+            f"llm_provider-x-ratelimit-remaining-{k}",
+            f"llm_provider-x-ratelimit-reset-{k}",
+        )
+        for k in KINDS
+    },
+)
 # What a server that announces limits sends on every answer: one is enough to look further.
-_ANY_HEADER = tuple(name for names in _HEADER_NAMES.values() for name in names[:2])
+_ANY = tuple(tuple(name for names in family.values() for name in names[:2]) for family in _FAMILIES)
+# Answers in which the other families are looked for, while the first finds nothing.
+FAMILY_PROBES = 64
 
 
 class Limits(AdaptivePace):
@@ -97,6 +121,19 @@ class Limits(AdaptivePace):
         self._limit: dict[str, float] = {k: v for k, v in (("requests", rpm), ("tokens", tpm)) if v}
         self._given = frozenset(self._limit)
         self._drained: set[str] = set()
+        # The header family the server announces by (see _FAMILIES), and how many more
+        # answers may look for another one.
+        self._names = _FAMILIES[0]
+        self._any = _ANY[0]
+        self._probes = FAMILY_PROBES
+        # Kinds whose last answer said budget was left beyond what is in flight (offered
+        # to the bucket at once); kinds paced smoothly for the rest of the run, since a
+        # 429 came in the middle of such a burst (the server enforces a shorter window).
+        self._offered: set[str] = set()
+        self._smooth: set[str] = set()
+        self._announced: str | None = None  # the requests limit announced beside a given --rpm
+        # Where a lesson the run learned is told once (the engine's log), else nowhere.
+        self.notify: Callable[[str], None] | None = None
         self._paused_until = 0.0
         self._pause_cause = ""
         # What acquire() waits for right now, for the display: (kind, amount).
@@ -203,6 +240,9 @@ class Limits(AdaptivePace):
         after all: another client shares the key)."""
         drained = self.observe_headers(headers, answer=False) if headers else False
         self._record(True)
+        if self._offered and headers and self._budget_left(headers):
+            self._go_smooth(delay)
+            return
         if drained and not self._mostly_refused():
             if delay is not None and delay > 0:
                 self._pause(delay, "429, the server's budget is empty")
@@ -240,12 +280,24 @@ class Limits(AdaptivePace):
         (when the user gave none), and what is left of the server's budgets (see the
         module docstring). Returns whether a budget of a known limit is empty."""
         get = headers.get
-        a, b, c, d = _ANY_HEADER
-        if get(a) is None and get(b) is None and get(c) is None and get(d) is None:
-            return False  # a server that announces nothing (looked at on every answer)
+        a, b, c, d = self._any
+        # A server that announces nothing (looked at on every answer), or by a gateway's
+        # names (looked for in the first answers only).
+        if (
+            get(a) is None
+            and get(b) is None
+            and get(c) is None
+            and get(d) is None
+            and (self._probes <= 0 or not self._find_family(headers))
+        ):
+            return False
+        names = self._names
         for kind in KINDS:
-            limit = get(_HEADER_NAMES[kind][0])
-            if limit and kind not in self._given:
+            limit = get(names[kind][0])
+            if limit and kind in self._given:
+                if kind == "requests":
+                    self._announced = limit
+            elif limit:
                 try:
                     per_minute = float(limit)
                 except ValueError:
@@ -254,7 +306,8 @@ class Limits(AdaptivePace):
                     self._learn_limit(kind, per_minute)
         drained = False
         for kind in KINDS:
-            left = get(_HEADER_NAMES[kind][1])
+            _, left_name, reset_name = names[kind]
+            left = get(left_name)
             if left is None:
                 continue
             try:
@@ -263,10 +316,11 @@ class Limits(AdaptivePace):
                 continue
             bucket = self._bucket(kind)
             if remaining <= 0:
+                self._offered.discard(kind)
                 if answer:
                     self._spent = True
                 if bucket is None:  # no known rate: the reset is all there is
-                    reset = get(_HEADER_NAMES[kind][2])
+                    reset = get(reset_name) if reset_name else None
                     wait = parse_duration(reset) if reset else None
                     if wait:
                         self._pause(min(wait, UNKNOWN_RATE_WAIT), f"the server's {kind} budget is spent")
@@ -280,7 +334,81 @@ class Limits(AdaptivePace):
                 bucket.set_rate(self._limit[kind])
             if bucket is not None:
                 bucket.cap_available(remaining)
+                if answer and kind == "requests" and kind not in self._smooth:
+                    self._offer(bucket, remaining)
         return drained
+
+    def _find_family(self, headers: Mapping[str, str]) -> bool:
+        """Look for a gateway's header names (one answer of the first FAMILY_PROBES);
+        read by them from now on when found."""
+        self._probes -= 1
+        get = headers.get
+        for family, names in zip(_FAMILIES, _ANY, strict=True):
+            if any(get(name) is not None for name in names):
+                self._names, self._any, self._probes = family, names, 0
+                return True
+        return False
+
+    def _offer(self, bucket: Bucket, remaining: float) -> None:
+        """Offer the bucket what the server says is left, less the requests on their way
+        to it (sent, not answered: some may not be counted yet), to spend at once."""
+        if self._shared is not None or (self._announced is not None and self._above_given()):
+            return  # a shared budget is paced smoothly; so is a --rpm below the server's limit
+        spare = remaining - max(0, self._sent - self._answers - 1)  # this answer: not recorded yet
+        if spare >= 1:
+            bucket.offer(spare)
+            self._offered.add("requests")
+        elif "requests" in self._offered:
+            bucket.offer(0)
+            self._offered.discard("requests")
+
+    def _above_given(self) -> bool:
+        """Whether the server announces a higher request limit than the --rpm given (the
+        user's share of the key, say): its budget is not the run's to spend at once."""
+        try:
+            return float(self._announced or 0) > self._limit["requests"]
+        except ValueError:
+            return False
+
+    def _budget_left(self, headers: Mapping[str, str]) -> bool:
+        """Whether a 429's headers say the requests budget was not spent (no budget of
+        theirs is empty): the server refused a burst its headers allowed."""
+        get = headers.get
+        said = False
+        for kind in KINDS:
+            left = get(self._names[kind][1])
+            if left is None:
+                continue
+            try:
+                if float(left) <= 0:
+                    return False
+            except ValueError:
+                return False
+            said = True
+        return said
+
+    def _go_smooth(self, delay: float | None) -> None:
+        """A 429 in the middle of a burst the headers allowed: the server enforces its
+        limit over a shorter window than a minute. Pace smoothly (one second's worth at
+        a time) for the rest of the run, say so once; the burst's other 429s, on their way
+        already, pause but do not cut the pace."""
+        self._offered.discard("requests")
+        self._smooth.add("requests")
+        bucket = self._requests
+        if bucket is not None:
+            bucket.offer(0)
+            bucket.cap_available(0)  # the burst overshot: the next request waits a refill
+        loop = asyncio.get_running_loop()
+        if delay is not None and delay > 0:
+            self._pause(delay, "429 in a burst the headers allowed")
+        self._hold_until = max(self._hold_until, loop.time() + CUT_HOLD, self._paused_until)
+        if self.notify is not None:
+            limit = self._limit.get("requests")
+            rate = f" ({limit:,.0f}/min)" if limit else ""
+            self.notify(
+                f"the server refused a burst its headers allowed: it enforces its limit{rate} over "
+                "a shorter window; pacing smoothly from now on"
+            )
 
     def _learn_limit(self, kind: str, per_minute: float) -> None:
         self._limit[kind] = per_minute
@@ -309,7 +437,10 @@ class Limits(AdaptivePace):
         return self._limit.get("requests"), self._limit.get("tokens")
 
     def status(self) -> str | None:
-        """What holds requests back right now, in words (for the display), or None."""
+        """What holds requests back right now, or the mode the pacer is in, in words (for
+        the display), or None: paused, waiting for a budget, a lowered pace, pacing at the
+        refill rate (the server's budget spent), spending an announced budget at once,
+        pacing smoothly (a shorter window learned)."""
         if self._loop is None:
             return None
         loop_time = self._loop.time()  # from the display's thread too: a monotonic clock
@@ -330,8 +461,13 @@ class Limits(AdaptivePace):
             return f"pace {self._pace * 60:,.0f}/min (lowered after 429s{limit})"
         if self._drained:
             return (
-                f"pacing under the limit: the server's {' and '.join(sorted(self._drained))} budget is empty"
+                "pacing at the refill rate: the server's "
+                f"{' and '.join(sorted(self._drained))} budget is empty"
             )
+        if self._offered:
+            return "spending the budget the server announced, at once"
+        if self._smooth:
+            return "pacing smoothly: the server enforces its limit over a shorter window"
         return None
 
     # --- shared with other processes on the key (--redis); unused without -------------

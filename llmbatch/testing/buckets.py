@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
-__all__ = ["Bucket", "RateLimits", "Refusal", "ResetMeaning", "format_duration"]
+__all__ = ["Bucket", "KeyLimit", "RateLimits", "Refusal", "ResetMeaning", "format_duration"]
 
 ResetMeaning = Literal["next", "full"]
 """What ``x-ratelimit-reset-*`` counts down to: ``"next"``, the time until the bucket
@@ -82,7 +82,7 @@ class Refusal:
 class RateLimits:
     """The requests and tokens buckets of one API key, admitted and announced together."""
 
-    __slots__ = ("clock", "requests", "reset_means", "tokens")
+    __slots__ = ("clock", "enforced", "requests", "reset_means", "tokens")
 
     def __init__(
         self,
@@ -93,10 +93,20 @@ class RateLimits:
         spent: bool,
         reset_means: ResetMeaning,
         clock: Callable[[], float],
+        enforce_seconds: float | None = None,
     ) -> None:
         now = clock()
         self.requests = Bucket(rpm, seconds=seconds, spent=spent, now=now) if rpm else None
         self.tokens = Bucket(tpm, seconds=seconds, spent=spent, now=now) if tpm else None
+        # A shorter window enforced behind the announced one (OpenAI may enforce 60,000 a
+        # minute as 1,000 a second): buckets of `enforce_seconds` of the same rates, which
+        # refuse what the announced buckets (and their headers) would let through.
+        self.enforced: list[tuple[Bucket, Literal["requests", "tokens"]]] = []
+        if enforce_seconds is not None:
+            for kind, limit in (("requests", rpm), ("tokens", tpm)):
+                if limit:
+                    bucket = Bucket(limit, seconds=enforce_seconds, spent=False, now=now)
+                    self.enforced.append((bucket, kind))  # type: ignore[arg-type]
         self.reset_means = reset_means
         self.clock = clock
 
@@ -108,6 +118,8 @@ class RateLimits:
             charges.append((self.requests, "requests", 1))
         if self.tokens is not None:
             charges.append((self.tokens, "tokens", tokens))
+        for bucket, kind in self.enforced:
+            charges.append((bucket, kind, 1 if kind == "requests" else tokens))
         for bucket, _, _ in charges:
             bucket.refill(now)
         if self.tokens is not None and tokens > self.tokens.limit:
@@ -154,3 +166,50 @@ def format_duration(seconds: float) -> str:
     minutes, ms = divmod(ms, 60_000)
     text = f"{ms / 1000:.3f}".rstrip("0").rstrip(".") + "s"
     return f"{minutes}m{text}" if minutes else text
+
+
+class KeyLimit:
+    """The LiteLLM proxy's own limit on a virtual key: ``rpm`` requests in each fixed
+    window of ``window`` seconds (the first starts at the first request), announced as
+    ``x-ratelimit-api_key-{limit,remaining}-requests`` with no reset header; every 429
+    says ``retry-after`` the whole window (LiteLLM's 60), whatever is left of it."""
+
+    __slots__ = ("clock", "limit", "start", "used", "window")
+
+    def __init__(self, rpm: float, *, clock: Callable[[], float], window: float = 60.0) -> None:
+        if rpm <= 0 or window <= 0:
+            raise ValueError("a key limit needs a positive limit and window")
+        self.limit = int(rpm)
+        self.window = window
+        self.clock = clock
+        self.start: float | None = None
+        self.used = 0
+
+    def admit(self) -> bool:
+        """Count one request in the current window, or refuse it (the window is spent)."""
+        now = self.clock()
+        if self.start is None:
+            self.start = now
+        elif now - self.start >= self.window:
+            self.start += (now - self.start) // self.window * self.window
+            self.used = 0
+        if self.used >= self.limit:
+            return False
+        self.used += 1
+        return True
+
+    def headers(self) -> list[tuple[str, str]]:
+        return [
+            ("x-ratelimit-api_key-limit-requests", str(self.limit)),
+            ("x-ratelimit-api_key-remaining-requests", str(max(0, self.limit - self.used))),
+        ]
+
+    @property
+    def retry_after(self) -> str:
+        return f"{self.window:g}"
+
+    def refusal(self) -> str:
+        return (
+            "LiteLLM Rate Limit Handler for rate limit type = key. Crossed TPM / RPM / Max Parallel "
+            f"Request Limit. current rpm: {self.used}, rpm limit: {self.limit}"
+        )

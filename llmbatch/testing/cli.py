@@ -35,6 +35,19 @@ def main(argv: list[str] | None = None) -> None:
         help="how many seconds of the rate the limits' buckets hold (60: a minute's worth)",
     )
     parser.add_argument(
+        "--enforce-seconds",
+        type=float,
+        default=None,
+        help="also enforce the limits over this shorter window, unannounced (1: a minute's limit per second)",
+    )
+    parser.add_argument(
+        "--key-rpm",
+        type=float,
+        default=None,
+        help="a LiteLLM-style key limit: requests per fixed window, x-ratelimit-api_key-* headers",
+    )
+    parser.add_argument("--key-window", type=float, default=60.0, help="the key limit's fixed window (s)")
+    parser.add_argument(
         "--start-spent", action="store_true", help="the buckets start empty, as if the key was just used"
     )
     parser.add_argument(
@@ -86,6 +99,9 @@ def main(argv: list[str] | None = None) -> None:
         rpm=args.rpm,
         tpm=args.tpm,
         bucket_seconds=args.bucket_seconds,
+        enforce_seconds=args.enforce_seconds,
+        key_rpm=args.key_rpm,
+        key_window=args.key_window,
         start_spent=args.start_spent,
         reset_means=args.reset_means,
         fault_rate=args.fault_rate,

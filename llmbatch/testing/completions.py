@@ -25,7 +25,7 @@ from aiohttp import web
 from llmbatch.core.endpoints import CHAT, EMBEDDINGS, ENDPOINTS, MODERATIONS
 from llmbatch.providers import answers, script
 from llmbatch.testing.api import JSON, Reply, error_body, injected_error
-from llmbatch.testing.buckets import RateLimits
+from llmbatch.testing.buckets import KeyLimit, RateLimits
 from llmbatch.testing.counts import Attempts, ServerStats, request_digest
 
 __all__ = ["FAULT_KINDS", "MODEL_PATHS", "ModelEndpoints"]
@@ -64,13 +64,17 @@ class ModelEndpoints:
     stats: ServerStats
     attempts: Attempts
     limits: RateLimits | None
+    key_limit: KeyLimit | None  # a LiteLLM-style key limit in front of the model
     reply: Reply
     _seq: int
 
     def _limit_headers(self) -> list[tuple[str, str]]:
-        if self.limits is None or not self.limit_headers:
+        if not self.limit_headers:
             return []
-        return self.limits.headers()
+        out = self.limits.headers() if self.limits is not None else []
+        if self.key_limit is not None:
+            out += self.key_limit.headers()
+        return out
 
     async def _chat(self, request: web.Request) -> web.StreamResponse:
         return await self._model(request, CHAT)
@@ -109,6 +113,10 @@ class ModelEndpoints:
         payload = answers.answer_body(path, body, outcome, "")
         prompt, completion = answers.billed(payload)
 
+        if self.key_limit is not None and not self.key_limit.admit():
+            self.stats.rate_limited += 1
+            hdrs = [*self._limit_headers(), ("retry-after", self.key_limit.retry_after)]
+            return self.reply(429, error_body(self.key_limit.refusal(), "rate_limit_error", "429"), hdrs)
         if self.limits is not None:
             refused = self.limits.admit(_charge(path, body, prompt, completion))
             if refused is not None:

@@ -40,7 +40,7 @@ from aiohttp.typedefs import Handler
 
 from llmbatch.testing.api import JSON, ApiError, error_body
 from llmbatch.testing.batches import BatchBehaviour, BatchQueue
-from llmbatch.testing.buckets import RESET_MEANINGS, RateLimits, ResetMeaning
+from llmbatch.testing.buckets import RESET_MEANINGS, KeyLimit, RateLimits, ResetMeaning
 from llmbatch.testing.completions import FAULT_KINDS, MODEL_PATHS, ModelEndpoints
 from llmbatch.testing.counts import Attempts, ServerStats
 from llmbatch.testing.files import FileStore
@@ -74,7 +74,11 @@ class FakeServer(ModelEndpoints):
     """An OpenAI-compatible server on loopback; start it in a thread or serve it in a loop.
 
     ``rpm`` and ``tpm`` are enforced by buckets holding ``bucket_seconds`` of their rate,
-    full at the start unless ``start_spent``. A request is charged its prompt tokens plus
+    full at the start unless ``start_spent``; with ``enforce_seconds``, they are also
+    enforced over that shorter window, which their headers do not announce. ``key_rpm``
+    puts a LiteLLM-style key limit in front (a fixed window of ``key_window`` seconds,
+    ``x-ratelimit-api_key-*`` headers, ``retry-after: 60`` on its 429s: see
+    :class:`~llmbatch.testing.buckets.KeyLimit`). A request is charged its prompt tokens plus
     its answer's ceiling, ``max_completion_tokens`` or ``max_tokens`` (``max_output_tokens``
     on the Responses API: what OpenAI counts against the limit before answering), else
     the tokens of the answer it gets; an embedding request its input tokens, a
@@ -104,6 +108,9 @@ class FakeServer(ModelEndpoints):
         rpm: float | None = None,
         tpm: float | None = None,
         bucket_seconds: float = 1.0,
+        enforce_seconds: float | None = None,
+        key_rpm: float | None = None,
+        key_window: float = 60.0,
         start_spent: bool = False,
         reset_means: ResetMeaning = "next",
         fault_rate: float = 0.0,
@@ -136,6 +143,9 @@ class FakeServer(ModelEndpoints):
         self.rpm = rpm
         self.tpm = tpm
         self.bucket_seconds = bucket_seconds
+        self.enforce_seconds = enforce_seconds
+        self.key_rpm = key_rpm
+        self.key_window = key_window
         self.start_spent = start_spent
         self.reset_means: ResetMeaning = reset_means
         self.fault_rate = fault_rate
@@ -165,6 +175,7 @@ class FakeServer(ModelEndpoints):
             behaviour, files=self.files, attempts=self.attempts, stats=self.stats, reply=self.reply, seed=seed
         )
         self.limits: RateLimits | None = None
+        self.key_limit: KeyLimit | None = None
         self._auth = f"Bearer {api_key}"
         self._runner: web.AppRunner | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -217,7 +228,10 @@ class FakeServer(ModelEndpoints):
                 spent=self.start_spent,
                 reset_means=self.reset_means,
                 clock=loop.time,
+                enforce_seconds=self.enforce_seconds,
             )
+        if self.key_rpm:
+            self.key_limit = KeyLimit(self.key_rpm, clock=loop.time, window=self.key_window)
         runner = web.AppRunner(self.application(), access_log=None, shutdown_timeout=SHUTDOWN_GRACE_S)
         await runner.setup()
         site = web.TCPSite(runner, self.host, self.port, backlog=1024)

@@ -96,6 +96,8 @@ class Engine:
         self.cap = cap
         self.config = config
         self.log = log
+        if limits.notify is None:
+            limits.notify = log  # a lesson the limits learn (a shorter window) is told once
         cache = outcomes.cache
         self._identical = Identical(cache, outcomes) if cache is not None else None
         self._retry_heap: list[Job] = []
