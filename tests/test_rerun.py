@@ -9,13 +9,12 @@ import signal
 import subprocess
 import sys
 import time
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
-from conftest import read_jsonl, write_jsonl
+from conftest import by_id, read_jsonl, write_jsonl
 
 pytestmark = pytest.mark.usefixtures("no_backoff")
 
@@ -37,15 +36,6 @@ def flags(server: Any, *extra: object, prompt: str = "Say {text}") -> list[objec
 
 def lines(out: Path) -> list[dict[str, Any]]:
     return read_jsonl(out)
-
-
-def by_id(out: Path) -> dict[str, dict[str, Any]]:
-    records = lines(out)
-    counts = Counter(r["custom_id"] for r in records)
-    assert all(k == 1 for k in counts.values()), (
-        f"ids written twice: {[c for c, k in counts.items() if k > 1][:5]}"
-    )
-    return {r["custom_id"]: r for r in records}
 
 
 def summary(path: Path) -> dict[str, Any]:
