@@ -31,7 +31,8 @@ from llmbatch.modes.control import RunControl
 from llmbatch.modes.live.engine import Engine, EngineConfig
 from llmbatch.modes.outcome import DEFAULT_RETRY, Outcomes, Verdict
 from llmbatch.providers.echo import text_response
-from llmbatch.schedule.limits import Limits, Permit
+from llmbatch.schedule.limits import Limits
+from llmbatch.schedule.permit import Permit
 
 
 class ListOutput:

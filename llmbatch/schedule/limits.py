@@ -19,10 +19,6 @@ Three gates, passed in order before each request:
    estimate up front and corrected by the real usage afterwards; a debt is capped at
    one minute's budget.
 
-Headers are read by OpenAI's names, else a gateway's (the LiteLLM proxy's own key limit,
-``x-ratelimit-api_key-*``, without a reset header: a minute's window like every limit
-here; an upstream's as it forwards them, ``llm_provider-x-ratelimit-*``).
-
 This module owns the pause, the admission through the gates, the buckets and what the
 server's rate-limit headers teach them, and the status line the display shows. The
 server's own budget is followed too: ``x-ratelimit-remaining-*`` caps what the
@@ -40,11 +36,8 @@ Several processes on one API key can share all of this (``--redis``,
 :class:`~llmbatch.schedule.shared.Shared` object carries a 429's pause and a lowered
 pace from one process to the others. Without one, nothing here changes.
 
-One attempt protocol for every caller (the CLI's engine, the library's executor):
-``permit = await limits.admit(request)`` before the request, then exactly one
-``permit.settle(outcome)`` with the answer or the exception that ended the attempt.
-The permit knows what each outcome means for the gates (a refund, a debt, a 429's
-pause, a learned limit); callers never touch the gates' accounting themselves.
+Each attempt passes the gates by a :class:`~llmbatch.schedule.permit.Permit`, settled
+once with its outcome; the header names are :mod:`llmbatch.schedule.headers`'.
 """
 
 from __future__ import annotations
@@ -53,16 +46,17 @@ import asyncio
 from collections.abc import Callable, Mapping
 
 from llmbatch.core.endpoints import endpoint_of
-from llmbatch.core.errors import AuthError, RateLimited
 from llmbatch.core.http import parse_duration
 from llmbatch.core.retry import DEFAULT_MAX_RETRY_WAIT
-from llmbatch.core.values import Completion, Request
+from llmbatch.core.values import Request
 from llmbatch.schedule.buckets import Bucket, LocalBucket
+from llmbatch.schedule.headers import ANY_NAMES, FAMILIES, FAMILY_PROBES, KINDS
 from llmbatch.schedule.pace import CUT_HOLD, SHARE_MIN, SIGNIFICANT_SHARE, AdaptivePace
+from llmbatch.schedule.permit import Permit
 from llmbatch.schedule.shared import Shared
 from llmbatch.schedule.tokens import TokenEstimator
 
-__all__ = ["Limits", "Permit"]
+__all__ = ["Limits"]
 
 # While the server's budget is empty, pace at this share of the limit: at exactly the
 # refill rate, network jitter makes every other request arrive a moment too early.
@@ -70,28 +64,6 @@ DRAINED_PACE = 0.97
 # With no known rate, a spent budget waits at most this long before trying (a 429
 # then says how long, exactly).
 UNKNOWN_RATE_WAIT = 1.0
-KINDS = ("requests", "tokens")
-# Per kind, its limit, remaining and reset header names, by family: OpenAI's; LiteLLM's
-# own key limit (no reset header: a minute's window, as every limit here is); an
-# upstream's as the LiteLLM proxy forwards them. An answer is read by one family: the
-# first found (looked for among the others only in a run's first answers, so a server
-# that announces nothing costs four lookups an answer, as before).
-_FAMILIES: tuple[dict[str, tuple[str, str, str | None]], ...] = (
-    {k: (f"x-ratelimit-limit-{k}", f"x-ratelimit-remaining-{k}", f"x-ratelimit-reset-{k}") for k in KINDS},
-    {k: (f"x-ratelimit-api_key-limit-{k}", f"x-ratelimit-api_key-remaining-{k}", None) for k in KINDS},
-    {
-        k: (
-            f"llm_provider-x-ratelimit-limit-{k}",
-            f"llm_provider-x-ratelimit-remaining-{k}",
-            f"llm_provider-x-ratelimit-reset-{k}",
-        )
-        for k in KINDS
-    },
-)
-# What a server that announces limits sends on every answer: one is enough to look further.
-_ANY = tuple(tuple(name for names in family.values() for name in names[:2]) for family in _FAMILIES)
-# Answers in which the other families are looked for, while the first finds nothing.
-FAMILY_PROBES = 64
 
 
 class Limits(AdaptivePace):
@@ -121,10 +93,10 @@ class Limits(AdaptivePace):
         self._limit: dict[str, float] = {k: v for k, v in (("requests", rpm), ("tokens", tpm)) if v}
         self._given = frozenset(self._limit)
         self._drained: set[str] = set()
-        # The header family the server announces by (see _FAMILIES), and how many more
+        # The header family the server announces by (see FAMILIES), and how many more
         # answers may look for another one.
-        self._names = _FAMILIES[0]
-        self._any = _ANY[0]
+        self._names = FAMILIES[0]
+        self._any = ANY_NAMES[0]
         self._probes = FAMILY_PROBES
         # Kinds whose last answer said budget was left beyond what is in flight (offered
         # to the bucket at once); kinds paced smoothly for the rest of the run, since a
@@ -343,7 +315,7 @@ class Limits(AdaptivePace):
         read by them from now on when found."""
         self._probes -= 1
         get = headers.get
-        for family, names in zip(_FAMILIES, _ANY, strict=True):
+        for family, names in zip(FAMILIES, ANY_NAMES, strict=True):
             if any(get(name) is not None for name in names):
                 self._names, self._any, self._probes = family, names, 0
                 return True
@@ -490,48 +462,3 @@ class Limits(AdaptivePace):
             # Not before its own rates mean something; and on trial as a cut of its own:
             # no new cut before SHARE_MIN answers at the new pace.
             self._cut(now, max(self._limited / max(len(self._outcomes), 1), SIGNIFICANT_SHARE))
-
-
-class Permit:
-    """One attempt's pass through the limits: settled exactly once, whatever the
-    outcome, by `settle`.
-
-    What each outcome does: an answer settles the token charge against its real usage,
-    teaches the estimator and the header-announced limits, and counts as a success; a
-    429 refunds the charge and pushes the pace back (a capacity 429, `CapacityError`,
-    does not: the tier was full, not our rate too high); a refused request (4xx, auth) or a
-    failed connection refunds the charge, since the server did no work; a timeout or a
-    cancelled attempt keeps its charge, since the server may have done the work (and
-    counted it) all the same.
-    """
-
-    __slots__ = ("_limits", "charged", "chars", "settled")
-
-    def __init__(self, limits: Limits, charged: int, chars: int) -> None:
-        self._limits = limits
-        self.charged = charged  # tokens charged to the budget up front (0 without --tpm)
-        self.chars = chars  # the prompt's characters, to calibrate the estimator
-        self.settled = False
-
-    def settle(self, outcome: Completion | BaseException) -> None:
-        if self.settled:
-            raise RuntimeError("a permit was settled twice")
-        self.settled = True
-        limits = self._limits
-        if isinstance(outcome, Completion):
-            usage = outcome.usage
-            if limits.tpm is not None:
-                limits.settle(self.charged, usage.total_tokens)
-                limits.estimator.observe(self.chars, usage.prompt_tokens, usage.completion_tokens)
-            if outcome.headers:
-                limits.observe_headers(outcome.headers)
-            limits.succeeded()
-            return
-        if isinstance(outcome, asyncio.CancelledError):
-            return
-        if getattr(outcome, "code", None) != "timeout":
-            limits.settle(self.charged, 0)
-        if isinstance(outcome, RateLimited):
-            limits.pushed_back(outcome.retry_after, outcome.headers or None)
-        elif not isinstance(outcome, AuthError):
-            limits.failed()

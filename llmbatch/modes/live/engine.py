@@ -11,7 +11,7 @@ What an attempt's outcome means is `llmbatch.modes.outcome`'s to say (the same f
 Batch API mode); the engine acts on the verdict: a finished item is written, a re-ask
 goes back at once, a retry waits in the retry heap until its not-before time (holding
 no slot), a released item leaves the window unwritten. Every attempt's permit is
-settled exactly once, whatever its outcome (see `llmbatch.schedule.limits.Permit`).
+settled exactly once, whatever its outcome (see `llmbatch.schedule.permit.Permit`).
 Memory is bounded by the window (jobs alive: in flight plus waiting to retry), never by
 the input's size. A stop (`RunControl`) wakes the dispatcher, its wait for a permit and
 its retry heap at once. An engine may `run` several item streams one after another
@@ -38,7 +38,8 @@ from llmbatch.modes.live.identical import Identical
 from llmbatch.modes.live.job import Job
 from llmbatch.modes.outcome import Outcomes, Verdict
 from llmbatch.providers.base import DEFAULT_TIMEOUT, Provider
-from llmbatch.schedule.limits import Limits, Permit
+from llmbatch.schedule.limits import Limits
+from llmbatch.schedule.permit import Permit
 
 __all__ = ["DEFAULT_CONCURRENCY", "DEFAULT_CONNECT_GRACE", "Engine", "EngineConfig", "Job", "Rejects"]
 
