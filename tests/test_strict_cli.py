@@ -30,12 +30,15 @@ OUTSIDE = SAMPLES / "review.schema.json"
 OUTSIDE_REASON = "#/properties/sentiment: no 'type'"
 
 
-def reviews(tmp_path: Path, n: int = 3, script: dict[str, Any] | None = None) -> Path:
+def reviews(
+    tmp_path: Path, n: int = 3, script: dict[str, Any] | None = None, first: dict[str, Any] | None = None
+) -> Path:
+    """n review rows; `script` scripts every answer, `first` only r0's."""
     rows = []
     for i in range(n):
         text = f"Review {i}: the battery lasts for days."
-        if script is not None:
-            text += "\n@fake " + orjson.dumps(script).decode()
+        if (own := first if i == 0 and first is not None else script) is not None:
+            text += "\n@fake " + orjson.dumps(own).decode()
         rows.append({"id": f"r{i}", "text": text})
     return write_jsonl(tmp_path / "in.jsonl", rows)
 
@@ -96,10 +99,7 @@ def test_outside_the_subset_the_run_goes_on_non_strict_with_one_note(run_cli, fa
     """Without --strict the schema goes without the strict key, one note says why, and
     answers are still validated locally: a scripted answer the schema refuses is invalid."""
     server = fake_server()
-    src = reviews(tmp_path, 4)
-    rows = [orjson.loads(line) for line in src.read_bytes().splitlines()]
-    rows[0]["text"] += '\n@fake {"answer": {"sentiment": "mixed", "score": 3}}'
-    write_jsonl(src, rows)
+    src = reviews(tmp_path, 4, first={"answer": {"sentiment": "mixed", "score": 3}})
     out = tmp_path / "out.jsonl"
     result = run(run_cli, server, src, out, "--schema", OUTSIDE, "--max-requests", "2")
     assert result.exit_code == 1, result.output
@@ -117,10 +117,7 @@ def test_a_pydantic_model_as_the_schema_end_to_end(run_cli, fake_server, tmp_pat
     true; answers are validated with the model, a bad one re-asked and written with the
     model's reason."""
     server = fake_server()
-    src = reviews(tmp_path, 3)
-    rows = [orjson.loads(line) for line in src.read_bytes().splitlines()]
-    rows[0]["text"] += '\n@fake {"answer": {"sentiment": "positive", "score": 9, "topics": null}}'
-    write_jsonl(src, rows)
+    src = reviews(tmp_path, 3, first={"answer": {"sentiment": "positive", "score": 9, "topics": None}})
     out = tmp_path / "out.jsonl"
     spec = f"python:{SAMPLES / 'review_model.py'}:Review"
     result = run(run_cli, server, src, out, "--schema", spec, "--strict", "--max-requests", "2")

@@ -12,11 +12,10 @@ does: chat's ``message.refusal`` set and ``content`` null; a Responses ``refusal
 
 from __future__ import annotations
 
-import hashlib
 from typing import Any
 
 from llmbatch.core.endpoints import CHAT, COMPLETIONS, EMBEDDINGS, ENDPOINTS, MODERATIONS, RESPONSES
-from llmbatch.providers.script import Step, asked_texts, count_tokens, prompt_texts
+from llmbatch.providers.script import Step, asked_texts, count_tokens, digest, prompt_texts
 
 __all__ = [
     "MODERATION_CATEGORIES",
@@ -187,10 +186,6 @@ def _inputs(body: dict[str, Any]) -> list[str]:
     return []
 
 
-def _digest(text: str) -> int:
-    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "big")
-
-
 def moderation_body(body: dict[str, Any], step: Step, request_id: str) -> dict[str, Any]:
     """Moderation results, one per input: the step's ``flag`` categories flagged (or,
     unscripted, those whose words the text holds), with scores to match."""
@@ -200,7 +195,7 @@ def moderation_body(body: dict[str, Any], step: Step, request_id: str) -> dict[s
         flagged = set(step.flag) or {
             name for name, words in _FLAG_WORDS.items() if any(w in lowered for w in words)
         }
-        seed = _digest(text)
+        seed = digest(text)
         categories = {c: c in flagged for c in MODERATION_CATEGORIES}
         scores = {
             c: 0.9 + (seed >> i) % 100 / 1000 if c in flagged else (seed >> i) % 100 / 10_000
@@ -222,7 +217,7 @@ def embedding_body(body: dict[str, Any], step: Step | None = None, request_id: s
     dims = int(body.get("dimensions") or 8)
     data = []
     for i, t in enumerate(texts):
-        seed = _digest(t)
+        seed = digest(t)
         vec = [((seed >> (j * 5)) % 2001 - 1000) / 1000 for j in range(dims)]
         data.append({"object": "embedding", "index": i, "embedding": vec})
     tokens = sum(count_tokens(t) for t in texts)

@@ -48,6 +48,7 @@ __all__ = [
     "answer_for",
     "asked_texts",
     "count_tokens",
+    "digest",
     "parse_script",
     "prompt_texts",
     "script_root",
@@ -191,7 +192,8 @@ def step(script: Script, attempt: int, body: dict[str, Any]) -> Step:
     return Step(None, text, script.finish, script.cached, script.reasoning, script.flag)
 
 
-def _digest(text: str) -> int:
+def digest(text: str) -> int:
+    """A stable 64-bit number from a text: the fake model's seed."""
     return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "big")
 
 
@@ -234,7 +236,7 @@ def answer_for(body: dict[str, Any]) -> str:
     """The unscripted answer: schema instance, small JSON object, or an echo."""
     contents = asked_texts(body)
     last = contents[-1] if contents else ""
-    seed = _digest(last)
+    seed = digest(last)
     fmt = body.get("response_format")
     text = body.get("text")
     if fmt is None and isinstance(text, dict):  # the Responses API's text.format
