@@ -211,6 +211,8 @@ class Outcomes:
         item.reasoning_tokens += usage.reasoning_tokens
         item.last = completion
         item.latency_ms = completion.latency_ms
+        if via == "live":
+            stats.answered_in(completion.latency_ms)
         if item.capacity_429s and self.flex_fallback is not None:
             self._fallen_back(item, usage)
         reason = self._validate(item.request, completion)
