@@ -23,6 +23,7 @@ from llmbatch.app.options import (
     RERUN,
     SCALE,
     VALIDATION,
+    AttachOpt,
     ConfigOpt,
     EndpointOpt,
     IdFieldOpt,
@@ -105,6 +106,7 @@ def run(
     template: TemplateOpt = None,
     system: SystemOpt = None,
     id_field: IdFieldOpt = None,
+    attach: AttachOpt = None,
     number_duplicates: Annotated[
         bool,
         Opt(

@@ -107,6 +107,15 @@ SchemaOpt = Annotated[
         metavar="FILE|python:MOD:Model",
     ),
 ]
+AttachOpt = Annotated[
+    list[str] | None,
+    Opt(
+        help="A data item field holding a file path (relative: to the input's folder), a list of "
+        "paths, or an http(s)/data: URL: the images and PDFs are sent with the prompt (repeatable).",
+        panel=INPUT,
+        metavar="FIELD",
+    ),
+]
 DEFAULT_ENDPOINT: str | None = None  # chat for templates; a bare body's by its keys
 
 
@@ -156,6 +165,8 @@ def settings_from(ctx: typer.Context, *, input: str, output: str) -> Settings:
         flags["output_format"] = "merged"
     if "validate" in flags:
         flags["validate"] = tuple(flags["validate"])
+    if "attach" in flags:
+        flags["attach"] = tuple(flags["attach"])
     return make_settings(flags=flags, config=config, config_path=config_path)
 
 

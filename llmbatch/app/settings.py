@@ -130,6 +130,8 @@ class Settings:
     flex_fallback: int | None = field(default=None, metadata=_at_least(1))
     # Metrics for Prometheus (llmbatch.app.metrics): a file for node_exporter's textfile
     # collector, a Pushgateway, the job it is pushed under, and how often both are renewed.
+    # --attach: data item fields holding files (images, PDFs) or URLs the requests carry.
+    attach: tuple[str, ...] = ()
     metrics_file: Path | None = None
     pushgateway: str | None = None  # http://host:9091
     metrics_job: str = DEFAULT_METRICS_JOB

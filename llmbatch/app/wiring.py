@@ -11,12 +11,13 @@ from typing import TYPE_CHECKING
 
 from llmbatch.app.checks import DEFAULT_BASE_URL, check_api_key
 from llmbatch.app.settings import Settings
-from llmbatch.core.endpoints import ENDPOINTS, known_endpoints, normalise_endpoint
+from llmbatch.core.endpoints import CHAT, ENDPOINTS, RESPONSES, known_endpoints, normalise_endpoint
 from llmbatch.core.errors import ConfigError
 from llmbatch.core.structured import response_format
 from llmbatch.core.tiers import DEFAULT_TIER, FLEX, tier_of
 from llmbatch.core.values import Request
 from llmbatch.cost.prices import FAKE_FREE, Price, price_for, table_price
+from llmbatch.input.attach import LIMITS, Attacher
 from llmbatch.input.build import RequestBuilder, Template
 from llmbatch.output.records import server_hash
 from llmbatch.providers.base import Provider
@@ -27,6 +28,7 @@ if TYPE_CHECKING:
     from llmbatch.scale.budget import SharedBudget
 
 __all__ = [
+    "attacher_for",
     "base_url_of",
     "builder_for",
     "for_shard",
@@ -62,7 +64,22 @@ def builder_for(settings: Settings) -> RequestBuilder:
         max_tokens=settings.max_tokens,
         schema=response_format(asked.schema, asked.name, asked.strict) if asked is not None else None,
         validating=bool(settings.validate) or settings.schema is not None,
+        attach=attacher_for(settings, endpoint),
     )
+
+
+def attacher_for(settings: Settings, endpoint: str | None) -> Attacher | None:
+    """What --attach reads: the fields named, relative paths from the input's folder,
+    the provider's size limits. Only data items filling a template carry attachments, and
+    only to chat and the Responses API."""
+    if not settings.attach:
+        return None
+    if settings.prompt is None:
+        raise ConfigError("--attach adds files to data items' prompts: give --prompt or --template")
+    if endpoint not in (None, CHAT, RESPONSES):
+        raise ConfigError(f"--attach: {endpoint} takes no attachments (chat completions and responses do)")
+    folder = Path.cwd() if str(settings.input) == "-" else settings.input.absolute().parent
+    return Attacher(tuple(settings.attach), folder, LIMITS["openai"])
 
 
 def schema_asked(settings: Settings) -> AskedSchema | None:

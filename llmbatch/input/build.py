@@ -35,6 +35,7 @@ from llmbatch.core.endpoints import (
 from llmbatch.core.errors import ConfigError, InputError
 from llmbatch.core.structured import STRICT_KEYS
 from llmbatch.core.values import Request
+from llmbatch.input.attach import Attacher
 
 __all__ = [
     "SETUP_KINDS",
@@ -182,6 +183,8 @@ class RequestBuilder:
     # it asks for it (`Endpoint.schema_params`).
     schema: dict[str, Any] | None = None
     validating: bool = False  # validators given: refused for endpoints whose answers are not text
+    # --attach: the data item fields whose files (images, PDFs) the request carries.
+    attach: Attacher | None = None
 
     def build(self, line: int, obj: dict[str, Any]) -> Request:
         if self.template is not None:
@@ -309,4 +312,9 @@ class RequestBuilder:
             custom_id = f"line-{line}"
         endpoint = CHAT_ENDPOINT if self.endpoint is None else ENDPOINTS[self.endpoint]
         body = endpoint.from_text(text, self.system)
+        if self.attach is not None and (attachments := self.attach.read(obj, line)):
+            try:
+                body = endpoint.attach(body, attachments)
+            except ValueError as exc:
+                raise InputError(str(exc), line=line) from None
         return custom_id, self._finish_body(line, body, endpoint), endpoint.path, None, obj

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from llmbatch.core.attachments import attachment_parts, part_tokens
 from llmbatch.core.endpoints import CHAT, COMPLETIONS, EMBEDDINGS, ENDPOINTS, MODERATIONS, RESPONSES
 from llmbatch.providers.script import Step, asked_texts, count_tokens, digest, prompt_texts
 
@@ -58,7 +59,10 @@ def prompt_tokens(url: str, body: dict[str, Any]) -> int:
         return 0
     if url == EMBEDDINGS:
         return sum(count_tokens(t) for t in _inputs(body))
-    return sum(count_tokens(c) + 4 for c in prompt_texts(body))
+    attached = sum(
+        part_tokens(p) or 0 for key in ("messages", "input") for p in attachment_parts(body.get(key))
+    )
+    return sum(count_tokens(c) + 4 for c in prompt_texts(body)) + attached  # images as OpenAI bills them
 
 
 # What bounds each endpoint's answer, read as the limits and the cap read it.
