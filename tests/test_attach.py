@@ -263,3 +263,27 @@ def test_image_sizes_and_tokens_follow_the_documented_rules():
     assert image_tokens(2048, 4096) == 1105
     assert image_tokens(4096, 8192, detail="low") == 85
     assert image_tokens(40, 30) == 255
+
+
+def test_bytes_in_flight_are_bounded(run_cli, fake_server, tmp_path):
+    """--max-inflight-bytes 1,500,000 with 640 KB (as base64) an image: at most three
+    requests are on their way at once (the bound, plus the one that passed it), where
+    -c 16 alone sends sixteen; every row is written either way."""
+    (tmp_path / "big.png").write_bytes(png(400, 400))
+    src = write_jsonl(
+        tmp_path / "in.jsonl", [{"id": f"r{i}", "q": f"row {i}", "img": "big.png"} for i in range(24)]
+    )
+    for bound, most in (("1500000", 3), (None, 16)):
+        server = fake_server(latency_ms=100)
+        out = tmp_path / f"out-{bound}.jsonl"
+        extra = ["--max-inflight-bytes", bound] if bound else []
+        result = run_cli(
+            "run", src, "-o", out, "--base-url", server.base_url, "-m", "gpt-4o-mini", "--prompt", "{q}",
+            "--id-field", "id", "--attach", "img", "-c", "16", "--quiet", *extra,
+        )  # fmt: skip
+        assert result.exit_code == 0, result.output
+        assert len(by_id(out)) == 24
+        if bound:
+            assert server.stats.max_in_flight <= most
+        else:
+            assert server.stats.max_in_flight == most

@@ -49,6 +49,7 @@ from llmbatch.app.settings import (
     DEFAULT_CONCURRENCY,
     DEFAULT_CONNECT_GRACE,
     DEFAULT_FAKE_LATENCY_MS,
+    DEFAULT_MAX_INFLIGHT_BYTES,
     DEFAULT_MAX_REQUESTS,
     DEFAULT_MAX_RETRIES,
     DEFAULT_MAX_RETRY_WAIT,
@@ -107,6 +108,14 @@ def run(
     system: SystemOpt = None,
     id_field: IdFieldOpt = None,
     attach: AttachOpt = None,
+    max_inflight_bytes: Annotated[
+        int,
+        Opt(
+            help="Bytes of attachments (--attach, as base64) the requests on their way may hold at once.",
+            panel=INPUT,
+            metavar="N",
+        ),
+    ] = DEFAULT_MAX_INFLIGHT_BYTES,
     number_duplicates: Annotated[
         bool,
         Opt(

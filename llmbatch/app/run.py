@@ -225,7 +225,10 @@ async def _run(
         flex_fallback=settings.flex_fallback,
     )
     config = EngineConfig(
-        concurrency=settings.concurrency, timeout=settings.timeout, connect_grace=settings.connect_grace
+        concurrency=settings.concurrency,
+        timeout=settings.timeout,
+        connect_grace=settings.connect_grace,
+        max_inflight_bytes=settings.max_inflight_bytes,
     )
 
     def engine(judge: Outcomes) -> Engine:

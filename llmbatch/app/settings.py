@@ -25,7 +25,7 @@ from llmbatch.core.retry import DEFAULT_MAX_RETRIES, DEFAULT_MAX_RETRY_WAIT, Ret
 from llmbatch.core.tiers import FLEX, FLEX_TIMEOUT
 from llmbatch.files import sidecars
 from llmbatch.modes.batch.mode import DEFAULT_BATCH_BYTES, DEFAULT_BATCH_REQUESTS, DEFAULT_POLL_EVERY
-from llmbatch.modes.live.engine import DEFAULT_CONCURRENCY, DEFAULT_CONNECT_GRACE
+from llmbatch.modes.live.engine import DEFAULT_CONCURRENCY, DEFAULT_CONNECT_GRACE, DEFAULT_MAX_INFLIGHT_BYTES
 from llmbatch.modes.outcome import DEFAULT_MAX_REQUESTS, DEFAULT_RETRY
 from llmbatch.providers.base import DEFAULT_TIMEOUT
 from llmbatch.providers.fake import DEFAULT_LATENCY_MS as DEFAULT_FAKE_LATENCY_MS
@@ -37,6 +37,7 @@ __all__ = [
     "DEFAULT_CONCURRENCY",
     "DEFAULT_CONNECT_GRACE",
     "DEFAULT_FAKE_LATENCY_MS",
+    "DEFAULT_MAX_INFLIGHT_BYTES",
     "DEFAULT_MAX_REQUESTS",
     "DEFAULT_MAX_RETRIES",
     "DEFAULT_MAX_RETRY_WAIT",
@@ -132,6 +133,7 @@ class Settings:
     # collector, a Pushgateway, the job it is pushed under, and how often both are renewed.
     # --attach: data item fields holding files (images, PDFs) or URLs the requests carry.
     attach: tuple[str, ...] = ()
+    max_inflight_bytes: int = field(default=DEFAULT_MAX_INFLIGHT_BYTES, metadata=_at_least(1024))
     metrics_file: Path | None = None
     pushgateway: str | None = None  # http://host:9091
     metrics_job: str = DEFAULT_METRICS_JOB

@@ -29,6 +29,7 @@ __all__ = [
     "PDF_BYTES_PER_PAGE",
     "PDF_TOKENS_PER_PAGE",
     "Attachment",
+    "attached_bytes",
     "attachment_parts",
     "data_url",
     "image_size",
@@ -191,6 +192,18 @@ def part_tokens(part: Mapping[str, Any]) -> int | None:
     holder = inner if isinstance(inner, dict) else part
     payload = holder.get("file_data")
     return pdf_tokens(len(payload) * 3 // 4 if isinstance(payload, str) else PDF_BYTES_PER_PAGE)
+
+
+def attached_bytes(value: Any) -> int:
+    """Characters of attached data (data: URLs, file data) in a prompt value."""
+    n = 0
+    for part in attachment_parts(value):
+        for holder in (part, part.get("image_url"), part.get("file")):
+            if isinstance(holder, dict):
+                for key in ("url", "image_url", "file_data"):
+                    if isinstance(data := holder.get(key), str):
+                        n += len(data)
+    return n
 
 
 def attachment_parts(value: Any) -> Iterator[Mapping[str, Any]]:

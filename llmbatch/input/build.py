@@ -22,6 +22,7 @@ from typing import Any
 
 import orjson
 
+from llmbatch.core.attachments import attached_bytes
 from llmbatch.core.endpoints import (
     CHAT,
     CHAT_ENDPOINT,
@@ -198,6 +199,8 @@ class RequestBuilder:
         request = Request(cid, body, url, line, metadata, item, fingerprint(url, body))
         if not ASKED_BEFORE.isdisjoint(body):
             request.fp_before = fingerprint_before(url, body)
+        if self.attach is not None:
+            request.attached = attached_bytes(body.get("messages")) + attached_bytes(body.get("input"))
         return request
 
     def custom_id(self, line: int, obj: dict[str, Any]) -> str | None:
