@@ -79,7 +79,8 @@ def attacher_for(settings: Settings, endpoint: str | None) -> Attacher | None:
     if endpoint not in (None, CHAT, RESPONSES):
         raise ConfigError(f"--attach: {endpoint} takes no attachments (chat completions and responses do)")
     folder = Path.cwd() if str(settings.input) == "-" else settings.input.absolute().parent
-    return Attacher(tuple(settings.attach), folder, LIMITS["openai"])
+    # A provider with limits of its own has its row in LIMITS; the others are OpenAI-compatible.
+    return Attacher(tuple(settings.attach), folder, LIMITS.get(settings.provider, LIMITS["openai"]))
 
 
 def schema_asked(settings: Settings) -> AskedSchema | None:

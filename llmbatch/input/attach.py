@@ -75,11 +75,14 @@ class Attacher:
     limits: AttachLimits = LIMITS["openai"]
 
     def read(self, item: dict[str, Any], line: int) -> list[Attachment]:
-        """The item's attachments, in field order; an absent, null or empty field has
-        none. Raises InputError naming the first file that cannot be attached."""
+        """The item's attachments, in field order; a null or empty field has none.
+        Raises InputError naming the first file that cannot be attached, or the field
+        when the item lacks it (made by every row, a mistake in the command)."""
         out: list[Attachment] = []
         for name in self.fields:
-            value = item.get(name)
+            if name not in item:
+                raise InputError(f"missing --attach field {name!r}", line=line, kind="attach_field")
+            value = item[name]
             if value is None or value == "" or value == []:
                 continue
             values = value if isinstance(value, list) else [value]

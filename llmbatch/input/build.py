@@ -52,6 +52,7 @@ SETUP_KINDS = {
     "no_model": "",
     "template_field": "check the template's {placeholders} against the input's fields",
     "id_field": "check --id-field against the input's fields",
+    "attach_field": "check --attach against the input's fields",
     "shape": "for data items, give --prompt or --template",
     "bare_endpoint": "give --endpoint, or write Batch API lines with their url",
     "no_max_tokens": "leave out --max-tokens for this endpoint",
