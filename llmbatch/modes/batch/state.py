@@ -33,7 +33,7 @@ from llmbatch.core.errors import ConfigError
 from llmbatch.core.values import Finished, Request, State
 from llmbatch.files import sidecars
 
-__all__ = ["BatchState", "Chunk", "ChunkState", "Item"]
+__all__ = ["Batch", "BatchState", "Chunk", "ChunkState", "Item"]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -55,7 +55,8 @@ CREATE TABLE IF NOT EXISTS chunks (
     error TEXT,
     created REAL NOT NULL,
     submitted REAL,
-    held INTEGER NOT NULL DEFAULT 0
+    held INTEGER NOT NULL DEFAULT 0,
+    completed REAL
 );
 CREATE TABLE IF NOT EXISTS items (
     custom_id TEXT PRIMARY KEY,
@@ -107,6 +108,19 @@ class Chunk:
     created: float
     submitted: float | None
     held: bool  # refused for the enqueued-token limit: created again once the others end
+    completed: float | None  # when it was collected (a report's timeline of batches)
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """One batch on a report's timeline."""
+
+    batch_id: str
+    model: str
+    items: int
+    created: float | None
+    completed: float | None
+    status: str | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,9 +162,13 @@ def _request(custom_id: str, line: int, blob: bytes) -> Request:
 class BatchState:
     """The record, open for one run (the output's lock keeps it to one at a time)."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, read_only: bool = False) -> None:
         self.path = path
         try:
+            if read_only:  # a report's look: never create, migrate or lock anything
+                self._db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+                self.run_id, self._pending = "", 0
+                return
             self._db = sqlite3.connect(path, isolation_level=None)
             self._db.execute("PRAGMA journal_mode = WAL")
             self._db.executescript(_SCHEMA)
@@ -232,6 +250,17 @@ class BatchState:
         assignments = ", ".join(f"{k} = ?" for k in fields)
         with self.transaction():
             self._db.execute(f"UPDATE chunks SET {assignments} WHERE id = ?", (*values, chunk_id))
+
+    def timeline(self) -> list[Batch]:
+        """The batches this record ran, each from when it was created to when it was
+        collected (None: not yet), in the order they were created."""
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(chunks)")}
+        completed = "completed" if "completed" in columns else "NULL"  # an older record, read only
+        rows = self._db.execute(
+            f"SELECT batch_id, model, items, submitted, {completed}, status FROM chunks "
+            "WHERE batch_id IS NOT NULL AND live = 0 ORDER BY submitted, id"
+        )
+        return [Batch(*row) for row in rows]
 
     # --- items -------------------------------------------------------------------
 
@@ -364,12 +393,14 @@ def _migrate(db: sqlite3.Connection) -> None:
     if "held" not in columns["chunks"]:
         db.execute("ALTER TABLE chunks ADD COLUMN held INTEGER NOT NULL DEFAULT 0")
         db.execute("UPDATE chunks SET held = 1 WHERE error LIKE 'enqueued token limit:%'")
+    if "completed" not in columns["chunks"]:
+        db.execute("ALTER TABLE chunks ADD COLUMN completed REAL")
 
 
 def _chunk(row: tuple[Any, ...]) -> Chunk:
     """A chunk from its row (the columns in the order of its fields)."""
     id_, round_, endpoint, model, items, size, tokens, worst = row[:8]
-    state, live, file_id, batch_id, status, counts, error, created, submitted, held = row[8:]
+    state, live, file_id, batch_id, status, counts, error, created, submitted, held, completed = row[8:]
     return Chunk(
         id_,
         round_,
@@ -389,4 +420,5 @@ def _chunk(row: tuple[Any, ...]) -> Chunk:
         created,
         submitted,
         bool(held),
+        completed,
     )
