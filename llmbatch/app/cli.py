@@ -217,6 +217,15 @@ def run(
             metavar="",
         ),
     ] = False,
+    escalate: Annotated[
+        list[str] | None,
+        Opt(
+            help="Ask an item still invalid after its --max-requests again on MODEL, with a fresh count "
+            "(repeatable: the next one after that); the output says which model answered.",
+            panel=VALIDATION,
+            metavar="MODEL",
+        ),
+    ] = None,
     # output
     merged: Annotated[
         bool,

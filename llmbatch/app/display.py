@@ -57,6 +57,8 @@ def _percent(stats: Stats) -> str:
 
 
 def spent_usd(stats: Stats, price: Price | None) -> float | None:
+    if price is not None and price.escalation and stats.by_model:
+        return _by_model_usd(stats, price)
     fallback = price.fallback if price is not None else None
     prompt, completion, cached = stats.fallback_tokens
     if fallback is None or not (prompt or completion):
@@ -70,6 +72,22 @@ def spent_usd(stats: Stats, price: Price | None) -> float | None:
     )
     default = cost(fallback, prompt, completion, cached)
     return None if flex is None or default is None else flex + default
+
+
+def model_usd(price: Price | None, model: str, row: list[int]) -> float | None:
+    """What one model's answers cost (a row of `Stats.by_model`)."""
+    return cost(price.for_model(model) if price is not None else None, row[2], row[3], row[4])
+
+
+def _by_model_usd(stats: Stats, price: Price) -> float | None:
+    """--escalate: each model's answers at that model's price."""
+    total = 0.0
+    for model, row in list(stats.by_model.items()):
+        spent = model_usd(price, model, row)
+        if spent is None:
+            return None
+        total += spent
+    return total
 
 
 def _projected(stats: Stats, price: Price | None) -> float | None:

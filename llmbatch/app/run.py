@@ -180,6 +180,7 @@ async def _run(
         log=display.log,
         error=display.error,
         flex_fallback=settings.flex_fallback,
+        escalate=settings.escalate,
     )
     config = EngineConfig(
         concurrency=settings.concurrency, timeout=settings.timeout, connect_grace=settings.connect_grace

@@ -85,6 +85,7 @@ class Settings:
     strict: bool = False  # --schema must go strict: true (else exit 2), not quietly non-strict
     require_finish: str | None = None
     reask_refusals: bool = False  # a refusal is asked again like an invalid answer
+    escalate: tuple[str, ...] = ()  # the models an item still invalid goes on to, in order
     output_format: Literal["batch", "merged"] = "batch"
     ordered: bool = False  # the output in input order
     rejects: Path | None = None

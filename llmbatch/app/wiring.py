@@ -133,6 +133,11 @@ def run_price(settings: Settings, model: str | None = None, tier: str | None = N
     )
     if price is not None and tier == FLEX and settings.flex_fallback is not None:
         price = dataclasses.replace(price, fallback=run_price(settings, model, DEFAULT_TIER))
+    if price is not None and settings.escalate:  # each --escalate model at its own price
+        alone = dataclasses.replace(settings, escalate=())
+        escalate = settings.escalate
+        others = tuple((m, run_price(dataclasses.replace(alone, model=m), m, tier)) for m in escalate)
+        price = dataclasses.replace(price, escalation=others)
     return price
 
 

@@ -22,7 +22,8 @@ the server it was sent to (``server``: a hash of the base URL, never the URL its
 and how it was answered (``via``: ``live``, ``cached``, or ``batch`` with the batch id).
 An answer that was a refusal or was cut at its ceiling says so in ``cause``
 (``refused``: written invalid; ``truncated``: valid or not, as the validators said);
-a line without it (none, or an older llmbatch's) has no cause. The Batch-shaped line
+a line without it (none, or an older llmbatch's) has no cause. A run with ``--escalate``
+says which model answered in ``model`` (after ``cause``, before the tail). The Batch-shaped line
 keeps these in its ``llmbatch`` block, the merged row in ``llm_*`` columns.
 `llmbatch.output.readback` reads them back from either; `llmbatch.output.writers`
 appends them to the output.
@@ -96,6 +97,8 @@ def batch_record(f: Finished, server: str = "") -> dict[str, Any]:
         meta["batch_id"] = f.batch_id
     if f.cause is not None:
         meta["cause"] = f.cause  # refused, truncated
+    if f.model is not None:
+        meta["model"] = f.model  # --escalate: the model that answered
     # What a rerun reads comes last, in this order, and nothing of the user's after it:
     # `read_tail` finds it at the end of the line without parsing the whole answer.
     if f.error is not None:
@@ -157,7 +160,7 @@ def merged_record(f: Finished, server: str = "") -> dict[str, Any]:
             "llm_completion_tokens": f.completion_tokens,
             "llm_cached_tokens": f.cached_tokens,
             "llm_reasoning_tokens": f.reasoning_tokens,
-            "llm_model": _model(f.last),
+            "llm_model": f.model or _model(f.last),
             "llm_latency_ms": round(f.latency_ms, 1),
             "llm_fp": fp_hex(req.fp),
             "llm_server": server,

@@ -15,6 +15,7 @@ import gc
 
 from llmbatch.testing import server as fake_server
 from llmbatch.testing.buckets import RESET_MEANINGS
+from llmbatch.testing.quality import parse_quality
 from llmbatch.testing.server import LOOP_KINDS, FakeServer, new_event_loop
 
 __all__ = ["main"]
@@ -69,6 +70,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--loop", choices=LOOP_KINDS, default="auto", help="event loop (auto: uvloop when installed)"
     )
+    parser.add_argument(
+        "--quality",
+        action="append",
+        default=[],
+        metavar="MODEL=SHARE",
+        help="a share of MODEL's answers spoiled (not valid JSON); repeatable",
+    )
     batch = parser.add_argument_group("Batch API")
     batch.add_argument(
         "--batch-start-delay", type=float, default=0.0, help="seconds a batch stays validating"
@@ -116,6 +124,7 @@ def main(argv: list[str] | None = None) -> None:
         batch_expire_after=args.batch_expire_after,
         enqueued_token_limit=args.enqueued_token_limit,
         lose_create_answers=args.lose_create_answers,
+        quality=parse_quality(args.quality),
     )
 
     async def run() -> None:

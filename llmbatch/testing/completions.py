@@ -27,6 +27,7 @@ from llmbatch.providers import answers, script
 from llmbatch.testing.api import JSON, Reply, error_body, injected_error
 from llmbatch.testing.buckets import KeyLimit, RateLimits
 from llmbatch.testing.counts import Attempts, ServerStats, request_digest
+from llmbatch.testing.quality import Quality
 
 __all__ = ["FAULT_KINDS", "MODEL_PATHS", "ModelEndpoints"]
 
@@ -65,6 +66,7 @@ class ModelEndpoints:
     attempts: Attempts
     limits: RateLimits | None
     key_limit: KeyLimit | None  # a LiteLLM-style key limit in front of the model
+    quality: Quality | None  # a share of each model's answers spoiled
     reply: Reply
     _seq: int
 
@@ -161,6 +163,8 @@ class ModelEndpoints:
                 payload["id"] = f"{answers.id_prefix(path)}{self._seq}"
             stats.prompt_tokens += prompt
             stats.completion_tokens += completion
+            spoiled = self.quality is not None and self.quality.spoil(path, body, payload)
+            stats.answered("live", body.get("model"), prompt, completion, answers.cached(payload), spoiled)
             hdrs = [("x-request-id", f"req_{self._seq:08d}"), *limit_headers]
             return self.reply(200, orjson.dumps(payload), hdrs)
         finally:
