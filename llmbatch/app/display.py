@@ -90,6 +90,22 @@ def _by_model_usd(stats: Stats, price: Price) -> float | None:
     return total
 
 
+def saved_usd(stats: Stats, price: Price | None) -> float | None:
+    """What the prompt cache saved: the cached prompt tokens at the cached price rather
+    than the input price (each model's, with --escalate); None when nothing was cached or
+    the price has no cached rate."""
+    if price is None or not stats.cached_tokens:
+        return None
+    rows = list(stats.by_model.items()) if stats.by_model else [(None, [0, 0, 0, 0, stats.cached_tokens])]
+    saved = 0.0
+    for model, row in rows:
+        known = price.for_model(model) if model is not None else price
+        if known is None or known.cached_input is None:
+            continue
+        saved += row[4] * (known.input - known.cached_input) / 1_000_000
+    return saved or None
+
+
 def _projected(stats: Stats, price: Price | None) -> float | None:
     """This run's cost when it finishes: spent so far, plus the items still to do at the
     cost per written item so far. Skipped and rejected lines cost nothing."""
@@ -97,6 +113,11 @@ def _projected(stats: Stats, price: Price | None) -> float | None:
     if spent is None or stats.total is None or stats.done == 0:
         return None
     return spent + spent / stats.done * max(stats.total - stats.accounted, 0)
+
+
+def _saved(stats: Stats, price: Price | None) -> str:
+    saved = saved_usd(stats, price)
+    return usd(saved) if saved is not None else "-"
 
 
 def retries_text(stats: Stats) -> str:
@@ -253,6 +274,7 @@ class StatsView:
             ("tokens in", f"{s.prompt_tokens:,}", "429s", _count(s.http_429, "yellow")),
             ("tokens out", f"{s.completion_tokens:,}", "skipped", f"{s.skipped:,}"),
             ("cost so far", usd(spent_usd(s, self.price)), "cached", f"{s.cached:,}"),
+            ("cache saved", _saved(s, self.price), "cached tokens", f"{s.cached_tokens:,}"),
             ("projected", usd(_projected(s, self.price)), "refused", _count(s.refused, "yellow")),
         )
         for a, x, b, y in rows:

@@ -9,7 +9,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from llmbatch.app.display import model_usd, retries_text, spent_usd, total_text
+from llmbatch.app.display import model_usd, retries_text, saved_usd, spent_usd, total_text
 from llmbatch.app.format import duration, usd
 from llmbatch.core.stats import Stats
 from llmbatch.cost.prices import Price
@@ -59,6 +59,11 @@ def _summary_rows(stats: Stats, price: Price | None) -> list[tuple[str, str]]:
         rows.insert(2, ("not valid", named))
     if stats.refused or stats.truncated:
         rows.insert(2, ("refused / truncated", f"{stats.refused:,} / {stats.truncated:,}"))
+    saved = saved_usd(stats, price)
+    if saved is not None:
+        at = [key for key, _ in rows].index("cost") + 1
+        share = stats.cached_tokens / stats.prompt_tokens if stats.prompt_tokens else 0.0
+        rows.insert(at, ("prompt cache", f"saved {usd(saved)} ({share:.1%} of prompt tokens cached)"))
     if stats.by_model:  # --escalate
         at = rows.index(("re-asks", f"{stats.reasks:,}")) + 1
         rows[at:at] = [("escalated", f"{stats.escalated:,}"), ("by model", _by_model(stats, price))]
@@ -114,6 +119,7 @@ def summary_dict(stats: Stats, price: Price | None) -> dict[str, Any]:
     """`stats.as_dict()` plus `cost_usd` (None when unknown) and the price used."""
     summary = stats.as_dict()
     summary["cost_usd"] = spent_usd(stats, price)
+    summary["cache_saved_usd"] = saved_usd(stats, price)
     if stats.by_model:
         summary["models"] = {
             model: {

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 from llmbatch.app.checks import DEFAULT_BASE_URL, check_api_key
 from llmbatch.app.settings import Settings
+from llmbatch.core.cachekey import prompt_cache_key, sends_key
 from llmbatch.core.endpoints import ENDPOINTS, known_endpoints, normalise_endpoint
 from llmbatch.core.errors import ConfigError
 from llmbatch.core.structured import response_format
@@ -51,6 +52,9 @@ def builder_for(settings: Settings) -> RequestBuilder:
     if settings.service_tier is not None:
         params.setdefault("service_tier", settings.service_tier)
     asked = schema_asked(settings)
+    cache_key = None
+    if settings.prompt is not None and sends_key(settings.prompt_cache_key, base_url_of(settings)):
+        cache_key = prompt_cache_key(settings.prompt, settings.system)
     return RequestBuilder(
         model=settings.model,
         template=Template(settings.prompt) if settings.prompt is not None else None,
@@ -62,6 +66,7 @@ def builder_for(settings: Settings) -> RequestBuilder:
         max_tokens=settings.max_tokens,
         schema=response_format(asked.schema, asked.name, asked.strict) if asked is not None else None,
         validating=bool(settings.validate) or settings.schema is not None,
+        cache_key=cache_key,
     )
 
 

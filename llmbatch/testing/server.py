@@ -45,6 +45,7 @@ from llmbatch.testing.buckets import RESET_MEANINGS, KeyLimit, RateLimits, Reset
 from llmbatch.testing.completions import FAULT_KINDS, MODEL_PATHS, ModelEndpoints
 from llmbatch.testing.counts import Attempts, ServerStats
 from llmbatch.testing.files import FileStore
+from llmbatch.testing.promptcache import PromptCache
 from llmbatch.testing.quality import Quality
 
 __all__ = ["LOOP_KINDS", "FakeServer", "LoopKind", "ServerStats", "error_body", "new_event_loop"]
@@ -102,7 +103,8 @@ class FakeServer(ModelEndpoints):
     :class:`~llmbatch.testing.batches.BatchBehaviour`).
 
     ``quality`` spoils a share of each named model's answers, live and in batches (see
-    :mod:`llmbatch.testing.quality`).
+    :mod:`llmbatch.testing.quality`); ``prompt_cache`` reports ``cached_tokens`` for
+    prefixes sent before (see :mod:`llmbatch.testing.promptcache`).
     """
 
     def __init__(
@@ -137,6 +139,7 @@ class FakeServer(ModelEndpoints):
         fail_creates: int = 0,
         fail_create_status: int = 500,
         quality: Mapping[str, float] | None = None,
+        prompt_cache: PromptCache | None = None,
     ) -> None:
         if reset_means not in RESET_MEANINGS:
             raise ValueError(f"reset_means must be one of {', '.join(RESET_MEANINGS)}")
@@ -167,6 +170,7 @@ class FakeServer(ModelEndpoints):
         self.loop_kind: LoopKind = loop
         self.stats = ServerStats()
         self.quality = Quality(quality, seed=seed) if quality else None
+        self.prompt_cache = prompt_cache
         self.attempts = Attempts(self.stats.answers)
         self.files = FileStore(self.stats, self.reply)
         behaviour = BatchBehaviour(
