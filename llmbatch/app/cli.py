@@ -56,6 +56,7 @@ from llmbatch.app.settings import (
     FLEX_TIMEOUT,
 )
 from llmbatch.app.tools import estimate, merge, report
+from llmbatch.core.cachekey import DEFAULT_CACHE_KEY_MODE
 from llmbatch.core.errors import LLMBatchError
 
 app = typer.Typer(
@@ -217,6 +218,15 @@ def run(
             metavar="",
         ),
     ] = False,
+    escalate: Annotated[
+        list[str] | None,
+        Opt(
+            help="Ask an item still invalid after its --max-requests again on MODEL, with a fresh count "
+            "(repeatable: the next one after that); the output says which model answered.",
+            panel=VALIDATION,
+            metavar="MODEL",
+        ),
+    ] = None,
     # output
     merged: Annotated[
         bool,
@@ -299,6 +309,16 @@ def run(
             metavar="FILE",
         ),
     ] = None,
+    prompt_cache_key: Annotated[
+        str,
+        Opt(
+            help="The prompt_cache_key templated requests carry (from the template's fixed prefix and "
+            "--system, so the provider's prompt cache serves them): openai sends it to OpenAI's API "
+            "only, auto (or on) to any server, off never. A body's own key is kept.",
+            panel=RERUN,
+            metavar="openai|auto|on|off",
+        ),
+    ] = DEFAULT_CACHE_KEY_MODE,
     # batch API
     batch_api: Annotated[
         bool,

@@ -47,6 +47,7 @@ from llmbatch.input.source import Source
 from llmbatch.modes.batch.state import BatchState
 from llmbatch.modes.control import RunControl
 from llmbatch.modes.live.engine import Engine, EngineConfig, Job
+from llmbatch.modes.live.lookahead import grouped
 from llmbatch.modes.outcome import Outcomes
 from llmbatch.output.rewrite import compact
 from llmbatch.output.writers import InOrder, OutputFile, RejectsFile, StderrRejects
@@ -180,6 +181,7 @@ async def _run(
         log=display.log,
         error=display.error,
         flex_fallback=settings.flex_fallback,
+        escalate=settings.escalate,
     )
     config = EngineConfig(
         concurrency=settings.concurrency, timeout=settings.timeout, connect_grace=settings.connect_grace
@@ -211,6 +213,10 @@ async def _run(
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, on_signal, sig.name)
+    # Bodies may carry prompt cache keys of their own: those of a key go out close
+    # together (a template's requests all carry one key, and need no look-ahead).
+    lookahead = settings.prompt is None and settings.prompt_cache_key != "off"
+    lookahead = lookahead and not (stdout is not None and settings.ordered)
     tune_gc()
     display.start()
     pending = ExitCode.OK
@@ -218,7 +224,7 @@ async def _run(
         if batches is not None:
             pending = await batches.run(requests, live.reject)
         else:
-            await live.run(requests)
+            await live.run(grouped(requests) if lookahead else requests)
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError, RuntimeError):

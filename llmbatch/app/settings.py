@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from llmbatch.app.display import DEFAULT_PROGRESS_EVERY
+from llmbatch.core.cachekey import DEFAULT_CACHE_KEY_MODE, CacheKeyMode
 from llmbatch.core.errors import ConfigError
 from llmbatch.core.retry import DEFAULT_MAX_RETRIES, DEFAULT_MAX_RETRY_WAIT, RetryPolicy
 from llmbatch.core.tiers import FLEX, FLEX_TIMEOUT
@@ -85,6 +86,9 @@ class Settings:
     strict: bool = False  # --schema must go strict: true (else exit 2), not quietly non-strict
     require_finish: str | None = None
     reask_refusals: bool = False  # a refusal is asked again like an invalid answer
+    escalate: tuple[str, ...] = ()  # the models an item still invalid goes on to, in order
+    # Templated requests' prompt_cache_key: to OpenAI's API only, any server, or none.
+    prompt_cache_key: CacheKeyMode = DEFAULT_CACHE_KEY_MODE
     output_format: Literal["batch", "merged"] = "batch"
     ordered: bool = False  # the output in input order
     rejects: Path | None = None

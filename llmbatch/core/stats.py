@@ -35,12 +35,14 @@ class Stats:
         "answers",
         "batches",
         "blank",
+        "by_model",
         "cached",
         "cached_tokens",
         "capacity_429",
         "completion_tokens",
         "counts_skipped",
         "done",
+        "escalated",
         "failed",
         "fallback_tokens",
         "fallbacks",
@@ -113,6 +115,10 @@ class Stats:
         # Of the tokens above, those of answers on the default tier after a fallback
         # (prompt, completion, cached): they cost the default tier's price.
         self.fallback_tokens = [0, 0, 0]
+        # --escalate: items moved on to the next model, and per model (in the order first
+        # met) [items written, answers, prompt, completion, cached tokens].
+        self.escalated = 0
+        self.by_model: dict[str, list[int]] = {}
         self.prompt_tokens = 0
         self.completion_tokens = 0
         self.cached_tokens = 0  # of the prompt tokens, read from the provider's cache
@@ -202,6 +208,7 @@ class Stats:
             "http_429": self.http_429,
             "capacity_429": self.capacity_429,
             "fallbacks": self.fallbacks,
+            "escalated": self.escalated,
             "pace_cuts": self.pacer.cuts if self.pacer is not None else 0,
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
