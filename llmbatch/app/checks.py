@@ -56,10 +56,11 @@ def check_api_key(settings: Settings) -> str | None:
     """The API key (None for the offline model), or a ConfigError saying how to give one."""
     if settings.provider == "fake":
         return None
-    key = read_api_key(settings.api_key_file)
+    env = "ANTHROPIC_API_KEY" if settings.provider == "anthropic" else "OPENAI_API_KEY"
+    key = read_api_key(settings.api_key_file, env)
     if key is None:
         raise ConfigError(
-            "no API key: set OPENAI_API_KEY or pass --api-key-file "
+            f"no API key: set {env} or pass --api-key-file "
             "(any value for a local server that needs none; --provider fake runs offline)"
         )
     return key

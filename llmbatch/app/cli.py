@@ -28,6 +28,7 @@ from llmbatch.app.options import (
     MaxTokensOpt,
     ModelOpt,
     Opt,
+    OutputTpmOpt,
     ParamOpt,
     PriceInOpt,
     PriceOutOpt,
@@ -114,7 +115,13 @@ def run(
     # requests
     provider: ProviderOpt = "openai",
     base_url: Annotated[
-        str | None, Opt(help="API base URL, e.g. http://localhost:8000/v1.", panel=REQUEST, metavar="URL")
+        str | None,
+        Opt(
+            help="API base URL, e.g. http://localhost:8000/v1 (anthropic: https://api.anthropic.com, or "
+            "ANTHROPIC_BASE_URL).",
+            panel=REQUEST,
+            metavar="URL",
+        ),
     ] = None,
     api_key_file: Annotated[
         Path | None,
@@ -150,6 +157,7 @@ def run(
     ] = (DEFAULT_CONCURRENCY),
     rpm: RpmOpt = None,
     tpm: TpmOpt = None,
+    output_tpm: OutputTpmOpt = None,
     timeout: Annotated[
         float,
         Opt(

@@ -166,7 +166,14 @@ async def _run(
         if stdout is not None and settings.rejects is None
         else RejectsFile(settings.rejects_path)
     )
-    limits = Limits(rpm=settings.rpm, tpm=settings.tpm, shared=shared, max_pause=settings.max_retry_wait)
+    limits = Limits(
+        rpm=settings.rpm,
+        tpm=settings.tpm,
+        shared=shared,
+        max_pause=settings.max_retry_wait,
+        output_tpm=settings.output_tpm,
+        split_tokens=settings.provider == "anthropic",
+    )
     stats.pacer = limits
     outcomes = Outcomes(
         validator=validator,

@@ -61,7 +61,7 @@ def _at_least(low: float, *, strict: bool = False) -> dict[str, Any]:
 class Settings:
     input: Path
     output: Path
-    provider: Literal["openai", "fake"] = "openai"
+    provider: Literal["openai", "fake", "anthropic"] = "openai"
     base_url: str | None = None
     api_key_file: Path | None = None
     model: str | None = None
@@ -73,6 +73,8 @@ class Settings:
     concurrency: int = field(default=DEFAULT_CONCURRENCY, metadata=_at_least(1))
     rpm: float | None = field(default=None, metadata=_at_least(0, strict=True))
     tpm: float | None = field(default=None, metadata=_at_least(0, strict=True))
+    # Output tokens per minute, limited apart from --tpm's input tokens (Anthropic's).
+    output_tpm: float | None = field(default=None, metadata=_at_least(0, strict=True))
     timeout: float | None = field(default=DEFAULT_TIMEOUT, metadata=_at_least(0, strict=True))
     max_requests: int = field(default=DEFAULT_MAX_REQUESTS, metadata=_at_least(1))
     max_retries: int = field(default=DEFAULT_MAX_RETRIES, metadata=_at_least(0))
@@ -272,8 +274,9 @@ def _prices(value: Any, path: Path) -> dict[str, tuple[float, float]]:
         raise ConfigError(f"{path}: [prices.MODEL] needs numeric 'input' and 'output'") from None
 
 
-def read_api_key(api_key_file: Path | None) -> str | None:
-    """The API key from --api-key-file, else OPENAI_API_KEY. Never echoed anywhere."""
+def read_api_key(api_key_file: Path | None, env: str = "OPENAI_API_KEY") -> str | None:
+    """The API key from --api-key-file, else the variable `env` (OPENAI_API_KEY;
+    ANTHROPIC_API_KEY for --provider anthropic). Never echoed anywhere."""
     if api_key_file is not None:
         try:
             key = api_key_file.read_text(encoding="utf-8").strip()
@@ -282,4 +285,4 @@ def read_api_key(api_key_file: Path | None) -> str | None:
         if not key:
             raise ConfigError(f"API key file {api_key_file} is empty")
         return key
-    return os.environ.get("OPENAI_API_KEY") or None
+    return os.environ.get(env) or None

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 from llmbatch.app.checks import DEFAULT_BASE_URL, check_api_key
 from llmbatch.app.settings import Settings
-from llmbatch.core.endpoints import ENDPOINTS, known_endpoints, normalise_endpoint
+from llmbatch.core.endpoints import ENDPOINTS, MESSAGES, known_endpoints, normalise_endpoint
 from llmbatch.core.errors import ConfigError
 from llmbatch.core.structured import response_format
 from llmbatch.core.tiers import DEFAULT_TIER, FLEX, tier_of
@@ -42,7 +42,7 @@ __all__ = [
 
 def builder_for(settings: Settings) -> RequestBuilder:
     """The builder a run's settings ask for (run and estimate alike)."""
-    endpoint = None
+    endpoint = MESSAGES if settings.provider == "anthropic" else None
     if settings.endpoint is not None:
         endpoint = normalise_endpoint(settings.endpoint)
         if endpoint is None:
@@ -98,6 +98,15 @@ def make_provider(settings: Settings) -> Provider:
         return FakeProvider(latency_ms=settings.fake_latency_ms, jitter_ms=settings.fake_latency_ms / 2)
     key = check_api_key(settings)
     assert key is not None
+    if settings.provider == "anthropic":
+        from llmbatch.providers.anthropic import AnthropicProvider
+
+        return AnthropicProvider(
+            api_key=key,
+            base_url=settings.base_url,
+            concurrency=settings.concurrency,
+            timeout=settings.timeout,
+        )
     from llmbatch.providers.openai import OpenAIProvider
 
     return OpenAIProvider(
@@ -171,6 +180,10 @@ def base_url_of(settings: Settings) -> str:
     """Where this run's requests go."""
     if settings.provider == "fake":
         return "fake"
+    if settings.provider == "anthropic":
+        from llmbatch.providers.anthropic import anthropic_root
+
+        return anthropic_root(settings.base_url)
     return settings.base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL
 
 

@@ -42,4 +42,5 @@ class Job(Finished):
             completion_tokens=tally.completion_tokens,
             cached_tokens=tally.cached_tokens,
             reasoning_tokens=tally.reasoning_tokens,
+            cache_write_tokens=tally.cache_write_tokens,
         )
