@@ -5,6 +5,7 @@ mode's open batches that bind an output."""
 from __future__ import annotations
 
 import contextlib
+import shutil
 from pathlib import Path
 
 from llmbatch.app.settings import Settings, read_api_key
@@ -107,8 +108,8 @@ def open_batches_check(settings: Settings) -> BatchState | None:
         raise ConfigError("--then live goes with --batch-api")
     if settings.batch_api and settings.provider == "fake":
         raise ConfigError(
-            "--batch-api needs a server with the OpenAI Batch API; the offline fake model has none "
-            "(python -m llmbatch.testing.server has one, for trying it out)"
+            "--batch-api needs a server with a Batch API (OpenAI's, or Anthropic's Message Batches); "
+            "the offline fake model has none (python -m llmbatch.testing.server has one, for trying it out)"
         )
     existing = BatchState.existing(settings.output)
     open_ = existing.open_batches() if existing is not None else []
@@ -126,6 +127,7 @@ def open_batches_check(settings: Settings) -> BatchState | None:
         for path in sidecars.sqlite_files(sidecars.batches(settings.output)):
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
+        shutil.rmtree(sidecars.batch_spool(settings.output), ignore_errors=True)
     if settings.batch_api:
         return existing or BatchState(sidecars.batches(settings.output))
     if existing is not None:

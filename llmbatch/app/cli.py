@@ -58,6 +58,7 @@ from llmbatch.app.settings import (
 )
 from llmbatch.app.tools import estimate, merge, report
 from llmbatch.core.errors import LLMBatchError
+from llmbatch.providers.anthropic_batches import DEFAULT_MESSAGE_BATCH_BYTES, DEFAULT_MESSAGE_BATCH_REQUESTS
 
 app = typer.Typer(
     name="llmbatch",
@@ -318,11 +319,23 @@ def run(
         ),
     ] = False,
     batch_requests: Annotated[
-        int, Opt(help="Requests per batch input file at most.", panel=BATCH, metavar="N")
-    ] = (DEFAULT_BATCH_REQUESTS),
+        int | None,
+        Opt(
+            help=f"Requests per batch at most (default: OpenAI {DEFAULT_BATCH_REQUESTS:,}, "
+            f"Anthropic {DEFAULT_MESSAGE_BATCH_REQUESTS:,}).",
+            panel=BATCH,
+            metavar="N",
+        ),
+    ] = None,
     batch_bytes: Annotated[
-        int, Opt(help="Bytes per batch input file at most.", panel=BATCH, metavar="N")
-    ] = DEFAULT_BATCH_BYTES,
+        int | None,
+        Opt(
+            help=f"Bytes per batch at most (default: OpenAI {DEFAULT_BATCH_BYTES / 1e6:.0f} MB, "
+            f"Anthropic {DEFAULT_MESSAGE_BATCH_BYTES / 1e6:.0f} MB).",
+            panel=BATCH,
+            metavar="N",
+        ),
+    ] = None,
     batch_max_tokens: Annotated[
         int | None,
         Opt(

@@ -27,6 +27,7 @@ from llmbatch.files import sidecars
 from llmbatch.modes.batch.mode import DEFAULT_BATCH_BYTES, DEFAULT_BATCH_REQUESTS, DEFAULT_POLL_EVERY
 from llmbatch.modes.live.engine import DEFAULT_CONCURRENCY, DEFAULT_CONNECT_GRACE
 from llmbatch.modes.outcome import DEFAULT_MAX_REQUESTS, DEFAULT_RETRY
+from llmbatch.providers.anthropic_batches import DEFAULT_MESSAGE_BATCH_BYTES, DEFAULT_MESSAGE_BATCH_REQUESTS
 from llmbatch.providers.base import DEFAULT_TIMEOUT
 from llmbatch.providers.fake import DEFAULT_LATENCY_MS as DEFAULT_FAKE_LATENCY_MS
 
@@ -98,8 +99,9 @@ class Settings:
     max_items: int | None = field(default=None, metadata=_at_least(1))
     cache: Path | None = None
     batch_api: bool = False
-    batch_requests: int = field(default=DEFAULT_BATCH_REQUESTS, metadata=_at_least(1))
-    batch_bytes: int = field(default=DEFAULT_BATCH_BYTES, metadata=_at_least(1024))
+    # Per batch at most; None: the provider's limits (`batch_limits`).
+    batch_requests: int | None = field(default=None, metadata=_at_least(1))
+    batch_bytes: int | None = field(default=None, metadata=_at_least(1024))
     batch_max_tokens: int | None = field(default=None, metadata=_at_least(1))
     poll_every: float = field(default=DEFAULT_POLL_EVERY, metadata=_at_least(0, strict=True))
     no_wait: bool = False
@@ -129,6 +131,16 @@ class Settings:
     def retry(self) -> RetryPolicy:
         """The run's retry policy: the engine's backoff, these counts and caps."""
         return replace(DEFAULT_RETRY, retries=self.max_retries, max_wait=self.max_retry_wait)
+
+    @property
+    def batch_limits(self) -> tuple[int, int]:
+        """Requests and bytes per batch at most: --batch-requests and --batch-bytes, else
+        the provider's (OpenAI: 50,000 and 200 MB; Anthropic: 100,000 and 256 MB)."""
+        if self.provider == "anthropic":
+            requests, size = DEFAULT_MESSAGE_BATCH_REQUESTS, DEFAULT_MESSAGE_BATCH_BYTES
+        else:
+            requests, size = DEFAULT_BATCH_REQUESTS, DEFAULT_BATCH_BYTES
+        return self.batch_requests or requests, self.batch_bytes or size
 
     @property
     def rejects_path(self) -> Path:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -17,6 +18,7 @@ from llmbatch.core.structured import response_format
 from llmbatch.core.tiers import DEFAULT_TIER, FLEX, tier_of
 from llmbatch.core.values import Request
 from llmbatch.cost.prices import FAKE_FREE, Price, price_for, table_price
+from llmbatch.files import sidecars
 from llmbatch.input.build import RequestBuilder, Template
 from llmbatch.output.records import server_hash
 from llmbatch.providers.base import Provider
@@ -24,10 +26,13 @@ from llmbatch.scale.shard import PER_OUTPUT, PLACEHOLDER, parse_shard
 from llmbatch.validate.asked import AskedSchema, asked_schema
 
 if TYPE_CHECKING:
+    from llmbatch.modes.batch.state import BatchState
+    from llmbatch.providers.openai_batches import BatchAPI
     from llmbatch.scale.budget import SharedBudget
 
 __all__ = [
     "base_url_of",
+    "batch_api",
     "builder_for",
     "for_shard",
     "join_budget",
@@ -116,6 +121,31 @@ def make_provider(settings: Settings) -> Provider:
         transport=settings.transport,
         timeout=settings.timeout,
     )
+
+
+def batch_api(
+    settings: Settings, provider: Provider, state: BatchState, log: Callable[[str], None]
+) -> BatchAPI:
+    """The provider's batches for --batch-api: OpenAI's Batch API through the SDK, or
+    Anthropic's Message Batches (their requests spooled beside the output)."""
+    if settings.provider == "anthropic":
+        from llmbatch.modes.batch.state import ChunkState
+        from llmbatch.providers.anthropic import AnthropicProvider
+        from llmbatch.providers.anthropic_batches import AnthropicBatches
+
+        assert isinstance(provider, AnthropicProvider)
+
+        def claimed() -> set[str]:
+            chunks = state.chunks(ChunkState.RUNNING, ChunkState.COLLECTED)
+            return {c.batch_id for c in chunks if c.batch_id}
+
+        spool = sidecars.batch_spool(settings.output)
+        return AnthropicBatches(provider, spool=spool, claimed=claimed, log=log)
+    from llmbatch.providers.openai import OpenAIProvider
+    from llmbatch.providers.openai_batches import RemoteBatches
+
+    assert isinstance(provider, OpenAIProvider)
+    return RemoteBatches(provider.client, log=log)
 
 
 def run_price(settings: Settings, model: str | None = None, tier: str | None = None) -> Price | None:
