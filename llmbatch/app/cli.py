@@ -28,6 +28,7 @@ from llmbatch.app.options import (
     MaxTokensOpt,
     ModelOpt,
     Opt,
+    OutputTpmOpt,
     ParamOpt,
     PriceInOpt,
     PriceOutOpt,
@@ -58,6 +59,7 @@ from llmbatch.app.settings import (
 from llmbatch.app.tools import estimate, merge, report
 from llmbatch.core.cachekey import DEFAULT_CACHE_KEY_MODE
 from llmbatch.core.errors import LLMBatchError
+from llmbatch.providers.anthropic_batches import DEFAULT_MESSAGE_BATCH_BYTES, DEFAULT_MESSAGE_BATCH_REQUESTS
 
 app = typer.Typer(
     name="llmbatch",
@@ -115,7 +117,13 @@ def run(
     # requests
     provider: ProviderOpt = "openai",
     base_url: Annotated[
-        str | None, Opt(help="API base URL, e.g. http://localhost:8000/v1.", panel=REQUEST, metavar="URL")
+        str | None,
+        Opt(
+            help="API base URL, e.g. http://localhost:8000/v1 (anthropic: https://api.anthropic.com, or "
+            "ANTHROPIC_BASE_URL).",
+            panel=REQUEST,
+            metavar="URL",
+        ),
     ] = None,
     api_key_file: Annotated[
         Path | None,
@@ -151,6 +159,7 @@ def run(
     ] = (DEFAULT_CONCURRENCY),
     rpm: RpmOpt = None,
     tpm: TpmOpt = None,
+    output_tpm: OutputTpmOpt = None,
     timeout: Annotated[
         float,
         Opt(
@@ -330,11 +339,23 @@ def run(
         ),
     ] = False,
     batch_requests: Annotated[
-        int, Opt(help="Requests per batch input file at most.", panel=BATCH, metavar="N")
-    ] = (DEFAULT_BATCH_REQUESTS),
+        int | None,
+        Opt(
+            help=f"Requests per batch at most (default: OpenAI {DEFAULT_BATCH_REQUESTS:,}, "
+            f"Anthropic {DEFAULT_MESSAGE_BATCH_REQUESTS:,}).",
+            panel=BATCH,
+            metavar="N",
+        ),
+    ] = None,
     batch_bytes: Annotated[
-        int, Opt(help="Bytes per batch input file at most.", panel=BATCH, metavar="N")
-    ] = DEFAULT_BATCH_BYTES,
+        int | None,
+        Opt(
+            help=f"Bytes per batch at most (default: OpenAI {DEFAULT_BATCH_BYTES / 1e6:.0f} MB, "
+            f"Anthropic {DEFAULT_MESSAGE_BATCH_BYTES / 1e6:.0f} MB).",
+            panel=BATCH,
+            metavar="N",
+        ),
+    ] = None,
     batch_max_tokens: Annotated[
         int | None,
         Opt(

@@ -62,7 +62,9 @@ def spent_usd(stats: Stats, price: Price | None) -> float | None:
     fallback = price.fallback if price is not None else None
     prompt, completion, cached = stats.fallback_tokens
     if fallback is None or not (prompt or completion):
-        return cost(price, stats.prompt_tokens, stats.completion_tokens, stats.cached_tokens)
+        return cost(
+            price, stats.prompt_tokens, stats.completion_tokens, stats.cached_tokens, stats.cache_write_tokens
+        )
     # A flex run's answers on the default tier (--flex-fallback) cost that tier's price.
     flex = cost(
         price,

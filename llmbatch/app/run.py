@@ -29,6 +29,7 @@ from llmbatch.app.display import Display, choose_mode
 from llmbatch.app.settings import Settings
 from llmbatch.app.summary import render_summary, summary_dict
 from llmbatch.app.wiring import (
+    batch_api,
     builder_for,
     for_shard,
     join_budget,
@@ -167,7 +168,14 @@ async def _run(
         if stdout is not None and settings.rejects is None
         else RejectsFile(settings.rejects_path)
     )
-    limits = Limits(rpm=settings.rpm, tpm=settings.tpm, shared=shared, max_pause=settings.max_retry_wait)
+    limits = Limits(
+        rpm=settings.rpm,
+        tpm=settings.tpm,
+        shared=shared,
+        max_pause=settings.max_retry_wait,
+        output_tpm=settings.output_tpm,
+        split_tokens=settings.provider == "anthropic",
+    )
     stats.pacer = limits
     outcomes = Outcomes(
         validator=validator,
@@ -276,21 +284,17 @@ def _batch_mode(
     if not settings.batch_api or state is None:
         return None
     from llmbatch.modes.batch.mode import BatchConfig, BatchMode
-    from llmbatch.providers.openai import OpenAIProvider
-    from llmbatch.providers.openai_batches import RemoteBatches
-
-    assert isinstance(provider, OpenAIProvider)
 
     async def live(judge: Outcomes, jobs: Iterator[Job]) -> None:
         await engine(judge).run(jobs)
 
     return BatchMode(
-        remote=RemoteBatches(provider.client, log=log),
+        remote=batch_api(settings, provider, state, log),
         state=state,
         outcomes=outcomes,
         config=BatchConfig(
-            requests_per_file=settings.batch_requests,
-            bytes_per_file=settings.batch_bytes,
+            requests_per_file=settings.batch_limits[0],
+            bytes_per_file=settings.batch_limits[1],
             max_tokens=settings.batch_max_tokens,
             poll_every=settings.poll_every,
             no_wait=settings.no_wait,

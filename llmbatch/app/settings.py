@@ -28,6 +28,7 @@ from llmbatch.files import sidecars
 from llmbatch.modes.batch.mode import DEFAULT_BATCH_BYTES, DEFAULT_BATCH_REQUESTS, DEFAULT_POLL_EVERY
 from llmbatch.modes.live.engine import DEFAULT_CONCURRENCY, DEFAULT_CONNECT_GRACE
 from llmbatch.modes.outcome import DEFAULT_MAX_REQUESTS, DEFAULT_RETRY
+from llmbatch.providers.anthropic_batches import DEFAULT_MESSAGE_BATCH_BYTES, DEFAULT_MESSAGE_BATCH_REQUESTS
 from llmbatch.providers.base import DEFAULT_TIMEOUT
 from llmbatch.providers.fake import DEFAULT_LATENCY_MS as DEFAULT_FAKE_LATENCY_MS
 
@@ -62,7 +63,7 @@ def _at_least(low: float, *, strict: bool = False) -> dict[str, Any]:
 class Settings:
     input: Path
     output: Path
-    provider: Literal["openai", "fake"] = "openai"
+    provider: Literal["openai", "fake", "anthropic"] = "openai"
     base_url: str | None = None
     api_key_file: Path | None = None
     model: str | None = None
@@ -74,6 +75,8 @@ class Settings:
     concurrency: int = field(default=DEFAULT_CONCURRENCY, metadata=_at_least(1))
     rpm: float | None = field(default=None, metadata=_at_least(0, strict=True))
     tpm: float | None = field(default=None, metadata=_at_least(0, strict=True))
+    # Output tokens per minute, limited apart from --tpm's input tokens (Anthropic's).
+    output_tpm: float | None = field(default=None, metadata=_at_least(0, strict=True))
     timeout: float | None = field(default=DEFAULT_TIMEOUT, metadata=_at_least(0, strict=True))
     max_requests: int = field(default=DEFAULT_MAX_REQUESTS, metadata=_at_least(1))
     max_retries: int = field(default=DEFAULT_MAX_RETRIES, metadata=_at_least(0))
@@ -100,8 +103,9 @@ class Settings:
     max_items: int | None = field(default=None, metadata=_at_least(1))
     cache: Path | None = None
     batch_api: bool = False
-    batch_requests: int = field(default=DEFAULT_BATCH_REQUESTS, metadata=_at_least(1))
-    batch_bytes: int = field(default=DEFAULT_BATCH_BYTES, metadata=_at_least(1024))
+    # Per batch at most; None: the provider's limits (`batch_limits`).
+    batch_requests: int | None = field(default=None, metadata=_at_least(1))
+    batch_bytes: int | None = field(default=None, metadata=_at_least(1024))
     batch_max_tokens: int | None = field(default=None, metadata=_at_least(1))
     poll_every: float = field(default=DEFAULT_POLL_EVERY, metadata=_at_least(0, strict=True))
     no_wait: bool = False
@@ -131,6 +135,16 @@ class Settings:
     def retry(self) -> RetryPolicy:
         """The run's retry policy: the engine's backoff, these counts and caps."""
         return replace(DEFAULT_RETRY, retries=self.max_retries, max_wait=self.max_retry_wait)
+
+    @property
+    def batch_limits(self) -> tuple[int, int]:
+        """Requests and bytes per batch at most: --batch-requests and --batch-bytes, else
+        the provider's (OpenAI: 50,000 and 200 MB; Anthropic: 100,000 and 256 MB)."""
+        if self.provider == "anthropic":
+            requests, size = DEFAULT_MESSAGE_BATCH_REQUESTS, DEFAULT_MESSAGE_BATCH_BYTES
+        else:
+            requests, size = DEFAULT_BATCH_REQUESTS, DEFAULT_BATCH_BYTES
+        return self.batch_requests or requests, self.batch_bytes or size
 
     @property
     def rejects_path(self) -> Path:
@@ -276,8 +290,9 @@ def _prices(value: Any, path: Path) -> dict[str, tuple[float, float]]:
         raise ConfigError(f"{path}: [prices.MODEL] needs numeric 'input' and 'output'") from None
 
 
-def read_api_key(api_key_file: Path | None) -> str | None:
-    """The API key from --api-key-file, else OPENAI_API_KEY. Never echoed anywhere."""
+def read_api_key(api_key_file: Path | None, env: str = "OPENAI_API_KEY") -> str | None:
+    """The API key from --api-key-file, else the variable `env` (OPENAI_API_KEY;
+    ANTHROPIC_API_KEY for --provider anthropic). Never echoed anywhere."""
     if api_key_file is not None:
         try:
             key = api_key_file.read_text(encoding="utf-8").strip()
@@ -286,4 +301,4 @@ def read_api_key(api_key_file: Path | None) -> str | None:
         if not key:
             raise ConfigError(f"API key file {api_key_file} is empty")
         return key
-    return os.environ.get("OPENAI_API_KEY") or None
+    return os.environ.get(env) or None

@@ -36,6 +36,7 @@ class Stats:
         "batches",
         "blank",
         "by_model",
+        "cache_write_tokens",
         "cached",
         "cached_tokens",
         "capacity_429",
@@ -123,6 +124,7 @@ class Stats:
         self.completion_tokens = 0
         self.cached_tokens = 0  # of the prompt tokens, read from the provider's cache
         self.reasoning_tokens = 0  # of the completion tokens, spent reasoning
+        self.cache_write_tokens = 0  # of the prompt tokens, written to the provider's cache
         self.started = time.monotonic()
         self.finished: float | None = None
         # Why the run is stopping early, once it is: the one place that says so.
@@ -214,6 +216,7 @@ class Stats:
             "completion_tokens": self.completion_tokens,
             "cached_tokens": self.cached_tokens,
             "reasoning_tokens": self.reasoning_tokens,
+            "cache_write_tokens": self.cache_write_tokens,
             "elapsed_s": round(self.elapsed, 3),
             "requests_per_min": round(self.rpm, 1),
             "tokens_per_min": round(self.tpm, 1),

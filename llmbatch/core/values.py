@@ -146,6 +146,7 @@ class Finished:
     completion_tokens: int = 0
     cached_tokens: int = 0  # of the prompt tokens, those the provider read from its cache
     reasoning_tokens: int = 0  # of the completion tokens, those spent reasoning
+    cache_write_tokens: int = 0  # of the prompt tokens, those written to the provider's cache
     last: Completion | None = None  # the last answer, if any
     reason: str | None = None  # why the last answer is invalid
     cause: Cause | None = None  # the last answer refused or truncated (not for failures)

@@ -110,7 +110,13 @@ class SpendingCap:
         self.reserved -= amount
         if isinstance(outcome, Usage):
             price = self.price_of(request)
-            real = cost(price, outcome.prompt_tokens, outcome.completion_tokens, outcome.cached_tokens)
+            real = cost(
+                price,
+                outcome.prompt_tokens,
+                outcome.completion_tokens,
+                outcome.cached_tokens,
+                outcome.cache_write_tokens,
+            )
             self.spent += real or 0.0
         elif (
             outcome is None

@@ -247,6 +247,8 @@ class RequestBuilder:
             elif not own:
                 message = f"--max-tokens has no meaning for {endpoint.path} (its answers have no length)"
                 raise InputError(message, line=line, kind="no_max_tokens")
+        if endpoint.default_max_tokens is not None and endpoint.max_tokens_key is not None:
+            body.setdefault(endpoint.max_tokens_key, endpoint.default_max_tokens)
         if self.schema is not None:
             for key, value in endpoint.schema_params(self.schema).items():
                 body.setdefault(key, value)

@@ -210,11 +210,13 @@ class Outcomes:
         stats.completion_tokens += usage.completion_tokens
         stats.cached_tokens += usage.cached_tokens
         stats.reasoning_tokens += usage.reasoning_tokens
+        stats.cache_write_tokens += usage.cache_write_tokens
         item.requests += 1
         item.prompt_tokens += usage.prompt_tokens
         item.completion_tokens += usage.completion_tokens
         item.cached_tokens += usage.cached_tokens
         item.reasoning_tokens += usage.reasoning_tokens
+        item.cache_write_tokens += usage.cache_write_tokens
         item.last = completion
         item.latency_ms = completion.latency_ms
         if item.capacity_429s and self.flex_fallback is not None:
@@ -260,7 +262,7 @@ class Outcomes:
         """What the re-ask sends, by the endpoint: the same request (chat), or one that
         carries the answer and the reason (Responses, completions). It keeps the first
         request's fingerprint: it is still that request's answer."""
-        body = completion.endpoint.reask(item.request.body, completion.text, reason)
+        body = completion.endpoint.reask_after(item.request.body, completion.body, completion.text, reason)
         if body is not None:
             item.request = dataclasses.replace(item.request, body=body)
 

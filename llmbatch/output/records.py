@@ -92,6 +92,8 @@ def batch_record(f: Finished, server: str = "") -> dict[str, Any]:
         usage["cached_tokens"] = f.cached_tokens
     if f.reasoning_tokens:
         usage["reasoning_tokens"] = f.reasoning_tokens
+    if f.cache_write_tokens:
+        usage["cache_write_tokens"] = f.cache_write_tokens
     meta: dict[str, Any] = {
         "line": req.line,
         "requests": f.requests,

@@ -43,4 +43,5 @@ class Job(Finished):
             cached_tokens=tally.cached_tokens,
             reasoning_tokens=tally.reasoning_tokens,
             rung=tally.rung,
+            cache_write_tokens=tally.cache_write_tokens,
         )
