@@ -16,6 +16,7 @@ from llmbatch.app.options import (
     DISPLAY,
     INPUT,
     LIMITS,
+    METRICS,
     OFFLINE,
     OUTPUT,
     REQUEST,
@@ -51,6 +52,8 @@ from llmbatch.app.settings import (
     DEFAULT_MAX_REQUESTS,
     DEFAULT_MAX_RETRIES,
     DEFAULT_MAX_RETRY_WAIT,
+    DEFAULT_METRICS_EVERY,
+    DEFAULT_METRICS_JOB,
     DEFAULT_POLL_EVERY,
     DEFAULT_PROGRESS_EVERY,
     DEFAULT_TIMEOUT,
@@ -439,6 +442,31 @@ def run(
             panel=SCALE,
         ),
     ] = None,
+    # metrics for Prometheus (llmbatch.app.metrics)
+    metrics_file: Annotated[
+        Path | None,
+        Opt(
+            help="Write the run's metrics in Prometheus' text format here, renewed atomically every "
+            "--metrics-every seconds and at the end (node_exporter's textfile collector reads *.prom).",
+            panel=METRICS,
+            metavar="FILE",
+        ),
+    ] = None,
+    pushgateway: Annotated[
+        str | None,
+        Opt(
+            help="Push the run's metrics to this Prometheus Pushgateway (e.g. http://pushgateway:9091) "
+            "every --metrics-every seconds and at the end, grouped by job and shard.",
+            panel=METRICS,
+            metavar="URL",
+        ),
+    ] = None,
+    metrics_job: Annotated[
+        str, Opt(help="The Pushgateway job the metrics are pushed under.", panel=METRICS, metavar="NAME")
+    ] = DEFAULT_METRICS_JOB,
+    metrics_every: Annotated[
+        float, Opt(help="Seconds between metrics rewrites and pushes.", panel=METRICS, metavar="N")
+    ] = DEFAULT_METRICS_EVERY,
 ) -> None:
     """Send one request per input line and append one result line per item to OUTPUT."""
     from llmbatch.app.run import run as run_all

@@ -3,22 +3,31 @@ the hot path formats, locks or allocates); the display and the summary only read
 
 from __future__ import annotations
 
+import bisect
 import time
 from collections import Counter
 from typing import Any, Protocol
 
 from llmbatch.core.errors import Stop
 
-__all__ = ["NOT_VALID_SHOWN", "Pacer", "Stats"]
+__all__ = ["LATENCY_BUCKETS_MS", "NOT_VALID_SHOWN", "Pacer", "Stats"]
 
 # How many of the items written not valid the summary names.
 NOT_VALID_SHOWN = 10
+# The upper bounds of the answers' latency histogram, in milliseconds (the metrics'
+# `llmbatch_request_latency_seconds`): from a local server's tens of milliseconds to a
+# long answer's minutes.
+LATENCY_BUCKETS_MS = (50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 30_000, 60_000, 120_000, 300_000)
 
 
 class Pacer(Protocol):
     """What the display reads of the limits (see `llmbatch.schedule.limits.Limits`)."""
 
     def status(self) -> str | None: ...
+
+    def condition(self) -> tuple[str, str | None]:
+        """The state in one word, and `status`'s words."""
+        ...
 
     def paced_rpm(self) -> float | None: ...
 
@@ -53,6 +62,8 @@ class Stats:
         "invalid",
         "kept",
         "last_error",
+        "latency_counts",
+        "latency_sum_ms",
         "model",
         "not_valid",
         "pacer",
@@ -135,6 +146,15 @@ class Stats:
         self.phases: dict[str, float] = {}
         self.rpm_limit: float | None = None
         self.tpm_limit: float | None = None
+        # The live answers' latencies: a count per bucket of LATENCY_BUCKETS_MS (the last
+        # one: slower than all), and their sum.
+        self.latency_counts = [0] * (len(LATENCY_BUCKETS_MS) + 1)
+        self.latency_sum_ms = 0.0
+
+    def answered_in(self, latency_ms: float) -> None:
+        """Count one live answer's latency in the histogram."""
+        self.latency_counts[bisect.bisect_left(LATENCY_BUCKETS_MS, latency_ms)] += 1
+        self.latency_sum_ms += latency_ms
 
     @property
     def elapsed(self) -> float:

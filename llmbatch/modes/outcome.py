@@ -219,6 +219,8 @@ class Outcomes:
         item.cache_write_tokens += usage.cache_write_tokens
         item.last = completion
         item.latency_ms = completion.latency_ms
+        if via == "live":
+            stats.answered_in(completion.latency_ms)
         if item.capacity_429s and self.flex_fallback is not None:
             self._fallen_back(item, usage)
         ladder = self.ladder
