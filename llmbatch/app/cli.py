@@ -122,8 +122,8 @@ def run(
     base_url: Annotated[
         str | None,
         Opt(
-            help="API base URL, e.g. http://localhost:8000/v1 (anthropic: https://api.anthropic.com, or "
-            "ANTHROPIC_BASE_URL).",
+            help="API base URL, e.g. http://localhost:8000/v1 (else OPENAI_BASE_URL, or for anthropic "
+            "ANTHROPIC_BASE_URL, else the provider's own).",
             panel=REQUEST,
             metavar="URL",
         ),
