@@ -29,6 +29,7 @@ from llmbatch.app.display import Display, choose_mode
 from llmbatch.app.settings import Settings
 from llmbatch.app.summary import render_summary, summary_dict
 from llmbatch.app.wiring import (
+    batch_api,
     builder_for,
     for_shard,
     join_budget,
@@ -48,6 +49,7 @@ from llmbatch.input.source import Source
 from llmbatch.modes.batch.state import BatchState
 from llmbatch.modes.control import RunControl
 from llmbatch.modes.live.engine import Engine, EngineConfig, Job
+from llmbatch.modes.live.lookahead import grouped
 from llmbatch.modes.outcome import Outcomes
 from llmbatch.output.rewrite import compact
 from llmbatch.output.writers import InOrder, OutputFile, RejectsFile, StderrRejects
@@ -209,7 +211,14 @@ async def _run(
         if stdout is not None and settings.rejects is None
         else RejectsFile(settings.rejects_path)
     )
-    limits = Limits(rpm=settings.rpm, tpm=settings.tpm, shared=shared, max_pause=settings.max_retry_wait)
+    limits = Limits(
+        rpm=settings.rpm,
+        tpm=settings.tpm,
+        shared=shared,
+        max_pause=settings.max_retry_wait,
+        output_tpm=settings.output_tpm,
+        split_tokens=settings.provider == "anthropic",
+    )
     stats.pacer = limits
     outcomes = Outcomes(
         validator=validator,
@@ -223,6 +232,7 @@ async def _run(
         log=display.log,
         error=display.error,
         flex_fallback=settings.flex_fallback,
+        escalate=settings.escalate,
     )
     config = EngineConfig(
         concurrency=settings.concurrency,
@@ -257,6 +267,10 @@ async def _run(
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, on_signal, sig.name)
+    # Bodies may carry prompt cache keys of their own: those of a key go out close
+    # together (a template's requests all carry one key, and need no look-ahead).
+    lookahead = settings.prompt is None and settings.prompt_cache_key != "off"
+    lookahead = lookahead and not (stdout is not None and settings.ordered)
     tune_gc()
     display.start()
     pending = ExitCode.OK
@@ -264,7 +278,7 @@ async def _run(
         if batches is not None:
             pending = await batches.run(requests, live.reject)
         else:
-            await live.run(requests)
+            await live.run(grouped(requests) if lookahead else requests)
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError, RuntimeError):
@@ -316,21 +330,17 @@ def _batch_mode(
     if not settings.batch_api or state is None:
         return None
     from llmbatch.modes.batch.mode import BatchConfig, BatchMode
-    from llmbatch.providers.openai import OpenAIProvider
-    from llmbatch.providers.openai_batches import RemoteBatches
-
-    assert isinstance(provider, OpenAIProvider)
 
     async def live(judge: Outcomes, jobs: Iterator[Job]) -> None:
         await engine(judge).run(jobs)
 
     return BatchMode(
-        remote=RemoteBatches(provider.client, log=log),
+        remote=batch_api(settings, provider, state, log),
         state=state,
         outcomes=outcomes,
         config=BatchConfig(
-            requests_per_file=settings.batch_requests,
-            bytes_per_file=settings.batch_bytes,
+            requests_per_file=settings.batch_limits[0],
+            bytes_per_file=settings.batch_limits[1],
             max_tokens=settings.batch_max_tokens,
             poll_every=settings.poll_every,
             no_wait=settings.no_wait,

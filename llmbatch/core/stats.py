@@ -44,12 +44,15 @@ class Stats:
         "answers",
         "batches",
         "blank",
+        "by_model",
+        "cache_write_tokens",
         "cached",
         "cached_tokens",
         "capacity_429",
         "completion_tokens",
         "counts_skipped",
         "done",
+        "escalated",
         "failed",
         "fallback_tokens",
         "fallbacks",
@@ -124,10 +127,15 @@ class Stats:
         # Of the tokens above, those of answers on the default tier after a fallback
         # (prompt, completion, cached): they cost the default tier's price.
         self.fallback_tokens = [0, 0, 0]
+        # --escalate: items moved on to the next model, and per model (in the order first
+        # met) [items written, answers, prompt, completion, cached tokens].
+        self.escalated = 0
+        self.by_model: dict[str, list[int]] = {}
         self.prompt_tokens = 0
         self.completion_tokens = 0
         self.cached_tokens = 0  # of the prompt tokens, read from the provider's cache
         self.reasoning_tokens = 0  # of the completion tokens, spent reasoning
+        self.cache_write_tokens = 0  # of the prompt tokens, written to the provider's cache
         self.started = time.monotonic()
         self.finished: float | None = None
         # Why the run is stopping early, once it is: the one place that says so.
@@ -222,11 +230,13 @@ class Stats:
             "http_429": self.http_429,
             "capacity_429": self.capacity_429,
             "fallbacks": self.fallbacks,
+            "escalated": self.escalated,
             "pace_cuts": self.pacer.cuts if self.pacer is not None else 0,
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
             "cached_tokens": self.cached_tokens,
             "reasoning_tokens": self.reasoning_tokens,
+            "cache_write_tokens": self.cache_write_tokens,
             "elapsed_s": round(self.elapsed, 3),
             "requests_per_min": round(self.rpm, 1),
             "tokens_per_min": round(self.tpm, 1),
