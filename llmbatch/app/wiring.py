@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 from llmbatch.app.checks import DEFAULT_BASE_URL, check_api_key
 from llmbatch.app.settings import Settings
 from llmbatch.core.cachekey import prompt_cache_key, sends_key
-from llmbatch.core.endpoints import CHAT, ENDPOINTS, MESSAGES, RESPONSES, known_endpoints, normalise_endpoint
+from llmbatch.core.endpoints import CHAT, ENDPOINTS, MESSAGES, known_endpoints, normalise_endpoint
 from llmbatch.core.errors import ConfigError
 from llmbatch.core.structured import response_format
 from llmbatch.core.tiers import DEFAULT_TIER, FLEX, tier_of
@@ -86,8 +86,9 @@ def attacher_for(settings: Settings, endpoint: str | None) -> Attacher | None:
         return None
     if settings.prompt is None:
         raise ConfigError("--attach adds files to data items' prompts: give --prompt or --template")
-    if endpoint not in (None, CHAT, RESPONSES):
-        raise ConfigError(f"--attach: {endpoint} takes no attachments (chat completions and responses do)")
+    if not ENDPOINTS[endpoint or CHAT].takes_attachments:
+        takes = ", ".join(path for path, e in ENDPOINTS.items() if e.takes_attachments)
+        raise ConfigError(f"--attach: {endpoint} takes no attachments ({takes} do)")
     folder = Path.cwd() if str(settings.input) == "-" else settings.input.absolute().parent
     # A provider with limits of its own has its row in LIMITS; the others are OpenAI-compatible.
     return Attacher(tuple(settings.attach), folder, LIMITS.get(settings.provider, LIMITS["openai"]))

@@ -105,6 +105,10 @@ class Endpoint:
     bare_key: str | None = None
     text_answers: bool = True
     takes_validators: bool = True
+    # Whether `attach` puts images and PDFs in its body (--attach): chat's and the
+    # Responses API's do; another endpoint that can (the Messages API's image and
+    # document blocks) sets it and overrides `attach`.
+    takes_attachments: bool = False
     # The ceiling a body gets when neither it nor --max-tokens gives one: for an API
     # that refuses a request without (Anthropic's); None: the body goes without.
     default_max_tokens: int | None = None

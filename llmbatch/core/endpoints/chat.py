@@ -65,6 +65,7 @@ class Chat(Endpoint):
     max_tokens_key = "max_tokens"
     prompt_keys = ("messages",)
     bare_key = "messages"
+    takes_attachments = True
 
     def from_text(self, text: str, system: str | None) -> dict[str, Any]:
         messages = [{"role": "user", "content": text}]

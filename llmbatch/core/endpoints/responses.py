@@ -62,6 +62,7 @@ class Responses(Endpoint):
     ceiling_keys = ("max_output_tokens",)
     max_tokens_key = "max_output_tokens"
     prompt_keys = ("input", "instructions")
+    takes_attachments = True
 
     def from_text(self, text: str, system: str | None) -> dict[str, Any]:
         body: dict[str, Any] = {"input": text}
