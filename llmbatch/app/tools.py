@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import orjson
 import typer
@@ -38,6 +38,9 @@ from llmbatch.app.options import (
 )
 from llmbatch.core.endpoints import DEFAULT_ANSWER_TOKENS
 from llmbatch.core.errors import LLMBatchError
+
+if TYPE_CHECKING:
+    from llmbatch.app.report import Report
 
 __all__ = ["estimate", "merge", "report"]
 
@@ -109,6 +112,16 @@ def report(
     json_output: Annotated[
         bool, Opt("--json", help="Print the report as JSON.", panel=DISPLAY, metavar="")
     ] = False,
+    html: Annotated[
+        str | None,
+        Opt(
+            "--html",
+            help="Also write one self-contained HTML page of charts to FILE (- for stdout); needs "
+            "the report extra.",
+            panel=DISPLAY,
+            metavar="FILE",
+        ),
+    ] = None,
     price_in: Annotated[
         float | None, Opt(help="USD per million prompt tokens.", panel=DISPLAY, metavar="N")
     ] = None,
@@ -120,13 +133,49 @@ def report(
     from llmbatch.app.report import format_report, read_report
 
     try:
-        found = read_report(outputs, price_in=price_in, price_out=price_out)
+        if html is None:
+            found = read_report(outputs, price_in=price_in, price_out=price_out)
+        else:
+            found = _html_report(outputs, html, price_in=price_in, price_out=price_out)
     except LLMBatchError as exc:
         raise fail(str(exc)) from None
+    if html == "-":
+        return  # standard output holds the page
     if json_output:
         typer.echo(orjson.dumps(found.as_dict(), option=orjson.OPT_INDENT_2).decode())
     else:
         typer.echo(format_report(found))
+
+
+def _html_report(
+    outputs: list[Path], target: str, *, price_in: float | None, price_out: float | None
+) -> Report:
+    """Read the outputs once for the report and the page's charts; write the page."""
+    from llmbatch.app.page import INSTALL
+
+    try:
+        from plotly.offline import get_plotlyjs
+    except ImportError:
+        raise fail(f"report --html needs plotly, the report extra: {INSTALL}") from None
+    from llmbatch.app.aggregate import read_aggregates
+    from llmbatch.app.charts import figures
+    from llmbatch.app.page import render_page
+
+    found, agg = read_aggregates(outputs, price_in=price_in, price_out=price_out)
+    page = render_page(found, agg, figures(found, agg), get_plotlyjs()).encode()
+    try:
+        if target == "-":
+            sys.stdout.buffer.write(page)
+            sys.stdout.buffer.flush()
+        else:
+            Path(target).write_bytes(page)
+    except BrokenPipeError:
+        raise fail("standard output was closed by its reader") from None
+    except OSError as exc:
+        raise fail(f"cannot write the page: {exc.strerror or exc}: {target}") from None
+    if target != "-":
+        typer.echo(f"report page: {target} ({len(page) / 1e6:.1f} MB)", err=True)
+    return found
 
 
 def merge(
