@@ -183,9 +183,10 @@ class Aggregates:
                 if len(seconds) > SECONDS:
                     self.seconds[index] = None
         via = fields["via"] or "live"
-        for tallies, key in ((self.by_model, model), (self.by_mode, via)):
-            if key is model and not (fields["model"] or tokens):
-                continue  # a failure with no answer: no model to name
+        pairs = [(self.by_mode, via)]
+        if fields["model"] or tokens:  # a failure with no answer has no model to name
+            pairs.append((self.by_model, model))
+        for tallies, key in pairs:
             tally = tallies.get(key)
             if tally is None:
                 tally = tallies[key] = Tally()

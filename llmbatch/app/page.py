@@ -10,8 +10,11 @@ escaped, read by the page's script.
 from __future__ import annotations
 
 import html
+import importlib.util
 import secrets
-from typing import Any
+import shutil
+from pathlib import Path
+from typing import Any, BinaryIO
 
 import orjson
 
@@ -19,7 +22,7 @@ from llmbatch.app.aggregate import Aggregates, Failure
 from llmbatch.app.format import usd
 from llmbatch.app.report import Report, answers_needed, finished_span, when
 
-__all__ = ["INSTALL", "SECTIONS", "render_page"]
+__all__ = ["INSTALL", "SECTIONS", "plotly_js", "write_page"]
 
 INSTALL = "pip install 'llmbatch[report]'"
 
@@ -145,8 +148,20 @@ def _chart(name: str) -> str:
     return f'<div class="chart" id="chart-{name}" data-chart="{name}"></div>'
 
 
-def render_page(report: Report, agg: Aggregates, charts: dict[str, Any], plotly_js: str) -> str:
-    """The whole page: `charts` are plotly figures by section (llmbatch.app.charts)."""
+def plotly_js() -> Path | None:
+    """plotly.js as the plotly package ships it, None without the package (the report
+    extra). Found, not imported: the page needs the file, not the Python side."""
+    spec = importlib.util.find_spec("plotly")
+    for folder in (spec.submodule_search_locations or []) if spec is not None else []:
+        path = Path(folder) / "package_data" / "plotly.min.js"
+        if path.is_file():
+            return path
+    return None
+
+
+def write_page(out: BinaryIO, report: Report, agg: Aggregates, charts: dict[str, Any], script: Path) -> None:
+    """The whole page, to `out`: `charts` are plotly.js figures by section
+    (llmbatch.app.charts), `script` plotly.js itself (copied in, never held whole)."""
     nonce = secrets.token_urlsafe(16)
     csp = (
         f"default-src 'none'; script-src 'nonce-{nonce}'; style-src 'unsafe-inline'; "
@@ -171,21 +186,25 @@ def render_page(report: Report, agg: Aggregates, charts: dict[str, Any], plotly_
     ) + _failures("codes", "error codes", agg.codes.top(), agg.codes.forgotten)
     charted = "batches" in charts
     bodies["batches"] = (_chart("batches") if charted else "") + _batches(agg, charted)
-    data = b"{%s}" % b",".join(orjson.dumps(k) + b":" + fig.to_json().encode() for k, fig in charts.items())
+    data = orjson.dumps(charts)
     data = data.replace(b"<", b"\\u003c").replace(b">", b"\\u003e").replace(b"&", b"\\u0026")
     sections = "".join(_section(sid, heading, bodies[sid]) for sid, heading in SECTIONS)
-    script = (
+    run = (
         "const figures=JSON.parse(document.getElementById('figures').textContent);"
         "for(const [name,fig] of Object.entries(figures)){"
         "Plotly.newPlot('chart-'+name,fig.data,fig.layout,{displaylogo:false,responsive:true});}"
     )
-    return (
-        '<!doctype html><html lang="en"><head><meta charset="utf-8">'
-        f'<meta http-equiv="Content-Security-Policy" content="{csp}">'
-        '<meta name="viewport" content="width=device-width,initial-scale=1">'
-        f"<title>llmbatch report: {_e(finished_span(report))}</title><style>{_STYLE}</style></head><body>"
-        f"<h1>llmbatch report</h1>{sections}"
-        f'<script type="application/json" id="figures">{data.decode()}</script>'
-        f'<script nonce="{nonce}">{plotly_js}</script><script nonce="{nonce}">{script}</script>'
-        "</body></html>\n"
+    out.write(
+        (
+            '<!doctype html><html lang="en"><head><meta charset="utf-8">'
+            f'<meta http-equiv="Content-Security-Policy" content="{csp}">'
+            '<meta name="viewport" content="width=device-width,initial-scale=1">'
+            f"<title>llmbatch report: {_e(finished_span(report))}</title><style>{_STYLE}</style></head><body>"
+            f'<h1>llmbatch report</h1>{sections}<script type="application/json" id="figures">'
+        ).encode()
     )
+    out.write(data)
+    out.write(f'</script><script nonce="{nonce}">'.encode())
+    with script.open("rb") as js:
+        shutil.copyfileobj(js, out)
+    out.write(f'</script><script nonce="{nonce}">{run}</script></body></html>\n'.encode())
