@@ -198,7 +198,8 @@ def test_older_lines_without_a_finish_time_read_and_say_so(run_cli, mixed, tmp_p
 
 
 def test_without_a_batch_record_the_batches_are_listed_by_id(run_cli, mixed, tmp_path):
-    """An output copied away from its batch record: its batches are listed by id."""
+    """An output copied away from its batch record: its batches are listed by id; the
+    two files together are two series over time."""
     copy = tmp_path / "copy.jsonl"
     copy.write_bytes(mixed.read_bytes())
     assert not sidecars.batches(copy).exists()
@@ -207,6 +208,11 @@ def test_without_a_batch_record_the_batches_are_listed_by_id(run_cli, mixed, tmp
     html = target.read_text()
     assert "batch ids only" in html and 'data-chart="batches"' not in html
     assert len(re.findall(r"<li><code>batch_", html)) >= 3
+    both = tmp_path / "both.html"
+    assert run_cli("report", mixed, copy, "--html", both).exit_code == 0
+    figures = orjson.loads(re.search(r'id="figures">(.*?)</script>', both.read_text(), re.S)[1])  # type: ignore[index]
+    series = [t["name"].rsplit("/", 1)[-1] for t in figures["timeline"]["data"] if t["showlegend"]]
+    assert series == ["out.jsonl", "copy.jsonl"]  # one series per file, named by its path's end
 
 
 def test_the_page_can_go_to_stdout(run_cli, mixed):

@@ -40,9 +40,12 @@ _BASE: dict[str, Any] = {
 }
 
 
-def label(text: str) -> str:
-    """A text from the outputs, safe and short enough for a chart's label."""
-    return html.escape(text if len(text) <= _LABEL else text[: _LABEL - 1] + "…")
+def label(text: str, *, tail: bool = False) -> str:
+    """A text from the outputs, safe and short enough for a chart's label: its start,
+    or with `tail` its end (a file's path ends with its name)."""
+    if len(text) > _LABEL:
+        text = "…" + text[1 - _LABEL :] if tail else text[: _LABEL - 1] + "…"
+    return html.escape(text)
 
 
 def _iso(ms: float) -> str:
@@ -142,7 +145,7 @@ def _timeline(agg: Aggregates) -> Figure | None:
         if not keys:
             continue
         x = [_iso(m * ms) for m in keys]
-        name = label(agg.files[index])
+        name = label(agg.files[index], tail=True)
         colour = _COLOURS[index % len(_COLOURS)]
         mode = "lines" if len(keys) > 30 else "lines+markers"  # a point or two must show
         for row in range(3):
