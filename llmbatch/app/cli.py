@@ -16,6 +16,7 @@ from llmbatch.app.options import (
     DISPLAY,
     INPUT,
     LIMITS,
+    METRICS,
     OFFLINE,
     OUTPUT,
     REQUEST,
@@ -28,6 +29,7 @@ from llmbatch.app.options import (
     MaxTokensOpt,
     ModelOpt,
     Opt,
+    OutputTpmOpt,
     ParamOpt,
     PriceInOpt,
     PriceOutOpt,
@@ -50,13 +52,17 @@ from llmbatch.app.settings import (
     DEFAULT_MAX_REQUESTS,
     DEFAULT_MAX_RETRIES,
     DEFAULT_MAX_RETRY_WAIT,
+    DEFAULT_METRICS_EVERY,
+    DEFAULT_METRICS_JOB,
     DEFAULT_POLL_EVERY,
     DEFAULT_PROGRESS_EVERY,
     DEFAULT_TIMEOUT,
     FLEX_TIMEOUT,
 )
 from llmbatch.app.tools import estimate, merge, report
+from llmbatch.core.cachekey import DEFAULT_CACHE_KEY_MODE
 from llmbatch.core.errors import LLMBatchError
+from llmbatch.providers.anthropic_batches import DEFAULT_MESSAGE_BATCH_BYTES, DEFAULT_MESSAGE_BATCH_REQUESTS
 
 app = typer.Typer(
     name="llmbatch",
@@ -114,7 +120,13 @@ def run(
     # requests
     provider: ProviderOpt = "openai",
     base_url: Annotated[
-        str | None, Opt(help="API base URL, e.g. http://localhost:8000/v1.", panel=REQUEST, metavar="URL")
+        str | None,
+        Opt(
+            help="API base URL, e.g. http://localhost:8000/v1 (else OPENAI_BASE_URL, or for anthropic "
+            "ANTHROPIC_BASE_URL, else the provider's own).",
+            panel=REQUEST,
+            metavar="URL",
+        ),
     ] = None,
     api_key_file: Annotated[
         Path | None,
@@ -150,6 +162,7 @@ def run(
     ] = (DEFAULT_CONCURRENCY),
     rpm: RpmOpt = None,
     tpm: TpmOpt = None,
+    output_tpm: OutputTpmOpt = None,
     timeout: Annotated[
         float,
         Opt(
@@ -217,6 +230,15 @@ def run(
             metavar="",
         ),
     ] = False,
+    escalate: Annotated[
+        list[str] | None,
+        Opt(
+            help="Ask an item still invalid after its --max-requests again on MODEL, with a fresh count "
+            "(repeatable: the next one after that); the output says which model answered.",
+            panel=VALIDATION,
+            metavar="MODEL",
+        ),
+    ] = None,
     # output
     merged: Annotated[
         bool,
@@ -299,6 +321,16 @@ def run(
             metavar="FILE",
         ),
     ] = None,
+    prompt_cache_key: Annotated[
+        str,
+        Opt(
+            help="The prompt_cache_key templated requests carry (from the template's fixed prefix and "
+            "--system, so the provider's prompt cache serves them): openai sends it to OpenAI's API "
+            "only, auto (or on) to any server, off never. A body's own key is kept.",
+            panel=RERUN,
+            metavar="openai|auto|on|off",
+        ),
+    ] = DEFAULT_CACHE_KEY_MODE,
     # batch API
     batch_api: Annotated[
         bool,
@@ -310,11 +342,23 @@ def run(
         ),
     ] = False,
     batch_requests: Annotated[
-        int, Opt(help="Requests per batch input file at most.", panel=BATCH, metavar="N")
-    ] = (DEFAULT_BATCH_REQUESTS),
+        int | None,
+        Opt(
+            help=f"Requests per batch at most (default: OpenAI {DEFAULT_BATCH_REQUESTS:,}, "
+            f"Anthropic {DEFAULT_MESSAGE_BATCH_REQUESTS:,}).",
+            panel=BATCH,
+            metavar="N",
+        ),
+    ] = None,
     batch_bytes: Annotated[
-        int, Opt(help="Bytes per batch input file at most.", panel=BATCH, metavar="N")
-    ] = DEFAULT_BATCH_BYTES,
+        int | None,
+        Opt(
+            help=f"Bytes per batch at most (default: OpenAI {DEFAULT_BATCH_BYTES / 1e6:.0f} MB, "
+            f"Anthropic {DEFAULT_MESSAGE_BATCH_BYTES / 1e6:.0f} MB).",
+            panel=BATCH,
+            metavar="N",
+        ),
+    ] = None,
     batch_max_tokens: Annotated[
         int | None,
         Opt(
@@ -398,6 +442,31 @@ def run(
             panel=SCALE,
         ),
     ] = None,
+    # metrics for Prometheus (llmbatch.app.metrics)
+    metrics_file: Annotated[
+        Path | None,
+        Opt(
+            help="Write the run's metrics in Prometheus' text format here, renewed atomically every "
+            "--metrics-every seconds and at the end (node_exporter's textfile collector reads *.prom).",
+            panel=METRICS,
+            metavar="FILE",
+        ),
+    ] = None,
+    pushgateway: Annotated[
+        str | None,
+        Opt(
+            help="Push the run's metrics to this Prometheus Pushgateway (e.g. http://pushgateway:9091) "
+            "every --metrics-every seconds and at the end, grouped by job and shard.",
+            panel=METRICS,
+            metavar="URL",
+        ),
+    ] = None,
+    metrics_job: Annotated[
+        str, Opt(help="The Pushgateway job the metrics are pushed under.", panel=METRICS, metavar="NAME")
+    ] = DEFAULT_METRICS_JOB,
+    metrics_every: Annotated[
+        float, Opt(help="Seconds between metrics rewrites and pushes.", panel=METRICS, metavar="N")
+    ] = DEFAULT_METRICS_EVERY,
 ) -> None:
     """Send one request per input line and append one result line per item to OUTPUT."""
     from llmbatch.app.run import run as run_all

@@ -6,17 +6,20 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from llmbatch.app.checks import DEFAULT_BASE_URL, check_api_key
 from llmbatch.app.settings import Settings
-from llmbatch.core.endpoints import ENDPOINTS, known_endpoints, normalise_endpoint
+from llmbatch.core.cachekey import prompt_cache_key, sends_key
+from llmbatch.core.endpoints import ENDPOINTS, MESSAGES, known_endpoints, normalise_endpoint
 from llmbatch.core.errors import ConfigError
 from llmbatch.core.structured import response_format
 from llmbatch.core.tiers import DEFAULT_TIER, FLEX, tier_of
 from llmbatch.core.values import Request
 from llmbatch.cost.prices import FAKE_FREE, Price, price_for, table_price
+from llmbatch.files import sidecars
 from llmbatch.input.build import RequestBuilder, Template
 from llmbatch.output.records import server_hash
 from llmbatch.providers.base import Provider
@@ -24,10 +27,13 @@ from llmbatch.scale.shard import PER_OUTPUT, PLACEHOLDER, parse_shard
 from llmbatch.validate.asked import AskedSchema, asked_schema
 
 if TYPE_CHECKING:
+    from llmbatch.modes.batch.state import BatchState
+    from llmbatch.providers.openai_batches import BatchAPI
     from llmbatch.scale.budget import SharedBudget
 
 __all__ = [
     "base_url_of",
+    "batch_api",
     "builder_for",
     "for_shard",
     "join_budget",
@@ -42,7 +48,7 @@ __all__ = [
 
 def builder_for(settings: Settings) -> RequestBuilder:
     """The builder a run's settings ask for (run and estimate alike)."""
-    endpoint = None
+    endpoint = MESSAGES if settings.provider == "anthropic" else None
     if settings.endpoint is not None:
         endpoint = normalise_endpoint(settings.endpoint)
         if endpoint is None:
@@ -51,6 +57,9 @@ def builder_for(settings: Settings) -> RequestBuilder:
     if settings.service_tier is not None:
         params.setdefault("service_tier", settings.service_tier)
     asked = schema_asked(settings)
+    cache_key = None
+    if settings.prompt is not None and sends_key(settings.prompt_cache_key, base_url_of(settings)):
+        cache_key = prompt_cache_key(settings.prompt, settings.system)
     return RequestBuilder(
         model=settings.model,
         template=Template(settings.prompt) if settings.prompt is not None else None,
@@ -62,6 +71,7 @@ def builder_for(settings: Settings) -> RequestBuilder:
         max_tokens=settings.max_tokens,
         schema=response_format(asked.schema, asked.name, asked.strict) if asked is not None else None,
         validating=bool(settings.validate) or settings.schema is not None,
+        cache_key=cache_key,
     )
 
 
@@ -98,6 +108,15 @@ def make_provider(settings: Settings) -> Provider:
         return FakeProvider(latency_ms=settings.fake_latency_ms, jitter_ms=settings.fake_latency_ms / 2)
     key = check_api_key(settings)
     assert key is not None
+    if settings.provider == "anthropic":
+        from llmbatch.providers.anthropic import AnthropicProvider
+
+        return AnthropicProvider(
+            api_key=key,
+            base_url=settings.base_url,
+            concurrency=settings.concurrency,
+            timeout=settings.timeout,
+        )
     from llmbatch.providers.openai import OpenAIProvider
 
     return OpenAIProvider(
@@ -107,6 +126,31 @@ def make_provider(settings: Settings) -> Provider:
         transport=settings.transport,
         timeout=settings.timeout,
     )
+
+
+def batch_api(
+    settings: Settings, provider: Provider, state: BatchState, log: Callable[[str], None]
+) -> BatchAPI:
+    """The provider's batches for --batch-api: OpenAI's Batch API through the SDK, or
+    Anthropic's Message Batches (their requests spooled beside the output)."""
+    if settings.provider == "anthropic":
+        from llmbatch.modes.batch.state import ChunkState
+        from llmbatch.providers.anthropic import AnthropicProvider
+        from llmbatch.providers.anthropic_batches import AnthropicBatches
+
+        assert isinstance(provider, AnthropicProvider)
+
+        def claimed() -> set[str]:
+            chunks = state.chunks(ChunkState.RUNNING, ChunkState.COLLECTED)
+            return {c.batch_id for c in chunks if c.batch_id}
+
+        spool = sidecars.batch_spool(settings.output)
+        return AnthropicBatches(provider, spool=spool, claimed=claimed, log=log)
+    from llmbatch.providers.openai import OpenAIProvider
+    from llmbatch.providers.openai_batches import RemoteBatches
+
+    assert isinstance(provider, OpenAIProvider)
+    return RemoteBatches(provider.client, log=log)
 
 
 def run_price(settings: Settings, model: str | None = None, tier: str | None = None) -> Price | None:
@@ -133,6 +177,11 @@ def run_price(settings: Settings, model: str | None = None, tier: str | None = N
     )
     if price is not None and tier == FLEX and settings.flex_fallback is not None:
         price = dataclasses.replace(price, fallback=run_price(settings, model, DEFAULT_TIER))
+    if price is not None and settings.escalate:  # each --escalate model at its own price
+        alone = dataclasses.replace(settings, escalate=())
+        escalate = settings.escalate
+        others = tuple((m, run_price(dataclasses.replace(alone, model=m), m, tier)) for m in escalate)
+        price = dataclasses.replace(price, escalation=others)
     return price
 
 
@@ -171,6 +220,10 @@ def base_url_of(settings: Settings) -> str:
     """Where this run's requests go."""
     if settings.provider == "fake":
         return "fake"
+    if settings.provider == "anthropic":
+        from llmbatch.providers.anthropic import anthropic_root
+
+        return anthropic_root(settings.base_url)
     return settings.base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL
 
 

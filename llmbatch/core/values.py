@@ -146,6 +146,7 @@ class Finished:
     completion_tokens: int = 0
     cached_tokens: int = 0  # of the prompt tokens, those the provider read from its cache
     reasoning_tokens: int = 0  # of the completion tokens, those spent reasoning
+    cache_write_tokens: int = 0  # of the prompt tokens, those written to the provider's cache
     last: Completion | None = None  # the last answer, if any
     reason: str | None = None  # why the last answer is invalid
     cause: Cause | None = None  # the last answer refused or truncated (not for failures)
@@ -153,3 +154,7 @@ class Finished:
     via: str = "live"  # live, cached or batch
     batch_id: str | None = None
     order: int = 0  # the item's place among this run's items (for --ordered on a stream)
+    # --escalate: the model that answered (0: the first; n: the n-th --escalate model),
+    # and its name when the run escalates (the output's `model`; None: not escalating).
+    rung: int = 0
+    model: str | None = None

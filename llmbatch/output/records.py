@@ -24,7 +24,8 @@ An answer that was a refusal or was cut at its ceiling says so in ``cause``
 (``refused``: written invalid; ``truncated``: valid or not, as the validators said);
 a line without it (none, or an older llmbatch's) has no cause. ``t`` is when the line
 was written (Unix time in milliseconds: `finish_ms`), what a report draws its timeline
-from; an older llmbatch's lines have none. The Batch-shaped line
+from; an older llmbatch's lines have none. A run with ``--escalate`` says which model
+answered in ``model`` (after ``t``, before the tail). The Batch-shaped line
 keeps these in its ``llmbatch`` block, the merged row in ``llm_*`` columns.
 `llmbatch.output.readback` reads them back from either; `llmbatch.output.writers`
 appends them to the output.
@@ -91,6 +92,8 @@ def batch_record(f: Finished, server: str = "") -> dict[str, Any]:
         usage["cached_tokens"] = f.cached_tokens
     if f.reasoning_tokens:
         usage["reasoning_tokens"] = f.reasoning_tokens
+    if f.cache_write_tokens:
+        usage["cache_write_tokens"] = f.cache_write_tokens
     meta: dict[str, Any] = {
         "line": req.line,
         "requests": f.requests,
@@ -106,6 +109,8 @@ def batch_record(f: Finished, server: str = "") -> dict[str, Any]:
     if f.cause is not None:
         meta["cause"] = f.cause  # refused, truncated
     meta["t"] = finish_ms()
+    if f.model is not None:
+        meta["model"] = f.model  # --escalate: the model that answered
     # What a rerun reads comes last, in this order, and nothing of the user's after it:
     # `read_tail` finds it at the end of the line without parsing the whole answer.
     if f.error is not None:
@@ -167,7 +172,7 @@ def merged_record(f: Finished, server: str = "") -> dict[str, Any]:
             "llm_completion_tokens": f.completion_tokens,
             "llm_cached_tokens": f.cached_tokens,
             "llm_reasoning_tokens": f.reasoning_tokens,
-            "llm_model": _model(f.last),
+            "llm_model": f.model or _model(f.last),
             "llm_latency_ms": round(f.latency_ms, 1),
             "llm_t": finish_ms(),
             "llm_fp": fp_hex(req.fp),

@@ -86,7 +86,8 @@ class Endpoint:
     field that makes a bare body this endpoint's when ``--endpoint`` is not given.
     `text_answers` is False for answers the validators cannot read as text (vectors,
     moderation results): they get the usability check only; one that does not
-    `takes_validators` refuses ``--validate`` and ``--schema`` outright."""
+    `takes_validators` refuses ``--validate`` and ``--schema`` outright;
+    `default_max_tokens` fills `max_tokens_key` when nothing else does."""
 
     path: str = ""
     name: str = ""
@@ -98,6 +99,9 @@ class Endpoint:
     bare_key: str | None = None
     text_answers: bool = True
     takes_validators: bool = True
+    # The ceiling a body gets when neither it nor --max-tokens gives one: for an API
+    # that refuses a request without (Anthropic's); None: the body goes without.
+    default_max_tokens: int | None = None
 
     # --- the request ---------------------------------------------------------------
 
@@ -123,6 +127,13 @@ class Endpoint:
     def reask(self, body: Mapping[str, Any], answer: str | None, reason: str) -> dict[str, Any] | None:
         """The body of a re-ask after an invalid `answer`; None: the same body again."""
         return None
+
+    def reask_after(
+        self, body: Mapping[str, Any], answer_body: Any, answer: str | None, reason: str
+    ) -> dict[str, Any] | None:
+        """`reask` for an endpoint whose re-ask needs the whole answer (`answer_body`:
+        the Messages API's tool_use id); the others' is `reask`'s."""
+        return self.reask(body, answer, reason)
 
     # --- the answer ----------------------------------------------------------------
 

@@ -30,7 +30,7 @@ from llmbatch.modes.batch.chunks import Chunker, FollowUp
 from llmbatch.modes.batch.state import BatchState, Chunk, ChunkState
 from llmbatch.modes.live.job import Job
 from llmbatch.modes.outcome import Outcomes, Output, Verdict
-from llmbatch.providers.openai_batches import Remote, RemoteBatches
+from llmbatch.providers.openai_batches import BatchAPI, Remote
 
 __all__ = ["NOT_RUN", "Collector", "LiveRun"]
 
@@ -49,7 +49,7 @@ class Collector:
         self,
         *,
         state: BatchState,
-        remote: RemoteBatches,
+        remote: BatchAPI,
         outcomes: Outcomes,
         chunker: Callable[[int], Chunker | None],
         cap: SpendingCap | None,

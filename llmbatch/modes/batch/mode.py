@@ -26,7 +26,7 @@ from llmbatch.modes.batch.chunks import Chunker, split
 from llmbatch.modes.batch.collect import Collector, LiveRun
 from llmbatch.modes.batch.state import BatchState, Chunk, ChunkState
 from llmbatch.modes.outcome import Outcomes
-from llmbatch.providers.openai_batches import Remote, RemoteBatches
+from llmbatch.providers.openai_batches import BatchAPI, Remote
 
 __all__ = ["DEFAULT_BATCH_BYTES", "DEFAULT_BATCH_REQUESTS", "DEFAULT_POLL_EVERY", "BatchConfig", "BatchMode"]
 
@@ -57,7 +57,7 @@ class BatchMode:
     def __init__(
         self,
         *,
-        remote: RemoteBatches,
+        remote: BatchAPI,
         state: BatchState,
         outcomes: Outcomes,
         config: BatchConfig,

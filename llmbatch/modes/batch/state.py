@@ -69,7 +69,8 @@ CREATE TABLE IF NOT EXISTS items (
     completion_tokens INTEGER NOT NULL DEFAULT 0,
     done INTEGER NOT NULL DEFAULT 0,
     cached_tokens INTEGER NOT NULL DEFAULT 0,
-    reasoning_tokens INTEGER NOT NULL DEFAULT 0
+    reasoning_tokens INTEGER NOT NULL DEFAULT 0,
+    rung INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS items_by_chunk ON items (chunk, done);
 """
@@ -133,6 +134,7 @@ class Item:
     completion_tokens: int
     cached_tokens: int
     reasoning_tokens: int
+    rung: int = 0  # --escalate: the model it is on (0: the first)
 
     def tally(self) -> Finished:
         """The item's outcome so far, to build on with its next answer."""
@@ -145,6 +147,7 @@ class Item:
             completion_tokens=self.completion_tokens,
             cached_tokens=self.cached_tokens,
             reasoning_tokens=self.reasoning_tokens,
+            rung=self.rung,
         )
 
 
@@ -284,7 +287,7 @@ class BatchState:
                 "INSERT INTO items (custom_id, chunk, line, request) VALUES (?, ?, ?, ?) "
                 "ON CONFLICT (custom_id) DO UPDATE SET chunk = excluded.chunk, line = excluded.line, "
                 "request = excluded.request, requests = 0, retries = 0, prompt_tokens = 0, "
-                "completion_tokens = 0, cached_tokens = 0, reasoning_tokens = 0, done = 0",
+                "completion_tokens = 0, cached_tokens = 0, reasoning_tokens = 0, rung = 0, done = 0",
                 (req.custom_id, chunk_id, req.line, _request_blob(req)),
             )
         else:  # its request too: a re-ask may carry the conversation (Responses, completions)
@@ -337,7 +340,7 @@ class BatchState:
         self.begin()
         self._db.execute(
             "UPDATE items SET requests = ?, retries = ?, prompt_tokens = ?, completion_tokens = ?, "
-            "cached_tokens = ?, reasoning_tokens = ? WHERE custom_id = ?",
+            "cached_tokens = ?, reasoning_tokens = ?, rung = ? WHERE custom_id = ?",
             (
                 tally.requests,
                 tally.retries,
@@ -345,6 +348,7 @@ class BatchState:
                 tally.completion_tokens,
                 tally.cached_tokens,
                 tally.reasoning_tokens,
+                tally.rung,
                 tally.request.custom_id,
             ),
         )
@@ -371,13 +375,15 @@ class BatchState:
 
 _ITEM = (
     "custom_id, line, request, chunk, requests, retries, prompt_tokens, completion_tokens, cached_tokens, "
-    "reasoning_tokens"
+    "reasoning_tokens, rung"
 )
 
 
 def _item(row: tuple[Any, ...]) -> Item:
-    cid, line, blob, chunk, requests, retries, prompt, completion, cached, reasoning = row
-    return Item(_request(cid, line, blob), chunk, requests, retries, prompt, completion, cached, reasoning)
+    cid, line, blob, chunk, requests, retries, prompt, completion, cached, reasoning, rung = row
+    return Item(
+        _request(cid, line, blob), chunk, requests, retries, prompt, completion, cached, reasoning, rung
+    )
 
 
 def _migrate(db: sqlite3.Connection) -> None:
@@ -390,6 +396,8 @@ def _migrate(db: sqlite3.Connection) -> None:
         db.execute("ALTER TABLE items ADD COLUMN cached_tokens INTEGER NOT NULL DEFAULT 0")
     if "reasoning_tokens" not in columns["items"]:
         db.execute("ALTER TABLE items ADD COLUMN reasoning_tokens INTEGER NOT NULL DEFAULT 0")
+    if "rung" not in columns["items"]:  # --escalate
+        db.execute("ALTER TABLE items ADD COLUMN rung INTEGER NOT NULL DEFAULT 0")
     if "held" not in columns["chunks"]:
         db.execute("ALTER TABLE chunks ADD COLUMN held INTEGER NOT NULL DEFAULT 0")
         db.execute("UPDATE chunks SET held = 1 WHERE error LIKE 'enqueued token limit:%'")
