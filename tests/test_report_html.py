@@ -101,6 +101,7 @@ def page(mixed: Path) -> tuple[Path, dict[str, Any]]:
     made = invoke("report", mixed, "--html", target)
     assert made.exit_code == 0, made.output
     assert made.stdout.startswith("files:")  # the text report still goes to stdout
+    assert "finished:" in made.stdout and "per item:     1 answer: " in made.stdout  # its new figures
     text = invoke("report", mixed, "--json")
     return target, orjson.loads(text.stdout)
 
