@@ -209,6 +209,9 @@ def test_without_a_batch_record_the_batches_are_listed_by_id(run_cli, mixed, tmp
     html = target.read_text()
     assert "batch ids only" in html and 'data-chart="batches"' not in html
     assert len(re.findall(r"<li><code>batch_", html)) >= 3
+    sidecars.batches(copy).write_bytes(b"not a database")
+    assert run_cli("report", copy, "--html", target).exit_code == 0  # a broken record: ids only
+    assert "Not readable as a batch record" in target.read_text()
     both = tmp_path / "both.html"
     assert run_cli("report", mixed, copy, "--html", both).exit_code == 0
     figures = orjson.loads(re.search(r'id="figures">(.*?)</script>', both.read_text(), re.S)[1])  # type: ignore[index]

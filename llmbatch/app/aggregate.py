@@ -14,6 +14,7 @@ The header's counts are the text report's own (`Report`): one pass, one set of n
 from __future__ import annotations
 
 import bisect
+import sqlite3
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +23,7 @@ from typing import Any
 import orjson
 
 from llmbatch.app.report import Report, read_report
+from llmbatch.core.errors import LLMBatchError
 from llmbatch.core.values import State
 from llmbatch.files import sidecars
 from llmbatch.modes.batch.state import Batch, BatchState
@@ -161,6 +163,7 @@ class Aggregates:
         self.endpoints: Counter[str] = Counter()
         self.batch_lines: Counter[str] = Counter()  # lines answered by each batch
         self.timeline: list[Batch] = []  # the batches' times, from the batch records
+        self.unreadable: list[str] = []  # batch records that could not be read
 
     def observe(
         self, index: int, rec: dict[str, Any], line: Line, fields: dict[str, Any], spent: float | None
@@ -223,11 +226,14 @@ class Aggregates:
             record = sidecars.batches(path)
             if not record.is_file():
                 continue
-            state = BatchState(record, read_only=True)
             try:
-                self.timeline.extend(state.timeline())
-            finally:
-                state.close()
+                state = BatchState(record, read_only=True)
+                try:
+                    self.timeline.extend(state.timeline())
+                finally:
+                    state.close()
+            except (LLMBatchError, sqlite3.Error):  # not a record we can read: ids only
+                self.unreadable.append(str(record))
 
     def latency_percentile(self, model: str, p: float) -> float | None:
         """The upper edge of the bin holding the model's `p` percentile (within 12%)."""

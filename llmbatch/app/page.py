@@ -134,6 +134,8 @@ def _batches(agg: Aggregates, charted: bool) -> str:
     timed = {b.batch_id for b in agg.timeline}
     untimed = [b for b in agg.batch_lines if b not in timed]
     parts = [] if charted else ['<p class="note">No batch record beside the outputs: batch ids only.</p>']
+    if agg.unreadable:
+        parts.append(f'<p class="note">Not readable as a batch record: {_e(", ".join(agg.unreadable))}.</p>')
     if untimed:
         items = "".join(f"<li><code>{_e(b)}</code>: {_n(agg.batch_lines[b])} lines</li>" for b in untimed)
         parts.append(f"<p>Batches with no times in a batch record:</p><ul>{items}</ul>")
