@@ -432,7 +432,22 @@ class AnthropicServer:
         app.router.add_get("/v1/messages/batches/{id}", self._retrieve)
         app.router.add_post("/v1/messages/batches/{id}/cancel", self._cancel)
         app.router.add_get("/v1/messages/batches/{id}/results", self._results)
+        app.router.add_get("/_stats", self._stats)
         return app
+
+    async def _stats(self, request: web.Request) -> web.StreamResponse:
+        """What the server counted, for a client in another process (the benchmarks)."""
+        s = self.stats
+        started = s.admitted_at[0] if s.admitted_at else 0.0
+        counts = {
+            "requests": s.requests,
+            "answered": s.answered,
+            "http_429": s.http_429,
+            "http_529": s.http_529,
+            "batches_created": s.batches_created,
+            "admitted_s": [round(t - started, 3) for t in s.admitted_at],
+        }
+        return web.json_response(counts)
 
     async def serve(self) -> None:
         self._loop = asyncio.get_running_loop()
