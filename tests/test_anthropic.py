@@ -240,3 +240,52 @@ def test_an_rfc3339_reset_is_read_as_seconds_from_now() -> None:
     assert reset_seconds("2000-01-01T00:00:00Z") == 0
     assert reset_seconds("6m0s") == 360
     assert reset_seconds("soon") is None
+
+
+def test_estimate_knows_the_messages_ceiling(run_cli: Callable[..., Result], tmp_path: Path) -> None:
+    """estimate counts each Messages request's answer at most at its max_tokens: 1024
+    unless given."""
+    inp = reviews(tmp_path, 10)
+    base = (
+        "estimate",
+        inp,
+        "--provider",
+        "anthropic",
+        "--prompt",
+        "{text}",
+        "-m",
+        "claude-haiku-4-5",
+        "--json",
+    )
+    data = orjson.loads(run_cli(*base).stdout)
+    assert data["answer_tokens_max"] == 10 * 1024
+    data = orjson.loads(run_cli(*base, "--max-tokens", "100").stdout)
+    assert data["answer_tokens_max"] == 10 * 100
+
+
+def test_max_cost_reserves_a_batch_at_the_batch_price(
+    anthropic: Callable[..., AnthropicServer], claude: Callable[..., Result], tmp_path: Path
+) -> None:
+    """--batch-api --max-cost: a batch whose worst case (max_tokens each, at the batch
+    price) does not fit is never created (exit 3); one that fits is."""
+    server = anthropic(batch_seconds=0.1)
+    inp = reviews(tmp_path, 100)
+    out = tmp_path / "out.jsonl"
+    common = (
+        "--prompt",
+        "{text}",
+        "--id-field",
+        "id",
+        "--batch-api",
+        "--poll-every",
+        "0.1",
+        "--max-tokens",
+        "100",
+    )
+    # worst case: 100 x 100 output tokens at $2.50 a million = $0.025, plus the prompts
+    refused = claude(server, inp, "-o", out, *common, "--max-cost", "0.02")
+    assert refused.exit_code == 3, refused.stderr
+    assert server.stats.batches_created == 0
+    done = claude(server, inp, "-o", out, *common, "--max-cost", "0.05")
+    assert done.exit_code == 0, done.stderr
+    assert server.stats.batches_created == 1 and len(by_id(out)) == 100

@@ -261,3 +261,44 @@ def test_sigkill_then_a_run_to_the_end(
     assert_each_once(out, 300)
     assert server.stats.batches_created == 3, server.stats.batch_sizes
     assert_no_batch_twice(server)
+
+
+async def test_an_uncertain_create_with_two_candidates_is_matched_by_custom_ids(tmp_path: Path) -> None:
+    """Two batches of the same size made after a create's intent (another tool's, and
+    ours whose answer was lost): both are waited on until they end, and ours is told by
+    its custom_ids; nothing is created meanwhile."""
+    from llmbatch.providers.anthropic import AnthropicProvider
+    from llmbatch.providers.anthropic_batches import AnthropicBatches
+
+    server = AnthropicServer(api_key=KEY, batch_seconds=0.5).start()
+    provider = AnthropicProvider(api_key=KEY, base_url=server.base_url)
+    body = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 5}
+    try:
+        batches = AnthropicBatches(provider, spool=tmp_path / "spool")
+        name = "llmbatch-run1-1.jsonl"
+        data = tmp_path / "lines.jsonl"
+        with data.open("wb") as f:
+            for i in range(3):
+                line = {"custom_id": odd_id(i), "url": "/v1/messages", "body": body}
+                f.write(orjson.dumps(line, option=orjson.OPT_APPEND_NEWLINE))
+        with data.open("rb") as f:
+            await batches.upload(name, f)
+        intent = {"requests": 3, "time": time.time() - 1}
+        (tmp_path / "spool" / f"{name}.intent").write_bytes(orjson.dumps(intent))
+        ids: dict[str, str] = {}
+        for who, cids in (
+            ("theirs", [f"other{i}" for i in range(3)]),
+            ("ours", [batch_id_of(odd_id(i)) for i in range(3)]),
+        ):
+            requests = [{"custom_id": cid, "params": body} for cid in cids]
+            status, raw, _ = await provider.call(
+                "POST", "/v1/messages/batches", data=orjson.dumps({"requests": requests})
+            )
+            assert status == 200
+            ids[who] = orjson.loads(raw)["id"]
+        found = await batches.find_batch({"llmbatch_run": "run1", "llmbatch_chunk": "1"})
+        assert found is not None and found.id == ids["ours"]
+        assert server.stats.batches_created == 2
+    finally:
+        await provider.aclose()
+        server.stop()
