@@ -118,8 +118,7 @@ def run(
     base_url: Annotated[
         str | None,
         Opt(
-            help="API base URL, e.g. http://localhost:8000/v1 (anthropic: https://api.anthropic.com, or "
-            "ANTHROPIC_BASE_URL).",
+            help="API base URL, e.g. http://localhost:8000/v1 (anthropic: its own, or ANTHROPIC_BASE_URL).",
             panel=REQUEST,
             metavar="URL",
         ),
