@@ -289,3 +289,26 @@ def test_max_cost_reserves_a_batch_at_the_batch_price(
     done = claude(server, inp, "-o", out, *common, "--max-cost", "0.05")
     assert done.exit_code == 0, done.stderr
     assert server.stats.batches_created == 1 and len(by_id(out)) == 100
+
+
+def test_a_merged_row_carries_cache_writes(
+    anthropic: Callable[..., AnthropicServer], claude: Callable[..., Result], tmp_path: Path
+) -> None:
+    """--merged rows say the prompt tokens written to the cache beside those read."""
+    server = anthropic()
+    rows = [{"id": "m", "text": "w " * 100 + '@fake {"cached": 30, "written": 12}'}]
+    out = tmp_path / "out.jsonl"
+    result = claude(
+        server,
+        write_jsonl(tmp_path / "in.jsonl", rows),
+        "-o",
+        out,
+        "--prompt",
+        "{text}",
+        "--id-field",
+        "id",
+        "--merged",
+    )
+    assert result.exit_code == 0, result.stderr
+    row = orjson.loads(out.read_bytes().splitlines()[0])
+    assert row["llm_cached_tokens"] == 30 and row["llm_cache_write_tokens"] == 12

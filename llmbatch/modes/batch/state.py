@@ -68,7 +68,8 @@ CREATE TABLE IF NOT EXISTS items (
     completion_tokens INTEGER NOT NULL DEFAULT 0,
     done INTEGER NOT NULL DEFAULT 0,
     cached_tokens INTEGER NOT NULL DEFAULT 0,
-    reasoning_tokens INTEGER NOT NULL DEFAULT 0
+    reasoning_tokens INTEGER NOT NULL DEFAULT 0,
+    cache_write_tokens INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS items_by_chunk ON items (chunk, done);
 """
@@ -119,6 +120,7 @@ class Item:
     completion_tokens: int
     cached_tokens: int
     reasoning_tokens: int
+    cache_write_tokens: int = 0
 
     def tally(self) -> Finished:
         """The item's outcome so far, to build on with its next answer."""
@@ -131,6 +133,7 @@ class Item:
             completion_tokens=self.completion_tokens,
             cached_tokens=self.cached_tokens,
             reasoning_tokens=self.reasoning_tokens,
+            cache_write_tokens=self.cache_write_tokens,
         )
 
 
@@ -255,7 +258,8 @@ class BatchState:
                 "INSERT INTO items (custom_id, chunk, line, request) VALUES (?, ?, ?, ?) "
                 "ON CONFLICT (custom_id) DO UPDATE SET chunk = excluded.chunk, line = excluded.line, "
                 "request = excluded.request, requests = 0, retries = 0, prompt_tokens = 0, "
-                "completion_tokens = 0, cached_tokens = 0, reasoning_tokens = 0, done = 0",
+                "completion_tokens = 0, cached_tokens = 0, reasoning_tokens = 0, cache_write_tokens = 0, "
+                "done = 0",
                 (req.custom_id, chunk_id, req.line, _request_blob(req)),
             )
         else:  # its request too: a re-ask may carry the conversation (Responses, completions)
@@ -308,7 +312,7 @@ class BatchState:
         self.begin()
         self._db.execute(
             "UPDATE items SET requests = ?, retries = ?, prompt_tokens = ?, completion_tokens = ?, "
-            "cached_tokens = ?, reasoning_tokens = ? WHERE custom_id = ?",
+            "cached_tokens = ?, reasoning_tokens = ?, cache_write_tokens = ? WHERE custom_id = ?",
             (
                 tally.requests,
                 tally.retries,
@@ -316,6 +320,7 @@ class BatchState:
                 tally.completion_tokens,
                 tally.cached_tokens,
                 tally.reasoning_tokens,
+                tally.cache_write_tokens,
                 tally.request.custom_id,
             ),
         )
@@ -342,13 +347,15 @@ class BatchState:
 
 _ITEM = (
     "custom_id, line, request, chunk, requests, retries, prompt_tokens, completion_tokens, cached_tokens, "
-    "reasoning_tokens"
+    "reasoning_tokens, cache_write_tokens"
 )
 
 
 def _item(row: tuple[Any, ...]) -> Item:
-    cid, line, blob, chunk, requests, retries, prompt, completion, cached, reasoning = row
-    return Item(_request(cid, line, blob), chunk, requests, retries, prompt, completion, cached, reasoning)
+    cid, line, blob, chunk, requests, retries, prompt, completion, cached, reasoning, written = row
+    return Item(
+        _request(cid, line, blob), chunk, requests, retries, prompt, completion, cached, reasoning, written
+    )
 
 
 def _migrate(db: sqlite3.Connection) -> None:
@@ -361,6 +368,8 @@ def _migrate(db: sqlite3.Connection) -> None:
         db.execute("ALTER TABLE items ADD COLUMN cached_tokens INTEGER NOT NULL DEFAULT 0")
     if "reasoning_tokens" not in columns["items"]:
         db.execute("ALTER TABLE items ADD COLUMN reasoning_tokens INTEGER NOT NULL DEFAULT 0")
+    if "cache_write_tokens" not in columns["items"]:
+        db.execute("ALTER TABLE items ADD COLUMN cache_write_tokens INTEGER NOT NULL DEFAULT 0")
     if "held" not in columns["chunks"]:
         db.execute("ALTER TABLE chunks ADD COLUMN held INTEGER NOT NULL DEFAULT 0")
         db.execute("UPDATE chunks SET held = 1 WHERE error LIKE 'enqueued token limit:%'")
