@@ -312,3 +312,20 @@ def test_a_merged_row_carries_cache_writes(
     assert result.exit_code == 0, result.stderr
     row = orjson.loads(out.read_bytes().splitlines()[0])
     assert row["llm_cached_tokens"] == 30 and row["llm_cache_write_tokens"] == 12
+
+
+def test_an_output_token_limit_is_learned_apart_from_the_input_one(
+    anthropic: Callable[..., AnthropicServer], claude: Callable[..., Result], tmp_path: Path
+) -> None:
+    """A server limiting output tokens (and no input tokens), told only in its
+    anthropic-ratelimit-output-tokens-* headers: every item done, few 429s beyond the
+    first burst's (the server shares this process: its timing is loose)."""
+    server = anthropic(otpm=24_000, bucket_seconds=1)
+    out = tmp_path / "out.jsonl"
+    result = claude(
+        server, reviews(tmp_path, 300), "-o", out, "--prompt", "Rate: {text}", "--id-field", "id", "--schema",
+        schema_file(tmp_path), "-c", "16",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    assert len(by_id(out)) == 300
+    assert server.stats.http_429 <= 16 + 30, server.stats.http_429
