@@ -116,6 +116,7 @@ def test_two_thousand_items_in_batches_of_500_with_follow_ups(
     assert_no_batch_twice(server)
     sent = set().union(*server.stats.batch_ids)
     assert batch_id_of(odd_id(10)) in sent and all(len(cid) <= 64 for cid in sent)
+    assert not (tmp_path / "out.jsonl.batches.spool").exists()  # every batch collected: tidied
     data = orjson.loads(summary.read_bytes())
     # claude-haiku-4-5's Batch API price: $0.50 in, $2.50 out per million
     want = (data["prompt_tokens"] * 0.5 + data["completion_tokens"] * 2.5) / 1e6
@@ -155,6 +156,7 @@ def test_no_wait_exits_4_then_a_rerun_collects(
     out = tmp_path / "out.jsonl"
     first = claude(*args(server, inp, schema, out, "--no-wait"))
     assert first.exit_code == 4, first.stderr
+    assert (tmp_path / "out.jsonl.batches.spool").is_dir()  # kept while a batch runs
     time.sleep(1.6)
     second = claude(*args(server, inp, schema, out, "--no-wait"))
     assert second.exit_code == 0, second.stderr

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -33,6 +34,7 @@ if TYPE_CHECKING:
 __all__ = [
     "base_url_of",
     "batch_api",
+    "batches_done",
     "builder_for",
     "for_shard",
     "join_budget",
@@ -146,6 +148,14 @@ def batch_api(
 
     assert isinstance(provider, OpenAIProvider)
     return RemoteBatches(provider.client, log=log)
+
+
+def batches_done(settings: Settings, state: BatchState) -> None:
+    """Every batch collected: the Message Batches spool is no longer needed (it maps
+    hashed custom_ids back while a batch may still be collected, and is rebuilt by the
+    next run that makes batches)."""
+    if settings.provider == "anthropic" and not state.open_batches():
+        shutil.rmtree(sidecars.batch_spool(settings.output), ignore_errors=True)
 
 
 def run_price(settings: Settings, model: str | None = None, tier: str | None = None) -> Price | None:
