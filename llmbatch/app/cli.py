@@ -16,6 +16,7 @@ from llmbatch.app.options import (
     DISPLAY,
     INPUT,
     LIMITS,
+    METRICS,
     OFFLINE,
     OUTPUT,
     REQUEST,
@@ -51,12 +52,15 @@ from llmbatch.app.settings import (
     DEFAULT_MAX_REQUESTS,
     DEFAULT_MAX_RETRIES,
     DEFAULT_MAX_RETRY_WAIT,
+    DEFAULT_METRICS_EVERY,
+    DEFAULT_METRICS_JOB,
     DEFAULT_POLL_EVERY,
     DEFAULT_PROGRESS_EVERY,
     DEFAULT_TIMEOUT,
     FLEX_TIMEOUT,
 )
 from llmbatch.app.tools import estimate, merge, report
+from llmbatch.core.cachekey import DEFAULT_CACHE_KEY_MODE
 from llmbatch.core.errors import LLMBatchError
 from llmbatch.providers.anthropic_batches import DEFAULT_MESSAGE_BATCH_BYTES, DEFAULT_MESSAGE_BATCH_REQUESTS
 
@@ -118,7 +122,8 @@ def run(
     base_url: Annotated[
         str | None,
         Opt(
-            help="API base URL, e.g. http://localhost:8000/v1 (anthropic: its own, or ANTHROPIC_BASE_URL).",
+            help="API base URL, e.g. http://localhost:8000/v1 (else OPENAI_BASE_URL, or for anthropic "
+            "ANTHROPIC_BASE_URL, else the provider's own).",
             panel=REQUEST,
             metavar="URL",
         ),
@@ -225,6 +230,15 @@ def run(
             metavar="",
         ),
     ] = False,
+    escalate: Annotated[
+        list[str] | None,
+        Opt(
+            help="Ask an item still invalid after its --max-requests again on MODEL, with a fresh count "
+            "(repeatable: the next one after that); the output says which model answered.",
+            panel=VALIDATION,
+            metavar="MODEL",
+        ),
+    ] = None,
     # output
     merged: Annotated[
         bool,
@@ -307,6 +321,16 @@ def run(
             metavar="FILE",
         ),
     ] = None,
+    prompt_cache_key: Annotated[
+        str,
+        Opt(
+            help="The prompt_cache_key templated requests carry (from the template's fixed prefix and "
+            "--system, so the provider's prompt cache serves them): openai sends it to OpenAI's API "
+            "only, auto (or on) to any server, off never. A body's own key is kept.",
+            panel=RERUN,
+            metavar="openai|auto|on|off",
+        ),
+    ] = DEFAULT_CACHE_KEY_MODE,
     # batch API
     batch_api: Annotated[
         bool,
@@ -418,6 +442,31 @@ def run(
             panel=SCALE,
         ),
     ] = None,
+    # metrics for Prometheus (llmbatch.app.metrics)
+    metrics_file: Annotated[
+        Path | None,
+        Opt(
+            help="Write the run's metrics in Prometheus' text format here, renewed atomically every "
+            "--metrics-every seconds and at the end (node_exporter's textfile collector reads *.prom).",
+            panel=METRICS,
+            metavar="FILE",
+        ),
+    ] = None,
+    pushgateway: Annotated[
+        str | None,
+        Opt(
+            help="Push the run's metrics to this Prometheus Pushgateway (e.g. http://pushgateway:9091) "
+            "every --metrics-every seconds and at the end, grouped by job and shard.",
+            panel=METRICS,
+            metavar="URL",
+        ),
+    ] = None,
+    metrics_job: Annotated[
+        str, Opt(help="The Pushgateway job the metrics are pushed under.", panel=METRICS, metavar="NAME")
+    ] = DEFAULT_METRICS_JOB,
+    metrics_every: Annotated[
+        float, Opt(help="Seconds between metrics rewrites and pushes.", panel=METRICS, metavar="N")
+    ] = DEFAULT_METRICS_EVERY,
 ) -> None:
     """Send one request per input line and append one result line per item to OUTPUT."""
     from llmbatch.app.run import run as run_all

@@ -57,6 +57,8 @@ def _percent(stats: Stats) -> str:
 
 
 def spent_usd(stats: Stats, price: Price | None) -> float | None:
+    if price is not None and price.escalation and stats.by_model:
+        return _by_model_usd(stats, price)
     fallback = price.fallback if price is not None else None
     prompt, completion, cached = stats.fallback_tokens
     if fallback is None or not (prompt or completion):
@@ -74,6 +76,38 @@ def spent_usd(stats: Stats, price: Price | None) -> float | None:
     return None if flex is None or default is None else flex + default
 
 
+def model_usd(price: Price | None, model: str, row: list[int]) -> float | None:
+    """What one model's answers cost (a row of `Stats.by_model`)."""
+    return cost(price.for_model(model) if price is not None else None, row[2], row[3], row[4])
+
+
+def _by_model_usd(stats: Stats, price: Price) -> float | None:
+    """--escalate: each model's answers at that model's price."""
+    total = 0.0
+    for model, row in list(stats.by_model.items()):
+        spent = model_usd(price, model, row)
+        if spent is None:
+            return None
+        total += spent
+    return total
+
+
+def saved_usd(stats: Stats, price: Price | None) -> float | None:
+    """What the prompt cache saved: the cached prompt tokens at the cached price rather
+    than the input price (each model's, with --escalate); None when nothing was cached or
+    the price has no cached rate."""
+    if price is None or not stats.cached_tokens:
+        return None
+    rows = list(stats.by_model.items()) if stats.by_model else [(None, [0, 0, 0, 0, stats.cached_tokens])]
+    saved = 0.0
+    for model, row in rows:
+        known = price.for_model(model) if model is not None else price
+        if known is None or known.cached_input is None:
+            continue
+        saved += row[4] * (known.input - known.cached_input) / 1_000_000
+    return saved or None
+
+
 def _projected(stats: Stats, price: Price | None) -> float | None:
     """This run's cost when it finishes: spent so far, plus the items still to do at the
     cost per written item so far. Skipped and rejected lines cost nothing."""
@@ -81,6 +115,11 @@ def _projected(stats: Stats, price: Price | None) -> float | None:
     if spent is None or stats.total is None or stats.done == 0:
         return None
     return spent + spent / stats.done * max(stats.total - stats.accounted, 0)
+
+
+def _saved(stats: Stats, price: Price | None) -> str:
+    saved = saved_usd(stats, price)
+    return usd(saved) if saved is not None else "-"
 
 
 def retries_text(stats: Stats) -> str:
@@ -237,6 +276,7 @@ class StatsView:
             ("tokens in", f"{s.prompt_tokens:,}", "429s", _count(s.http_429, "yellow")),
             ("tokens out", f"{s.completion_tokens:,}", "skipped", f"{s.skipped:,}"),
             ("cost so far", usd(spent_usd(s, self.price)), "cached", f"{s.cached:,}"),
+            ("cache saved", _saved(s, self.price), "cached tokens", f"{s.cached_tokens:,}"),
             ("projected", usd(_projected(s, self.price)), "refused", _count(s.refused, "yellow")),
         )
         for a, x, b, y in rows:

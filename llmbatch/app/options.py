@@ -28,6 +28,7 @@ BATCH = "Batch API (half price)"
 DISPLAY = "Display"
 OFFLINE = "Offline model (--provider fake)"
 SCALE = "Many processes, one quota"
+METRICS = "Metrics (Prometheus)"
 
 
 def Opt(*names: str, help: str, panel: str, show_default: bool = True, metavar: str | None = None) -> Any:

@@ -43,12 +43,14 @@ from llmbatch.app.wiring import (
 from llmbatch.app.work import StaleAnswers, not_in_batches, phase, plan_work, rerun_note
 from llmbatch.core.errors import ConfigError, ExitCode, Stop, worst
 from llmbatch.core.stats import Stats
+from llmbatch.cost.prices import Price
 from llmbatch.cost.spend import SpendingCap
 from llmbatch.files.locking import OutputLock
 from llmbatch.input.source import Source
 from llmbatch.modes.batch.state import BatchState
 from llmbatch.modes.control import RunControl
 from llmbatch.modes.live.engine import Engine, EngineConfig, Job
+from llmbatch.modes.live.lookahead import grouped
 from llmbatch.modes.outcome import Outcomes
 from llmbatch.output.rewrite import compact
 from llmbatch.output.writers import InOrder, OutputFile, RejectsFile, StderrRejects
@@ -60,6 +62,7 @@ from llmbatch.schedule.limits import Limits
 from llmbatch.validate.validator import build_validator
 
 if TYPE_CHECKING:
+    from llmbatch.app.metrics import Metrics
     from llmbatch.modes.batch.mode import BatchMode
 
 __all__ = ["exit_code", "run", "run_async"]
@@ -77,6 +80,9 @@ async def run_async(settings: Settings, *, console: Console | None = None) -> tu
     )
     lock = OutputLock(settings.output)
     closing = contextlib.AsyncExitStack()  # what _run opened that outlives it (the shared budget)
+    stats = Stats()
+    metrics = start_metrics(settings, stats)
+    code = ExitCode.USAGE  # what an error raised before the end means (the CLI exits 2)
     try:
         source.check()
         if to_stdout(settings):
@@ -84,15 +90,45 @@ async def run_async(settings: Settings, *, console: Console | None = None) -> tu
         else:
             check_output(settings, source)
             lock.acquire()
-        return await _run(settings, source, console, closing)
+        _, code = await _run(settings, source, console, closing, stats, metrics)
+        return stats, code
     finally:
+        if metrics is not None:
+            await asyncio.get_running_loop().run_in_executor(None, metrics.finish, code)
         await closing.aclose()
         lock.release()
         source.close()
 
 
+def start_metrics(settings: Settings, stats: Stats) -> Metrics | None:
+    """The metrics --metrics-file and --pushgateway ask for, publishing from now on."""
+    if settings.metrics_file is None and settings.pushgateway is None:
+        return None
+    from llmbatch.app.metrics import Metrics
+
+    shard = str(parse_shard(settings.shard).index) if settings.shard is not None else None
+    metrics = Metrics(
+        stats,
+        file=settings.metrics_file,
+        gateway=settings.pushgateway,
+        job=settings.metrics_job,
+        shard=shard,
+        every=settings.metrics_every,
+        mode="batch" if settings.batch_api else "live",
+        warn=lambda message: print(message, file=sys.stderr, flush=True),
+    )
+    metrics.collector.endpoint = settings.endpoint
+    metrics.start()
+    return metrics
+
+
 async def _run(
-    settings: Settings, source: Source, console: Console | None, closing: contextlib.AsyncExitStack
+    settings: Settings,
+    source: Source,
+    console: Console | None,
+    closing: contextlib.AsyncExitStack,
+    stats: Stats,
+    metrics: Metrics | None,
 ) -> tuple[Stats, ExitCode]:
     specs = list(settings.validate)
     if settings.schema is not None:
@@ -114,7 +150,6 @@ async def _run(
     server = server_of(settings)
     output_path = settings.output
 
-    stats = Stats()
     stats.model = settings.model or first.model
     stats.rpm_limit = settings.rpm
     stats.tpm_limit = settings.tpm
@@ -128,7 +163,16 @@ async def _run(
     # second to import); the display shows the cost from when it is known.
     tier = run_tier(settings, first.first_request)
     pricing = loop.run_in_executor(None, run_price, settings, stats.model, tier)
-    pricing.add_done_callback(lambda f: display.set_price(None if f.exception() else f.result()))
+
+    def priced(f: asyncio.Future[Price | None]) -> None:
+        price = None if f.exception() else f.result()
+        display.set_price(price)
+        if metrics is not None:
+            metrics.set_price(price)
+
+    pricing.add_done_callback(priced)
+    if metrics is not None:
+        metrics.warn = display.error
     if shared is not None:
         shared.log = display.log
 
@@ -189,6 +233,7 @@ async def _run(
         log=display.log,
         error=display.error,
         flex_fallback=settings.flex_fallback,
+        escalate=settings.escalate,
     )
     config = EngineConfig(
         concurrency=settings.concurrency, timeout=settings.timeout, connect_grace=settings.connect_grace
@@ -220,6 +265,10 @@ async def _run(
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, on_signal, sig.name)
+    # Bodies may carry prompt cache keys of their own: those of a key go out close
+    # together (a template's requests all carry one key, and need no look-ahead).
+    lookahead = settings.prompt is None and settings.prompt_cache_key != "off"
+    lookahead = lookahead and not (stdout is not None and settings.ordered)
     tune_gc()
     display.start()
     pending = ExitCode.OK
@@ -229,7 +278,7 @@ async def _run(
             if pending is ExitCode.OK and stats.stop is None and batch_state is not None:
                 batches_done(settings, batch_state)
         else:
-            await live.run(requests)
+            await live.run(grouped(requests) if lookahead else requests)
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError, RuntimeError):

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from llmbatch.app.display import DEFAULT_PROGRESS_EVERY
+from llmbatch.core.cachekey import DEFAULT_CACHE_KEY_MODE, CacheKeyMode
 from llmbatch.core.errors import ConfigError
 from llmbatch.core.retry import DEFAULT_MAX_RETRIES, DEFAULT_MAX_RETRY_WAIT, RetryPolicy
 from llmbatch.core.tiers import FLEX, FLEX_TIMEOUT
@@ -41,6 +42,8 @@ __all__ = [
     "DEFAULT_MAX_REQUESTS",
     "DEFAULT_MAX_RETRIES",
     "DEFAULT_MAX_RETRY_WAIT",
+    "DEFAULT_METRICS_EVERY",
+    "DEFAULT_METRICS_JOB",
     "DEFAULT_POLL_EVERY",
     "DEFAULT_PROGRESS_EVERY",
     "DEFAULT_TIMEOUT",
@@ -52,6 +55,10 @@ __all__ = [
 ]
 
 CONFIG_NAME = "llmbatch.toml"
+# The metrics' defaults (llmbatch.app.metrics) are here so that reading the flags does
+# not import prometheus_client: seconds between rewrites and pushes, the Pushgateway job.
+DEFAULT_METRICS_EVERY = 5.0
+DEFAULT_METRICS_JOB = "llmbatch"
 
 
 def _at_least(low: float, *, strict: bool = False) -> dict[str, Any]:
@@ -88,6 +95,9 @@ class Settings:
     strict: bool = False  # --schema must go strict: true (else exit 2), not quietly non-strict
     require_finish: str | None = None
     reask_refusals: bool = False  # a refusal is asked again like an invalid answer
+    escalate: tuple[str, ...] = ()  # the models an item still invalid goes on to, in order
+    # Templated requests' prompt_cache_key: to OpenAI's API only, any server, or none.
+    prompt_cache_key: CacheKeyMode = DEFAULT_CACHE_KEY_MODE
     output_format: Literal["batch", "merged"] = "batch"
     ordered: bool = False  # the output in input order
     rejects: Path | None = None
@@ -126,6 +136,12 @@ class Settings:
     # a flex item is asked on the default tier.
     service_tier: Literal["flex", "priority", "default", "auto"] | None = None
     flex_fallback: int | None = field(default=None, metadata=_at_least(1))
+    # Metrics for Prometheus (llmbatch.app.metrics): a file for node_exporter's textfile
+    # collector, a Pushgateway, the job it is pushed under, and how often both are renewed.
+    metrics_file: Path | None = None
+    pushgateway: str | None = None  # http://host:9091
+    metrics_job: str = DEFAULT_METRICS_JOB
+    metrics_every: float = field(default=DEFAULT_METRICS_EVERY, metadata=_at_least(0, strict=True))
 
     @property
     def retry(self) -> RetryPolicy:

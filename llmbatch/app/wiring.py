@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 from llmbatch.app.checks import DEFAULT_BASE_URL, check_api_key
 from llmbatch.app.settings import Settings
+from llmbatch.core.cachekey import prompt_cache_key, sends_key
 from llmbatch.core.endpoints import ENDPOINTS, MESSAGES, known_endpoints, normalise_endpoint
 from llmbatch.core.errors import ConfigError
 from llmbatch.core.structured import response_format
@@ -58,6 +59,9 @@ def builder_for(settings: Settings) -> RequestBuilder:
     if settings.service_tier is not None:
         params.setdefault("service_tier", settings.service_tier)
     asked = schema_asked(settings)
+    cache_key = None
+    if settings.prompt is not None and sends_key(settings.prompt_cache_key, base_url_of(settings)):
+        cache_key = prompt_cache_key(settings.prompt, settings.system)
     return RequestBuilder(
         model=settings.model,
         template=Template(settings.prompt) if settings.prompt is not None else None,
@@ -69,6 +73,7 @@ def builder_for(settings: Settings) -> RequestBuilder:
         max_tokens=settings.max_tokens,
         schema=response_format(asked.schema, asked.name, asked.strict) if asked is not None else None,
         validating=bool(settings.validate) or settings.schema is not None,
+        cache_key=cache_key,
     )
 
 
@@ -182,6 +187,11 @@ def run_price(settings: Settings, model: str | None = None, tier: str | None = N
     )
     if price is not None and tier == FLEX and settings.flex_fallback is not None:
         price = dataclasses.replace(price, fallback=run_price(settings, model, DEFAULT_TIER))
+    if price is not None and settings.escalate:  # each --escalate model at its own price
+        alone = dataclasses.replace(settings, escalate=())
+        escalate = settings.escalate
+        others = tuple((m, run_price(dataclasses.replace(alone, model=m), m, tier)) for m in escalate)
+        price = dataclasses.replace(price, escalation=others)
     return price
 
 

@@ -3,22 +3,31 @@ the hot path formats, locks or allocates); the display and the summary only read
 
 from __future__ import annotations
 
+import bisect
 import time
 from collections import Counter
 from typing import Any, Protocol
 
 from llmbatch.core.errors import Stop
 
-__all__ = ["NOT_VALID_SHOWN", "Pacer", "Stats"]
+__all__ = ["LATENCY_BUCKETS_MS", "NOT_VALID_SHOWN", "Pacer", "Stats"]
 
 # How many of the items written not valid the summary names.
 NOT_VALID_SHOWN = 10
+# The upper bounds of the answers' latency histogram, in milliseconds (the metrics'
+# `llmbatch_request_latency_seconds`): from a local server's tens of milliseconds to a
+# long answer's minutes.
+LATENCY_BUCKETS_MS = (50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 30_000, 60_000, 120_000, 300_000)
 
 
 class Pacer(Protocol):
     """What the display reads of the limits (see `llmbatch.schedule.limits.Limits`)."""
 
     def status(self) -> str | None: ...
+
+    def condition(self) -> tuple[str, str | None]:
+        """The state in one word, and `status`'s words."""
+        ...
 
     def paced_rpm(self) -> float | None: ...
 
@@ -35,6 +44,7 @@ class Stats:
         "answers",
         "batches",
         "blank",
+        "by_model",
         "cache_write_tokens",
         "cached",
         "cached_tokens",
@@ -42,6 +52,7 @@ class Stats:
         "completion_tokens",
         "counts_skipped",
         "done",
+        "escalated",
         "failed",
         "fallback_tokens",
         "fallbacks",
@@ -51,6 +62,8 @@ class Stats:
         "invalid",
         "kept",
         "last_error",
+        "latency_counts",
+        "latency_sum_ms",
         "model",
         "not_valid",
         "pacer",
@@ -114,6 +127,10 @@ class Stats:
         # Of the tokens above, those of answers on the default tier after a fallback
         # (prompt, completion, cached): they cost the default tier's price.
         self.fallback_tokens = [0, 0, 0]
+        # --escalate: items moved on to the next model, and per model (in the order first
+        # met) [items written, answers, prompt, completion, cached tokens].
+        self.escalated = 0
+        self.by_model: dict[str, list[int]] = {}
         self.prompt_tokens = 0
         self.completion_tokens = 0
         self.cached_tokens = 0  # of the prompt tokens, read from the provider's cache
@@ -129,6 +146,15 @@ class Stats:
         self.phases: dict[str, float] = {}
         self.rpm_limit: float | None = None
         self.tpm_limit: float | None = None
+        # The live answers' latencies: a count per bucket of LATENCY_BUCKETS_MS (the last
+        # one: slower than all), and their sum.
+        self.latency_counts = [0] * (len(LATENCY_BUCKETS_MS) + 1)
+        self.latency_sum_ms = 0.0
+
+    def answered_in(self, latency_ms: float) -> None:
+        """Count one live answer's latency in the histogram."""
+        self.latency_counts[bisect.bisect_left(LATENCY_BUCKETS_MS, latency_ms)] += 1
+        self.latency_sum_ms += latency_ms
 
     @property
     def elapsed(self) -> float:
@@ -204,6 +230,7 @@ class Stats:
             "http_429": self.http_429,
             "capacity_429": self.capacity_429,
             "fallbacks": self.fallbacks,
+            "escalated": self.escalated,
             "pace_cuts": self.pacer.cuts if self.pacer is not None else 0,
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,

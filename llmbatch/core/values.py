@@ -154,3 +154,7 @@ class Finished:
     via: str = "live"  # live, cached or batch
     batch_id: str | None = None
     order: int = 0  # the item's place among this run's items (for --ordered on a stream)
+    # --escalate: the model that answered (0: the first; n: the n-th --escalate model),
+    # and its name when the run escalates (the output's `model`; None: not escalating).
+    rung: int = 0
+    model: str | None = None

@@ -51,6 +51,15 @@ class Price:
     # A flex run's default-tier price, for the requests it sent there after capacity
     # 429s (--flex-fallback): they are charged at it, reserved for and counted apart.
     fallback: Price | None = None
+    # --escalate: each model an item may go on to, with its price (None: unknown).
+    escalation: tuple[tuple[str, Price | None], ...] = ()
+
+    def for_model(self, model: str | None) -> Price | None:
+        """The price of `model`'s tokens: an --escalate model's own, else this one."""
+        for name, price in self.escalation:
+            if name == model:
+                return price
+        return self
 
     def halved(self, why: str) -> Price:
         cached = None if self.cached_input is None else self.cached_input * BATCH_DISCOUNT

@@ -22,6 +22,7 @@ from typing import Any
 
 import orjson
 
+from llmbatch.core.cachekey import CACHE_KEY, CACHE_KEY_ENDPOINTS
 from llmbatch.core.endpoints import (
     CHAT,
     CHAT_ENDPOINT,
@@ -182,6 +183,9 @@ class RequestBuilder:
     # it asks for it (`Endpoint.schema_params`).
     schema: dict[str, Any] | None = None
     validating: bool = False  # validators given: refused for endpoints whose answers are not text
+    # The prompt cache key a templated request carries (`llmbatch.core.cachekey`), unless
+    # its body has one; None: none.
+    cache_key: str | None = None
 
     def build(self, line: int, obj: dict[str, Any]) -> Request:
         if self.template is not None:
@@ -195,6 +199,9 @@ class RequestBuilder:
         request = Request(cid, body, url, line, metadata, item, fingerprint(url, body))
         if not ASKED_BEFORE.isdisjoint(body):
             request.fp_before = fingerprint_before(url, body)
+        if self.cache_key is not None and url in CACHE_KEY_ENDPOINTS:
+            # After the fingerprints: it is left out of them, and no older line asked it.
+            body.setdefault(CACHE_KEY, self.cache_key)
         return request
 
     def custom_id(self, line: int, obj: dict[str, Any]) -> str | None:

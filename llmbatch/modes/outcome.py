@@ -4,6 +4,8 @@ and the library executor.
     answer ──► validate ──► valid ................................ FINISH (written)
                        └──► invalid, requests left ............... REASK
                        └──► invalid, none left ................... FINISH (invalid)
+                       └──► invalid, none left, a model above ..... REASK on that model
+                            (--escalate: `llmbatch.modes.escalate`), with a fresh count
                        └──► the validator itself is broken ....... stop the run (exit 2)
            └──► a refusal (valid or not) ......................... FINISH (invalid, cause
                 refused); with --reask-refusals as an invalid answer
@@ -52,6 +54,7 @@ from llmbatch.core.tiers import DEFAULT_TIER, FLEX, on_tier, tier_of
 from llmbatch.core.values import Cause, Completion, Finished, Request, State, Usage
 from llmbatch.files.jsonl import write_failure
 from llmbatch.modes.control import RunControl
+from llmbatch.modes.escalate import Ladder, count_answer, count_item, model_of
 
 __all__ = [
     "DEFAULT_MAX_REQUESTS",
@@ -165,6 +168,7 @@ class Outcomes:
         log: Callable[[str], None] = _silent,
         error: Callable[[str], None] | None = None,
         flex_fallback: int | None = None,
+        escalate: tuple[str, ...] = (),
     ) -> None:
         self.validator = validator
         self.output = output
@@ -181,6 +185,8 @@ class Outcomes:
         self.error = error or log  # errors are shown even when quiet
         # After this many capacity 429s, a flex item is asked on the default tier.
         self.flex_fallback = flex_fallback
+        # --escalate: the models an item still invalid after its requests goes on to.
+        self.ladder = Ladder(escalate) if escalate else None
 
     def with_output(self, output: Output) -> Outcomes:
         """The same judge writing elsewhere (a Batch API follow-up that records what it
@@ -213,8 +219,13 @@ class Outcomes:
         item.cache_write_tokens += usage.cache_write_tokens
         item.last = completion
         item.latency_ms = completion.latency_ms
+        if via == "live":
+            stats.answered_in(completion.latency_ms)
         if item.capacity_429s and self.flex_fallback is not None:
             self._fallen_back(item, usage)
+        ladder = self.ladder
+        if ladder is not None:
+            count_answer(stats, model_of(item, stats.model), usage)
         reason = self._validate(item.request, completion)
         if reason is _BROKEN:
             return Verdict.RELEASE
@@ -229,10 +240,19 @@ class Outcomes:
             self.finish(item, State.VALID, via=via)
             return Verdict.FINISH
         item.reason = reason
-        if item.requests >= self.max_requests or (refused and not self.reask_refusals):
-            item.cause = cause
-            self.finish(item, State.INVALID, via=via)
-            return Verdict.FINISH
+        kept = refused and not self.reask_refusals
+        limit = self.max_requests if ladder is None else ladder.limit(item.rung, self.max_requests)
+        if item.requests >= limit or kept:
+            if ladder is None or kept or not ladder.above(item):
+                item.cause = cause
+                self.finish(item, State.INVALID, via=via)
+                return Verdict.FINISH
+            if hold:
+                return Verdict.RELEASE
+            stats.escalated += 1
+            self._reask(item, completion, reason)
+            ladder.climb(item)
+            return Verdict.REASK  # on the next model, with a fresh count
         if hold:
             return Verdict.RELEASE
         stats.reasks += 1
@@ -388,6 +408,9 @@ class Outcomes:
             else:
                 stats.truncated += 1
         item.state, item.error, item.via = state, error, via
+        if self.ladder is not None:
+            item.model = model = model_of(item, stats.model)
+            count_item(stats, model)
         if batch_id is not None:
             item.batch_id = batch_id
         output = self.output

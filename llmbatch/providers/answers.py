@@ -24,6 +24,7 @@ __all__ = [
     "MODERATION_CATEGORIES",
     "answer_body",
     "billed",
+    "cached",
     "chat_body",
     "completion_body",
     "count_tokens",
@@ -331,6 +332,16 @@ def empty_body(url: str) -> dict[str, Any]:
         "object": "text_completion" if url == COMPLETIONS else "chat.completion",
         "choices": [],
     }
+
+
+def cached(payload: dict[str, Any]) -> int:
+    """The cached prompt tokens an answer body reports (chat's, completions' or the
+    Responses API's usage; none: 0)."""
+    usage = payload.get("usage")
+    if not isinstance(usage, dict):
+        return 0
+    details = usage.get("prompt_tokens_details") or usage.get("input_tokens_details")
+    return int(details.get("cached_tokens") or 0) if isinstance(details, dict) else 0
 
 
 def billed(payload: dict[str, Any]) -> tuple[int, int]:

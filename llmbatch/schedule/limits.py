@@ -56,8 +56,10 @@ from llmbatch.schedule.permit import Permit
 from llmbatch.schedule.shared import Shared
 from llmbatch.schedule.tokens import TokenEstimator
 
-__all__ = ["Limits"]
+__all__ = ["PACER_STATES", "Limits"]
 
+# The words `Limits.condition` says the pacer's state in.
+PACER_STATES = ("free", "paused", "waiting", "lowered", "drained", "burst", "smooth")
 # While the server's budget is empty, pace at this share of the limit: at exactly the
 # refill rate, network jitter makes every other request arrive a moment too early.
 DRAINED_PACE = 0.97
@@ -473,17 +475,23 @@ class Limits(AdaptivePace):
 
     def status(self) -> str | None:
         """What holds requests back right now, or the mode the pacer is in, in words (for
-        the display), or None: paused, waiting for a budget, a lowered pace, pacing at the
-        refill rate (the server's budget spent), spending an announced budget at once,
-        pacing smoothly (a shorter window learned)."""
+        the display), or None: see `condition`."""
+        return self.condition()[1]
+
+    def condition(self) -> tuple[str, str | None]:
+        """The pacer's state, as one word (for the metrics) and in words (None when
+        nothing holds requests back): `paused`, `waiting` for a budget, `lowered` pace,
+        `drained` (pacing at the refill rate, the server's budget spent), `burst`
+        (spending an announced budget at once), `smooth` (a shorter window learned), or
+        `free`."""
         if self._loop is None:
-            return None
+            return "free", None
         loop_time = self._loop.time()  # from the display's thread too: a monotonic clock
         left, cause = self._paused_until - loop_time, self._pause_cause
         if self._shared is not None and (shared := self._shared.pause_left())[0] > left:
             left, cause = shared
         if left > 0.05:
-            return f"paused {left:.0f} s ({cause})" if left >= 1 else f"paused ({cause})"
+            return "paused", f"paused {left:.0f} s ({cause})" if left >= 1 else f"paused ({cause})"
         waiting = self.waiting
         if waiting is not None:
             kind, amount = waiting
@@ -491,20 +499,20 @@ class Limits(AdaptivePace):
             wait = bucket.wait_for(amount) if bucket is not None else 0.0
             if wait >= 1.0:
                 what = "output token" if kind == OUTPUT else kind[:-1]
-                return f"waiting for {what} budget (next in {wait:.0f} s)"
+                return "waiting", f"waiting for {what} budget (next in {wait:.0f} s)"
         if self._pace is not None:
             limit = f"; limit {self._ceiling * 60:,.0f}/min" if self._ceiling else ""
-            return f"pace {self._pace * 60:,.0f}/min (lowered after 429s{limit})"
+            return "lowered", f"pace {self._pace * 60:,.0f}/min (lowered after 429s{limit})"
         if self._drained:
-            return (
+            return "drained", (
                 "pacing at the refill rate: the server's "
                 f"{' and '.join(sorted(self._drained))} budget is empty"
             )
         if self._offered:
-            return "spending the budget the server announced, at once"
+            return "burst", "spending the budget the server announced, at once"
         if self._smooth:
-            return "pacing smoothly: the server enforces its limit over a shorter window"
-        return None
+            return "smooth", "pacing smoothly: the server enforces its limit over a shorter window"
+        return "free", None
 
     # --- shared with other processes on the key (--redis); unused without -------------
 

@@ -28,6 +28,7 @@ from llmbatch.testing.api import ApiError, Reply, new_id, page, query_int
 from llmbatch.testing.batchlines import ENDPOINTS, InputFile, Result, answer, not_run, read_input
 from llmbatch.testing.counts import Attempts, ServerStats
 from llmbatch.testing.files import OUTPUT_PURPOSE, FileStore
+from llmbatch.testing.quality import Quality
 
 __all__ = ["Batch", "BatchBehaviour", "BatchQueue"]
 
@@ -189,8 +190,10 @@ class BatchQueue:
         stats: ServerStats,
         reply: Reply,
         seed: int = 0,
+        quality: Quality | None = None,
     ) -> None:
         self.behaviour = behaviour
+        self.quality = quality  # a share of each model's answers spoiled
         self.files = files
         self.attempts = attempts
         self.stats = stats
@@ -321,7 +324,7 @@ class BatchQueue:
             if behaviour.expire_after is not None and batch.run >= behaviour.expire_after:
                 self._finish(batch, "expired", "batch_expired")
                 return None
-            result = answer(line, batch.endpoint, self.attempts)
+            result = answer(line, batch.endpoint, self.attempts, self.stats, self.quality)
             batch.add(result)
             batch.run += 1
             if result.fault is not None:

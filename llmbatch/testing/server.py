@@ -32,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import random
 import threading
+from collections.abc import Mapping
 from typing import Literal, cast
 
 import orjson
@@ -44,6 +45,8 @@ from llmbatch.testing.buckets import RESET_MEANINGS, KeyLimit, RateLimits, Reset
 from llmbatch.testing.completions import FAULT_KINDS, MODEL_PATHS, ModelEndpoints
 from llmbatch.testing.counts import Attempts, ServerStats
 from llmbatch.testing.files import FileStore
+from llmbatch.testing.promptcache import PromptCache
+from llmbatch.testing.quality import Quality
 
 __all__ = ["LOOP_KINDS", "FakeServer", "LoopKind", "ServerStats", "error_body", "new_event_loop"]
 
@@ -98,6 +101,10 @@ class FakeServer(ModelEndpoints):
     and drop the connection unanswered; the first ``fail_creates`` creates are refused
     with ``fail_create_status``, quoting the caller's Authorization header (see
     :class:`~llmbatch.testing.batches.BatchBehaviour`).
+
+    ``quality`` spoils a share of each named model's answers, live and in batches (see
+    :mod:`llmbatch.testing.quality`); ``prompt_cache`` reports ``cached_tokens`` for
+    prefixes sent before (see :mod:`llmbatch.testing.promptcache`).
     """
 
     def __init__(
@@ -131,6 +138,8 @@ class FakeServer(ModelEndpoints):
         lose_create_answers: int = 0,
         fail_creates: int = 0,
         fail_create_status: int = 500,
+        quality: Mapping[str, float] | None = None,
+        prompt_cache: PromptCache | None = None,
     ) -> None:
         if reset_means not in RESET_MEANINGS:
             raise ValueError(f"reset_means must be one of {', '.join(RESET_MEANINGS)}")
@@ -160,6 +169,8 @@ class FakeServer(ModelEndpoints):
         self.port = port
         self.loop_kind: LoopKind = loop
         self.stats = ServerStats()
+        self.quality = Quality(quality, seed=seed) if quality else None
+        self.prompt_cache = prompt_cache
         self.attempts = Attempts(self.stats.answers)
         self.files = FileStore(self.stats, self.reply)
         behaviour = BatchBehaviour(
@@ -172,7 +183,13 @@ class FakeServer(ModelEndpoints):
             fail_status=fail_create_status,
         )
         self.batches = BatchQueue(
-            behaviour, files=self.files, attempts=self.attempts, stats=self.stats, reply=self.reply, seed=seed
+            behaviour,
+            files=self.files,
+            attempts=self.attempts,
+            stats=self.stats,
+            reply=self.reply,
+            seed=seed,
+            quality=self.quality,
         )
         self.limits: RateLimits | None = None
         self.key_limit: KeyLimit | None = None

@@ -13,6 +13,7 @@ compaction keeps one line per id; what was moved on is not looked at twice).
 from __future__ import annotations
 
 import tempfile
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
@@ -116,7 +117,7 @@ class Collector:
             self.cap.settle(self.reserved.pop(chunk.id, 0.0), used)
         if not whole or output.error is not None:
             return
-        self.state.update(chunk.id, state=ChunkState.COLLECTED, status=remote.status)
+        self.state.update(chunk.id, state=ChunkState.COLLECTED, status=remote.status, completed=time.time())
         self.log(f"batch {remote.id} {remote.status}: {len(done):,} written, {follow.count:,} sent on")
 
     async def _results(self, remote: Remote) -> AsyncIterator[dict[str, Any]]:
@@ -187,7 +188,9 @@ class Collector:
             done.append(item.request.custom_id)
         self.outcomes.output.sync()
         self.state.mark_done(done)
-        self.state.update(chunk.id, state=ChunkState.COLLECTED, status="failed", error=message)
+        self.state.update(
+            chunk.id, state=ChunkState.COLLECTED, status="failed", error=message, completed=time.time()
+        )
         self.log(f"batch {remote.id} failed: {message}")
 
     # --- --then live ---------------------------------------------------------------
