@@ -329,3 +329,20 @@ def test_an_output_token_limit_is_learned_apart_from_the_input_one(
     assert result.exit_code == 0, result.stderr
     assert len(by_id(out)) == 300
     assert server.stats.http_429 <= 16 + 30, server.stats.http_429
+
+
+def test_the_schema_note_is_openais_and_strict_is_refused(
+    anthropic: Callable[..., AnthropicServer], claude: Callable[..., Result], tmp_path: Path
+) -> None:
+    """With --provider anthropic no note about OpenAI's strict subset is printed, and
+    --strict (OpenAI's flag) is exit 2 saying what --schema does here."""
+    server = anthropic()
+    inp, out = reviews(tmp_path, 2), tmp_path / "out.jsonl"
+    ran = claude(
+        server, inp, "-o", out, "--prompt", "{text}", "--id-field", "id", "--schema", schema_file(tmp_path)
+    )
+    assert ran.exit_code == 0 and "strict" not in ran.stderr
+    refused = claude(
+        server, inp, "-o", out, "--prompt", "{text}", "--schema", schema_file(tmp_path), "--strict"
+    )
+    assert refused.exit_code == 2 and "forced tool" in refused.stderr

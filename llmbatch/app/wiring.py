@@ -80,6 +80,11 @@ def builder_for(settings: Settings) -> RequestBuilder:
 def schema_asked(settings: Settings) -> AskedSchema | None:
     """What --schema asks for; with --strict, a schema outside the strict subset is a
     ConfigError naming the first reason."""
+    if settings.strict and settings.provider == "anthropic":
+        raise ConfigError(
+            "--strict is OpenAI's (strict: true in response_format); with --provider anthropic, --schema "
+            "goes as a forced tool and every answer is checked against it"
+        )
     if settings.schema is None:
         if settings.strict:
             raise ConfigError("--strict needs --schema (the schema to send with strict: true)")
@@ -95,8 +100,8 @@ def schema_asked(settings: Settings) -> AskedSchema | None:
 def schema_note(settings: Settings) -> str | None:
     """The one line a run says when its schema goes without strict: true, and why."""
     asked = schema_asked(settings)
-    if asked is None or asked.problem is None:
-        return None
+    if asked is None or asked.problem is None or settings.provider == "anthropic":
+        return None  # Anthropic's forced tool has no strict flag to go without
     return (
         f"--schema {settings.schema} is sent without strict: true (outside OpenAI's strict subset: "
         f"{asked.problem}); answers are still checked against it (--strict makes this an error)"
