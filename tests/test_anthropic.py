@@ -213,8 +213,12 @@ def test_the_offline_fake_answers_messages_bodies(run_cli: Callable[..., Result]
         }
 
 
-def test_no_key_says_which_variable(run_cli: Callable[..., Result], tmp_path: Path) -> None:
+def test_no_key_says_which_variable(
+    run_cli: Callable[..., Result], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Without ANTHROPIC_API_KEY, the error names it (exit 2)."""
+    monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
+    monkeypatch.delenv("ANTHROPIC_BASE_URL", raising=False)
     result = run_cli(
         "run",
         reviews(tmp_path, 1),
