@@ -213,8 +213,12 @@ def test_the_offline_fake_answers_messages_bodies(run_cli: Callable[..., Result]
         }
 
 
-def test_no_key_says_which_variable(run_cli: Callable[..., Result], tmp_path: Path) -> None:
+def test_no_key_says_which_variable(
+    run_cli: Callable[..., Result], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Without ANTHROPIC_API_KEY, the error names it (exit 2)."""
+    monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
+    monkeypatch.delenv("ANTHROPIC_BASE_URL", raising=False)
     result = run_cli(
         "run",
         reviews(tmp_path, 1),
@@ -240,3 +244,109 @@ def test_an_rfc3339_reset_is_read_as_seconds_from_now() -> None:
     assert reset_seconds("2000-01-01T00:00:00Z") == 0
     assert reset_seconds("6m0s") == 360
     assert reset_seconds("soon") is None
+
+
+def test_estimate_knows_the_messages_ceiling(run_cli: Callable[..., Result], tmp_path: Path) -> None:
+    """estimate counts each Messages request's answer at most at its max_tokens: 1024
+    unless given."""
+    inp = reviews(tmp_path, 10)
+    base = (
+        "estimate",
+        inp,
+        "--provider",
+        "anthropic",
+        "--prompt",
+        "{text}",
+        "-m",
+        "claude-haiku-4-5",
+        "--json",
+    )
+    data = orjson.loads(run_cli(*base).stdout)
+    assert data["answer_tokens_max"] == 10 * 1024
+    data = orjson.loads(run_cli(*base, "--max-tokens", "100").stdout)
+    assert data["answer_tokens_max"] == 10 * 100
+
+
+def test_max_cost_reserves_a_batch_at_the_batch_price(
+    anthropic: Callable[..., AnthropicServer], claude: Callable[..., Result], tmp_path: Path
+) -> None:
+    """--batch-api --max-cost: a batch whose worst case (max_tokens each, at the batch
+    price) does not fit is never created (exit 3); one that fits is."""
+    server = anthropic(batch_seconds=0.1)
+    inp = reviews(tmp_path, 100)
+    out = tmp_path / "out.jsonl"
+    common = (
+        "--prompt",
+        "{text}",
+        "--id-field",
+        "id",
+        "--batch-api",
+        "--poll-every",
+        "0.1",
+        "--max-tokens",
+        "100",
+    )
+    # worst case: 100 x 100 output tokens at $2.50 a million = $0.025, plus the prompts
+    refused = claude(server, inp, "-o", out, *common, "--max-cost", "0.02")
+    assert refused.exit_code == 3, refused.stderr
+    assert server.stats.batches_created == 0
+    done = claude(server, inp, "-o", out, *common, "--max-cost", "0.05")
+    assert done.exit_code == 0, done.stderr
+    assert server.stats.batches_created == 1 and len(by_id(out)) == 100
+
+
+def test_a_merged_row_carries_cache_writes(
+    anthropic: Callable[..., AnthropicServer], claude: Callable[..., Result], tmp_path: Path
+) -> None:
+    """--merged rows say the prompt tokens written to the cache beside those read."""
+    server = anthropic()
+    rows = [{"id": "m", "text": "w " * 100 + '@fake {"cached": 30, "written": 12}'}]
+    out = tmp_path / "out.jsonl"
+    result = claude(
+        server,
+        write_jsonl(tmp_path / "in.jsonl", rows),
+        "-o",
+        out,
+        "--prompt",
+        "{text}",
+        "--id-field",
+        "id",
+        "--merged",
+    )
+    assert result.exit_code == 0, result.stderr
+    row = orjson.loads(out.read_bytes().splitlines()[0])
+    assert row["llm_cached_tokens"] == 30 and row["llm_cache_write_tokens"] == 12
+
+
+def test_an_output_token_limit_is_learned_apart_from_the_input_one(
+    anthropic: Callable[..., AnthropicServer], claude: Callable[..., Result], tmp_path: Path
+) -> None:
+    """A server limiting output tokens (and no input tokens), told only in its
+    anthropic-ratelimit-output-tokens-* headers: every item done, few 429s beyond the
+    first burst's (the server shares this process: its timing is loose)."""
+    server = anthropic(otpm=24_000, bucket_seconds=1)
+    out = tmp_path / "out.jsonl"
+    result = claude(
+        server, reviews(tmp_path, 300), "-o", out, "--prompt", "Rate: {text}", "--id-field", "id", "--schema",
+        schema_file(tmp_path), "-c", "16",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    assert len(by_id(out)) == 300
+    assert server.stats.http_429 <= 16 + 30, server.stats.http_429
+
+
+def test_the_schema_note_is_openais_and_strict_is_refused(
+    anthropic: Callable[..., AnthropicServer], claude: Callable[..., Result], tmp_path: Path
+) -> None:
+    """With --provider anthropic no note about OpenAI's strict subset is printed, and
+    --strict (OpenAI's flag) is exit 2 saying what --schema does here."""
+    server = anthropic()
+    inp, out = reviews(tmp_path, 2), tmp_path / "out.jsonl"
+    ran = claude(
+        server, inp, "-o", out, "--prompt", "{text}", "--id-field", "id", "--schema", schema_file(tmp_path)
+    )
+    assert ran.exit_code == 0 and "strict" not in ran.stderr
+    refused = claude(
+        server, inp, "-o", out, "--prompt", "{text}", "--schema", schema_file(tmp_path), "--strict"
+    )
+    assert refused.exit_code == 2 and "forced tool" in refused.stderr

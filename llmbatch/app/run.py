@@ -30,6 +30,7 @@ from llmbatch.app.settings import Settings
 from llmbatch.app.summary import render_summary, summary_dict
 from llmbatch.app.wiring import (
     batch_api,
+    batches_done,
     builder_for,
     for_shard,
     join_budget,
@@ -277,6 +278,8 @@ async def _run(
     try:
         if batches is not None:
             pending = await batches.run(requests, live.reject)
+            if pending is ExitCode.OK and stats.stop is None and batch_state is not None:
+                batches_done(settings, batch_state)
         else:
             await live.run(grouped(requests) if lookahead else requests)
     finally:

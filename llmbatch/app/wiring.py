@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -36,6 +37,7 @@ __all__ = [
     "attacher_for",
     "base_url_of",
     "batch_api",
+    "batches_done",
     "builder_for",
     "for_shard",
     "join_budget",
@@ -97,6 +99,11 @@ def attacher_for(settings: Settings, endpoint: str | None) -> Attacher | None:
 def schema_asked(settings: Settings) -> AskedSchema | None:
     """What --schema asks for; with --strict, a schema outside the strict subset is a
     ConfigError naming the first reason."""
+    if settings.strict and settings.provider == "anthropic":
+        raise ConfigError(
+            "--strict is OpenAI's (strict: true in response_format); with --provider anthropic, --schema "
+            "goes as a forced tool and every answer is checked against it"
+        )
     if settings.schema is None:
         if settings.strict:
             raise ConfigError("--strict needs --schema (the schema to send with strict: true)")
@@ -112,8 +119,8 @@ def schema_asked(settings: Settings) -> AskedSchema | None:
 def schema_note(settings: Settings) -> str | None:
     """The one line a run says when its schema goes without strict: true, and why."""
     asked = schema_asked(settings)
-    if asked is None or asked.problem is None:
-        return None
+    if asked is None or asked.problem is None or settings.provider == "anthropic":
+        return None  # Anthropic's forced tool has no strict flag to go without
     return (
         f"--schema {settings.schema} is sent without strict: true (outside OpenAI's strict subset: "
         f"{asked.problem}); answers are still checked against it (--strict makes this an error)"
@@ -170,6 +177,14 @@ def batch_api(
 
     assert isinstance(provider, OpenAIProvider)
     return RemoteBatches(provider.client, log=log)
+
+
+def batches_done(settings: Settings, state: BatchState) -> None:
+    """Every batch collected: the Message Batches spool is no longer needed (it maps
+    hashed custom_ids back while a batch may still be collected, and is rebuilt by the
+    next run that makes batches)."""
+    if settings.provider == "anthropic" and not state.open_batches():
+        shutil.rmtree(sidecars.batch_spool(settings.output), ignore_errors=True)
 
 
 def run_price(settings: Settings, model: str | None = None, tier: str | None = None) -> Price | None:

@@ -171,6 +171,7 @@ def merged_record(f: Finished, server: str = "") -> dict[str, Any]:
             "llm_prompt_tokens": f.prompt_tokens,
             "llm_completion_tokens": f.completion_tokens,
             "llm_cached_tokens": f.cached_tokens,
+            "llm_cache_write_tokens": f.cache_write_tokens,
             "llm_reasoning_tokens": f.reasoning_tokens,
             "llm_model": f.model or _model(f.last),
             "llm_latency_ms": round(f.latency_ms, 1),

@@ -132,7 +132,8 @@ class AnthropicBatches:
         """One create, its intent written first; a create whose answer is lost is looked
         for (`find_batch`) before it is sent again."""
         path = self.spool / file_id
-        count = sum(1 for _ in path.open("rb"))
+        with path.open("rb") as f:
+            count = sum(1 for _ in f)
         intent = {"requests": count, "time": time.time()}
         self._intent_path(file_id).write_bytes(orjson.dumps(intent))
         for attempt in range(CONTROL_RETRY.retries + 1):
@@ -208,7 +209,8 @@ class AnthropicBatches:
 
     @staticmethod
     def _ids(path: Path) -> list[str]:
-        return [orjson.loads(raw)["custom_id"] for raw in path.open("rb")]
+        with path.open("rb") as f:
+            return [orjson.loads(raw)["custom_id"] for raw in f]
 
     async def _body(self, path: Path) -> AsyncIterator[bytes]:
         """The create's body, streamed from the spool: ``{"requests": [...]}``."""

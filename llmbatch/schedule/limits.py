@@ -90,7 +90,7 @@ class Limits(AdaptivePace):
         self.tpm = tpm
         # Input and output tokens limited apart (Anthropic's): the token bucket is then
         # charged the prompt only (less what the cache read), and the output bucket
-        # (--output-tpm, or learned) the answer's ceiling, settled against the real
+        # (--output-tpm, or learned) the answer expected, settled against the real
         # output tokens.
         self.split_tokens = split_tokens
         self._output: Bucket | None = self._new_bucket(OUTPUT, output_tpm) if output_tpm else None
@@ -195,6 +195,12 @@ class Limits(AdaptivePace):
             if self.split_tokens:
                 prompt, answer = self.estimator.split(endpoint, request.body, chars)
                 charged = self.clamp(prompt) if self._tokens is not None else 0
+                # The answer expected (the average so far, within its ceiling), not the
+                # ceiling: a max_tokens of 1,024 is often more than a second of the
+                # output limit, and most answers are far shorter. Anthropic reserves
+                # max_tokens on its side while a request runs; what that leaves is in
+                # its headers' remaining, which caps this bucket as any budget does.
+                answer = min(answer, int(self.estimator.answer_tokens) + 1)
                 charged_out = answer if self._output is not None else 0
                 self._charges["tokens"], self._charges[OUTPUT] = prompt, answer
             elif self._tokens is not None:

@@ -16,7 +16,8 @@ answer holds. ``overload_share`` of requests get a 529 ``overloaded_error`` for 
 Batches end ``batch_seconds`` after their create; a request whose custom_id hashes into
 ``errored_share`` is errored (an ``api_error``) and into ``expired_share`` expired, the
 first time the server sees that id only (so a follow-up of it succeeds). ``read_delay``
-holds each create before its body is read (a client killed meanwhile made no batch);
+holds each create before its body is read (a client killed meanwhile made no batch),
+``results_delay`` each results download halfway;
 the first ``lose_create_answers`` creates make their batch and drop the connection.
 
 Run it alone: ``python -m llmbatch.testing.anthropic --port 8901 --rpm 600 --itpm 40000``.
@@ -87,6 +88,10 @@ class AnthropicStats:
     batches_created: int = 0
     batch_requests: int = 0
     batch_sizes: list[int] = field(default_factory=list)
+    batch_ids: list[frozenset[str]] = field(default_factory=list)  # each batch's custom_ids
+    creates_started: int = 0
+    retrieves: int = 0
+    results_started: int = 0
     api_keys: set[str] = field(default_factory=set)
     versions: set[str] = field(default_factory=set)
     bodies: list[dict[str, Any]] = field(default_factory=list)  # the /v1/messages bodies, in order
@@ -121,6 +126,7 @@ class AnthropicServer:
         errored_share: float = 0.0,
         expired_share: float = 0.0,
         read_delay: float = 0.0,
+        results_delay: float = 0.0,
         lose_create_answers: int = 0,
         host: str = "127.0.0.1",
         port: int = 0,
@@ -136,6 +142,7 @@ class AnthropicServer:
         self.errored_share = errored_share
         self.expired_share = expired_share
         self.read_delay = read_delay
+        self.results_delay = results_delay
         self.lose_create_answers = lose_create_answers
         self.host, self.port = host, port
         self.stats = AnthropicStats()
@@ -329,8 +336,11 @@ class AnthropicServer:
     async def _create_batch(self, request: web.Request) -> web.StreamResponse:
         if not self._authorized(request):
             return web.Response(status=401, body=_error("authentication_error", "invalid x-api-key"))
+        self.stats.creates_started += 1
         if self.read_delay:
             await asyncio.sleep(self.read_delay)
+            if request.transport is None or request.transport.is_closing():
+                return web.Response(status=499)  # the client went away mid-create: no batch
         raw = await request.read()
         if len(raw) > MAX_BATCH_BYTES:
             return web.Response(status=413, body=_error("request_too_large", "batch over 256 MB"))
@@ -354,6 +364,7 @@ class AnthropicServer:
         self.stats.batches_created += 1
         self.stats.batch_requests += len(requests)
         self.stats.batch_sizes.append(len(requests))
+        self.stats.batch_ids.append(frozenset(seen))
         if self.lose_create_answers > 0:
             self.lose_create_answers -= 1
             assert request.transport is not None
@@ -387,6 +398,7 @@ class AnthropicServer:
         )
 
     async def _retrieve(self, request: web.Request) -> web.StreamResponse:
+        self.stats.retrieves += 1
         return web.json_response(self._batch_object(self._found(request)))
 
     async def _cancel(self, request: web.Request) -> web.StreamResponse:
@@ -399,7 +411,16 @@ class AnthropicServer:
         batch = self._found(request)
         if batch.ended is None:
             return web.Response(status=400, body=_error("invalid_request_error", "batch has not ended"))
-        return web.Response(body=b"\n".join(batch.results) + b"\n", content_type="application/binary")
+        self.stats.results_started += 1
+        resp = web.StreamResponse(headers={"content-type": "application/binary"})
+        await resp.prepare(request)
+        half = len(batch.results) // 2
+        await resp.write(b"".join(line + b"\n" for line in batch.results[:half]))
+        if self.results_delay:
+            await asyncio.sleep(self.results_delay)
+        await resp.write(b"".join(line + b"\n" for line in batch.results[half:]))
+        await resp.write_eof()
+        return resp
 
     # --- running ----------------------------------------------------------------------
 
@@ -411,7 +432,22 @@ class AnthropicServer:
         app.router.add_get("/v1/messages/batches/{id}", self._retrieve)
         app.router.add_post("/v1/messages/batches/{id}/cancel", self._cancel)
         app.router.add_get("/v1/messages/batches/{id}/results", self._results)
+        app.router.add_get("/_stats", self._stats)
         return app
+
+    async def _stats(self, request: web.Request) -> web.StreamResponse:
+        """What the server counted, for a client in another process (the benchmarks)."""
+        s = self.stats
+        started = s.admitted_at[0] if s.admitted_at else 0.0
+        counts = {
+            "requests": s.requests,
+            "answered": s.answered,
+            "http_429": s.http_429,
+            "http_529": s.http_529,
+            "batches_created": s.batches_created,
+            "admitted_s": [round(t - started, 3) for t in s.admitted_at],
+        }
+        return web.json_response(counts)
 
     async def serve(self) -> None:
         self._loop = asyncio.get_running_loop()

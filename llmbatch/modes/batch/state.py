@@ -70,7 +70,8 @@ CREATE TABLE IF NOT EXISTS items (
     done INTEGER NOT NULL DEFAULT 0,
     cached_tokens INTEGER NOT NULL DEFAULT 0,
     reasoning_tokens INTEGER NOT NULL DEFAULT 0,
-    rung INTEGER NOT NULL DEFAULT 0
+    rung INTEGER NOT NULL DEFAULT 0,
+    cache_write_tokens INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS items_by_chunk ON items (chunk, done);
 """
@@ -135,6 +136,7 @@ class Item:
     cached_tokens: int
     reasoning_tokens: int
     rung: int = 0  # --escalate: the model it is on (0: the first)
+    cache_write_tokens: int = 0
 
     def tally(self) -> Finished:
         """The item's outcome so far, to build on with its next answer."""
@@ -148,6 +150,7 @@ class Item:
             cached_tokens=self.cached_tokens,
             reasoning_tokens=self.reasoning_tokens,
             rung=self.rung,
+            cache_write_tokens=self.cache_write_tokens,
         )
 
 
@@ -287,7 +290,8 @@ class BatchState:
                 "INSERT INTO items (custom_id, chunk, line, request) VALUES (?, ?, ?, ?) "
                 "ON CONFLICT (custom_id) DO UPDATE SET chunk = excluded.chunk, line = excluded.line, "
                 "request = excluded.request, requests = 0, retries = 0, prompt_tokens = 0, "
-                "completion_tokens = 0, cached_tokens = 0, reasoning_tokens = 0, rung = 0, done = 0",
+                "completion_tokens = 0, cached_tokens = 0, reasoning_tokens = 0, rung = 0, "
+                "cache_write_tokens = 0, done = 0",
                 (req.custom_id, chunk_id, req.line, _request_blob(req)),
             )
         else:  # its request too: a re-ask may carry the conversation (Responses, completions)
@@ -340,7 +344,7 @@ class BatchState:
         self.begin()
         self._db.execute(
             "UPDATE items SET requests = ?, retries = ?, prompt_tokens = ?, completion_tokens = ?, "
-            "cached_tokens = ?, reasoning_tokens = ?, rung = ? WHERE custom_id = ?",
+            "cached_tokens = ?, reasoning_tokens = ?, rung = ?, cache_write_tokens = ? WHERE custom_id = ?",
             (
                 tally.requests,
                 tally.retries,
@@ -349,6 +353,7 @@ class BatchState:
                 tally.cached_tokens,
                 tally.reasoning_tokens,
                 tally.rung,
+                tally.cache_write_tokens,
                 tally.request.custom_id,
             ),
         )
@@ -375,14 +380,23 @@ class BatchState:
 
 _ITEM = (
     "custom_id, line, request, chunk, requests, retries, prompt_tokens, completion_tokens, cached_tokens, "
-    "reasoning_tokens, rung"
+    "reasoning_tokens, rung, cache_write_tokens"
 )
 
 
 def _item(row: tuple[Any, ...]) -> Item:
-    cid, line, blob, chunk, requests, retries, prompt, completion, cached, reasoning, rung = row
+    cid, line, blob, chunk, requests, retries, prompt, completion, cached, reasoning, rung, written = row
     return Item(
-        _request(cid, line, blob), chunk, requests, retries, prompt, completion, cached, reasoning, rung
+        _request(cid, line, blob),
+        chunk,
+        requests,
+        retries,
+        prompt,
+        completion,
+        cached,
+        reasoning,
+        rung,
+        written,
     )
 
 
@@ -398,6 +412,8 @@ def _migrate(db: sqlite3.Connection) -> None:
         db.execute("ALTER TABLE items ADD COLUMN reasoning_tokens INTEGER NOT NULL DEFAULT 0")
     if "rung" not in columns["items"]:  # --escalate
         db.execute("ALTER TABLE items ADD COLUMN rung INTEGER NOT NULL DEFAULT 0")
+    if "cache_write_tokens" not in columns["items"]:
+        db.execute("ALTER TABLE items ADD COLUMN cache_write_tokens INTEGER NOT NULL DEFAULT 0")
     if "held" not in columns["chunks"]:
         db.execute("ALTER TABLE chunks ADD COLUMN held INTEGER NOT NULL DEFAULT 0")
         db.execute("UPDATE chunks SET held = 1 WHERE error LIKE 'enqueued token limit:%'")
