@@ -140,13 +140,17 @@ def deadline_text(stats: Stats) -> str:
     if d["rate_per_s"] is not None:
         text += f", live at ~{d['rate_per_s']:,.1f} items/s ({d['assumed']})"
     if d["went_live_s"] is not None:
-        text += f"; went live at {duration(d['went_live_s'])} with {d['left_then']:,} left"
+        text += f"; went live at {_seconds(d['went_live_s'])} with {d['left_then']:,} left"
     elif stats.finished is not None:
         text += "; the batches finished in time"
     if stats.finished is not None:
         early = d["at_unix"] - time.time()
-        text += f"; done {duration(early)} before it" if early >= 0 else f"; MISSED by {duration(-early)}"
+        text += f"; done {_seconds(early)} before it" if early >= 0 else f"; MISSED by {_seconds(-early)}"
     return text
+
+
+def _seconds(x: float) -> str:
+    return f"{x:.1f}s" if x < 60 else duration(x)
 
 
 def _saved(stats: Stats, price: Price | None) -> str:
