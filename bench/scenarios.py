@@ -38,6 +38,7 @@ class Sizes:
     batch_ns: tuple[int, ...]  # Batch API mode; the first is the baseline
     ordered_n: int
     shared_n: int  # items shared by three processes
+    deadline_scale: float = 1.0  # --deadline: its times, as a share of the issue's
 
 
 FULL = Sizes(
@@ -71,6 +72,7 @@ QUICK = Sizes(
     batch_ns=(1_200, 12_000),
     ordered_n=2_000,
     shared_n=300,
+    deadline_scale=0.1,
 )
 
 
@@ -491,7 +493,7 @@ def _answered(server: Server) -> int:
     return sum(int(v) for v in server.stats().get("by_status", {}).values())
 
 
-from bench import modes, pressure  # noqa: E402 (they use the Context and Row above)
+from bench import deadline, modes, pressure  # noqa: E402 (they use the Context and Row above)
 
 SCENARIOS: dict[str, Callable[[Context], list[Row]]] = {
     "overhead": overhead,
@@ -507,4 +509,5 @@ SCENARIOS: dict[str, Callable[[Context], list[Row]]] = {
     "batch": modes.batch_api,
     "ordered": modes.ordered,
     "shared": modes.shared,
+    "deadline": deadline.deadline,
 }
