@@ -137,3 +137,25 @@ def test_without_any_limit_the_probes_latency_tells_the_rate(run_cli, fake_serve
     result, _, _ = run(run_cli, server, tmp_path, 5, "--deadline", "1h", "-c", "8")
     assert result.exit_code == 0, result.output
     assert "no limits announced: 8 in flight at" in result.output
+
+
+def test_the_panel_shows_the_deadline_and_the_cache_saving():
+    """The live panel names the deadline, the rate it assumes and when it went live, and
+    what the prompt cache saved."""
+    from rich.console import Console
+
+    from llmbatch.app.display import StatsView
+    from llmbatch.core.stats import Stats
+    from llmbatch.cost.prices import Price
+
+    stats = Stats()
+    stats.prompt_tokens, stats.cached_tokens = 10_000, 8_000
+    stats.deadline = {
+        "at": "2030-01-01 07:00:00 UTC", "at_unix": 1.9e9, "margin": 0.2, "rate_per_s": 83.3,
+        "assumed": "5,000 requests/min (--rpm/--tpm)", "went_live_s": 54.5, "left_then": 2_100,
+    }  # fmt: skip
+    console = Console(record=True, width=100)
+    console.print(StatsView(stats, Price(1.0, 4.0, cached_input=0.5)))
+    text = console.export_text()
+    assert "went live at 54.5s with 2,100 left" in text
+    assert "cache saved" in text and "$0.0040" in text
