@@ -493,7 +493,7 @@ def _answered(server: Server) -> int:
     return sum(int(v) for v in server.stats().get("by_status", {}).values())
 
 
-from bench import deadline, modes, pressure  # noqa: E402 (they use the Context and Row above)
+from bench import cheaper, deadline, modes, pressure  # noqa: E402 (they use the Context and Row above)
 
 SCENARIOS: dict[str, Callable[[Context], list[Row]]] = {
     "overhead": overhead,
@@ -510,4 +510,6 @@ SCENARIOS: dict[str, Callable[[Context], list[Row]]] = {
     "ordered": modes.ordered,
     "shared": modes.shared,
     "deadline": deadline.deadline,
+    "escalate": cheaper.escalate,
+    "promptcache": cheaper.prompt_cache,
 }
