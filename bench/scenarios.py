@@ -39,6 +39,7 @@ class Sizes:
     ordered_n: int
     shared_n: int  # items shared by three processes
     report_n: int  # lines of the output `report` and `report --html` read
+    deadline_scale: float = 1.0  # --deadline: its times, as a share of the issue's
 
 
 FULL = Sizes(
@@ -74,6 +75,7 @@ QUICK = Sizes(
     ordered_n=2_000,
     shared_n=300,
     report_n=100_000,
+    deadline_scale=0.1,
 )
 
 
@@ -494,7 +496,7 @@ def _answered(server: Server) -> int:
     return sum(int(v) for v in server.stats().get("by_status", {}).values())
 
 
-from bench import modes, pressure, report_page  # noqa: E402 (they use the Context and Row above)
+from bench import cheaper, deadline, modes, pressure, report_page  # noqa: E402 (they use the Context and Row above)
 
 SCENARIOS: dict[str, Callable[[Context], list[Row]]] = {
     "overhead": overhead,
@@ -511,4 +513,7 @@ SCENARIOS: dict[str, Callable[[Context], list[Row]]] = {
     "ordered": modes.ordered,
     "shared": modes.shared,
     "report": report_page.report,
+    "deadline": deadline.deadline,
+    "escalate": cheaper.escalate,
+    "promptcache": cheaper.prompt_cache,
 }

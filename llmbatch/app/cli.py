@@ -64,6 +64,7 @@ from llmbatch.app.settings import (
 from llmbatch.app.tools import estimate, merge, report
 from llmbatch.core.cachekey import DEFAULT_CACHE_KEY_MODE
 from llmbatch.core.errors import LLMBatchError
+from llmbatch.modes.deadline import DEFAULT_DEADLINE_MARGIN
 from llmbatch.providers.anthropic_batches import DEFAULT_MESSAGE_BATCH_BYTES, DEFAULT_MESSAGE_BATCH_REQUESTS
 
 app = typer.Typer(
@@ -407,6 +408,20 @@ def run(
             metavar="batch|live",
         ),
     ] = "batch",
+    deadline: Annotated[
+        str | None,
+        Opt(
+            help="Done by TIME (ISO, e.g. 2026-12-04T07:00 or 07:00, or a duration such as 6h): the "
+            "rest goes live, the running batches cancelled, when the live time to finish it (at "
+            "--rpm/--tpm, else measured on 3 live requests) would pass it.",
+            panel=BATCH,
+            metavar="TIME",
+        ),
+    ] = None,
+    deadline_margin: Annotated[
+        float,
+        Opt(help="Safety margin on the live time to finish, for --deadline.", panel=BATCH, metavar="SHARE"),
+    ] = DEFAULT_DEADLINE_MARGIN,
     # display
     live: Annotated[
         bool,

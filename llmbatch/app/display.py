@@ -59,6 +59,8 @@ def _percent(stats: Stats) -> str:
 def spent_usd(stats: Stats, price: Price | None) -> float | None:
     if price is not None and price.escalation and stats.by_model:
         return _by_model_usd(stats, price)
+    if price is not None and price.live is not None and stats.by_way:
+        return ways_usd(stats, price)[0]
     fallback = price.fallback if price is not None else None
     prompt, completion, cached = stats.fallback_tokens
     if fallback is None or not (prompt or completion):
@@ -79,6 +81,21 @@ def spent_usd(stats: Stats, price: Price | None) -> float | None:
 def model_usd(price: Price | None, model: str, row: list[int]) -> float | None:
     """What one model's answers cost (a row of `Stats.by_model`)."""
     return cost(price.for_model(model) if price is not None else None, row[2], row[3], row[4])
+
+
+def ways_usd(stats: Stats, price: Price) -> tuple[float | None, float | None, float | None]:
+    """--deadline: what the run cost (the batches' answers at the batch price, the live
+    ones at the list price), and what the same answers would have cost all live and all
+    through batches."""
+    live_price = price.live
+    totals = [0, 0, 0]
+    spent: float | None = 0.0
+    for way, row in list(stats.by_way.items()):
+        part = cost(live_price if way == "live" else price, row[2], row[3], row[4])
+        spent = None if spent is None or part is None else spent + part
+        for i in range(3):
+            totals[i] += row[i + 2]
+    return spent, cost(live_price, *totals), cost(price, *totals)
 
 
 def _by_model_usd(stats: Stats, price: Price) -> float | None:
@@ -115,6 +132,27 @@ def _projected(stats: Stats, price: Price | None) -> float | None:
     if spent is None or stats.total is None or stats.done == 0:
         return None
     return spent + spent / stats.done * max(stats.total - stats.accounted, 0)
+
+
+def deadline_text(stats: Stats) -> str:
+    """--deadline in words: when, what rate it assumes, whether and when it went live."""
+    d = stats.deadline
+    assert d is not None
+    text = f"by {d['at']}"
+    if d["rate_per_s"] is not None:
+        text += f", live at ~{d['rate_per_s']:,.1f} items/s ({d['assumed']})"
+    if d["went_live_s"] is not None:
+        text += f"; went live at {_seconds(d['went_live_s'])} with {d['left_then']:,} left"
+    elif stats.finished is not None:
+        text += "; the batches finished in time"
+    if stats.finished is not None:
+        early = d["at_unix"] - time.time()
+        text += f"; done {_seconds(early)} before it" if early >= 0 else f"; MISSED by {_seconds(-early)}"
+    return text
+
+
+def _seconds(x: float) -> str:
+    return f"{x:.1f}s" if x < 60 else duration(x)
 
 
 def _saved(stats: Stats, price: Price | None) -> str:
@@ -291,6 +329,9 @@ class StatsView:
             retries.append(f"{cause}: {text}"[: PANEL_WIDTH - 16], style="red")
         if s.batches:
             retries.append("\n" + batches_line(s).replace(", ", "\n  "), style="dim")
+        if s.deadline is not None:
+            retries.append("\ndeadline  ", style="dim")
+            retries.append(deadline_text(s)[: PANEL_WIDTH * 2])
         title = "llmbatch" + (f" · {s.model}" if s.model else "")
         subtitle = Text(f"stopping: {s.stop_reason}", style="yellow") if s.stopped else None
         return Panel(

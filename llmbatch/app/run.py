@@ -49,6 +49,7 @@ from llmbatch.files.locking import OutputLock
 from llmbatch.input.source import Source
 from llmbatch.modes.batch.state import BatchState
 from llmbatch.modes.control import RunControl
+from llmbatch.modes.deadline import Deadline, parse_deadline
 from llmbatch.modes.live.engine import Engine, EngineConfig, Job
 from llmbatch.modes.live.lookahead import grouped
 from llmbatch.modes.outcome import Outcomes
@@ -137,6 +138,7 @@ async def _run(
     first = source.preflight()
     validator.preflight(first.first_item)
     check_api_key(settings)
+    deadline = _deadline(settings)  # before anything is sent: a passed one is exit 2
     shared = await join_budget(settings, settings.model or first.model, closing)
     redo = parse_redo(settings.redo)
     if settings.keep_stale and "stale" in redo:
@@ -234,6 +236,7 @@ async def _run(
         error=display.error,
         flex_fallback=settings.flex_fallback,
         escalate=settings.escalate,
+        count_ways=deadline is not None,
     )
     config = EngineConfig(
         concurrency=settings.concurrency,
@@ -256,6 +259,12 @@ async def _run(
 
     live = engine(outcomes)
     batches = _batch_mode(settings, provider, batch_state, outcomes, cap, engine, display.log)
+    if batches is not None and deadline is not None:
+        from llmbatch.modes.batch.golive import LiveLimits
+
+        batches.set_deadline(
+            deadline, LiveLimits(settings.rpm, settings.tpm, settings.concurrency, limits.known_limits)
+        )
 
     def on_signal(signame: str) -> None:
         if stats.stop is None:
@@ -355,6 +364,18 @@ def _batch_mode(
         log=log,
         label=settings.output.name,
     )
+
+
+def _deadline(settings: Settings) -> Deadline | None:
+    """--deadline, checked: with --batch-api, neither --no-wait nor --cancel, not passed."""
+    if settings.deadline is None:
+        return None
+    if not settings.batch_api:
+        raise ConfigError("--deadline mixes the Batch API and live: it needs --batch-api")
+    for flag, given in (("--no-wait", settings.no_wait), ("--cancel", settings.cancel)):
+        if given:
+            raise ConfigError(f"--deadline waits to the end (or goes live): it cannot go with {flag}")
+    return Deadline(parse_deadline(settings.deadline), margin=settings.deadline_margin)
 
 
 def tune_gc() -> None:

@@ -26,6 +26,7 @@ from llmbatch.core.retry import DEFAULT_MAX_RETRIES, DEFAULT_MAX_RETRY_WAIT, Ret
 from llmbatch.core.tiers import FLEX, FLEX_TIMEOUT
 from llmbatch.files import sidecars
 from llmbatch.modes.batch.mode import DEFAULT_BATCH_BYTES, DEFAULT_BATCH_REQUESTS, DEFAULT_POLL_EVERY
+from llmbatch.modes.deadline import DEFAULT_DEADLINE_MARGIN
 from llmbatch.modes.live.engine import DEFAULT_CONCURRENCY, DEFAULT_CONNECT_GRACE, DEFAULT_MAX_INFLIGHT_BYTES
 from llmbatch.modes.outcome import DEFAULT_MAX_REQUESTS, DEFAULT_RETRY
 from llmbatch.providers.anthropic_batches import DEFAULT_MESSAGE_BATCH_BYTES, DEFAULT_MESSAGE_BATCH_REQUESTS
@@ -118,6 +119,8 @@ class Settings:
     no_wait: bool = False
     cancel: bool = False
     then: Literal["batch", "live"] = "batch"  # where a batch's follow-ups go
+    deadline: str | None = None  # --batch-api, done by then: an ISO time or a duration (6h)
+    deadline_margin: float = field(default=DEFAULT_DEADLINE_MARGIN, metadata=_at_least(0))
     number_duplicates: bool = False
     transport: Literal["fast", "sdk"] = "fast"
     fake_latency_ms: float = field(default=DEFAULT_FAKE_LATENCY_MS, metadata=_at_least(0))

@@ -211,6 +211,9 @@ def run_price(settings: Settings, model: str | None = None, tier: str | None = N
     )
     if price is not None and tier == FLEX and settings.flex_fallback is not None:
         price = dataclasses.replace(price, fallback=run_price(settings, model, DEFAULT_TIER))
+    if price is not None and settings.batch_api and settings.deadline is not None:
+        live = run_price(dataclasses.replace(settings, batch_api=False, deadline=None), model, tier)
+        price = dataclasses.replace(price, live=live)
     if price is not None and settings.escalate:  # each --escalate model at its own price
         alone = dataclasses.replace(settings, escalate=())
         escalate = settings.escalate
