@@ -23,8 +23,11 @@ from llmbatch.app.options import (
     SCALE,
     VALIDATION,
     ConfigOpt,
+    CsvDelimiterOpt,
+    CsvEncodingOpt,
     EndpointOpt,
     IdFieldOpt,
+    InputFormatOpt,
     MaxTokensOpt,
     ModelOpt,
     Opt,
@@ -57,6 +60,7 @@ from llmbatch.app.settings import (
 )
 from llmbatch.app.tools import estimate, merge, report
 from llmbatch.core.errors import LLMBatchError
+from llmbatch.input.tables import DEFAULT_CSV_ENCODING
 
 app = typer.Typer(
     name="llmbatch",
@@ -91,7 +95,10 @@ def main_options(
 def run(
     ctx: typer.Context,
     input: Annotated[
-        str, typer.Argument(help="Input JSONL (- for standard input; gzip and zstd are read as such).")
+        str,
+        typer.Argument(
+            help="Input: JSONL, CSV, TSV or Parquet (- for standard input; gzip and zstd are read as such)."
+        ),
     ],
     output: Annotated[
         str,
@@ -102,6 +109,9 @@ def run(
     template: TemplateOpt = None,
     system: SystemOpt = None,
     id_field: IdFieldOpt = None,
+    input_format: InputFormatOpt = "auto",
+    csv_delimiter: CsvDelimiterOpt = None,
+    csv_encoding: CsvEncodingOpt = DEFAULT_CSV_ENCODING,
     number_duplicates: Annotated[
         bool,
         Opt(

@@ -18,8 +18,11 @@ from llmbatch.app.options import (
     OUTPUT,
     REQUEST,
     ConfigOpt,
+    CsvDelimiterOpt,
+    CsvEncodingOpt,
     EndpointOpt,
     IdFieldOpt,
+    InputFormatOpt,
     MaxTokensOpt,
     ModelOpt,
     Opt,
@@ -38,6 +41,7 @@ from llmbatch.app.options import (
 )
 from llmbatch.core.endpoints import DEFAULT_ANSWER_TOKENS
 from llmbatch.core.errors import LLMBatchError
+from llmbatch.input.tables import DEFAULT_CSV_ENCODING
 
 __all__ = ["estimate", "merge", "report"]
 
@@ -51,6 +55,9 @@ def estimate(
     template: TemplateOpt = None,
     system: SystemOpt = None,
     id_field: IdFieldOpt = None,
+    input_format: InputFormatOpt = "auto",
+    csv_delimiter: CsvDelimiterOpt = None,
+    csv_encoding: CsvEncodingOpt = DEFAULT_CSV_ENCODING,
     endpoint: EndpointOpt = DEFAULT_ENDPOINT,
     param: ParamOpt = None,
     max_tokens: MaxTokensOpt = None,

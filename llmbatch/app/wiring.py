@@ -18,6 +18,8 @@ from llmbatch.core.tiers import DEFAULT_TIER, FLEX, tier_of
 from llmbatch.core.values import Request
 from llmbatch.cost.prices import FAKE_FREE, Price, price_for, table_price
 from llmbatch.input.build import RequestBuilder, Template
+from llmbatch.input.source import Partition, Source
+from llmbatch.input.tables import TableOptions
 from llmbatch.output.records import server_hash
 from llmbatch.providers.base import Provider
 from llmbatch.scale.shard import PER_OUTPUT, PLACEHOLDER, parse_shard
@@ -37,7 +39,20 @@ __all__ = [
     "schema_asked",
     "schema_note",
     "server_of",
+    "source_for",
 ]
+
+
+def source_for(settings: Settings, shard: Partition | None = None) -> Source:
+    """The input a run's settings name, read as they say (run and estimate alike)."""
+    delimiter = settings.csv_delimiter
+    if delimiter in ("\\t", "tab"):
+        delimiter = "\t"  # what a shell passes for a tab
+    tables = TableOptions(format=settings.input_format, delimiter=delimiter, encoding=settings.csv_encoding)
+    builder = builder_for(settings)
+    return Source(
+        settings.input, builder, number_duplicates=settings.number_duplicates, shard=shard, tables=tables
+    )
 
 
 def builder_for(settings: Settings) -> RequestBuilder:
