@@ -24,6 +24,8 @@ import csv
 import datetime
 import decimal
 import io
+import os
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -252,6 +254,13 @@ def count_csv_rows(path: Path, *, delimiter: str, encoding: str) -> int:
 
 
 def _pyarrow() -> Any:
+    """pyarrow, imported on the first need; a ConfigError with the install line without it.
+
+    Its memory comes from the system allocator unless the environment chose one
+    (``ARROW_DEFAULT_MEMORY_POOL``): pyarrow's default keeps the memory of batches
+    already read, which grew a long read by tens of MB (measured: docs/benchmarks.md)."""
+    if "pyarrow" not in sys.modules:
+        os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", "system")
     try:
         import pyarrow
         import pyarrow.parquet
@@ -292,9 +301,10 @@ def _json_default(value: Any) -> Any:
 def _parquet_rows(pf: Any, name: str) -> Iterator[bytes]:
     pa = _pyarrow()
     dumps, default, option = orjson.dumps, _json_default, orjson.OPT_APPEND_NEWLINE
+    fine = not any(_nanoseconds(f.type, pa) for f in pf.schema_arrow)
     for batch in pf.iter_batches(batch_size=PARQUET_BATCH_ROWS, use_threads=False):
         try:
-            rows = _no_nanoseconds(batch, pa).to_pylist()
+            rows = (batch if fine else _no_nanoseconds(batch, pa)).to_pylist()
         except (pa.ArrowException, ValueError) as exc:
             raise ConfigError(f"{name}: cannot read a record batch: {exc}") from None
         for row in rows:
@@ -304,19 +314,22 @@ def _parquet_rows(pf: Any, name: str) -> Iterator[bytes]:
                 yield _bad(f"a value JSON cannot hold: {exc}")
 
 
+def _nanoseconds(t: Any, pa: Any) -> bool:
+    return bool((pa.types.is_timestamp(t) or pa.types.is_duration(t)) and t.unit == "ns")
+
+
 def _no_nanoseconds(batch: Any, pa: Any) -> Any:
     """`batch` with its nanosecond timestamps as ISO 8601 text and nanosecond durations as
     seconds (Python's datetime and timedelta stop at microseconds)."""
     import pyarrow.compute as pc
 
-    changed = False
     columns = []
     for column, fld in zip(batch.columns, batch.schema, strict=True):
         t = fld.type
         if pa.types.is_timestamp(t) and t.unit == "ns":
             fmt = "%Y-%m-%dT%H:%M:%S%Ez" if t.tz else "%Y-%m-%dT%H:%M:%S"
-            column, changed = pc.strftime(column, format=fmt), True
+            column = pc.strftime(column, format=fmt)
         elif pa.types.is_duration(t) and t.unit == "ns":
-            column, changed = pc.divide(pc.cast(pc.cast(column, pa.int64()), pa.float64()), 1e9), True
+            column = pc.divide(pc.cast(pc.cast(column, pa.int64()), pa.float64()), 1e9)
         columns.append(column)
-    return pa.RecordBatch.from_arrays(columns, names=batch.schema.names) if changed else batch
+    return pa.RecordBatch.from_arrays(columns, names=batch.schema.names)
