@@ -58,7 +58,7 @@ from llmbatch.app.settings import (
     DEFAULT_TIMEOUT,
     FLEX_TIMEOUT,
 )
-from llmbatch.app.tools import estimate, merge, report
+from llmbatch.app.tools import estimate, export, merge, report
 from llmbatch.core.errors import LLMBatchError
 from llmbatch.input.tables import DEFAULT_CSV_ENCODING
 
@@ -423,6 +423,7 @@ def run(
 app.command()(estimate)
 app.command()(report)
 app.command()(merge)
+app.command()(export)
 
 
 @app.command()

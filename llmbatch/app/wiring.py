@@ -19,7 +19,7 @@ from llmbatch.core.values import Request
 from llmbatch.cost.prices import FAKE_FREE, Price, price_for, table_price
 from llmbatch.input.build import RequestBuilder, Template
 from llmbatch.input.source import Partition, Source
-from llmbatch.input.tables import TableOptions
+from llmbatch.input.tables import INPUT_FORMATS, TableOptions
 from llmbatch.output.records import server_hash
 from llmbatch.providers.base import Provider
 from llmbatch.scale.shard import PER_OUTPUT, PLACEHOLDER, parse_shard
@@ -40,15 +40,22 @@ __all__ = [
     "schema_note",
     "server_of",
     "source_for",
+    "table_options",
 ]
+
+
+def table_options(input_format: str, csv_delimiter: str | None, csv_encoding: str) -> TableOptions:
+    """How the flags say to read an input (--input-format, --csv-delimiter, --csv-encoding)."""
+    if input_format not in INPUT_FORMATS:
+        raise ConfigError(f"--input-format must be one of {', '.join(INPUT_FORMATS)}, not {input_format!r}")
+    if csv_delimiter in ("\\t", "tab"):
+        csv_delimiter = "\t"  # what a shell passes for a tab
+    return TableOptions(format=input_format, delimiter=csv_delimiter, encoding=csv_encoding)  # type: ignore[arg-type]
 
 
 def source_for(settings: Settings, shard: Partition | None = None) -> Source:
     """The input a run's settings name, read as they say (run and estimate alike)."""
-    delimiter = settings.csv_delimiter
-    if delimiter in ("\\t", "tab"):
-        delimiter = "\t"  # what a shell passes for a tab
-    tables = TableOptions(format=settings.input_format, delimiter=delimiter, encoding=settings.csv_encoding)
+    tables = table_options(settings.input_format, settings.csv_delimiter, settings.csv_encoding)
     builder = builder_for(settings)
     return Source(
         settings.input, builder, number_duplicates=settings.number_duplicates, shard=shard, tables=tables

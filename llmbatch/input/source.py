@@ -265,6 +265,16 @@ class Source:
         again = os.fdopen(os.dup(spool.fileno()), "rb")
         yield from self._read(again, None)
 
+    def objects(self) -> Iterator[tuple[int, dict[str, Any] | None]]:
+        """Every line's object with its number, None for a blank or bad line (what
+        `llmbatch export --input` joins to an output's lines)."""
+        parse = self._parser()
+        for number, raw in self.lines():
+            try:
+                yield number, parse(number, raw) if raw.strip() else None
+            except InputError:
+                yield number, None
+
     def close(self) -> None:
         """Close the input and remove the spool."""
         if self._stream is not None:

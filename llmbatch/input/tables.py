@@ -24,8 +24,6 @@ import csv
 import datetime
 import decimal
 import io
-import os
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +33,7 @@ import orjson
 
 from llmbatch.core.errors import ConfigError, InputError
 from llmbatch.files.jsonl import parse_line
+from llmbatch.files.tables import PARQUET_INSTALL, import_pyarrow
 
 __all__ = [
     "DEFAULT_CSV_ENCODING",
@@ -55,7 +54,6 @@ InputFormat = Literal["auto", "jsonl", "csv", "tsv", "parquet"]
 INPUT_FORMATS: tuple[str, ...] = ("auto", "jsonl", "csv", "tsv", "parquet")
 # utf-8 that drops a byte-order mark (spreadsheets write one).
 DEFAULT_CSV_ENCODING = "utf-8-sig"
-PARQUET_INSTALL = "pip install 'llmbatch[parquet]'"
 # Rows per Parquet record batch: big enough that pyarrow's per-batch cost vanishes, small
 # enough that a batch of wide rows is a few MB.
 PARQUET_BATCH_ROWS = 2048
@@ -253,24 +251,8 @@ def count_csv_rows(path: Path, *, delimiter: str, encoding: str) -> int:
 # --- Parquet ---------------------------------------------------------------------------
 
 
-def _pyarrow() -> Any:
-    """pyarrow, imported on the first need; a ConfigError with the install line without it.
-
-    Its memory comes from the system allocator unless the environment chose one
-    (``ARROW_DEFAULT_MEMORY_POOL``): pyarrow's default keeps the memory of batches
-    already read, which grew a long read by tens of MB (measured: docs/benchmarks.md)."""
-    if "pyarrow" not in sys.modules:
-        os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", "system")
-    try:
-        import pyarrow
-        import pyarrow.parquet
-    except ImportError:
-        raise ConfigError(f"reading or writing Parquet needs pyarrow: {PARQUET_INSTALL}") from None
-    return pyarrow
-
-
 def _open_parquet(path: Path) -> Any:
-    pa = _pyarrow()
+    pa = import_pyarrow()
     try:
         return pa.parquet.ParquetFile(path)
     except (OSError, pa.ArrowException) as exc:
@@ -299,7 +281,7 @@ def _json_default(value: Any) -> Any:
 
 
 def _parquet_rows(pf: Any, name: str) -> Iterator[bytes]:
-    pa = _pyarrow()
+    pa = import_pyarrow()
     dumps, default, option = orjson.dumps, _json_default, orjson.OPT_APPEND_NEWLINE
     fine = not any(_nanoseconds(f.type, pa) for f in pf.schema_arrow)
     for batch in pf.iter_batches(batch_size=PARQUET_BATCH_ROWS, use_threads=False):
