@@ -25,8 +25,11 @@ from llmbatch.app.options import (
     VALIDATION,
     AttachOpt,
     ConfigOpt,
+    CsvDelimiterOpt,
+    CsvEncodingOpt,
     EndpointOpt,
     IdFieldOpt,
+    InputFormatOpt,
     MaxTokensOpt,
     ModelOpt,
     Opt,
@@ -61,9 +64,10 @@ from llmbatch.app.settings import (
     DEFAULT_TIMEOUT,
     FLEX_TIMEOUT,
 )
-from llmbatch.app.tools import estimate, merge, report
+from llmbatch.app.tools import estimate, export, merge, report
 from llmbatch.core.cachekey import DEFAULT_CACHE_KEY_MODE
 from llmbatch.core.errors import LLMBatchError
+from llmbatch.input.tables import DEFAULT_CSV_ENCODING
 from llmbatch.modes.deadline import DEFAULT_DEADLINE_MARGIN
 from llmbatch.providers.anthropic_batches import DEFAULT_MESSAGE_BATCH_BYTES, DEFAULT_MESSAGE_BATCH_REQUESTS
 
@@ -100,7 +104,10 @@ def main_options(
 def run(
     ctx: typer.Context,
     input: Annotated[
-        str, typer.Argument(help="Input JSONL (- for standard input; gzip and zstd are read as such).")
+        str,
+        typer.Argument(
+            help="Input: JSONL, CSV, TSV or Parquet (- for standard input; gzip and zstd are read as such)."
+        ),
     ],
     output: Annotated[
         str,
@@ -120,6 +127,9 @@ def run(
             metavar="N",
         ),
     ] = DEFAULT_MAX_INFLIGHT_BYTES,
+    input_format: InputFormatOpt = "auto",
+    csv_delimiter: CsvDelimiterOpt = None,
+    csv_encoding: CsvEncodingOpt = DEFAULT_CSV_ENCODING,
     number_duplicates: Annotated[
         bool,
         Opt(
@@ -508,6 +518,7 @@ def run(
 app.command()(estimate)
 app.command()(report)
 app.command()(merge)
+app.command()(export)
 
 
 @app.command()

@@ -62,6 +62,26 @@ SystemOpt = Annotated[
 IdFieldOpt = Annotated[
     str | None, Opt(help="Data items' id field (else the line number).", panel=INPUT, metavar="TEXT")
 ]
+InputFormatOpt = Annotated[
+    str,
+    Opt(
+        help="auto (by the name: .csv, .tsv, .parquet, compressed or not; else by the first bytes), "
+        "jsonl, csv, tsv or parquet (CSV from standard input needs csv).",
+        panel=INPUT,
+        metavar="auto|jsonl|csv|tsv|parquet",
+    ),
+]
+CsvDelimiterOpt = Annotated[
+    str | None,
+    Opt(
+        help="CSV's field delimiter (default , and for TSV a tab; \\t or tab for a tab).",
+        panel=INPUT,
+        metavar="C",
+    ),
+]
+CsvEncodingOpt = Annotated[
+    str, Opt(help="CSV's text encoding (a byte-order mark is dropped).", panel=INPUT, metavar="NAME")
+]
 EndpointOpt = Annotated[
     str | None,
     Opt(

@@ -31,7 +31,6 @@ from llmbatch.app.summary import render_summary, summary_dict
 from llmbatch.app.wiring import (
     batch_api,
     batches_done,
-    builder_for,
     for_shard,
     join_budget,
     make_provider,
@@ -39,6 +38,7 @@ from llmbatch.app.wiring import (
     run_tier,
     schema_note,
     server_of,
+    source_for,
 )
 from llmbatch.app.work import StaleAnswers, not_in_batches, phase, plan_work, rerun_note
 from llmbatch.core.errors import ConfigError, ExitCode, Stop, worst
@@ -76,9 +76,7 @@ GC_YOUNG_THRESHOLD = 20_000
 async def run_async(settings: Settings, *, console: Console | None = None) -> tuple[Stats, ExitCode]:
     settings = for_shard(settings)  # --shard K/N: {shard} in the paths becomes K
     shard = parse_shard(settings.shard) if settings.shard is not None else None
-    source = Source(
-        settings.input, builder_for(settings), number_duplicates=settings.number_duplicates, shard=shard
-    )
+    source = source_for(settings, shard)
     lock = OutputLock(settings.output)
     closing = contextlib.AsyncExitStack()  # what _run opened that outlives it (the shared budget)
     stats = Stats()

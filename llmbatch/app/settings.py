@@ -25,6 +25,7 @@ from llmbatch.core.errors import ConfigError
 from llmbatch.core.retry import DEFAULT_MAX_RETRIES, DEFAULT_MAX_RETRY_WAIT, RetryPolicy
 from llmbatch.core.tiers import FLEX, FLEX_TIMEOUT
 from llmbatch.files import sidecars
+from llmbatch.input.tables import DEFAULT_CSV_ENCODING, InputFormat
 from llmbatch.modes.batch.mode import DEFAULT_BATCH_BYTES, DEFAULT_BATCH_REQUESTS, DEFAULT_POLL_EVERY
 from llmbatch.modes.deadline import DEFAULT_DEADLINE_MARGIN
 from llmbatch.modes.live.engine import DEFAULT_CONCURRENCY, DEFAULT_CONNECT_GRACE, DEFAULT_MAX_INFLIGHT_BYTES
@@ -122,6 +123,11 @@ class Settings:
     deadline: str | None = None  # --batch-api, done by then: an ISO time or a duration (6h)
     deadline_margin: float = field(default=DEFAULT_DEADLINE_MARGIN, metadata=_at_least(0))
     number_duplicates: bool = False
+    # Tables as input (llmbatch.input.tables): the format (auto: by the name, else the first bytes),
+    # and for CSV the delimiter (a comma; TSV's a tab) and encoding.
+    input_format: InputFormat = "auto"
+    csv_delimiter: str | None = None
+    csv_encoding: str = DEFAULT_CSV_ENCODING
     transport: Literal["fast", "sdk"] = "fast"
     fake_latency_ms: float = field(default=DEFAULT_FAKE_LATENCY_MS, metadata=_at_least(0))
     live: bool = True

@@ -23,6 +23,8 @@ from llmbatch.cost.prices import FAKE_FREE, Price, price_for, table_price
 from llmbatch.files import sidecars
 from llmbatch.input.attach import LIMITS, Attacher
 from llmbatch.input.build import RequestBuilder, Template
+from llmbatch.input.source import Partition, Source
+from llmbatch.input.tables import INPUT_FORMATS, TableOptions
 from llmbatch.output.records import server_hash
 from llmbatch.providers.base import Provider
 from llmbatch.scale.shard import PER_OUTPUT, PLACEHOLDER, parse_shard
@@ -47,7 +49,27 @@ __all__ = [
     "schema_asked",
     "schema_note",
     "server_of",
+    "source_for",
+    "table_options",
 ]
+
+
+def table_options(input_format: str, csv_delimiter: str | None, csv_encoding: str) -> TableOptions:
+    """How the flags say to read an input (--input-format, --csv-delimiter, --csv-encoding)."""
+    if input_format not in INPUT_FORMATS:
+        raise ConfigError(f"--input-format must be one of {', '.join(INPUT_FORMATS)}, not {input_format!r}")
+    if csv_delimiter in ("\\t", "tab"):
+        csv_delimiter = "\t"  # what a shell passes for a tab
+    return TableOptions(format=input_format, delimiter=csv_delimiter, encoding=csv_encoding)  # type: ignore[arg-type]
+
+
+def source_for(settings: Settings, shard: Partition | None = None) -> Source:
+    """The input a run's settings name, read as they say (run and estimate alike)."""
+    tables = table_options(settings.input_format, settings.csv_delimiter, settings.csv_encoding)
+    builder = builder_for(settings)
+    return Source(
+        settings.input, builder, number_duplicates=settings.number_duplicates, shard=shard, tables=tables
+    )
 
 
 def builder_for(settings: Settings) -> RequestBuilder:
