@@ -159,3 +159,19 @@ def test_the_panel_shows_the_deadline_and_the_cache_saving():
     text = console.export_text()
     assert "went live at 54.5s with 2,100 left" in text
     assert "cache saved" in text and "$0.0040" in text
+
+
+def test_chunks_not_yet_submitted_go_live_without_a_batch(run_cli, fake_server, tmp_path):
+    """With --batch-max-tokens room for one batch at a time, the chunks still waiting when
+    the run goes live are sent live without ever being made into batches."""
+    server = fake_server(batch_lines_per_second=15, batch_min_seconds=60)
+    result, out, _ = run(
+        run_cli, server, tmp_path, 300, "--batch-requests", "100", "--batch-max-tokens", "1000",
+        "--rpm", "6000", "--deadline", "5s",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "200 items not yet submitted go live" in result.output
+    assert server.stats.creates == 1
+    ways = server.stats.by_way
+    assert ways["batch"] + ways["live"] == 300 and ways["live"] >= 200
+    assert len(by_id(out)) == 300

@@ -9,16 +9,9 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from llmbatch.app.display import (
-    deadline_text,
-    model_usd,
-    retries_text,
-    saved_usd,
-    spent_usd,
-    total_text,
-    ways_usd,
-)
+from llmbatch.app.display import retries_text, spent_usd, total_text
 from llmbatch.app.format import duration, usd
+from llmbatch.app.split import deadline_text, model_usd, saved_usd, ways_usd
 from llmbatch.core.stats import Stats
 from llmbatch.cost.prices import Price
 
