@@ -350,3 +350,20 @@ def test_the_schema_note_is_openais_and_strict_is_refused(
         server, inp, "-o", out, "--prompt", "{text}", "--schema", schema_file(tmp_path), "--strict"
     )
     assert refused.exit_code == 2 and "forced tool" in refused.stderr
+
+
+def test_the_response_cache_answers_a_repeated_messages_run(
+    anthropic: Callable[..., AnthropicServer], claude: Callable[..., Result], tmp_path: Path
+) -> None:
+    """--cache: a fresh run of the same Messages requests is answered from the cache,
+    with the same valid lines and nothing sent."""
+    server = anthropic()
+    inp, out, cache = reviews(tmp_path, 5), tmp_path / "out.jsonl", tmp_path / "cache.db"
+    common = ("--prompt", "{text}", "--id-field", "id", "--schema", schema_file(tmp_path), "--cache", cache)
+    assert claude(server, inp, "-o", out, *common).exit_code == 0
+    sent = server.stats.requests
+    again = claude(server, inp, "-o", out, *common, "--fresh")
+    assert again.exit_code == 0, again.stderr
+    assert server.stats.requests == sent
+    rows = by_id(out)
+    assert len(rows) == 5 and all(r["llmbatch"]["via"] == "cached" for r in rows.values())
