@@ -367,3 +367,20 @@ def test_the_response_cache_answers_a_repeated_messages_run(
     assert server.stats.requests == sent
     rows = by_id(out)
     assert len(rows) == 5 and all(r["llmbatch"]["via"] == "cached" for r in rows.values())
+
+
+def test_an_output_token_budget_is_shared_through_redis(
+    anthropic: Callable[..., AnthropicServer],
+    claude: Callable[..., Result],
+    tmp_path: Path,
+    redis_server: Any,
+) -> None:
+    """--redis with Anthropic's output-token limit: its budget is a shared one too."""
+    server = anthropic(otpm=60_000, bucket_seconds=1)
+    out = tmp_path / "out.jsonl"
+    result = claude(
+        server, reviews(tmp_path, 50), "-o", out, "--prompt", "{text}", "--id-field", "id",
+        "--redis", redis_server.url, "--output-tpm", "60000",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    assert len(by_id(out)) == 50
