@@ -384,3 +384,31 @@ def test_an_output_token_budget_is_shared_through_redis(
     )  # fmt: skip
     assert result.exit_code == 0, result.stderr
     assert len(by_id(out)) == 50
+
+
+async def test_the_library_executor_speaks_messages_with_an_anthropic_provider() -> None:
+    """ParallelLLMExecutor with an AnthropicProvider: the system message goes in `system`,
+    max_tokens is filled, and the answer's text comes back."""
+    from llmbatch import LLMMessage, LLMTask, ParallelLLMExecutor
+    from llmbatch.providers.anthropic import AnthropicProvider
+
+    server = AnthropicServer(api_key=KEY).start()
+    provider = AnthropicProvider(api_key=KEY, base_url=server.base_url)
+    try:
+        executor = ParallelLLMExecutor(provider, max_concurrency=4, model="claude-haiku-4-5")
+        tasks = {
+            "q1": LLMTask(
+                messages=[
+                    LLMMessage("system", "Be terse."),
+                    LLMMessage("user", 'hi @fake {"answer": "hello"}'),
+                ]
+            )
+        }
+        results = await executor.execute(tasks)
+    finally:
+        await provider.aclose()
+        server.stop()
+    assert results["q1"].success and results["q1"].value.content == "hello"
+    sent = server.stats.bodies[0]
+    assert sent["system"] == "Be terse." and sent["max_tokens"] == 1024
+    assert [m["role"] for m in sent["messages"]] == ["user"]
