@@ -118,18 +118,19 @@ def api_key(monkeypatch: pytest.MonkeyPatch) -> str:
 
 @pytest.fixture
 def run_cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[..., Result]:
-    """`run_cli(*args, env=None)`: `llmbatch ARGS` in-process, from an empty working
-    directory (no stray llmbatch.toml). The result has exit_code, stdout and stderr
-    apart (typer's CliRunner always separates them; `output` is both interleaved).
+    """`run_cli(*args, env=None, input=None)`: `llmbatch ARGS` in-process (`input`: its
+    standard input), from an empty working directory (no stray llmbatch.toml). The
+    result has exit_code, stdout and stderr apart (typer's CliRunner always separates
+    them; `output` is both interleaved).
     An exception escaping the CLI is raised in the test, never mistaken for exit 1."""
     workdir = tmp_path / "cwd"
     workdir.mkdir(exist_ok=True)
     monkeypatch.chdir(workdir)
     runner = CliRunner()
 
-    def invoke(*args: object, env: dict[str, str | None] | None = None) -> Result:
+    def invoke(*args: object, env: dict[str, str | None] | None = None, input: bytes | None = None) -> Result:
         argv = [os.fspath(a) if isinstance(a, Path) else str(a) for a in args]
-        return runner.invoke(app, argv, env=env, catch_exceptions=False)
+        return runner.invoke(app, argv, env=env, input=input, catch_exceptions=False)
 
     return invoke
 

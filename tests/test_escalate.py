@@ -198,3 +198,22 @@ def test_max_cost_without_the_escalation_models_price_is_exit_2(run_cli, fake_se
     assert result.exit_code == 2, result.output
     assert "--escalate unpriced-model" in result.output
     assert server.stats.by_way == {}
+
+
+def test_identical_requests_under_cache_name_the_model_that_answered(run_cli, fake_server, tmp_path):
+    """With --cache, identical requests wait for the first one's answer: when it was the
+    escalation model's, their lines name that model too, and only one was asked."""
+    server = fake_server(quality={"cheap": 1.0})
+    src = write_jsonl(tmp_path / "in.jsonl", [{"id": f"r{i}", "text": "the same"} for i in range(5)])
+    config = tmp_path / "llmbatch.toml"
+    config.write_text(PRICES)
+    out = tmp_path / "out.jsonl"
+    result = run_cli(
+        "run", src, "-o", out, "--base-url", server.base_url, "-m", "cheap", "--prompt",
+        "Answer in json: {text}", "--id-field", "id", "--validate", "json", "--no-live", "--config", config,
+        "--escalate", "strong", "--max-requests", "1", "--cache", tmp_path / "cache.db",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    records = by_id(out)
+    assert {r["llmbatch"]["model"] for r in records.values()} == {"strong"}
+    assert server.stats.by_model["strong"]["answers"] == 1

@@ -4,6 +4,7 @@ parser at every rewrite, and a sink that cannot be written is one warning, not a
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import time
@@ -232,3 +233,31 @@ def test_an_unwritable_file_and_an_absent_gateway_are_one_warning_each(run_cli, 
     assert any("--metrics-file" in w and "m.prom" in w for w in warnings)
     assert any("--pushgateway" in w and gone in w for w in warnings)
     assert len(read_jsonl(tmp_path / "out.jsonl")) == summary["done"] == 60
+
+
+def test_the_dashboard_and_the_readme_name_only_metrics_that_exist():
+    """Every llmbatch_* name in docs/grafana-llmbatch.json and in the README is a metric
+    (or a histogram's series) the collector exposes, and the dashboard is valid JSON."""
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from llmbatch.app.metrics import RunCollector
+    from llmbatch.core.stats import Stats
+    from llmbatch.cost.prices import Price
+    from llmbatch.schedule.limits import Limits
+
+    stats = Stats()
+    stats.pacer = Limits(rpm=600, tpm=60_000)
+    stats.batches = {"batch_1": ("completed", 3, 0, 3, time.time())}
+    stats.total, stats.retries["http_503"] = 10, 1  # families that are empty until then
+    collector = RunCollector(stats)
+    collector.price, collector.ended_at, collector.exit_code = Price(1.0, 2.0), time.time(), 0
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(collector)
+    exposed = {name for name, _ in parse(generate_latest(registry).decode())}
+    root = Path(__file__).resolve().parent.parent
+    dashboard = (root / "docs" / "grafana-llmbatch.json").read_text()
+    assert orjson.loads(dashboard)["panels"]
+    for text in (dashboard, (root / "README.md").read_text()):
+        named = set(re.findall(r"\bllmbatch_[a-z0-9_]*[a-z0-9]", text))
+        unknown = {n for n in named if not {n, f"{n}_total", f"{n}_bucket"} & exposed}
+        assert not unknown, unknown

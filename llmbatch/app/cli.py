@@ -23,9 +23,13 @@ from llmbatch.app.options import (
     RERUN,
     SCALE,
     VALIDATION,
+    AttachOpt,
     ConfigOpt,
+    CsvDelimiterOpt,
+    CsvEncodingOpt,
     EndpointOpt,
     IdFieldOpt,
+    InputFormatOpt,
     MaxTokensOpt,
     ModelOpt,
     Opt,
@@ -49,6 +53,7 @@ from llmbatch.app.settings import (
     DEFAULT_CONCURRENCY,
     DEFAULT_CONNECT_GRACE,
     DEFAULT_FAKE_LATENCY_MS,
+    DEFAULT_MAX_INFLIGHT_BYTES,
     DEFAULT_MAX_REQUESTS,
     DEFAULT_MAX_RETRIES,
     DEFAULT_MAX_RETRY_WAIT,
@@ -59,9 +64,11 @@ from llmbatch.app.settings import (
     DEFAULT_TIMEOUT,
     FLEX_TIMEOUT,
 )
-from llmbatch.app.tools import estimate, merge, report
+from llmbatch.app.tools import estimate, export, merge, report
 from llmbatch.core.cachekey import DEFAULT_CACHE_KEY_MODE
 from llmbatch.core.errors import LLMBatchError
+from llmbatch.input.tables import DEFAULT_CSV_ENCODING
+from llmbatch.modes.deadline import DEFAULT_DEADLINE_MARGIN
 from llmbatch.providers.anthropic_batches import DEFAULT_MESSAGE_BATCH_BYTES, DEFAULT_MESSAGE_BATCH_REQUESTS
 
 app = typer.Typer(
@@ -97,7 +104,10 @@ def main_options(
 def run(
     ctx: typer.Context,
     input: Annotated[
-        str, typer.Argument(help="Input JSONL (- for standard input; gzip and zstd are read as such).")
+        str,
+        typer.Argument(
+            help="Input: JSONL, CSV, TSV or Parquet (- for standard input; gzip and zstd are read as such)."
+        ),
     ],
     output: Annotated[
         str,
@@ -108,6 +118,18 @@ def run(
     template: TemplateOpt = None,
     system: SystemOpt = None,
     id_field: IdFieldOpt = None,
+    attach: AttachOpt = None,
+    max_inflight_bytes: Annotated[
+        int,
+        Opt(
+            help="Bytes of attachments (--attach, as base64) the requests on their way may hold at once.",
+            panel=INPUT,
+            metavar="N",
+        ),
+    ] = DEFAULT_MAX_INFLIGHT_BYTES,
+    input_format: InputFormatOpt = "auto",
+    csv_delimiter: CsvDelimiterOpt = None,
+    csv_encoding: CsvEncodingOpt = DEFAULT_CSV_ENCODING,
     number_duplicates: Annotated[
         bool,
         Opt(
@@ -396,6 +418,20 @@ def run(
             metavar="batch|live",
         ),
     ] = "batch",
+    deadline: Annotated[
+        str | None,
+        Opt(
+            help="Done by TIME (ISO, e.g. 2026-12-04T07:00 or 07:00, or a duration such as 6h): the "
+            "rest goes live, the running batches cancelled, when the live time to finish it (at "
+            "--rpm/--tpm, else measured on 3 live requests) would pass it.",
+            panel=BATCH,
+            metavar="TIME",
+        ),
+    ] = None,
+    deadline_margin: Annotated[
+        float,
+        Opt(help="Safety margin on the live time to finish, for --deadline.", panel=BATCH, metavar="SHARE"),
+    ] = DEFAULT_DEADLINE_MARGIN,
     # display
     live: Annotated[
         bool,
@@ -482,6 +518,7 @@ def run(
 app.command()(estimate)
 app.command()(report)
 app.command()(merge)
+app.command()(export)
 
 
 @app.command()

@@ -23,6 +23,7 @@ from rich.table import Table
 from rich.text import Text
 
 from llmbatch.app.format import duration, si, usd
+from llmbatch.app.split import by_model_usd, deadline_text, saved_usd, ways_usd
 from llmbatch.core.stats import Stats
 from llmbatch.cost.prices import Price, cost
 
@@ -58,7 +59,9 @@ def _percent(stats: Stats) -> str:
 
 def spent_usd(stats: Stats, price: Price | None) -> float | None:
     if price is not None and price.escalation and stats.by_model:
-        return _by_model_usd(stats, price)
+        return by_model_usd(stats, price)
+    if price is not None and price.live is not None and stats.by_way:
+        return ways_usd(stats, price)[0]
     fallback = price.fallback if price is not None else None
     prompt, completion, cached = stats.fallback_tokens
     if fallback is None or not (prompt or completion):
@@ -74,38 +77,6 @@ def spent_usd(stats: Stats, price: Price | None) -> float | None:
     )
     default = cost(fallback, prompt, completion, cached)
     return None if flex is None or default is None else flex + default
-
-
-def model_usd(price: Price | None, model: str, row: list[int]) -> float | None:
-    """What one model's answers cost (a row of `Stats.by_model`)."""
-    return cost(price.for_model(model) if price is not None else None, row[2], row[3], row[4])
-
-
-def _by_model_usd(stats: Stats, price: Price) -> float | None:
-    """--escalate: each model's answers at that model's price."""
-    total = 0.0
-    for model, row in list(stats.by_model.items()):
-        spent = model_usd(price, model, row)
-        if spent is None:
-            return None
-        total += spent
-    return total
-
-
-def saved_usd(stats: Stats, price: Price | None) -> float | None:
-    """What the prompt cache saved: the cached prompt tokens at the cached price rather
-    than the input price (each model's, with --escalate); None when nothing was cached or
-    the price has no cached rate."""
-    if price is None or not stats.cached_tokens:
-        return None
-    rows = list(stats.by_model.items()) if stats.by_model else [(None, [0, 0, 0, 0, stats.cached_tokens])]
-    saved = 0.0
-    for model, row in rows:
-        known = price.for_model(model) if model is not None else price
-        if known is None or known.cached_input is None:
-            continue
-        saved += row[4] * (known.input - known.cached_input) / 1_000_000
-    return saved or None
 
 
 def _projected(stats: Stats, price: Price | None) -> float | None:
@@ -291,6 +262,9 @@ class StatsView:
             retries.append(f"{cause}: {text}"[: PANEL_WIDTH - 16], style="red")
         if s.batches:
             retries.append("\n" + batches_line(s).replace(", ", "\n  "), style="dim")
+        if s.deadline is not None:
+            retries.append("\ndeadline  ", style="dim")
+            retries.append(deadline_text(s)[: PANEL_WIDTH * 2])
         title = "llmbatch" + (f" · {s.model}" if s.model else "")
         subtitle = Text(f"stopping: {s.stop_reason}", style="yellow") if s.stopped else None
         return Panel(

@@ -4,11 +4,10 @@ every request built and counted, and the price looked up."""
 from __future__ import annotations
 
 from llmbatch.app.settings import Settings
-from llmbatch.app.wiring import builder_for, run_price
+from llmbatch.app.wiring import run_price, source_for
 from llmbatch.core.endpoints import DEFAULT_ANSWER_TOKENS
 from llmbatch.cost.estimate import Estimate, estimate
 from llmbatch.cost.prices import Price
-from llmbatch.input.source import Source
 
 __all__ = ["estimate_input"]
 
@@ -18,7 +17,7 @@ def estimate_input(
 ) -> tuple[Estimate, Price | None]:
     """The estimate for a run with these settings, and the price it is costed at. The
     input is checked as `run` checks it: a setup mistake is a ConfigError."""
-    source = Source(settings.input, builder_for(settings), number_duplicates=settings.number_duplicates)
+    source = source_for(settings)
     source.check()
     try:
         source.preflight()

@@ -62,6 +62,26 @@ SystemOpt = Annotated[
 IdFieldOpt = Annotated[
     str | None, Opt(help="Data items' id field (else the line number).", panel=INPUT, metavar="TEXT")
 ]
+InputFormatOpt = Annotated[
+    str,
+    Opt(
+        help="auto (by the name: .csv, .tsv, .parquet, compressed or not; else by the first bytes), "
+        "jsonl, csv, tsv or parquet (CSV from standard input needs csv).",
+        panel=INPUT,
+        metavar="auto|jsonl|csv|tsv|parquet",
+    ),
+]
+CsvDelimiterOpt = Annotated[
+    str | None,
+    Opt(
+        help="CSV's field delimiter (default , and for TSV a tab; \\t or tab for a tab).",
+        panel=INPUT,
+        metavar="C",
+    ),
+]
+CsvEncodingOpt = Annotated[
+    str, Opt(help="CSV's text encoding (a byte-order mark is dropped).", panel=INPUT, metavar="NAME")
+]
 EndpointOpt = Annotated[
     str | None,
     Opt(
@@ -130,6 +150,15 @@ SchemaOpt = Annotated[
         metavar="FILE|python:MOD:Model",
     ),
 ]
+AttachOpt = Annotated[
+    list[str] | None,
+    Opt(
+        help="A data item field holding a file path (relative: to the input's folder), a list of "
+        "paths, or an http(s)/data: URL: the images and PDFs are sent with the prompt (repeatable).",
+        panel=INPUT,
+        metavar="FIELD",
+    ),
+]
 DEFAULT_ENDPOINT: str | None = None  # chat for templates; a bare body's by its keys
 
 
@@ -179,6 +208,8 @@ def settings_from(ctx: typer.Context, *, input: str, output: str) -> Settings:
         flags["output_format"] = "merged"
     if "validate" in flags:
         flags["validate"] = tuple(flags["validate"])
+    if "attach" in flags:
+        flags["attach"] = tuple(flags["attach"])
     return make_settings(flags=flags, config=config, config_path=config_path)
 
 

@@ -31,7 +31,6 @@ from llmbatch.app.summary import render_summary, summary_dict
 from llmbatch.app.wiring import (
     batch_api,
     batches_done,
-    builder_for,
     for_shard,
     join_budget,
     make_provider,
@@ -39,6 +38,7 @@ from llmbatch.app.wiring import (
     run_tier,
     schema_note,
     server_of,
+    source_for,
 )
 from llmbatch.app.work import StaleAnswers, not_in_batches, phase, plan_work, rerun_note
 from llmbatch.core.errors import ConfigError, ExitCode, Stop, worst
@@ -49,6 +49,7 @@ from llmbatch.files.locking import OutputLock
 from llmbatch.input.source import Source
 from llmbatch.modes.batch.state import BatchState
 from llmbatch.modes.control import RunControl
+from llmbatch.modes.deadline import Deadline, parse_deadline
 from llmbatch.modes.live.engine import Engine, EngineConfig, Job
 from llmbatch.modes.live.lookahead import grouped
 from llmbatch.modes.outcome import Outcomes
@@ -75,9 +76,7 @@ GC_YOUNG_THRESHOLD = 20_000
 async def run_async(settings: Settings, *, console: Console | None = None) -> tuple[Stats, ExitCode]:
     settings = for_shard(settings)  # --shard K/N: {shard} in the paths becomes K
     shard = parse_shard(settings.shard) if settings.shard is not None else None
-    source = Source(
-        settings.input, builder_for(settings), number_duplicates=settings.number_duplicates, shard=shard
-    )
+    source = source_for(settings, shard)
     lock = OutputLock(settings.output)
     closing = contextlib.AsyncExitStack()  # what _run opened that outlives it (the shared budget)
     stats = Stats()
@@ -137,6 +136,7 @@ async def _run(
     first = source.preflight()
     validator.preflight(first.first_item)
     check_api_key(settings)
+    deadline = _deadline(settings)  # before anything is sent: a passed one is exit 2
     shared = await join_budget(settings, settings.model or first.model, closing)
     redo = parse_redo(settings.redo)
     if settings.keep_stale and "stale" in redo:
@@ -234,9 +234,13 @@ async def _run(
         error=display.error,
         flex_fallback=settings.flex_fallback,
         escalate=settings.escalate,
+        count_ways=deadline is not None,
     )
     config = EngineConfig(
-        concurrency=settings.concurrency, timeout=settings.timeout, connect_grace=settings.connect_grace
+        concurrency=settings.concurrency,
+        timeout=settings.timeout,
+        connect_grace=settings.connect_grace,
+        max_inflight_bytes=settings.max_inflight_bytes,
     )
 
     def engine(judge: Outcomes) -> Engine:
@@ -253,6 +257,12 @@ async def _run(
 
     live = engine(outcomes)
     batches = _batch_mode(settings, provider, batch_state, outcomes, cap, engine, display.log)
+    if batches is not None and deadline is not None:
+        from llmbatch.modes.batch.golive import LiveLimits
+
+        batches.set_deadline(
+            deadline, LiveLimits(settings.rpm, settings.tpm, settings.concurrency, limits.known_limits)
+        )
 
     def on_signal(signame: str) -> None:
         if stats.stop is None:
@@ -352,6 +362,18 @@ def _batch_mode(
         log=log,
         label=settings.output.name,
     )
+
+
+def _deadline(settings: Settings) -> Deadline | None:
+    """--deadline, checked: with --batch-api, neither --no-wait nor --cancel, not passed."""
+    if settings.deadline is None:
+        return None
+    if not settings.batch_api:
+        raise ConfigError("--deadline mixes the Batch API and live: it needs --batch-api")
+    for flag, given in (("--no-wait", settings.no_wait), ("--cancel", settings.cancel)):
+        if given:
+            raise ConfigError(f"--deadline waits to the end (or goes live): it cannot go with {flag}")
+    return Deadline(parse_deadline(settings.deadline), margin=settings.deadline_margin)
 
 
 def tune_gc() -> None:

@@ -25,8 +25,10 @@ from llmbatch.core.errors import ConfigError
 from llmbatch.core.retry import DEFAULT_MAX_RETRIES, DEFAULT_MAX_RETRY_WAIT, RetryPolicy
 from llmbatch.core.tiers import FLEX, FLEX_TIMEOUT
 from llmbatch.files import sidecars
+from llmbatch.input.tables import DEFAULT_CSV_ENCODING, InputFormat
 from llmbatch.modes.batch.mode import DEFAULT_BATCH_BYTES, DEFAULT_BATCH_REQUESTS, DEFAULT_POLL_EVERY
-from llmbatch.modes.live.engine import DEFAULT_CONCURRENCY, DEFAULT_CONNECT_GRACE
+from llmbatch.modes.deadline import DEFAULT_DEADLINE_MARGIN
+from llmbatch.modes.live.engine import DEFAULT_CONCURRENCY, DEFAULT_CONNECT_GRACE, DEFAULT_MAX_INFLIGHT_BYTES
 from llmbatch.modes.outcome import DEFAULT_MAX_REQUESTS, DEFAULT_RETRY
 from llmbatch.providers.anthropic_batches import DEFAULT_MESSAGE_BATCH_BYTES, DEFAULT_MESSAGE_BATCH_REQUESTS
 from llmbatch.providers.base import DEFAULT_TIMEOUT
@@ -39,6 +41,7 @@ __all__ = [
     "DEFAULT_CONCURRENCY",
     "DEFAULT_CONNECT_GRACE",
     "DEFAULT_FAKE_LATENCY_MS",
+    "DEFAULT_MAX_INFLIGHT_BYTES",
     "DEFAULT_MAX_REQUESTS",
     "DEFAULT_MAX_RETRIES",
     "DEFAULT_MAX_RETRY_WAIT",
@@ -117,7 +120,14 @@ class Settings:
     no_wait: bool = False
     cancel: bool = False
     then: Literal["batch", "live"] = "batch"  # where a batch's follow-ups go
+    deadline: str | None = None  # --batch-api, done by then: an ISO time or a duration (6h)
+    deadline_margin: float = field(default=DEFAULT_DEADLINE_MARGIN, metadata=_at_least(0))
     number_duplicates: bool = False
+    # Tables as input (llmbatch.input.tables): the format (auto: by the name, else the first bytes),
+    # and for CSV the delimiter (a comma; TSV's a tab) and encoding.
+    input_format: InputFormat = "auto"
+    csv_delimiter: str | None = None
+    csv_encoding: str = DEFAULT_CSV_ENCODING
     transport: Literal["fast", "sdk"] = "fast"
     fake_latency_ms: float = field(default=DEFAULT_FAKE_LATENCY_MS, metadata=_at_least(0))
     live: bool = True
@@ -138,6 +148,9 @@ class Settings:
     flex_fallback: int | None = field(default=None, metadata=_at_least(1))
     # Metrics for Prometheus (llmbatch.app.metrics): a file for node_exporter's textfile
     # collector, a Pushgateway, the job it is pushed under, and how often both are renewed.
+    # --attach: data item fields holding files (images, PDFs) or URLs the requests carry.
+    attach: tuple[str, ...] = ()
+    max_inflight_bytes: int = field(default=DEFAULT_MAX_INFLIGHT_BYTES, metadata=_at_least(1024))
     metrics_file: Path | None = None
     pushgateway: str | None = None  # http://host:9091
     metrics_job: str = DEFAULT_METRICS_JOB

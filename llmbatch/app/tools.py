@@ -1,11 +1,12 @@
-"""The commands that send nothing: `estimate` (before a run), `report` (after it) and
-`merge` (shards into one file). The CLI registers them (llmbatch.app.cli)."""
+"""The commands that send nothing: `estimate` (before a run), `report` (after it),
+`merge` (shards into one file) and `export` (outputs as a table). The CLI registers
+them (llmbatch.app.cli)."""
 
 from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import orjson
 import typer
@@ -15,11 +16,16 @@ from llmbatch.app.options import (
     BATCH,
     DEFAULT_ENDPOINT,
     DISPLAY,
+    INPUT,
     OUTPUT,
     REQUEST,
+    AttachOpt,
     ConfigOpt,
+    CsvDelimiterOpt,
+    CsvEncodingOpt,
     EndpointOpt,
     IdFieldOpt,
+    InputFormatOpt,
     MaxTokensOpt,
     ModelOpt,
     Opt,
@@ -38,8 +44,12 @@ from llmbatch.app.options import (
 )
 from llmbatch.core.endpoints import DEFAULT_ANSWER_TOKENS
 from llmbatch.core.errors import LLMBatchError
+from llmbatch.input.tables import DEFAULT_CSV_ENCODING
 
-__all__ = ["estimate", "merge", "report"]
+if TYPE_CHECKING:
+    from llmbatch.app.report import Report
+
+__all__ = ["estimate", "export", "merge", "report"]
 
 
 def estimate(
@@ -51,6 +61,10 @@ def estimate(
     template: TemplateOpt = None,
     system: SystemOpt = None,
     id_field: IdFieldOpt = None,
+    attach: AttachOpt = None,
+    input_format: InputFormatOpt = "auto",
+    csv_delimiter: CsvDelimiterOpt = None,
+    csv_encoding: CsvEncodingOpt = DEFAULT_CSV_ENCODING,
     endpoint: EndpointOpt = DEFAULT_ENDPOINT,
     param: ParamOpt = None,
     max_tokens: MaxTokensOpt = None,
@@ -109,6 +123,16 @@ def report(
     json_output: Annotated[
         bool, Opt("--json", help="Print the report as JSON.", panel=DISPLAY, metavar="")
     ] = False,
+    html: Annotated[
+        str | None,
+        Opt(
+            "--html",
+            help="Also write one self-contained HTML page of charts to FILE (- for stdout); needs "
+            "the report extra.",
+            panel=DISPLAY,
+            metavar="FILE",
+        ),
+    ] = None,
     price_in: Annotated[
         float | None, Opt(help="USD per million prompt tokens.", panel=DISPLAY, metavar="N")
     ] = None,
@@ -120,13 +144,49 @@ def report(
     from llmbatch.app.report import format_report, read_report
 
     try:
-        found = read_report(outputs, price_in=price_in, price_out=price_out)
+        if html is None:
+            found = read_report(outputs, price_in=price_in, price_out=price_out)
+        else:
+            found = _html_report(outputs, html, price_in=price_in, price_out=price_out)
     except LLMBatchError as exc:
         raise fail(str(exc)) from None
+    if html == "-":
+        return  # standard output holds the page
     if json_output:
         typer.echo(orjson.dumps(found.as_dict(), option=orjson.OPT_INDENT_2).decode())
     else:
         typer.echo(format_report(found))
+
+
+def _html_report(
+    outputs: list[Path], target: str, *, price_in: float | None, price_out: float | None
+) -> Report:
+    """Read the outputs once for the report and the page's charts; write the page."""
+    from llmbatch.app.page import INSTALL, plotly_js, write_page
+
+    script = plotly_js()
+    if script is None:
+        raise fail(f"report --html needs plotly, the report extra: {INSTALL}")
+    from llmbatch.app.aggregate import read_aggregates
+    from llmbatch.app.charts import figures
+
+    found, agg = read_aggregates(outputs, price_in=price_in, price_out=price_out)
+    found.percentiles(50, 95, 99)  # sorted once, before the page is made (the sort is the peak)
+    charts = figures(found, agg)
+    try:
+        if target == "-":
+            write_page(sys.stdout.buffer, found, agg, charts, script)
+            sys.stdout.buffer.flush()
+        else:
+            with Path(target).open("wb") as out:
+                write_page(out, found, agg, charts, script)
+    except BrokenPipeError:
+        raise fail("standard output was closed by its reader") from None
+    except OSError as exc:
+        raise fail(f"cannot write the page: {exc.strerror or exc}: {target}") from None
+    if target != "-":
+        typer.echo(f"report page: {target} ({Path(target).stat().st_size / 1e6:.1f} MB)", err=True)
+    return found
 
 
 def merge(
@@ -172,3 +232,86 @@ def merge(
     files_ = f"{done.files:,} file{'s' if done.files != 1 else ''}"
     into = "standard output" if to_stdout else output
     typer.echo(f"merged {files_} into {into}: {done.lines:,} lines{more}", err=True)
+
+
+def export(
+    files: Annotated[
+        list[Path],
+        typer.Argument(
+            help="Outputs of llmbatch runs (shards too; .gz and .zst), oldest first.", show_default=False
+        ),
+    ],
+    output: Annotated[
+        Path, Opt("--output", "-o", help="The table (replaced whole).", panel=OUTPUT, metavar="FILE")
+    ],
+    to: Annotated[
+        str | None,
+        Opt(
+            help="csv, parquet or jsonl (default: told by -o's name).",
+            panel=OUTPUT,
+            metavar="csv|parquet|jsonl",
+        ),
+    ] = None,
+    ordered: Annotated[
+        bool,
+        Opt("--ordered", help="In input line order (an external sort: memory stays bounded).", panel=OUTPUT),
+    ] = False,
+    spread: Annotated[
+        bool,
+        Opt(
+            "--spread",
+            help="One llm_answer.PROP column per top-level property of JSON object answers.",
+            panel=OUTPUT,
+        ),
+    ] = False,
+    input: Annotated[
+        Path | None,
+        Opt(
+            "--input",
+            help="The run's input: Batch-shaped lines get its data columns (joined on the line number, "
+            "checked against the custom_id; rows in input order).",
+            panel=INPUT,
+            metavar="FILE",
+        ),
+    ] = None,
+    input_format: InputFormatOpt = "auto",
+    csv_delimiter: CsvDelimiterOpt = None,
+    csv_encoding: CsvEncodingOpt = DEFAULT_CSV_ENCODING,
+    id_field: IdFieldOpt = None,
+    price_in: PriceInOpt = None,
+    price_out: PriceOutOpt = None,
+) -> None:
+    """Finished outputs as one table (CSV, Parquet or JSONL), a row per id: the newest."""
+    from llmbatch.app.export import Join, export_table
+    from llmbatch.app.wiring import table_options
+    from llmbatch.core.errors import ConfigError
+
+    try:
+        form = to or {".csv": "csv", ".parquet": "parquet", ".pq": "parquet", ".jsonl": "jsonl"}.get(
+            next((s for s in reversed(output.suffixes) if s not in (".gz", ".zst", ".zstd")), "").lower()
+        )
+        if form not in ("csv", "parquet", "jsonl"):
+            raise ConfigError(
+                f"--to must be csv, parquet or jsonl{'' if to else ' (the name of -o does not say)'}"
+            )
+        join = None
+        if input is not None:
+            options = table_options(input_format, csv_delimiter, csv_encoding)
+            join = Join(input=input, tables=options, id_field=id_field)
+        done = export_table(
+            files, output, to=form, ordered=ordered, spread_answers=spread, join=join,  # type: ignore[arg-type]
+            price_in=price_in, price_out=price_out,
+        )  # fmt: skip
+    except LLMBatchError as exc:
+        raise fail(str(exc)) from None
+    except OSError as exc:
+        raise fail(f"cannot export: {exc.strerror or exc}: {exc.filename}") from None
+    notes = list(done.notes)
+    if done.dropped:
+        notes.append(f"{done.dropped:,} older line{'s' if done.dropped != 1 else ''} of an id left out")
+    if done.other:
+        notes.append(f"{done.other:,} line{'s' if done.other != 1 else ''} not llmbatch's left out")
+    if done.unmatched:
+        notes.append(f"{done.unmatched:,} rows without data columns (their input line names another id)")
+    more = f" ({'; '.join(notes)})" if notes else ""
+    typer.echo(f"exported {done.rows:,} rows to {output}{more}", err=True)

@@ -14,14 +14,17 @@ from typing import TYPE_CHECKING
 from llmbatch.app.checks import DEFAULT_BASE_URL, check_api_key
 from llmbatch.app.settings import Settings
 from llmbatch.core.cachekey import prompt_cache_key, sends_key
-from llmbatch.core.endpoints import ENDPOINTS, MESSAGES, known_endpoints, normalise_endpoint
+from llmbatch.core.endpoints import CHAT, ENDPOINTS, MESSAGES, known_endpoints, normalise_endpoint
 from llmbatch.core.errors import ConfigError
 from llmbatch.core.structured import response_format
 from llmbatch.core.tiers import DEFAULT_TIER, FLEX, tier_of
 from llmbatch.core.values import Request
 from llmbatch.cost.prices import FAKE_FREE, Price, price_for, table_price
 from llmbatch.files import sidecars
+from llmbatch.input.attach import LIMITS, Attacher
 from llmbatch.input.build import RequestBuilder, Template
+from llmbatch.input.source import Partition, Source
+from llmbatch.input.tables import INPUT_FORMATS, TableOptions
 from llmbatch.output.records import server_hash
 from llmbatch.providers.base import Provider
 from llmbatch.scale.shard import PER_OUTPUT, PLACEHOLDER, parse_shard
@@ -33,6 +36,7 @@ if TYPE_CHECKING:
     from llmbatch.scale.budget import SharedBudget
 
 __all__ = [
+    "attacher_for",
     "base_url_of",
     "batch_api",
     "batches_done",
@@ -45,7 +49,27 @@ __all__ = [
     "schema_asked",
     "schema_note",
     "server_of",
+    "source_for",
+    "table_options",
 ]
+
+
+def table_options(input_format: str, csv_delimiter: str | None, csv_encoding: str) -> TableOptions:
+    """How the flags say to read an input (--input-format, --csv-delimiter, --csv-encoding)."""
+    if input_format not in INPUT_FORMATS:
+        raise ConfigError(f"--input-format must be one of {', '.join(INPUT_FORMATS)}, not {input_format!r}")
+    if csv_delimiter in ("\\t", "tab"):
+        csv_delimiter = "\t"  # what a shell passes for a tab
+    return TableOptions(format=input_format, delimiter=csv_delimiter, encoding=csv_encoding)  # type: ignore[arg-type]
+
+
+def source_for(settings: Settings, shard: Partition | None = None) -> Source:
+    """The input a run's settings name, read as they say (run and estimate alike)."""
+    tables = table_options(settings.input_format, settings.csv_delimiter, settings.csv_encoding)
+    builder = builder_for(settings)
+    return Source(
+        settings.input, builder, number_duplicates=settings.number_duplicates, shard=shard, tables=tables
+    )
 
 
 def builder_for(settings: Settings) -> RequestBuilder:
@@ -73,8 +97,25 @@ def builder_for(settings: Settings) -> RequestBuilder:
         max_tokens=settings.max_tokens,
         schema=response_format(asked.schema, asked.name, asked.strict) if asked is not None else None,
         validating=bool(settings.validate) or settings.schema is not None,
+        attach=attacher_for(settings, endpoint),
         cache_key=cache_key,
     )
+
+
+def attacher_for(settings: Settings, endpoint: str | None) -> Attacher | None:
+    """What --attach reads: the fields named, relative paths from the input's folder,
+    the provider's size limits. Only data items filling a template carry attachments, and
+    only to chat and the Responses API."""
+    if not settings.attach:
+        return None
+    if settings.prompt is None:
+        raise ConfigError("--attach adds files to data items' prompts: give --prompt or --template")
+    if not ENDPOINTS[endpoint or CHAT].takes_attachments:
+        takes = ", ".join(path for path, e in ENDPOINTS.items() if e.takes_attachments)
+        raise ConfigError(f"--attach: {endpoint} takes no attachments ({takes} do)")
+    folder = Path.cwd() if str(settings.input) == "-" else settings.input.absolute().parent
+    # A provider with limits of its own has its row in LIMITS; the others are OpenAI-compatible.
+    return Attacher(tuple(settings.attach), folder, LIMITS.get(settings.provider, LIMITS["openai"]))
 
 
 def schema_asked(settings: Settings) -> AskedSchema | None:
@@ -205,6 +246,9 @@ def run_price(settings: Settings, model: str | None = None, tier: str | None = N
     )
     if price is not None and tier == FLEX and settings.flex_fallback is not None:
         price = dataclasses.replace(price, fallback=run_price(settings, model, DEFAULT_TIER))
+    if price is not None and settings.batch_api and settings.deadline is not None:
+        live = run_price(dataclasses.replace(settings, batch_api=False, deadline=None), model, tier)
+        price = dataclasses.replace(price, live=live)
     if price is not None and settings.escalate:  # each --escalate model at its own price
         alone = dataclasses.replace(settings, escalate=())
         escalate = settings.escalate

@@ -10,7 +10,7 @@ from typing import Any, Protocol
 
 from llmbatch.core.errors import Stop
 
-__all__ = ["LATENCY_BUCKETS_MS", "NOT_VALID_SHOWN", "Pacer", "Stats"]
+__all__ = ["LATENCY_BUCKETS_MS", "NOT_VALID_SHOWN", "Pacer", "Stats", "add_answer", "add_item"]
 
 # How many of the items written not valid the summary names.
 NOT_VALID_SHOWN = 10
@@ -45,12 +45,14 @@ class Stats:
         "batches",
         "blank",
         "by_model",
+        "by_way",
         "cache_write_tokens",
         "cached",
         "cached_tokens",
         "capacity_429",
         "completion_tokens",
         "counts_skipped",
+        "deadline",
         "done",
         "escalated",
         "failed",
@@ -131,6 +133,10 @@ class Stats:
         # met) [items written, answers, prompt, completion, cached tokens].
         self.escalated = 0
         self.by_model: dict[str, list[int]] = {}
+        # --deadline: the same rows by way (batch, live), and what the deadline assumed
+        # and did (`llmbatch.modes.batch.golive`), for the panel and the summary.
+        self.by_way: dict[str, list[int]] = {}
+        self.deadline: dict[str, Any] | None = None
         self.prompt_tokens = 0
         self.completion_tokens = 0
         self.cached_tokens = 0  # of the prompt tokens, read from the provider's cache
@@ -245,3 +251,25 @@ class Stats:
             "model": self.model,
             "phases_s": {k: round(v, 3) for k, v in self.phases.items()},
         }
+
+
+def _row(table: dict[str, list[int]], key: str) -> list[int]:
+    row = table.get(key)
+    if row is None:
+        row = table[key] = [0, 0, 0, 0, 0]
+    return row
+
+
+def add_answer(table: dict[str, list[int]], key: str, prompt: int, completion: int, cached: int) -> None:
+    """An answer's usage in `key`'s row of `table` (`Stats.by_model`, `Stats.by_way`:
+    [items, answers, prompt, completion, cached tokens])."""
+    row = _row(table, key)
+    row[1] += 1
+    row[2] += prompt
+    row[3] += completion
+    row[4] += cached
+
+
+def add_item(table: dict[str, list[int]], key: str) -> None:
+    """An item written, in `key`'s row of `table`."""
+    _row(table, key)[0] += 1

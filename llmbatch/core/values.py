@@ -47,6 +47,9 @@ class Request:
     # The fingerprint an older llmbatch gave this body, when it differs (a body with a
     # key fingerprints now leave out): a line carrying it is not stale. 0: the same.
     fp_before: int = 0
+    # Bytes of attached files (images, PDFs) the body carries, as base64: what bounds the
+    # bytes in flight (--max-inflight-bytes). 0 for a body without.
+    attached: int = 0
 
 
 class Cause(enum.StrEnum):

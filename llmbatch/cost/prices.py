@@ -53,6 +53,9 @@ class Price:
     fallback: Price | None = None
     # --escalate: each model an item may go on to, with its price (None: unknown).
     escalation: tuple[tuple[str, Price | None], ...] = ()
+    # A Batch API run's price for what it sends live (--deadline, --then live): the
+    # list price, where this one is the batch's.
+    live: Price | None = None
 
     def for_model(self, model: str | None) -> Price | None:
         """The price of `model`'s tokens: an --escalate model's own, else this one."""

@@ -22,6 +22,7 @@ from typing import Any
 
 import orjson
 
+from llmbatch.core.attachments import attached_bytes
 from llmbatch.core.cachekey import CACHE_KEY, CACHE_KEY_ENDPOINTS
 from llmbatch.core.endpoints import (
     CHAT,
@@ -36,6 +37,7 @@ from llmbatch.core.endpoints import (
 from llmbatch.core.errors import ConfigError, InputError
 from llmbatch.core.structured import STRICT_KEYS
 from llmbatch.core.values import Request
+from llmbatch.input.attach import Attacher
 
 __all__ = [
     "SETUP_KINDS",
@@ -51,6 +53,7 @@ SETUP_KINDS = {
     "no_model": "",
     "template_field": "check the template's {placeholders} against the input's fields",
     "id_field": "check --id-field against the input's fields",
+    "attach_field": "check --attach against the input's fields",
     "shape": "for data items, give --prompt or --template",
     "bare_endpoint": "give --endpoint, or write Batch API lines with their url",
     "no_max_tokens": "leave out --max-tokens for this endpoint",
@@ -183,6 +186,8 @@ class RequestBuilder:
     # it asks for it (`Endpoint.schema_params`).
     schema: dict[str, Any] | None = None
     validating: bool = False  # validators given: refused for endpoints whose answers are not text
+    # --attach: the data item fields whose files (images, PDFs) the request carries.
+    attach: Attacher | None = None
     # The prompt cache key a templated request carries (`llmbatch.core.cachekey`), unless
     # its body has one; None: none.
     cache_key: str | None = None
@@ -199,6 +204,8 @@ class RequestBuilder:
         request = Request(cid, body, url, line, metadata, item, fingerprint(url, body))
         if not ASKED_BEFORE.isdisjoint(body):
             request.fp_before = fingerprint_before(url, body)
+        if self.attach is not None:
+            request.attached = attached_bytes(body.get("messages")) + attached_bytes(body.get("input"))
         if self.cache_key is not None and url in CACHE_KEY_ENDPOINTS:
             # After the fingerprints: it is left out of them, and no older line asked it.
             body.setdefault(CACHE_KEY, self.cache_key)
@@ -318,4 +325,9 @@ class RequestBuilder:
             custom_id = f"line-{line}"
         endpoint = CHAT_ENDPOINT if self.endpoint is None else ENDPOINTS[self.endpoint]
         body = endpoint.from_text(text, self.system)
+        if self.attach is not None and (attachments := self.attach.read(obj, line)):
+            try:
+                body = endpoint.attach(body, attachments)
+            except ValueError as exc:
+                raise InputError(str(exc), line=line) from None
         return custom_id, self._finish_body(line, body, endpoint), endpoint.path, None, obj

@@ -8,6 +8,8 @@
   again.
 - gzip and zstd input is decompressed, told by its first bytes (a ``.gz`` name is not
   needed, and a pipe works too).
+- CSV, TSV and Parquet (`llmbatch.input.tables`, told by the name or the first bytes, or
+  by ``--input-format``) are read as lines of JSON, one a row, and flow on as JSONL does.
 - blank lines are skipped and counted, never rejects; a UTF-8 BOM at the start is
   dropped.
 - a line that is not a JSON object, or cannot become a request, is an `InputError`
@@ -34,7 +36,7 @@ import tempfile
 from collections import Counter
 from collections.abc import Callable, Container, Generator, Iterator, Mapping
 from pathlib import Path
-from typing import IO, Any, BinaryIO, Protocol
+from typing import IO, Any, BinaryIO, Protocol, cast
 
 from llmbatch.core.errors import ConfigError, InputError
 from llmbatch.core.stats import Stats
@@ -42,6 +44,15 @@ from llmbatch.core.values import Request
 from llmbatch.files.idset import IdSet
 from llmbatch.files.jsonl import BOM, GZIP_MAGIC, ZSTD_MAGIC, count_lines, decompressed, parse_line
 from llmbatch.input.build import SETUP_KINDS, RequestBuilder
+from llmbatch.input.tables import (
+    TableOptions,
+    count_csv_rows,
+    csv_lines,
+    input_format,
+    parquet_lines,
+    parquet_rows,
+    parse_row,
+)
 
 __all__ = ["PREFLIGHT_ITEMS", "Partition", "Preflight", "Source"]
 
@@ -96,6 +107,7 @@ class Source:
         *,
         number_duplicates: bool = False,
         shard: Partition | None = None,
+        tables: TableOptions | None = None,
     ) -> None:
         self.spec = str(spec)
         self.builder = builder
@@ -111,6 +123,8 @@ class Source:
         self._spool: IO[bytes] | None = None
         self._spooled = False  # the whole input has reached the spool
         self.renamed: dict[int, str] = {}  # duplicates given a #LINE name, by line
+        self.tables = tables or TableOptions()
+        self._format: str | None = None
 
     # --- opening -------------------------------------------------------------------
 
@@ -118,6 +132,7 @@ class Source:
         """Fail with a one-line error if the input cannot be read at all."""
         path = self.path
         if path is None:
+            self.format  # noqa: B018 (Parquet is refused on standard input)
             return
         if not path.exists():
             raise ConfigError(f"input file not found: {path}")
@@ -125,6 +140,19 @@ class Source:
             raise ConfigError(f"input is a directory, not a file: {path}")
         if not os.access(path, os.R_OK):
             raise ConfigError(f"cannot read input file {path}: Permission denied")
+        if self.format == "parquet":
+            parquet_rows(path)  # pyarrow installed, and the file a Parquet file
+
+    @property
+    def format(self) -> str:
+        """What the input is read as: jsonl, csv, tsv or parquet."""
+        if self._format is None:
+            self._format = input_format(self.path, self.tables)
+        return self._format
+
+    def _parser(self) -> Callable[[int, bytes], dict[str, Any]]:
+        """A line to its object: a JSON line parsed; a table's row may be a reject already."""
+        return parse_line if self.format == "jsonl" else parse_row
 
     @property
     def rereadable(self) -> bool:
@@ -146,27 +174,42 @@ class Source:
             return False
 
     def _open(self) -> BinaryIO:
+        form = self.format
+        if form == "parquet":
+            assert self.path is not None  # input_format refuses standard input
+            return cast(BinaryIO, parquet_lines(self.path))
         if self.path is None:
-            return decompressed(sys.stdin.buffer)
-        try:
-            f = self.path.open("rb")
-        except OSError as exc:
-            raise ConfigError(f"cannot read input file {self.path}: {exc.strerror}") from None
-        try:
-            return decompressed(f)
-        except OSError as exc:
-            f.close()
-            raise ConfigError(f"cannot read input file {self.path}: {exc}") from None
+            f = decompressed(sys.stdin.buffer)
+        else:
+            try:
+                raw = self.path.open("rb")
+            except OSError as exc:
+                raise ConfigError(f"cannot read input file {self.path}: {exc.strerror}") from None
+            try:
+                f = decompressed(raw)
+            except OSError as exc:
+                raw.close()
+                raise ConfigError(f"cannot read input file {self.path}: {exc}") from None
+        if form == "jsonl":
+            return f
+        delimiter, encoding = self.tables.delimiter_for(form), self.tables.encoding
+        return cast(BinaryIO, csv_lines(f, name=self.name, delimiter=delimiter, encoding=encoding))
 
     def count(self) -> int | None:
         """Lines in the input when that is cheap to know up front (a plain regular
         file: about a second a GB), else None."""
         if not self.rereadable or self.path is None:
             return None
+        form = self.format
+        if form == "parquet":
+            return parquet_rows(self.path)
         try:
             with self.path.open("rb") as f:
                 if f.read(4).startswith((GZIP_MAGIC, ZSTD_MAGIC)):
                     return None
+            if form != "jsonl":
+                delimiter, encoding = self.tables.delimiter_for(form), self.tables.encoding
+                return count_csv_rows(self.path, delimiter=delimiter, encoding=encoding)
             return count_lines(self.path)
         except OSError as exc:
             raise ConfigError(f"cannot read input file {self.path}: {exc.strerror}") from None
@@ -222,6 +265,16 @@ class Source:
         again = os.fdopen(os.dup(spool.fileno()), "rb")
         yield from self._read(again, None)
 
+    def objects(self) -> Iterator[tuple[int, dict[str, Any] | None]]:
+        """Every line's object with its number, None for a blank or bad line (what
+        `llmbatch export --input` joins to an output's lines)."""
+        parse = self._parser()
+        for number, raw in self.lines():
+            try:
+                yield number, parse(number, raw) if raw.strip() else None
+            except InputError:
+                yield number, None
+
     def close(self) -> None:
         """Close the input and remove the spool."""
         if self._stream is not None:
@@ -237,12 +290,13 @@ class Source:
         a setup mistake that all of them make: one usage error instead of a reject per
         row."""
         stream = self._first_stream()
+        parse = self._parser()
         items: list[tuple[int, dict[str, Any]]] = []
         for number, raw in stream:
             self._head.append((number, raw))
             if raw.strip():
                 with contextlib.suppress(InputError):
-                    items.append((number, parse_line(number, raw)))
+                    items.append((number, parse(number, raw)))
             if len(items) >= PREFLIGHT_ITEMS or len(self._head) >= PREFLIGHT_LINES:
                 break
         model: str | None = None
@@ -282,7 +336,7 @@ class Source:
         are counted into `stats`. With a shard, only its items and rejects come out."""
         seen = IdSet(expected, bits=32)
         suspects: list[Request] = []
-        build = self.builder.build
+        build, parse = self.builder.build, self._parser()
         mine = self._mine if self.shard is not None else None  # no shard: all is ours
         for number, raw in self.lines():
             if not raw or raw.isspace():
@@ -290,7 +344,7 @@ class Source:
                     stats.blank += 1
                 continue
             try:
-                req = build(number, parse_line(number, raw))
+                req = build(number, parse(number, raw))
             except InputError as err:
                 if mine is None or mine(err):
                     yield err
@@ -315,7 +369,7 @@ class Source:
         """A rerun's main pass, after a pre-pass decided: lines in `todo` become
         requests (renamed as `renamed` says), lines in `bad` and `dupes` rejects; every
         other line is passed over without being parsed. `until`: the last line to read."""
-        build = self.builder.build
+        build, parse = self.builder.build, self._parser()
         for number, raw in self.lines():
             if until is not None and number > until:
                 return
@@ -323,7 +377,7 @@ class Source:
                 yield InputError(dupes[number], line=number, kind="duplicate")
             elif number in todo or number in bad:
                 try:
-                    req = build(number, parse_line(number, raw))
+                    req = build(number, parse(number, raw))
                 except InputError as err:
                     yield err
                     continue
@@ -381,12 +435,12 @@ class Source:
         ids are read (building every request again would cost a whole pre-pass); a line
         with a matching id is built, to tell an item from a reject."""
         first: dict[str, int] = {}
-        builder = self.builder
+        builder, parse = self.builder, self._parser()
         for number, raw in self._reread():
             if not raw.strip():
                 continue
             try:
-                obj = parse_line(number, raw)
+                obj = parse(number, raw)
                 cid = builder.custom_id(number, obj)
                 if cid not in ids or cid in first:
                     continue

@@ -23,10 +23,9 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from llmbatch.core.stats import Stats
-from llmbatch.core.values import Finished, Usage
+from llmbatch.core.values import Finished
 
-__all__ = ["UNKNOWN_MODEL", "Ladder", "count_answer", "count_item", "model_of"]
+__all__ = ["UNKNOWN_MODEL", "Ladder", "model_of"]
 
 # Under what name a request without a model is counted (a server's default model).
 UNKNOWN_MODEL = "(default)"
@@ -58,24 +57,3 @@ def model_of(item: Finished, default: str | None) -> str:
     """The model the item's request goes to."""
     model = item.request.body.get("model")
     return model if isinstance(model, str) and model else default or UNKNOWN_MODEL
-
-
-def _row(stats: Stats, model: str) -> list[int]:
-    row = stats.by_model.get(model)
-    if row is None:
-        row = stats.by_model[model] = [0, 0, 0, 0, 0]
-    return row
-
-
-def count_answer(stats: Stats, model: str, usage: Usage) -> None:
-    """An answer of `model`: its usage, in that model's row (see `Stats.by_model`)."""
-    row = _row(stats, model)
-    row[1] += 1
-    row[2] += usage.prompt_tokens
-    row[3] += usage.completion_tokens
-    row[4] += usage.cached_tokens
-
-
-def count_item(stats: Stats, model: str) -> None:
-    """An item written with `model`'s answer (or failed on it)."""
-    _row(stats, model)[0] += 1

@@ -49,12 +49,12 @@ from llmbatch.core.errors import (
     Stop,
 )
 from llmbatch.core.retry import DEFAULT_MAX_RETRIES, BackoffStrategy, RetryConfig, RetryPolicy
-from llmbatch.core.stats import NOT_VALID_SHOWN, Stats
+from llmbatch.core.stats import NOT_VALID_SHOWN, Stats, add_answer, add_item
 from llmbatch.core.tiers import DEFAULT_TIER, FLEX, on_tier, tier_of
 from llmbatch.core.values import Cause, Completion, Finished, Request, State, Usage
 from llmbatch.files.jsonl import write_failure
 from llmbatch.modes.control import RunControl
-from llmbatch.modes.escalate import Ladder, count_answer, count_item, model_of
+from llmbatch.modes.escalate import Ladder, model_of
 
 __all__ = [
     "DEFAULT_MAX_REQUESTS",
@@ -169,6 +169,7 @@ class Outcomes:
         error: Callable[[str], None] | None = None,
         flex_fallback: int | None = None,
         escalate: tuple[str, ...] = (),
+        count_ways: bool = False,
     ) -> None:
         self.validator = validator
         self.output = output
@@ -187,6 +188,8 @@ class Outcomes:
         self.flex_fallback = flex_fallback
         # --escalate: the models an item still invalid after its requests goes on to.
         self.ladder = Ladder(escalate) if escalate else None
+        # --deadline: answers and items counted by way (batch, live), priced apart.
+        self.count_ways = count_ways
 
     def with_output(self, output: Output) -> Outcomes:
         """The same judge writing elsewhere (a Batch API follow-up that records what it
@@ -225,7 +228,15 @@ class Outcomes:
             self._fallen_back(item, usage)
         ladder = self.ladder
         if ladder is not None:
-            count_answer(stats, model_of(item, stats.model), usage)
+            add_answer(
+                stats.by_model,
+                model_of(item, stats.model),
+                usage.prompt_tokens,
+                usage.completion_tokens,
+                usage.cached_tokens,
+            )
+        if self.count_ways:
+            add_answer(stats.by_way, via, usage.prompt_tokens, usage.completion_tokens, usage.cached_tokens)
         reason = self._validate(item.request, completion)
         if reason is _BROKEN:
             return Verdict.RELEASE
@@ -410,7 +421,9 @@ class Outcomes:
         item.state, item.error, item.via = state, error, via
         if self.ladder is not None:
             item.model = model = model_of(item, stats.model)
-            count_item(stats, model)
+            add_item(stats.by_model, model)
+        if self.count_ways:
+            add_item(stats.by_way, via)
         if batch_id is not None:
             item.batch_id = batch_id
         output = self.output

@@ -41,7 +41,7 @@ from llmbatch.files.ordering import LAST, RUN_BYTES, sorted_lines
 from llmbatch.output.readback import id_of, input_line_of, read_line
 from llmbatch.output.records import Format
 
-__all__ = ["Selection", "compact", "rewrite", "select"]
+__all__ = ["Selection", "compact", "kept_lines", "rewrite", "select"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,11 +101,20 @@ def rewrite(
 ) -> int:
     """Pass two: the kept lines written to `temp`, compressed as `output`'s name says,
     and renamed over `output`. Returns the number of lines written."""
+    lines = kept_lines(inputs, selection, ordered=ordered, run_bytes=run_bytes)
+    with atomic.replace(output, temp=temp) as dst:
+        return write_lines(dst, lines, codec_for(output))
+
+
+def kept_lines(
+    inputs: Sequence[Path], selection: Selection, *, ordered: bool = False, run_bytes: int = RUN_BYTES
+) -> Iterator[bytes]:
+    """The lines `selection` keeps, in the inputs' order or, `ordered`, in input line
+    order (an external sort: memory bounded by `run_bytes`)."""
     lines = _kept(inputs, selection.keep)
     if ordered:
         lines = sorted_lines(((_input_line(raw), raw) for raw in lines), run_bytes=run_bytes)
-    with atomic.replace(output, temp=temp) as dst:
-        return write_lines(dst, lines, codec_for(output))
+    return lines
 
 
 def compact(path: Path, *, ordered: bool = False) -> int:

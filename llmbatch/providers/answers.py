@@ -17,6 +17,7 @@ from typing import Any
 
 import orjson
 
+from llmbatch.core.attachments import attachment_parts, part_tokens
 from llmbatch.core.endpoints import CHAT, COMPLETIONS, EMBEDDINGS, ENDPOINTS, MESSAGES, MODERATIONS, RESPONSES
 from llmbatch.providers.script import Step, asked_texts, count_tokens, digest, forced_tool, prompt_texts
 
@@ -62,7 +63,10 @@ def prompt_tokens(url: str, body: dict[str, Any]) -> int:
         return 0
     if url == EMBEDDINGS:
         return sum(count_tokens(t) for t in _inputs(body))
-    return sum(count_tokens(c) + 4 for c in prompt_texts(body))
+    attached = sum(
+        part_tokens(p) or 0 for key in ("messages", "input") for p in attachment_parts(body.get(key))
+    )
+    return sum(count_tokens(c) + 4 for c in prompt_texts(body)) + attached  # images as OpenAI bills them
 
 
 # What bounds each endpoint's answer, read as the limits and the cap read it.

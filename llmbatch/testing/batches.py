@@ -61,9 +61,13 @@ class BatchBehaviour:
     ``token_limit_exceeded``. ``lose_create_answers``: the first k creates make their
     batch and then drop the connection without an answer. ``fail_creates``: the first k
     creates are refused with ``fail_status``, the message quoting the request's
-    Authorization header back (as a badly behaved gateway does)."""
+    Authorization header back (as a badly behaved gateway does). ``min_seconds``: a batch
+    stays ``in_progress`` at least this long after it starts, its lines run or not (a
+    batch that would take ten minutes whose answers are all in after two: they are only
+    out when it ends, or is cancelled)."""
 
     start_delay: float = 0.0
+    min_seconds: float = 0.0
     lines_per_second: float | None = None
     expire_after: int | None = None
     enqueued_token_limit: int | None = None
@@ -336,6 +340,8 @@ class BatchQueue:
             elif batch.run % YIELD_EVERY == 0:
                 await asyncio.sleep(0)
         if batch.cancel.is_set():
+            return await self._cancelled(batch)
+        if await batch.cancelled_within(started + behaviour.min_seconds - loop.time()):
             return await self._cancelled(batch)
         batch.become("finalizing")
         await asyncio.sleep(0)

@@ -24,6 +24,7 @@ from llmbatch.core import endpoints
 from llmbatch.providers import answers, script
 from llmbatch.testing.api import injected_error, new_id
 from llmbatch.testing.counts import Attempts, ServerStats, request_digest
+from llmbatch.testing.parts import bad_part
 from llmbatch.testing.quality import Quality
 
 __all__ = ["ENDPOINTS", "MAX_LINES", "InputFile", "Line", "Result", "answer", "not_run", "read_input"]
@@ -144,6 +145,9 @@ def answer(
     outcome = script.step(script.parse_script(line.body), attempts.count(key), line.body)
     attempts.answered(key)
     request_id = new_id("req_")
+    if (problem := bad_part(endpoint, line.body)) is not None:
+        error = {"message": problem, "type": "invalid_request_error", "code": "invalid_image_format"}
+        return Result(False, _record(line.custom_id, 400, request_id, {"error": error}), fault="400")
     fault = outcome.fault
     if fault is None or fault == "nochoices":
         body = answers.answer_body(endpoint, line.body, outcome, new_id(answers.id_prefix(endpoint)))

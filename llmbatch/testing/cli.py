@@ -93,6 +93,9 @@ def main(argv: list[str] | None = None) -> None:
         default=None,
         help="the pace of a running batch (default: unpaced)",
     )
+    batch.add_argument(
+        "--batch-min-seconds", type=float, default=0.0, help="a batch stays in progress at least this long"
+    )
     batch.add_argument("--batch-expire-after", type=int, default=None, help="a batch expires after N lines")
     batch.add_argument(
         "--enqueued-token-limit",
@@ -127,6 +130,7 @@ def main(argv: list[str] | None = None) -> None:
         port=args.port,
         batch_start_delay=args.batch_start_delay,
         batch_lines_per_second=args.batch_lines_per_second,
+        batch_min_seconds=args.batch_min_seconds,
         batch_expire_after=args.batch_expire_after,
         enqueued_token_limit=args.enqueued_token_limit,
         lose_create_answers=args.lose_create_answers,

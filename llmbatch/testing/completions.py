@@ -27,6 +27,7 @@ from llmbatch.providers import answers, script
 from llmbatch.testing.api import JSON, Reply, error_body, injected_error
 from llmbatch.testing.buckets import KeyLimit, RateLimits
 from llmbatch.testing.counts import Attempts, ServerStats, request_digest
+from llmbatch.testing.parts import bad_part
 from llmbatch.testing.promptcache import PromptCache
 from llmbatch.testing.quality import Quality
 
@@ -107,6 +108,9 @@ class ModelEndpoints:
         except (orjson.JSONDecodeError, ValueError) as exc:
             return self.reply(400, error_body(f"Invalid JSON body: {exc}", "invalid_request_error", None))
 
+        # Images and PDFs are checked as OpenAI checks them (a body without any: not looked at).
+        if (b"image" in raw or b"file" in raw) and (problem := bad_part(path, body)) is not None:
+            return self.reply(400, error_body(problem, "invalid_request_error", "invalid_image_format"))
         plan = script.parse_script(body) if DIRECTIVE in raw or b"\\u" in raw else NO_SCRIPT
         # Only a script's outcome depends on the attempt, and only a body seen in a batch
         # has a custom_id to count its answers under: the others need no count.

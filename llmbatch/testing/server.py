@@ -94,7 +94,8 @@ class FakeServer(ModelEndpoints):
     an answer says which tier served it (``service_tier``) when the request named one.
 
     The Batch API: a batch stays ``validating`` for ``batch_start_delay`` seconds, then
-    runs ``batch_lines_per_second`` lines a second (None: unpaced); it expires after
+    runs ``batch_lines_per_second`` lines a second (None: unpaced) and stays in progress at
+    least ``batch_min_seconds`` from its start; it expires after
     ``batch_expire_after`` lines; it fails with ``token_limit_exceeded`` when its input
     tokens and those of its model's batches still validating or in progress pass
     ``enqueued_token_limit``; the first ``lose_create_answers`` creates make their batch
@@ -133,6 +134,7 @@ class FakeServer(ModelEndpoints):
         loop: LoopKind = "auto",
         batch_start_delay: float = 0.0,
         batch_lines_per_second: float | None = None,
+        batch_min_seconds: float = 0.0,
         batch_expire_after: int | None = None,
         enqueued_token_limit: int | None = None,
         lose_create_answers: int = 0,
@@ -176,6 +178,7 @@ class FakeServer(ModelEndpoints):
         behaviour = BatchBehaviour(
             start_delay=batch_start_delay,
             lines_per_second=batch_lines_per_second,
+            min_seconds=batch_min_seconds,
             expire_after=batch_expire_after,
             enqueued_token_limit=enqueued_token_limit,
             lose_create_answers=lose_create_answers,

@@ -171,8 +171,8 @@ class BatchState:
     def __init__(self, path: Path, *, read_only: bool = False) -> None:
         self.path = path
         try:
-            if read_only:  # a report's look: never create, migrate or lock anything
-                self._db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+            if read_only:  # a report's look: never create or migrate (mode=ro would leave -wal, -shm)
+                self._db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=rw", uri=True)
                 self.run_id, self._pending = "", 0
                 return
             self._db = sqlite3.connect(path, isolation_level=None)
