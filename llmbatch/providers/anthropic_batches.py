@@ -165,6 +165,7 @@ class AnthropicBatches:
         """The batch an uncertain create made, by its intent (see the module docstring);
         None when none was made (the create may go again)."""
         count, since = self.intent(metadata)
+        told = False
         while True:
             claimed = self.claimed()
             found = [
@@ -184,9 +185,10 @@ class AnthropicBatches:
                             return _remote(b)
                         break
                 return None
-            self.log(
-                f"{len(found)} batches could be chunk {metadata['llmbatch_chunk']}'s: waiting for them to end"
-            )
+            if not told:
+                told = True
+                chunk = metadata["llmbatch_chunk"]
+                self.log(f"{len(found)} batches could be chunk {chunk}'s: waiting for them to end")
             await asyncio.sleep(UNCERTAIN_POLL)
 
     async def retrieve(self, batch_id: str) -> Remote:
