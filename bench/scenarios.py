@@ -496,7 +496,7 @@ def _answered(server: Server) -> int:
     return sum(int(v) for v in server.stats().get("by_status", {}).values())
 
 
-from bench import cheaper, deadline, modes, pressure, report_page  # noqa: E402 (they use the Context and Row above)
+from bench import anthropic, cheaper, deadline, modes, pressure, report_page  # noqa: E402 (they use the Context and Row above)
 
 SCENARIOS: dict[str, Callable[[Context], list[Row]]] = {
     "overhead": overhead,
@@ -516,4 +516,5 @@ SCENARIOS: dict[str, Callable[[Context], list[Row]]] = {
     "deadline": deadline.deadline,
     "escalate": cheaper.escalate,
     "promptcache": cheaper.prompt_cache,
+    "anthropic": anthropic.rows,
 }

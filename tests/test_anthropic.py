@@ -350,3 +350,65 @@ def test_the_schema_note_is_openais_and_strict_is_refused(
         server, inp, "-o", out, "--prompt", "{text}", "--schema", schema_file(tmp_path), "--strict"
     )
     assert refused.exit_code == 2 and "forced tool" in refused.stderr
+
+
+def test_the_response_cache_answers_a_repeated_messages_run(
+    anthropic: Callable[..., AnthropicServer], claude: Callable[..., Result], tmp_path: Path
+) -> None:
+    """--cache: a fresh run of the same Messages requests is answered from the cache,
+    with the same valid lines and nothing sent."""
+    server = anthropic()
+    inp, out, cache = reviews(tmp_path, 5), tmp_path / "out.jsonl", tmp_path / "cache.db"
+    common = ("--prompt", "{text}", "--id-field", "id", "--schema", schema_file(tmp_path), "--cache", cache)
+    assert claude(server, inp, "-o", out, *common).exit_code == 0
+    sent = server.stats.requests
+    again = claude(server, inp, "-o", out, *common, "--fresh")
+    assert again.exit_code == 0, again.stderr
+    assert server.stats.requests == sent
+    rows = by_id(out)
+    assert len(rows) == 5 and all(r["llmbatch"]["via"] == "cached" for r in rows.values())
+
+
+def test_an_output_token_budget_is_shared_through_redis(
+    anthropic: Callable[..., AnthropicServer],
+    claude: Callable[..., Result],
+    tmp_path: Path,
+    redis_server: Any,
+) -> None:
+    """--redis with Anthropic's output-token limit: its budget is a shared one too."""
+    server = anthropic(otpm=60_000, bucket_seconds=1)
+    out = tmp_path / "out.jsonl"
+    result = claude(
+        server, reviews(tmp_path, 50), "-o", out, "--prompt", "{text}", "--id-field", "id",
+        "--redis", redis_server.url, "--output-tpm", "60000",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    assert len(by_id(out)) == 50
+
+
+async def test_the_library_executor_speaks_messages_with_an_anthropic_provider() -> None:
+    """ParallelLLMExecutor with an AnthropicProvider: the system message goes in `system`,
+    max_tokens is filled, and the answer's text comes back."""
+    from llmbatch import LLMMessage, LLMTask, ParallelLLMExecutor
+    from llmbatch.providers.anthropic import AnthropicProvider
+
+    server = AnthropicServer(api_key=KEY).start()
+    provider = AnthropicProvider(api_key=KEY, base_url=server.base_url)
+    try:
+        executor = ParallelLLMExecutor(provider, max_concurrency=4, model="claude-haiku-4-5")
+        tasks = {
+            "q1": LLMTask(
+                messages=[
+                    LLMMessage("system", "Be terse."),
+                    LLMMessage("user", 'hi @fake {"answer": "hello"}'),
+                ]
+            )
+        }
+        results = await executor.execute(tasks)
+    finally:
+        await provider.aclose()
+        server.stop()
+    assert results["q1"].success and results["q1"].value.content == "hello"
+    sent = server.stats.bodies[0]
+    assert sent["system"] == "Be terse." and sent["max_tokens"] == 1024
+    assert [m["role"] for m in sent["messages"]] == ["user"]

@@ -276,17 +276,15 @@ async def test_an_uncertain_create_with_two_candidates_is_matched_by_custom_ids(
     provider = AnthropicProvider(api_key=KEY, base_url=server.base_url)
     body = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 5}
     try:
-        batches = AnthropicBatches(provider, spool=tmp_path / "spool")
-        name = "llmbatch-run1-1.jsonl"
-        data = tmp_path / "lines.jsonl"
-        with data.open("wb") as f:
-            for i in range(3):
-                line = {"custom_id": odd_id(i), "url": "/v1/messages", "body": body}
-                f.write(orjson.dumps(line, option=orjson.OPT_APPEND_NEWLINE))
-        with data.open("rb") as f:
-            await batches.upload(name, f)
-        intent = {"requests": 3, "time": time.time() - 1}
-        (tmp_path / "spool" / f"{name}.intent").write_bytes(orjson.dumps(intent))
+        ours = [odd_id(i) for i in range(3)]
+        since = time.time() - 1  # the intent the record holds: three requests, a second ago
+        batches = AnthropicBatches(
+            provider,
+            spool=tmp_path / "spool",
+            intent=lambda _: (3, since),
+            ids=lambda _: ours,
+            known=lambda: ours,
+        )
         ids: dict[str, str] = {}
         for who, cids in (
             ("theirs", [f"other{i}" for i in range(3)]),

@@ -86,7 +86,8 @@ EndpointOpt = Annotated[
     str | None,
     Opt(
         help="/v1/chat/completions (a template's default), /v1/responses, /v1/completions, "
-        "/v1/embeddings or /v1/moderations. Without it a bare body's is told by its keys: "
+        "/v1/embeddings, /v1/moderations or /v1/messages (Anthropic's: --provider anthropic's "
+        "default). Without it a bare body's is told by its keys: "
         "messages chat, prompt completions, input embeddings.",
         panel=REQUEST,
         metavar="TEXT",

@@ -7,7 +7,7 @@ import contextlib
 import dataclasses
 import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -192,8 +192,21 @@ def batch_api(
             chunks = state.chunks(ChunkState.RUNNING, ChunkState.COLLECTED)
             return {c.batch_id for c in chunks if c.batch_id}
 
+        def intent(metadata: dict[str, str]) -> tuple[int, float]:
+            chunk = state.chunk(int(metadata["llmbatch_chunk"]))
+            return chunk.items, chunk.submitted or chunk.created
+
+        def ids(metadata: dict[str, str]) -> list[str]:
+            return state.ids(int(metadata["llmbatch_chunk"]))
+
+        def known() -> Iterator[str]:
+            for chunk in state.chunks(ChunkState.CREATING, ChunkState.RUNNING):
+                yield from state.ids(chunk.id)
+
         spool = sidecars.batch_spool(settings.output)
-        return AnthropicBatches(provider, spool=spool, claimed=claimed, log=log)
+        return AnthropicBatches(
+            provider, spool=spool, intent=intent, ids=ids, known=known, claimed=claimed, log=log
+        )
     from llmbatch.providers.openai import OpenAIProvider
     from llmbatch.providers.openai_batches import RemoteBatches
 

@@ -37,7 +37,7 @@ def batches(output: Path) -> Path:
 
 def batch_spool(output: Path) -> Path:
     """The folder of a Message Batches run's requests, one file per batch (Anthropic takes
-    them inline: the create streams its file), with the intent of each create."""
+    them inline: the create streams its file)."""
     return beside(output, ".batches.spool")
 
 

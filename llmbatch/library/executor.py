@@ -34,6 +34,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from llmbatch.core.endpoints import CHAT, CHAT_ENDPOINT, DEFAULT_MESSAGES_MAX_TOKENS, MESSAGES
 from llmbatch.core.errors import TransientError
 from llmbatch.core.retry import RetryConfig
 from llmbatch.core.values import Completion, Request, Usage
@@ -111,8 +112,13 @@ class LLMResponse:
     @classmethod
     def from_completion(cls, completion: Completion) -> LLMResponse:
         body = completion.body
-        if completion.choice is None:
-            # A 200 that is not a chat completion: an upstream hiccup, worth a retry.
+        endpoint = completion.endpoint
+        if (
+            completion.choice is None
+            if endpoint is CHAT_ENDPOINT
+            else endpoint.unusable(body, None) is not None and completion.refusal is None
+        ):
+            # A 200 that is not an answer of its endpoint: an upstream hiccup, worth a retry.
             raise TransientError(f"the answer is not a chat completion: {str(body)[:200]}", code="malformed")
         model = body.get("model") if isinstance(body, dict) else None
         return cls(
@@ -319,6 +325,15 @@ class ParallelLLMExecutor:
         body: dict[str, Any] = {"model": self.model} if self.model else {}
         body.update(self.default_config_overrides)
         body.update(task.config_overrides or {})
+        # A provider that speaks another endpoint says so (AnthropicProvider: Messages).
+        url = getattr(self.provider, "endpoint", CHAT)
+        if url == MESSAGES:  # the system prompt is a field of its own; max_tokens is required
+            system = [m.content for m in task.messages if m.role == "system"]
+            if system:
+                body.setdefault("system", "\n\n".join(system))
+            body["messages"] = [m.as_dict() for m in task.messages if m.role != "system"]
+            body.setdefault("max_tokens", DEFAULT_MESSAGES_MAX_TOKENS)
+            return Request(custom_id=task.tag, body=body, url=url)
         body["messages"] = [m.as_dict() for m in task.messages]
         return Request(custom_id=task.tag, body=body)
 

@@ -53,6 +53,8 @@ def anthropic_root(base_url: str | None) -> str:
 class AnthropicProvider:
     """Sends Messages requests to Anthropic (or a proxy at `base_url`)."""
 
+    endpoint = MESSAGES  # what it speaks (the library's executor builds its requests for it)
+
     def __init__(
         self,
         *,

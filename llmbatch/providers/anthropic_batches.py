@@ -10,13 +10,14 @@ What differs, and where it is met here:
   ``POST /v1/messages/batches`` (up to 256 MB), never holding it in memory.
 - custom_ids: Anthropic takes 1 to 64 characters of ``[a-zA-Z0-9_-]``. Any other id is
   sent as ``h_`` and a hash of it (deterministic; ids that begin with ``h_`` are hashed
-  too, so no id can pass for another's hash), and mapped back when results are read:
-  the spool files, written before each create, are the mapping.
-- No metadata: before each create the intent (the request count, the time) is written
-  beside the spool file. A create whose answer was lost (or a run killed right after
-  it) is found in the batch list: created after the intent, holding that many requests,
-  not another chunk's batch. Where more than one remains, they are waited on until they
-  end and matched by their custom_ids; nothing is created while a create is uncertain.
+  too, so no id can pass for another's hash), and mapped back when results are read,
+  from the ids of the record's items (stored before the create).
+- No metadata: the intent the mode records before each create (in its SQLite record:
+  the chunk's request count, the time) is what an uncertain create is found by. A create
+  whose answer was lost (or a run killed right after it) is looked for in the batch list:
+  created after the intent, holding that many requests, not another chunk's batch. Where
+  more than one remains, they are waited on until they end and matched by their
+  custom_ids; nothing is created while a create is uncertain.
 - Results: the ``results`` JSONL (``succeeded``, ``errored``, ``canceled``,
   ``expired``) is turned into the OpenAI Batch output lines the collector reads: an
   answer as a 200 response, an ``invalid_request_error`` as a 400 (the request's fault),
@@ -31,7 +32,7 @@ import hashlib
 import os
 import re
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from pathlib import Path
 from typing import IO, Any
 
@@ -92,19 +93,28 @@ def _remote(batch: dict[str, Any]) -> Remote:
 
 class AnthropicBatches:
     """Message Batches for the Batch API mode (see the module docstring). `spool` is the
-    folder beside the output the requests wait in; `claimed` says which batch ids the
-    run's record holds already (no uncertain create is matched to one of those)."""
+    folder beside the output the requests wait in. From the mode's record: `intent`
+    gives a chunk's (request count, time of its create's intent), by the metadata the
+    mode names it with; `ids` the custom_ids of a chunk's items; `known` every custom_id
+    a batch may still answer; `claimed` the batch ids the record holds already (no
+    uncertain create is matched to one of those)."""
 
     def __init__(
         self,
         provider: AnthropicProvider,
         *,
         spool: Path,
+        intent: Callable[[dict[str, str]], tuple[int, float]],
+        ids: Callable[[dict[str, str]], Iterable[str]],
+        known: Callable[[], Iterable[str]],
         claimed: Callable[[], set[str]] = set,
         log: Callable[[str], None] = lambda _: None,
     ) -> None:
         self.provider = provider
         self.spool = spool
+        self.intent = intent
+        self.ids = ids
+        self.known = known
         self.claimed = claimed
         self.log = log
         self._back: dict[str, str] = {}  # hashed id -> the id it stands for
@@ -132,10 +142,6 @@ class AnthropicBatches:
         """One create, its intent written first; a create whose answer is lost is looked
         for (`find_batch`) before it is sent again."""
         path = self.spool / file_id
-        with path.open("rb") as f:
-            count = sum(1 for _ in f)
-        intent = {"requests": count, "time": time.time()}
-        self._intent_path(file_id).write_bytes(orjson.dumps(intent))
         for attempt in range(CONTROL_RETRY.retries + 1):
             try:
                 status, raw, headers = await self.provider.call(
@@ -158,33 +164,31 @@ class AnthropicBatches:
     async def find_batch(self, metadata: dict[str, str]) -> Remote | None:
         """The batch an uncertain create made, by its intent (see the module docstring);
         None when none was made (the create may go again)."""
-        name = f"llmbatch-{metadata['llmbatch_run']}-{metadata['llmbatch_chunk']}.jsonl"
-        try:
-            intent = orjson.loads(self._intent_path(name).read_bytes())
-        except (FileNotFoundError, orjson.JSONDecodeError):
-            return None  # no intent written: the create was never sent
+        count, since = self.intent(metadata)
+        told = False
         while True:
             claimed = self.claimed()
             found = [
                 b
                 async for b in self._list()
-                if _time(b.get("created_at")) >= intent["time"] - CLOCK_SKEW
+                if _time(b.get("created_at")) >= since - CLOCK_SKEW
                 and b["id"] not in claimed
-                and sum(int(v or 0) for v in (b.get("request_counts") or {}).values()) == intent["requests"]
+                and sum(int(v or 0) for v in (b.get("request_counts") or {}).values()) == count
             ]
             if len(found) <= 1:
                 return _remote(found[0]) if found else None
             if all(b.get("processing_status") == "ended" for b in found):
-                ids = {batch_id_of(cid) for cid in self._ids(self.spool / name)}
+                ids = {batch_id_of(cid) for cid in self.ids(metadata)}
                 for b in found:
                     async for line in self._result_lines(str(b["id"])):
                         if orjson.loads(line).get("custom_id") in ids:
                             return _remote(b)
                         break
                 return None
-            self.log(
-                f"{len(found)} batches could be chunk {metadata['llmbatch_chunk']}'s: waiting for them to end"
-            )
+            if not told:
+                told = True
+                chunk = metadata["llmbatch_chunk"]
+                self.log(f"{len(found)} batches could be chunk {chunk}'s: waiting for them to end")
             await asyncio.sleep(UNCERTAIN_POLL)
 
     async def retrieve(self, batch_id: str) -> Remote:
@@ -203,14 +207,6 @@ class AnthropicBatches:
         dest.flush()
 
     # --- the rest ------------------------------------------------------------------------
-
-    def _intent_path(self, name: str) -> Path:
-        return self.spool / (name + ".intent")
-
-    @staticmethod
-    def _ids(path: Path) -> list[str]:
-        with path.open("rb") as f:
-            return [orjson.loads(raw)["custom_id"] for raw in f]
 
     async def _body(self, path: Path) -> AsyncIterator[bytes]:
         """The create's body, streamed from the spool: ``{"requests": [...]}``."""
@@ -269,10 +265,9 @@ class AnthropicBatches:
         if not sent.startswith(_HASHED):
             return sent
         if sent not in self._back:
-            for path in self.spool.glob("*.jsonl"):
-                for cid in self._ids(path):
-                    if (hashed := batch_id_of(cid)) != cid:
-                        self._back[hashed] = cid
+            for cid in self.known():
+                if (hashed := batch_id_of(cid)) != cid:
+                    self._back[hashed] = cid
         return self._back.get(sent, sent)
 
     def _as_output(self, rec: dict[str, Any]) -> dict[str, Any]:

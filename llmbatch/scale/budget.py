@@ -150,7 +150,8 @@ class SharedBudget:
         self.loop = asyncio.get_running_loop()
         self.me = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
         prefix = f"llmbatch:{{{name.replace('{', '_').replace('}', '_')}}}:"
-        self.keys = {k: prefix + k for k in ("requests", "tokens", "pause", "cut", "peers")}
+        # "output": Anthropic's output tokens, limited apart from the (input) tokens.
+        self.keys = {k: prefix + k for k in ("requests", "tokens", "output", "pause", "cut", "peers")}
         self._bucket_lua = client.register_script(BUCKET_LUA)
         self._state_lua = client.register_script(STATE_LUA)
         self.online = True
@@ -196,7 +197,7 @@ class SharedBudget:
     # --- the Shared seam (llmbatch.schedule.shared) -------------------------------------------
 
     def bucket(self, kind: str, per_minute: float, *, spent: float = 0.0) -> RedisBucket:
-        """The budget of `kind` ("requests" or "tokens"), `per_minute` being this
+        """The budget of `kind` ("requests", "tokens" or "output"), `per_minute` being this
         process's limit for it (given, or just learned: it becomes the budget's)."""
         bucket = RedisBucket(self, self.keys[kind], per_minute, spent=spent)
         old = self._buckets.get(kind)

@@ -93,10 +93,10 @@ class Limits(AdaptivePace):
         # (--output-tpm, or learned) the answer expected, settled against the real
         # output tokens.
         self.split_tokens = split_tokens
-        self._output: Bucket | None = self._new_bucket(OUTPUT, output_tpm) if output_tpm else None
         self.max_pause = max_pause  # a server's delay pauses the run this long at most
         self._shared = shared  # several processes on one key (--redis), else None
         self._requests: Bucket | None = self._new_bucket("requests", rpm) if rpm else None
+        self._output: Bucket | None = self._new_bucket(OUTPUT, output_tpm) if output_tpm else None
         self._tokens: Bucket | None = self._new_bucket("tokens", tpm) if tpm else None
         # The limits per minute, given or learned, by kind; and the kinds whose
         # budget the server last said was empty (paced at DRAINED_PACE meanwhile).

@@ -274,7 +274,9 @@ class BatchMode:
 
     async def _create(self, chunk: Chunk) -> None:
         assert chunk.file_id is not None
-        self.state.update(chunk.id, state=ChunkState.CREATING)
+        # The intent, with its time: a provider whose batches carry no metadata (Anthropic's)
+        # finds an uncertain create by it (created after it, this many requests).
+        self.state.update(chunk.id, state=ChunkState.CREATING, submitted=time.time())
         remote = await self.remote.create(chunk.file_id, chunk.endpoint, self._metadata(chunk))
         self._running(chunk, remote)
         self.log(
