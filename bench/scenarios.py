@@ -491,7 +491,7 @@ def _answered(server: Server) -> int:
     return sum(int(v) for v in server.stats().get("by_status", {}).values())
 
 
-from bench import modes, pressure  # noqa: E402 (they use the Context and Row above)
+from bench import modes, pressure, tables  # noqa: E402 (they use the Context and Row above)
 
 SCENARIOS: dict[str, Callable[[Context], list[Row]]] = {
     "overhead": overhead,
@@ -507,4 +507,5 @@ SCENARIOS: dict[str, Callable[[Context], list[Row]]] = {
     "batch": modes.batch_api,
     "ordered": modes.ordered,
     "shared": modes.shared,
+    "tables": tables.tables,
 }
