@@ -15,7 +15,8 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/llmbatch run samples/reviews.jsonl -o demo-output.jsonl --provider fake \
 		--template samples/review_prompt.txt --id-field id --schema samples/review.schema.json --fresh
-	@echo "results: demo-output.jsonl"
+	$(BIN)/llmbatch report demo-output.jsonl --html demo-report.html
+	@echo "results: demo-output.jsonl; charts: demo-report.html (open it in a browser)"
 
 lint: $(STAMP)
 	$(BIN)/ruff check llmbatch tests bench samples
@@ -32,4 +33,4 @@ bench: $(STAMP)
 	$(BIN)/python -m bench
 
 clean:
-	rm -rf $(VENV) demo-output.jsonl demo-output.jsonl.rejects.jsonl
+	rm -rf $(VENV) demo-output.jsonl demo-output.jsonl.rejects.jsonl demo-report.html

@@ -38,6 +38,8 @@ class Sizes:
     batch_ns: tuple[int, ...]  # Batch API mode; the first is the baseline
     ordered_n: int
     shared_n: int  # items shared by three processes
+    report_n: int  # lines of the output `report` and `report --html` read
+    deadline_scale: float = 1.0  # --deadline: its times, as a share of the issue's
 
 
 FULL = Sizes(
@@ -55,6 +57,7 @@ FULL = Sizes(
     batch_ns=(12_000, 120_000),
     ordered_n=20_000,
     shared_n=3_000,
+    report_n=1_000_000,
 )
 QUICK = Sizes(
     overhead_n=2_000,
@@ -71,6 +74,8 @@ QUICK = Sizes(
     batch_ns=(1_200, 12_000),
     ordered_n=2_000,
     shared_n=300,
+    report_n=100_000,
+    deadline_scale=0.1,
 )
 
 
@@ -491,7 +496,7 @@ def _answered(server: Server) -> int:
     return sum(int(v) for v in server.stats().get("by_status", {}).values())
 
 
-from bench import modes, pressure, tables  # noqa: E402 (they use the Context and Row above)
+from bench import cheaper, deadline, modes, pressure, report_page, tables  # noqa: E402 (they use the Context and Row above)
 
 SCENARIOS: dict[str, Callable[[Context], list[Row]]] = {
     "overhead": overhead,
@@ -507,5 +512,9 @@ SCENARIOS: dict[str, Callable[[Context], list[Row]]] = {
     "batch": modes.batch_api,
     "ordered": modes.ordered,
     "shared": modes.shared,
+    "report": report_page.report,
+    "deadline": deadline.deadline,
+    "escalate": cheaper.escalate,
+    "promptcache": cheaper.prompt_cache,
     "tables": tables.tables,
 }

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import random
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -17,6 +18,9 @@ from typing import Any
 import orjson
 import pytest
 from conftest import by_id, write_jsonl
+
+from llmbatch.files import sidecars
+from llmbatch.modes.batch.state import BatchState
 
 pytestmark = pytest.mark.usefixtures("no_backoff")
 
@@ -64,6 +68,34 @@ def test_items_are_split_into_batches_and_invalid_ones_follow_up(run_cli, fake_s
     s = orjson.loads(summary.read_bytes())
     assert s["price"]["input_per_mtok"] == 0.075  # gpt-4o-mini's batch price, half its list price
     assert "Batch API" in s["price"]["source"]
+    timeline = BatchState(sidecars.batches(out), read_only=True).timeline()
+    assert {r["llmbatch"]["batch_id"] for r in records.values()} <= {b.batch_id for b in timeline}
+    assert len(timeline) == 6
+    assert all(b.created and b.completed and b.created <= b.completed for b in timeline)
+
+
+def test_a_batch_record_of_an_older_llmbatch_gains_the_completed_times(tmp_path):
+    """A record made before batches kept when they were collected opens and migrates;
+    its batches are on the timeline with no completed time (and read-only, untouched)."""
+    path = tmp_path / "out.jsonl.batches.db"
+    db = sqlite3.connect(path)
+    db.executescript(
+        "CREATE TABLE chunks (id INTEGER PRIMARY KEY, round INTEGER NOT NULL, endpoint TEXT NOT NULL,"
+        " model TEXT NOT NULL, items INTEGER NOT NULL DEFAULT 0, bytes INTEGER NOT NULL DEFAULT 0,"
+        " tokens INTEGER NOT NULL DEFAULT 0, worst REAL NOT NULL DEFAULT 0, state TEXT NOT NULL,"
+        " live INTEGER NOT NULL DEFAULT 0, file_id TEXT, batch_id TEXT, status TEXT, counts TEXT,"
+        " error TEXT, created REAL NOT NULL, submitted REAL, held INTEGER NOT NULL DEFAULT 0);"
+        "INSERT INTO chunks (round, endpoint, model, items, state, batch_id, status, created, submitted)"
+        " VALUES (0, '/v1/chat/completions', 'gpt-4o-mini', 7, 'collected', 'batch_old', 'completed', 1, 2);"
+    )
+    db.commit()
+    db.close()
+    (old,) = BatchState(path, read_only=True).timeline()
+    assert (old.batch_id, old.items, old.created, old.completed) == ("batch_old", 7, 2.0, None)
+    state = BatchState(path)
+    (chunk,) = state.chunks()
+    assert chunk.completed is None and chunk.batch_id == "batch_old"
+    state.close()
 
 
 def _env() -> dict[str, str]:

@@ -3,6 +3,8 @@ by the fast path and the parser alike."""
 
 from __future__ import annotations
 
+import time
+
 import orjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -103,3 +105,21 @@ def test_merged_rows_read_back_as_written(f):
         f.request.fp,
         "s",
     )
+
+
+def test_every_line_says_when_it_finished():
+    """A line carries its finish time `t` (Unix ms) just before the tail a rerun reads,
+    and the tail still reads fast; a merged row carries it as llm_t."""
+    body = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+    req = Request("r-1", body, line=1, fp=fingerprint("/v1/chat/completions", body))
+    f = Finished(request=req, state=State.FAILED, error=TransientError("HTTP 503"), cause=None)
+    before = int(time.time() * 1000)
+    rec = batch_record(f, "abcd1234")
+    merged = merged_record(f, "abcd1234")
+    after = int(time.time() * 1000)
+    assert before <= rec["llmbatch"]["t"] <= after
+    assert before <= merged["llm_t"] <= after
+    keys = list(rec["llmbatch"])
+    assert keys.index("usage") < keys.index("t") < keys.index("fault")
+    assert keys[-4:] == ["via", "server", "fp", "state"]
+    assert read_tail(orjson.dumps(rec) + b"\n") == read_line(rec)

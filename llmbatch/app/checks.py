@@ -5,6 +5,7 @@ mode's open batches that bind an output."""
 from __future__ import annotations
 
 import contextlib
+import shutil
 from pathlib import Path
 
 from llmbatch.app.settings import Settings, read_api_key
@@ -56,10 +57,11 @@ def check_api_key(settings: Settings) -> str | None:
     """The API key (None for the offline model), or a ConfigError saying how to give one."""
     if settings.provider == "fake":
         return None
-    key = read_api_key(settings.api_key_file)
+    env = "ANTHROPIC_API_KEY" if settings.provider == "anthropic" else "OPENAI_API_KEY"
+    key = read_api_key(settings.api_key_file, env)
     if key is None:
         raise ConfigError(
-            "no API key: set OPENAI_API_KEY or pass --api-key-file "
+            f"no API key: set {env} or pass --api-key-file "
             "(any value for a local server that needs none; --provider fake runs offline)"
         )
     return key
@@ -106,8 +108,8 @@ def open_batches_check(settings: Settings) -> BatchState | None:
         raise ConfigError("--then live goes with --batch-api")
     if settings.batch_api and settings.provider == "fake":
         raise ConfigError(
-            "--batch-api needs a server with the OpenAI Batch API; the offline fake model has none "
-            "(python -m llmbatch.testing.server has one, for trying it out)"
+            "--batch-api needs a server with a Batch API (OpenAI's, or Anthropic's Message Batches); "
+            "the offline fake model has none (python -m llmbatch.testing.server has one, for trying it out)"
         )
     existing = BatchState.existing(settings.output)
     open_ = existing.open_batches() if existing is not None else []
@@ -125,6 +127,7 @@ def open_batches_check(settings: Settings) -> BatchState | None:
         for path in sidecars.sqlite_files(sidecars.batches(settings.output)):
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
+        shutil.rmtree(sidecars.batch_spool(settings.output), ignore_errors=True)
     if settings.batch_api:
         return existing or BatchState(sidecars.batches(settings.output))
     if existing is not None:

@@ -16,12 +16,14 @@ from llmbatch.app.options import (
     DISPLAY,
     INPUT,
     LIMITS,
+    METRICS,
     OFFLINE,
     OUTPUT,
     REQUEST,
     RERUN,
     SCALE,
     VALIDATION,
+    AttachOpt,
     ConfigOpt,
     CsvDelimiterOpt,
     CsvEncodingOpt,
@@ -31,6 +33,7 @@ from llmbatch.app.options import (
     MaxTokensOpt,
     ModelOpt,
     Opt,
+    OutputTpmOpt,
     ParamOpt,
     PriceInOpt,
     PriceOutOpt,
@@ -50,17 +53,23 @@ from llmbatch.app.settings import (
     DEFAULT_CONCURRENCY,
     DEFAULT_CONNECT_GRACE,
     DEFAULT_FAKE_LATENCY_MS,
+    DEFAULT_MAX_INFLIGHT_BYTES,
     DEFAULT_MAX_REQUESTS,
     DEFAULT_MAX_RETRIES,
     DEFAULT_MAX_RETRY_WAIT,
+    DEFAULT_METRICS_EVERY,
+    DEFAULT_METRICS_JOB,
     DEFAULT_POLL_EVERY,
     DEFAULT_PROGRESS_EVERY,
     DEFAULT_TIMEOUT,
     FLEX_TIMEOUT,
 )
 from llmbatch.app.tools import estimate, export, merge, report
+from llmbatch.core.cachekey import DEFAULT_CACHE_KEY_MODE
 from llmbatch.core.errors import LLMBatchError
 from llmbatch.input.tables import DEFAULT_CSV_ENCODING
+from llmbatch.modes.deadline import DEFAULT_DEADLINE_MARGIN
+from llmbatch.providers.anthropic_batches import DEFAULT_MESSAGE_BATCH_BYTES, DEFAULT_MESSAGE_BATCH_REQUESTS
 
 app = typer.Typer(
     name="llmbatch",
@@ -109,6 +118,15 @@ def run(
     template: TemplateOpt = None,
     system: SystemOpt = None,
     id_field: IdFieldOpt = None,
+    attach: AttachOpt = None,
+    max_inflight_bytes: Annotated[
+        int,
+        Opt(
+            help="Bytes of attachments (--attach, as base64) the requests on their way may hold at once.",
+            panel=INPUT,
+            metavar="N",
+        ),
+    ] = DEFAULT_MAX_INFLIGHT_BYTES,
     input_format: InputFormatOpt = "auto",
     csv_delimiter: CsvDelimiterOpt = None,
     csv_encoding: CsvEncodingOpt = DEFAULT_CSV_ENCODING,
@@ -124,7 +142,13 @@ def run(
     # requests
     provider: ProviderOpt = "openai",
     base_url: Annotated[
-        str | None, Opt(help="API base URL, e.g. http://localhost:8000/v1.", panel=REQUEST, metavar="URL")
+        str | None,
+        Opt(
+            help="API base URL, e.g. http://localhost:8000/v1 (else OPENAI_BASE_URL, or for anthropic "
+            "ANTHROPIC_BASE_URL, else the provider's own).",
+            panel=REQUEST,
+            metavar="URL",
+        ),
     ] = None,
     api_key_file: Annotated[
         Path | None,
@@ -160,6 +184,7 @@ def run(
     ] = (DEFAULT_CONCURRENCY),
     rpm: RpmOpt = None,
     tpm: TpmOpt = None,
+    output_tpm: OutputTpmOpt = None,
     timeout: Annotated[
         float,
         Opt(
@@ -227,6 +252,15 @@ def run(
             metavar="",
         ),
     ] = False,
+    escalate: Annotated[
+        list[str] | None,
+        Opt(
+            help="Ask an item still invalid after its --max-requests again on MODEL, with a fresh count "
+            "(repeatable: the next one after that); the output says which model answered.",
+            panel=VALIDATION,
+            metavar="MODEL",
+        ),
+    ] = None,
     # output
     merged: Annotated[
         bool,
@@ -309,6 +343,16 @@ def run(
             metavar="FILE",
         ),
     ] = None,
+    prompt_cache_key: Annotated[
+        str,
+        Opt(
+            help="The prompt_cache_key templated requests carry (from the template's fixed prefix and "
+            "--system, so the provider's prompt cache serves them): openai sends it to OpenAI's API "
+            "only, auto (or on) to any server, off never. A body's own key is kept.",
+            panel=RERUN,
+            metavar="openai|auto|on|off",
+        ),
+    ] = DEFAULT_CACHE_KEY_MODE,
     # batch API
     batch_api: Annotated[
         bool,
@@ -320,11 +364,23 @@ def run(
         ),
     ] = False,
     batch_requests: Annotated[
-        int, Opt(help="Requests per batch input file at most.", panel=BATCH, metavar="N")
-    ] = (DEFAULT_BATCH_REQUESTS),
+        int | None,
+        Opt(
+            help=f"Requests per batch at most (default: OpenAI {DEFAULT_BATCH_REQUESTS:,}, "
+            f"Anthropic {DEFAULT_MESSAGE_BATCH_REQUESTS:,}).",
+            panel=BATCH,
+            metavar="N",
+        ),
+    ] = None,
     batch_bytes: Annotated[
-        int, Opt(help="Bytes per batch input file at most.", panel=BATCH, metavar="N")
-    ] = DEFAULT_BATCH_BYTES,
+        int | None,
+        Opt(
+            help=f"Bytes per batch at most (default: OpenAI {DEFAULT_BATCH_BYTES / 1e6:.0f} MB, "
+            f"Anthropic {DEFAULT_MESSAGE_BATCH_BYTES / 1e6:.0f} MB).",
+            panel=BATCH,
+            metavar="N",
+        ),
+    ] = None,
     batch_max_tokens: Annotated[
         int | None,
         Opt(
@@ -362,6 +418,20 @@ def run(
             metavar="batch|live",
         ),
     ] = "batch",
+    deadline: Annotated[
+        str | None,
+        Opt(
+            help="Done by TIME (ISO, e.g. 2026-12-04T07:00 or 07:00, or a duration such as 6h): the "
+            "rest goes live, the running batches cancelled, when the live time to finish it (at "
+            "--rpm/--tpm, else measured on 3 live requests) would pass it.",
+            panel=BATCH,
+            metavar="TIME",
+        ),
+    ] = None,
+    deadline_margin: Annotated[
+        float,
+        Opt(help="Safety margin on the live time to finish, for --deadline.", panel=BATCH, metavar="SHARE"),
+    ] = DEFAULT_DEADLINE_MARGIN,
     # display
     live: Annotated[
         bool,
@@ -408,6 +478,31 @@ def run(
             panel=SCALE,
         ),
     ] = None,
+    # metrics for Prometheus (llmbatch.app.metrics)
+    metrics_file: Annotated[
+        Path | None,
+        Opt(
+            help="Write the run's metrics in Prometheus' text format here, renewed atomically every "
+            "--metrics-every seconds and at the end (node_exporter's textfile collector reads *.prom).",
+            panel=METRICS,
+            metavar="FILE",
+        ),
+    ] = None,
+    pushgateway: Annotated[
+        str | None,
+        Opt(
+            help="Push the run's metrics to this Prometheus Pushgateway (e.g. http://pushgateway:9091) "
+            "every --metrics-every seconds and at the end, grouped by job and shard.",
+            panel=METRICS,
+            metavar="URL",
+        ),
+    ] = None,
+    metrics_job: Annotated[
+        str, Opt(help="The Pushgateway job the metrics are pushed under.", panel=METRICS, metavar="NAME")
+    ] = DEFAULT_METRICS_JOB,
+    metrics_every: Annotated[
+        float, Opt(help="Seconds between metrics rewrites and pushes.", panel=METRICS, metavar="N")
+    ] = DEFAULT_METRICS_EVERY,
 ) -> None:
     """Send one request per input line and append one result line per item to OUTPUT."""
     from llmbatch.app.run import run as run_all

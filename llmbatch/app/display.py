@@ -23,6 +23,7 @@ from rich.table import Table
 from rich.text import Text
 
 from llmbatch.app.format import duration, si, usd
+from llmbatch.app.split import by_model_usd, deadline_text, saved_usd, ways_usd
 from llmbatch.core.stats import Stats
 from llmbatch.cost.prices import Price, cost
 
@@ -57,10 +58,16 @@ def _percent(stats: Stats) -> str:
 
 
 def spent_usd(stats: Stats, price: Price | None) -> float | None:
+    if price is not None and price.escalation and stats.by_model:
+        return by_model_usd(stats, price)
+    if price is not None and price.live is not None and stats.by_way:
+        return ways_usd(stats, price)[0]
     fallback = price.fallback if price is not None else None
     prompt, completion, cached = stats.fallback_tokens
     if fallback is None or not (prompt or completion):
-        return cost(price, stats.prompt_tokens, stats.completion_tokens, stats.cached_tokens)
+        return cost(
+            price, stats.prompt_tokens, stats.completion_tokens, stats.cached_tokens, stats.cache_write_tokens
+        )
     # A flex run's answers on the default tier (--flex-fallback) cost that tier's price.
     flex = cost(
         price,
@@ -79,6 +86,11 @@ def _projected(stats: Stats, price: Price | None) -> float | None:
     if spent is None or stats.total is None or stats.done == 0:
         return None
     return spent + spent / stats.done * max(stats.total - stats.accounted, 0)
+
+
+def _saved(stats: Stats, price: Price | None) -> str:
+    saved = saved_usd(stats, price)
+    return usd(saved) if saved is not None else "-"
 
 
 def retries_text(stats: Stats) -> str:
@@ -235,6 +247,7 @@ class StatsView:
             ("tokens in", f"{s.prompt_tokens:,}", "429s", _count(s.http_429, "yellow")),
             ("tokens out", f"{s.completion_tokens:,}", "skipped", f"{s.skipped:,}"),
             ("cost so far", usd(spent_usd(s, self.price)), "cached", f"{s.cached:,}"),
+            ("cache saved", _saved(s, self.price), "cached tokens", f"{s.cached_tokens:,}"),
             ("projected", usd(_projected(s, self.price)), "refused", _count(s.refused, "yellow")),
         )
         for a, x, b, y in rows:
@@ -249,6 +262,9 @@ class StatsView:
             retries.append(f"{cause}: {text}"[: PANEL_WIDTH - 16], style="red")
         if s.batches:
             retries.append("\n" + batches_line(s).replace(", ", "\n  "), style="dim")
+        if s.deadline is not None:
+            retries.append("\ndeadline  ", style="dim")
+            retries.append(deadline_text(s)[: PANEL_WIDTH * 2])
         title = "llmbatch" + (f" · {s.model}" if s.model else "")
         subtitle = Text(f"stopping: {s.stop_reason}", style="yellow") if s.stopped else None
         return Panel(

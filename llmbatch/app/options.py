@@ -15,6 +15,7 @@ import orjson
 import typer
 
 from llmbatch.app.settings import Settings, load_config, make_settings
+from llmbatch.core.endpoints import DEFAULT_MESSAGES_MAX_TOKENS
 from llmbatch.core.errors import ExitCode, LLMBatchError
 
 INPUT = "Input"
@@ -27,6 +28,7 @@ BATCH = "Batch API (half price)"
 DISPLAY = "Display"
 OFFLINE = "Offline model (--provider fake)"
 SCALE = "Many processes, one quota"
+METRICS = "Metrics (Prometheus)"
 
 
 def Opt(*names: str, help: str, panel: str, show_default: bool = True, metavar: str | None = None) -> Any:
@@ -35,7 +37,13 @@ def Opt(*names: str, help: str, panel: str, show_default: bool = True, metavar: 
 
 # Options `run` and `estimate` share, declared once.
 ProviderOpt = Annotated[
-    str, Opt(help="openai (any compatible server) or fake (offline).", panel=REQUEST, metavar="openai|fake")
+    str,
+    Opt(
+        help="openai (any compatible server), anthropic (the Messages API; key in ANTHROPIC_API_KEY) "
+        "or fake (offline).",
+        panel=REQUEST,
+        metavar="openai|anthropic|fake",
+    ),
 ]
 ModelOpt = Annotated[
     str | None,
@@ -95,7 +103,9 @@ ParamOpt = Annotated[
 MaxTokensOpt = Annotated[
     int | None,
     Opt(
-        help="The answer's ceiling: max_tokens (chat, completions), max_output_tokens (responses).",
+        help="The answer's ceiling: max_tokens (chat, completions, messages), max_output_tokens "
+        f"(responses). Anthropic's Messages API requires one: {DEFAULT_MESSAGES_MAX_TOKENS} unless "
+        "given here or in the body.",
         panel=REQUEST,
         metavar="N",
     ),
@@ -104,7 +114,20 @@ RpmOpt = Annotated[
     float | None, Opt(help="Requests per minute allowed by your provider.", panel=LIMITS, metavar="N")
 ]
 TpmOpt = Annotated[
-    float | None, Opt(help="Tokens per minute allowed by your provider.", panel=LIMITS, metavar="N")
+    float | None,
+    Opt(
+        help="Tokens per minute allowed by your provider (Anthropic: input tokens; see --output-tpm).",
+        panel=LIMITS,
+        metavar="N",
+    ),
+]
+OutputTpmOpt = Annotated[
+    float | None,
+    Opt(
+        help="Output tokens per minute, limited apart (Anthropic's; else learned from its headers).",
+        panel=LIMITS,
+        metavar="N",
+    ),
 ]
 PriceInOpt = Annotated[
     float | None,
@@ -124,6 +147,15 @@ SchemaOpt = Annotated[
         "strict subset) and validate answers against it.",
         panel=VALIDATION,
         metavar="FILE|python:MOD:Model",
+    ),
+]
+AttachOpt = Annotated[
+    list[str] | None,
+    Opt(
+        help="A data item field holding a file path (relative: to the input's folder), a list of "
+        "paths, or an http(s)/data: URL: the images and PDFs are sent with the prompt (repeatable).",
+        panel=INPUT,
+        metavar="FIELD",
     ),
 ]
 DEFAULT_ENDPOINT: str | None = None  # chat for templates; a bare body's by its keys
@@ -175,6 +207,8 @@ def settings_from(ctx: typer.Context, *, input: str, output: str) -> Settings:
         flags["output_format"] = "merged"
     if "validate" in flags:
         flags["validate"] = tuple(flags["validate"])
+    if "attach" in flags:
+        flags["attach"] = tuple(flags["attach"])
     return make_settings(flags=flags, config=config, config_path=config_path)
 
 

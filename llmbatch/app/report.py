@@ -1,9 +1,12 @@
 """`llmbatch report OUTPUT...`: what finished outputs hold, without writing a script.
 
 Counts (valid, invalid, failed by error code, refused, truncated, how answered), tokens,
-cost, the most common reasons answers were invalid, and the latency percentiles, read from output files
-of either format (plain or compressed, one or several: a sharded run's outputs).
-Streams: memory is the counters, one hash per id and one number per latency.
+cost, the most common reasons answers were invalid, the latency percentiles, when the
+work finished (from each line's ``t``) and how many answers items needed, read from
+output files of either format (plain or compressed, one or several: a sharded run's
+outputs). Streams: memory is the counters, one hash per id and one number per latency.
+`read_report` hands each line's figures to an observer too: the HTML report
+(`llmbatch.app.aggregate`) keeps its charts' aggregates in the same pass.
 """
 
 from __future__ import annotations
@@ -11,7 +14,9 @@ from __future__ import annotations
 import math
 from array import array
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -23,9 +28,13 @@ from llmbatch.core.values import State
 from llmbatch.cost.prices import FAKE_FREE, FAKE_MODEL, Price, cost, price_for
 from llmbatch.files.idset import IdSet
 from llmbatch.files.jsonl import open_lines
-from llmbatch.output.readback import read_line
+from llmbatch.output.readback import Line, read_line
 
-__all__ = ["Report", "read_report"]
+__all__ = ["Observer", "Report", "format_report", "read_report"]
+
+# What an observer of the pass is given per line of ours: the index of its file, the
+# line parsed, its rerun view, its figures (`_fields`) and its cost (None: unpriced).
+Observer = Callable[[int, dict[str, Any], Line, dict[str, Any], float | None], None]
 
 TOP_REASONS = 5
 
@@ -50,13 +59,24 @@ class Report:
     unpriced: Counter[str] = field(default_factory=Counter)  # lines by model with no price
     models: Counter[str] = field(default_factory=Counter)
     latencies: array[float] = field(default_factory=lambda: array("d"))
+    first_t: int | None = None  # the earliest and latest finish times (Unix ms)
+    last_t: int | None = None
+    untimed: int = 0  # lines with no finish time (an older llmbatch wrote them)
+    answers: Counter[int] = field(default_factory=Counter)  # items by the answers they needed
+    answers_valid: Counter[int] = field(default_factory=Counter)  # of those, the valid ones
+    _ranked: tuple[int, dict[float, float | None]] | None = None  # percentiles, for so many latencies
 
     def percentiles(self, *ps: float) -> list[float | None]:
-        """The latency percentiles asked for (nearest rank), from one sort."""
-        values = sorted(self.latencies)
-        if not values:
-            return [None for _ in ps]
-        return [values[max(0, math.ceil(p / 100 * len(values)) - 1)] for p in ps]
+        """The latency percentiles asked for (nearest rank), from one sort (kept: the
+        text and the page ask for the same ones, and a million latencies sort slowly)."""
+        if self._ranked is None or self._ranked[0] != len(self.latencies):
+            values = sorted(self.latencies)
+            self._ranked = (len(values), {p: _rank(values, p) for p in (50, 90, 95, 99)})
+        known = self._ranked[1]
+        if not all(p in known for p in ps):
+            values = sorted(self.latencies)
+            return [_rank(values, p) for p in ps]
+        return [known[p] for p in ps]
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -81,24 +101,37 @@ class Report:
             "models": dict(self.models.most_common()),
             "invalid_reasons": dict(self.reasons.most_common(TOP_REASONS)),
             "latency_ms": dict(zip(("p50", "p95", "p99"), self.percentiles(50, 95, 99), strict=True)),
+            "first_finished_ms": self.first_t,
+            "last_finished_ms": self.last_t,
+            "lines_without_finish_time": self.untimed,
+            "items_by_answers": {str(n): self.answers[n] for n in sorted(self.answers)},
+            "valid_by_answers": {str(n): self.answers_valid[n] for n in sorted(self.answers)},
         }
 
 
+def _rank(values: list[float], p: float) -> float | None:
+    return values[max(0, math.ceil(p / 100 * len(values)) - 1)] if values else None
+
+
 def read_report(
-    paths: list[Path], *, price_in: float | None = None, price_out: float | None = None
+    paths: list[Path],
+    *,
+    price_in: float | None = None,
+    price_out: float | None = None,
+    observe: Observer | None = None,
 ) -> Report:
-    """The report over `paths`, in one pass each."""
+    """The report over `paths`, in one pass each; `observe` sees every line of ours."""
     for path in paths:
         if not path.is_file():
             raise ConfigError(f"output file not found: {path}")
     seen = IdSet()  # grows as it goes: counting the lines first would read every file twice
     report = Report(files=[str(p) for p in paths])
     prices: dict[tuple[str, bool], Price | None] = {}
-    for path in paths:
+    for index, path in enumerate(paths):
         with open_lines(path) as f:
             for raw in f:
                 if raw.strip():
-                    _count(report, raw, seen, prices, price_in, price_out)
+                    _count(report, raw, seen, prices, price_in, price_out, index, observe)
     report.ids = len(seen)
     return report
 
@@ -110,6 +143,8 @@ def _count(
     prices: dict[tuple[str, bool], Price | None],
     price_in: float | None,
     price_out: float | None,
+    index: int = 0,
+    observe: Observer | None = None,
 ) -> None:
     report.lines += 1
     try:
@@ -138,24 +173,44 @@ def _count(
     report.completion_tokens += completion
     report.cached_tokens += cached
     report.reasoning_tokens += fields["reasoning"]
-    if fields["latency"] is not None and fields["requests"]:
+    requests = fields["requests"]
+    if fields["latency"] is not None and requests:
         report.latencies.append(float(fields["latency"]))
+    _count_time(report, fields["t"])
+    if isinstance(requests, int) and requests > 0:
+        report.answers[requests] += 1
+        if line.state is State.VALID:
+            report.answers_valid[requests] += 1
     model = fields["model"]
     if model:
         report.models[model] += 1
-    if not (prompt or completion):
+    spent: float | None = 0.0
+    if prompt or completion:
+        key = (model or "", via == "batch")
+        if key not in prices:
+            offline = model == FAKE_MODEL and price_in is None and price_out is None
+            prices[key] = (
+                FAKE_FREE
+                if offline
+                else price_for(model, price_in=price_in, price_out=price_out, batch=key[1])
+            )
+        spent = cost(prices[key], prompt, completion, cached)
+        if spent is None:
+            report.unpriced[model or "(no model)"] += 1
+        else:
+            report.cost_usd += spent
+    if observe is not None:
+        observe(index, rec, line, fields, spent)
+
+
+def _count_time(report: Report, t: Any) -> None:
+    if not isinstance(t, int) or isinstance(t, bool):
+        report.untimed += 1
         return
-    key = (model or "", via == "batch")
-    if key not in prices:
-        offline = model == FAKE_MODEL and price_in is None and price_out is None
-        prices[key] = (
-            FAKE_FREE if offline else price_for(model, price_in=price_in, price_out=price_out, batch=key[1])
-        )
-    spent = cost(prices[key], prompt, completion, cached)
-    if spent is None:
-        report.unpriced[model or "(no model)"] += 1
-    else:
-        report.cost_usd += spent
+    if report.first_t is None or t < report.first_t:
+        report.first_t = t
+    if report.last_t is None or t > report.last_t:
+        report.last_t = t
 
 
 def _fields(rec: dict[str, Any]) -> dict[str, Any]:
@@ -174,6 +229,10 @@ def _fields(rec: dict[str, Any]) -> dict[str, Any]:
             "requests": rec.get("llm_requests"),
             "model": rec.get("llm_model"),
             "cause": rec.get("llm_cause"),
+            "t": rec.get("llm_t"),
+            "retries": rec.get("llm_retries"),
+            "batch_id": rec.get("llm_batch_id"),
+            "line": rec.get("llm_line"),
         }
     meta: dict[str, Any] = rec["llmbatch"] if isinstance(rec.get("llmbatch"), dict) else {}
     usage: dict[str, Any] = meta["usage"] if isinstance(meta.get("usage"), dict) else {}
@@ -192,6 +251,10 @@ def _fields(rec: dict[str, Any]) -> dict[str, Any]:
         "requests": meta.get("requests"),
         "model": body.get("model") if isinstance(body.get("model"), str) else None,
         "cause": meta.get("cause"),
+        "t": meta.get("t"),
+        "retries": meta.get("retries"),
+        "batch_id": meta.get("batch_id"),
+        "line": meta.get("line"),
     }
 
 
@@ -225,7 +288,35 @@ def format_report(report: Report) -> str:
     p50, p95, p99 = report.percentiles(50, 95, 99)
     if p50 is not None:
         lines.append(f"latency ms:   p50 {p50:,.0f}   p95 {p95:,.0f}   p99 {p99:,.0f}")
+    lines.append(f"finished:     {finished_span(report)}")
+    if report.answers:
+        lines.append("per item:     " + answers_needed(report))
     if report.reasons:
         lines.append("invalid, most common reasons:")
         lines.extend(f"  {n:>6,}  {reason}" for reason, n in report.reasons.most_common(TOP_REASONS))
     return "\n".join(lines)
+
+
+def when(ms: int) -> str:
+    """A finish time, as a person reads it (UTC, to the second)."""
+    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def finished_span(report: Report) -> str:
+    """When the work finished, first and last line, and how many lines cannot say."""
+    if report.first_t is None or report.last_t is None:
+        span = "unknown (no line carries its finish time)"
+    else:
+        first, last = when(report.first_t), when(report.last_t)
+        span = f"{first} to {last[11:] if last[:10] == first[:10] else last} UTC"
+        if report.untimed:
+            span += f"; {report.untimed:,} lines without a finish time (an older llmbatch): timeline unknown"
+    return span
+
+
+def answers_needed(report: Report) -> str:
+    """How many items needed 1, 2, 3... answers, and how many of them ended valid."""
+    return ", ".join(
+        f"{n} answer{'s' if n != 1 else ''}: {report.answers[n]:,} ({report.answers_valid[n]:,} valid)"
+        for n in sorted(report.answers)
+    )

@@ -29,6 +29,8 @@ from llmbatch.app.display import Display, choose_mode
 from llmbatch.app.settings import Settings
 from llmbatch.app.summary import render_summary, summary_dict
 from llmbatch.app.wiring import (
+    batch_api,
+    batches_done,
     for_shard,
     join_budget,
     make_provider,
@@ -41,12 +43,15 @@ from llmbatch.app.wiring import (
 from llmbatch.app.work import StaleAnswers, not_in_batches, phase, plan_work, rerun_note
 from llmbatch.core.errors import ConfigError, ExitCode, Stop, worst
 from llmbatch.core.stats import Stats
+from llmbatch.cost.prices import Price
 from llmbatch.cost.spend import SpendingCap
 from llmbatch.files.locking import OutputLock
 from llmbatch.input.source import Source
 from llmbatch.modes.batch.state import BatchState
 from llmbatch.modes.control import RunControl
+from llmbatch.modes.deadline import Deadline, parse_deadline
 from llmbatch.modes.live.engine import Engine, EngineConfig, Job
+from llmbatch.modes.live.lookahead import grouped
 from llmbatch.modes.outcome import Outcomes
 from llmbatch.output.rewrite import compact
 from llmbatch.output.writers import InOrder, OutputFile, RejectsFile, StderrRejects
@@ -58,6 +63,7 @@ from llmbatch.schedule.limits import Limits
 from llmbatch.validate.validator import build_validator
 
 if TYPE_CHECKING:
+    from llmbatch.app.metrics import Metrics
     from llmbatch.modes.batch.mode import BatchMode
 
 __all__ = ["exit_code", "run", "run_async"]
@@ -73,6 +79,9 @@ async def run_async(settings: Settings, *, console: Console | None = None) -> tu
     source = source_for(settings, shard)
     lock = OutputLock(settings.output)
     closing = contextlib.AsyncExitStack()  # what _run opened that outlives it (the shared budget)
+    stats = Stats()
+    metrics = start_metrics(settings, stats)
+    code = ExitCode.USAGE  # what an error raised before the end means (the CLI exits 2)
     try:
         source.check()
         if to_stdout(settings):
@@ -80,15 +89,45 @@ async def run_async(settings: Settings, *, console: Console | None = None) -> tu
         else:
             check_output(settings, source)
             lock.acquire()
-        return await _run(settings, source, console, closing)
+        _, code = await _run(settings, source, console, closing, stats, metrics)
+        return stats, code
     finally:
+        if metrics is not None:
+            await asyncio.get_running_loop().run_in_executor(None, metrics.finish, code)
         await closing.aclose()
         lock.release()
         source.close()
 
 
+def start_metrics(settings: Settings, stats: Stats) -> Metrics | None:
+    """The metrics --metrics-file and --pushgateway ask for, publishing from now on."""
+    if settings.metrics_file is None and settings.pushgateway is None:
+        return None
+    from llmbatch.app.metrics import Metrics
+
+    shard = str(parse_shard(settings.shard).index) if settings.shard is not None else None
+    metrics = Metrics(
+        stats,
+        file=settings.metrics_file,
+        gateway=settings.pushgateway,
+        job=settings.metrics_job,
+        shard=shard,
+        every=settings.metrics_every,
+        mode="batch" if settings.batch_api else "live",
+        warn=lambda message: print(message, file=sys.stderr, flush=True),
+    )
+    metrics.collector.endpoint = settings.endpoint
+    metrics.start()
+    return metrics
+
+
 async def _run(
-    settings: Settings, source: Source, console: Console | None, closing: contextlib.AsyncExitStack
+    settings: Settings,
+    source: Source,
+    console: Console | None,
+    closing: contextlib.AsyncExitStack,
+    stats: Stats,
+    metrics: Metrics | None,
 ) -> tuple[Stats, ExitCode]:
     specs = list(settings.validate)
     if settings.schema is not None:
@@ -97,6 +136,7 @@ async def _run(
     first = source.preflight()
     validator.preflight(first.first_item)
     check_api_key(settings)
+    deadline = _deadline(settings)  # before anything is sent: a passed one is exit 2
     shared = await join_budget(settings, settings.model or first.model, closing)
     redo = parse_redo(settings.redo)
     if settings.keep_stale and "stale" in redo:
@@ -110,7 +150,6 @@ async def _run(
     server = server_of(settings)
     output_path = settings.output
 
-    stats = Stats()
     stats.model = settings.model or first.model
     stats.rpm_limit = settings.rpm
     stats.tpm_limit = settings.tpm
@@ -124,7 +163,16 @@ async def _run(
     # second to import); the display shows the cost from when it is known.
     tier = run_tier(settings, first.first_request)
     pricing = loop.run_in_executor(None, run_price, settings, stats.model, tier)
-    pricing.add_done_callback(lambda f: display.set_price(None if f.exception() else f.result()))
+
+    def priced(f: asyncio.Future[Price | None]) -> None:
+        price = None if f.exception() else f.result()
+        display.set_price(price)
+        if metrics is not None:
+            metrics.set_price(price)
+
+    pricing.add_done_callback(priced)
+    if metrics is not None:
+        metrics.warn = display.error
     if shared is not None:
         shared.log = display.log
 
@@ -164,7 +212,14 @@ async def _run(
         if stdout is not None and settings.rejects is None
         else RejectsFile(settings.rejects_path)
     )
-    limits = Limits(rpm=settings.rpm, tpm=settings.tpm, shared=shared, max_pause=settings.max_retry_wait)
+    limits = Limits(
+        rpm=settings.rpm,
+        tpm=settings.tpm,
+        shared=shared,
+        max_pause=settings.max_retry_wait,
+        output_tpm=settings.output_tpm,
+        split_tokens=settings.provider == "anthropic",
+    )
     stats.pacer = limits
     outcomes = Outcomes(
         validator=validator,
@@ -178,9 +233,14 @@ async def _run(
         log=display.log,
         error=display.error,
         flex_fallback=settings.flex_fallback,
+        escalate=settings.escalate,
+        count_ways=deadline is not None,
     )
     config = EngineConfig(
-        concurrency=settings.concurrency, timeout=settings.timeout, connect_grace=settings.connect_grace
+        concurrency=settings.concurrency,
+        timeout=settings.timeout,
+        connect_grace=settings.connect_grace,
+        max_inflight_bytes=settings.max_inflight_bytes,
     )
 
     def engine(judge: Outcomes) -> Engine:
@@ -197,6 +257,12 @@ async def _run(
 
     live = engine(outcomes)
     batches = _batch_mode(settings, provider, batch_state, outcomes, cap, engine, display.log)
+    if batches is not None and deadline is not None:
+        from llmbatch.modes.batch.golive import LiveLimits
+
+        batches.set_deadline(
+            deadline, LiveLimits(settings.rpm, settings.tpm, settings.concurrency, limits.known_limits)
+        )
 
     def on_signal(signame: str) -> None:
         if stats.stop is None:
@@ -209,14 +275,20 @@ async def _run(
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, on_signal, sig.name)
+    # Bodies may carry prompt cache keys of their own: those of a key go out close
+    # together (a template's requests all carry one key, and need no look-ahead).
+    lookahead = settings.prompt is None and settings.prompt_cache_key != "off"
+    lookahead = lookahead and not (stdout is not None and settings.ordered)
     tune_gc()
     display.start()
     pending = ExitCode.OK
     try:
         if batches is not None:
             pending = await batches.run(requests, live.reject)
+            if pending is ExitCode.OK and stats.stop is None and batch_state is not None:
+                batches_done(settings, batch_state)
         else:
-            await live.run(requests)
+            await live.run(grouped(requests) if lookahead else requests)
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError, RuntimeError):
@@ -268,21 +340,17 @@ def _batch_mode(
     if not settings.batch_api or state is None:
         return None
     from llmbatch.modes.batch.mode import BatchConfig, BatchMode
-    from llmbatch.providers.openai import OpenAIProvider
-    from llmbatch.providers.openai_batches import RemoteBatches
-
-    assert isinstance(provider, OpenAIProvider)
 
     async def live(judge: Outcomes, jobs: Iterator[Job]) -> None:
         await engine(judge).run(jobs)
 
     return BatchMode(
-        remote=RemoteBatches(provider.client, log=log),
+        remote=batch_api(settings, provider, state, log),
         state=state,
         outcomes=outcomes,
         config=BatchConfig(
-            requests_per_file=settings.batch_requests,
-            bytes_per_file=settings.batch_bytes,
+            requests_per_file=settings.batch_limits[0],
+            bytes_per_file=settings.batch_limits[1],
             max_tokens=settings.batch_max_tokens,
             poll_every=settings.poll_every,
             no_wait=settings.no_wait,
@@ -294,6 +362,18 @@ def _batch_mode(
         log=log,
         label=settings.output.name,
     )
+
+
+def _deadline(settings: Settings) -> Deadline | None:
+    """--deadline, checked: with --batch-api, neither --no-wait nor --cancel, not passed."""
+    if settings.deadline is None:
+        return None
+    if not settings.batch_api:
+        raise ConfigError("--deadline mixes the Batch API and live: it needs --batch-api")
+    for flag, given in (("--no-wait", settings.no_wait), ("--cancel", settings.cancel)):
+        if given:
+            raise ConfigError(f"--deadline waits to the end (or goes live): it cannot go with {flag}")
+    return Deadline(parse_deadline(settings.deadline), margin=settings.deadline_margin)
 
 
 def tune_gc() -> None:

@@ -20,14 +20,17 @@ from pathlib import Path
 from typing import Any, Literal
 
 from llmbatch.app.display import DEFAULT_PROGRESS_EVERY
+from llmbatch.core.cachekey import DEFAULT_CACHE_KEY_MODE, CacheKeyMode
 from llmbatch.core.errors import ConfigError
 from llmbatch.core.retry import DEFAULT_MAX_RETRIES, DEFAULT_MAX_RETRY_WAIT, RetryPolicy
 from llmbatch.core.tiers import FLEX, FLEX_TIMEOUT
 from llmbatch.files import sidecars
 from llmbatch.input.tables import DEFAULT_CSV_ENCODING, InputFormat
 from llmbatch.modes.batch.mode import DEFAULT_BATCH_BYTES, DEFAULT_BATCH_REQUESTS, DEFAULT_POLL_EVERY
-from llmbatch.modes.live.engine import DEFAULT_CONCURRENCY, DEFAULT_CONNECT_GRACE
+from llmbatch.modes.deadline import DEFAULT_DEADLINE_MARGIN
+from llmbatch.modes.live.engine import DEFAULT_CONCURRENCY, DEFAULT_CONNECT_GRACE, DEFAULT_MAX_INFLIGHT_BYTES
 from llmbatch.modes.outcome import DEFAULT_MAX_REQUESTS, DEFAULT_RETRY
+from llmbatch.providers.anthropic_batches import DEFAULT_MESSAGE_BATCH_BYTES, DEFAULT_MESSAGE_BATCH_REQUESTS
 from llmbatch.providers.base import DEFAULT_TIMEOUT
 from llmbatch.providers.fake import DEFAULT_LATENCY_MS as DEFAULT_FAKE_LATENCY_MS
 
@@ -38,9 +41,12 @@ __all__ = [
     "DEFAULT_CONCURRENCY",
     "DEFAULT_CONNECT_GRACE",
     "DEFAULT_FAKE_LATENCY_MS",
+    "DEFAULT_MAX_INFLIGHT_BYTES",
     "DEFAULT_MAX_REQUESTS",
     "DEFAULT_MAX_RETRIES",
     "DEFAULT_MAX_RETRY_WAIT",
+    "DEFAULT_METRICS_EVERY",
+    "DEFAULT_METRICS_JOB",
     "DEFAULT_POLL_EVERY",
     "DEFAULT_PROGRESS_EVERY",
     "DEFAULT_TIMEOUT",
@@ -52,6 +58,10 @@ __all__ = [
 ]
 
 CONFIG_NAME = "llmbatch.toml"
+# The metrics' defaults (llmbatch.app.metrics) are here so that reading the flags does
+# not import prometheus_client: seconds between rewrites and pushes, the Pushgateway job.
+DEFAULT_METRICS_EVERY = 5.0
+DEFAULT_METRICS_JOB = "llmbatch"
 
 
 def _at_least(low: float, *, strict: bool = False) -> dict[str, Any]:
@@ -62,7 +72,7 @@ def _at_least(low: float, *, strict: bool = False) -> dict[str, Any]:
 class Settings:
     input: Path
     output: Path
-    provider: Literal["openai", "fake"] = "openai"
+    provider: Literal["openai", "fake", "anthropic"] = "openai"
     base_url: str | None = None
     api_key_file: Path | None = None
     model: str | None = None
@@ -74,6 +84,8 @@ class Settings:
     concurrency: int = field(default=DEFAULT_CONCURRENCY, metadata=_at_least(1))
     rpm: float | None = field(default=None, metadata=_at_least(0, strict=True))
     tpm: float | None = field(default=None, metadata=_at_least(0, strict=True))
+    # Output tokens per minute, limited apart from --tpm's input tokens (Anthropic's).
+    output_tpm: float | None = field(default=None, metadata=_at_least(0, strict=True))
     timeout: float | None = field(default=DEFAULT_TIMEOUT, metadata=_at_least(0, strict=True))
     max_requests: int = field(default=DEFAULT_MAX_REQUESTS, metadata=_at_least(1))
     max_retries: int = field(default=DEFAULT_MAX_RETRIES, metadata=_at_least(0))
@@ -86,6 +98,9 @@ class Settings:
     strict: bool = False  # --schema must go strict: true (else exit 2), not quietly non-strict
     require_finish: str | None = None
     reask_refusals: bool = False  # a refusal is asked again like an invalid answer
+    escalate: tuple[str, ...] = ()  # the models an item still invalid goes on to, in order
+    # Templated requests' prompt_cache_key: to OpenAI's API only, any server, or none.
+    prompt_cache_key: CacheKeyMode = DEFAULT_CACHE_KEY_MODE
     output_format: Literal["batch", "merged"] = "batch"
     ordered: bool = False  # the output in input order
     rejects: Path | None = None
@@ -97,13 +112,16 @@ class Settings:
     max_items: int | None = field(default=None, metadata=_at_least(1))
     cache: Path | None = None
     batch_api: bool = False
-    batch_requests: int = field(default=DEFAULT_BATCH_REQUESTS, metadata=_at_least(1))
-    batch_bytes: int = field(default=DEFAULT_BATCH_BYTES, metadata=_at_least(1024))
+    # Per batch at most; None: the provider's limits (`batch_limits`).
+    batch_requests: int | None = field(default=None, metadata=_at_least(1))
+    batch_bytes: int | None = field(default=None, metadata=_at_least(1024))
     batch_max_tokens: int | None = field(default=None, metadata=_at_least(1))
     poll_every: float = field(default=DEFAULT_POLL_EVERY, metadata=_at_least(0, strict=True))
     no_wait: bool = False
     cancel: bool = False
     then: Literal["batch", "live"] = "batch"  # where a batch's follow-ups go
+    deadline: str | None = None  # --batch-api, done by then: an ISO time or a duration (6h)
+    deadline_margin: float = field(default=DEFAULT_DEADLINE_MARGIN, metadata=_at_least(0))
     number_duplicates: bool = False
     # Tables as input (llmbatch.input.tables): the format (auto: by the name, else the first bytes),
     # and for CSV the delimiter (a comma; TSV's a tab) and encoding.
@@ -128,11 +146,30 @@ class Settings:
     # a flex item is asked on the default tier.
     service_tier: Literal["flex", "priority", "default", "auto"] | None = None
     flex_fallback: int | None = field(default=None, metadata=_at_least(1))
+    # Metrics for Prometheus (llmbatch.app.metrics): a file for node_exporter's textfile
+    # collector, a Pushgateway, the job it is pushed under, and how often both are renewed.
+    # --attach: data item fields holding files (images, PDFs) or URLs the requests carry.
+    attach: tuple[str, ...] = ()
+    max_inflight_bytes: int = field(default=DEFAULT_MAX_INFLIGHT_BYTES, metadata=_at_least(1024))
+    metrics_file: Path | None = None
+    pushgateway: str | None = None  # http://host:9091
+    metrics_job: str = DEFAULT_METRICS_JOB
+    metrics_every: float = field(default=DEFAULT_METRICS_EVERY, metadata=_at_least(0, strict=True))
 
     @property
     def retry(self) -> RetryPolicy:
         """The run's retry policy: the engine's backoff, these counts and caps."""
         return replace(DEFAULT_RETRY, retries=self.max_retries, max_wait=self.max_retry_wait)
+
+    @property
+    def batch_limits(self) -> tuple[int, int]:
+        """Requests and bytes per batch at most: --batch-requests and --batch-bytes, else
+        the provider's (OpenAI: 50,000 and 200 MB; Anthropic: 100,000 and 256 MB)."""
+        if self.provider == "anthropic":
+            requests, size = DEFAULT_MESSAGE_BATCH_REQUESTS, DEFAULT_MESSAGE_BATCH_BYTES
+        else:
+            requests, size = DEFAULT_BATCH_REQUESTS, DEFAULT_BATCH_BYTES
+        return self.batch_requests or requests, self.batch_bytes or size
 
     @property
     def rejects_path(self) -> Path:
@@ -278,8 +315,9 @@ def _prices(value: Any, path: Path) -> dict[str, tuple[float, float]]:
         raise ConfigError(f"{path}: [prices.MODEL] needs numeric 'input' and 'output'") from None
 
 
-def read_api_key(api_key_file: Path | None) -> str | None:
-    """The API key from --api-key-file, else OPENAI_API_KEY. Never echoed anywhere."""
+def read_api_key(api_key_file: Path | None, env: str = "OPENAI_API_KEY") -> str | None:
+    """The API key from --api-key-file, else the variable `env` (OPENAI_API_KEY;
+    ANTHROPIC_API_KEY for --provider anthropic). Never echoed anywhere."""
     if api_key_file is not None:
         try:
             key = api_key_file.read_text(encoding="utf-8").strip()
@@ -288,4 +326,4 @@ def read_api_key(api_key_file: Path | None) -> str | None:
         if not key:
             raise ConfigError(f"API key file {api_key_file} is empty")
         return key
-    return os.environ.get("OPENAI_API_KEY") or None
+    return os.environ.get(env) or None

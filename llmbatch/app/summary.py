@@ -11,6 +11,7 @@ from rich.text import Text
 
 from llmbatch.app.display import retries_text, spent_usd, total_text
 from llmbatch.app.format import duration, usd
+from llmbatch.app.split import deadline_text, model_usd, saved_usd, ways_usd
 from llmbatch.core.stats import Stats
 from llmbatch.cost.prices import Price
 
@@ -59,9 +60,40 @@ def _summary_rows(stats: Stats, price: Price | None) -> list[tuple[str, str]]:
         rows.insert(2, ("not valid", named))
     if stats.refused or stats.truncated:
         rows.insert(2, ("refused / truncated", f"{stats.refused:,} / {stats.truncated:,}"))
+    saved = saved_usd(stats, price)
+    if saved is not None:
+        at = [key for key, _ in rows].index("cost") + 1
+        share = stats.cached_tokens / stats.prompt_tokens if stats.prompt_tokens else 0.0
+        rows.insert(at, ("prompt cache", f"saved {usd(saved)} ({share:.1%} of prompt tokens cached)"))
+    if stats.deadline is not None:
+        at = [key for key, _ in rows].index("cost")
+        rows[at:at] = [("deadline", deadline_text(stats)), ("by way", _by_way(stats, price))]
+    if stats.by_model:  # --escalate
+        at = rows.index(("re-asks", f"{stats.reasks:,}")) + 1
+        rows[at:at] = [("escalated", f"{stats.escalated:,}"), ("by model", _by_model(stats, price))]
     if stats.stopped:
         rows.append(("stopped", stats.stop_reason or "yes"))
     return rows
+
+
+def _by_way(stats: Stats, price: Price | None) -> str:
+    """--deadline: the items each way went, and the cost against all-live and all-batch."""
+    ways = stats.by_way
+    counts = ", ".join(f"{way} {ways[way][0]:,} items" for way in ("batch", "live") if way in ways) or "none"
+    if price is None or price.live is None:
+        return counts
+    spent, live, batch = ways_usd(stats, price)
+    return f"{counts}; cost {usd(spent)} (all live {usd(live)}, all batch {usd(batch)})"
+
+
+def _by_model(stats: Stats, price: Price | None) -> str:
+    """Per model: the items it answered, its answers and what they cost."""
+    parts = []
+    for model, row in stats.by_model.items():
+        spent = model_usd(price, model, row)
+        costs = usd(spent) if spent is not None else "cost unknown"
+        parts.append(f"{model} {row[0]:,} items ({row[1]:,} answers, {costs})")
+    return "; ".join(parts)
 
 
 def _tokens(n: int, part: int, what: str) -> str:
@@ -101,6 +133,28 @@ def summary_dict(stats: Stats, price: Price | None) -> dict[str, Any]:
     """`stats.as_dict()` plus `cost_usd` (None when unknown) and the price used."""
     summary = stats.as_dict()
     summary["cost_usd"] = spent_usd(stats, price)
+    summary["cache_saved_usd"] = saved_usd(stats, price)
+    if stats.deadline is not None:
+        spent, live, batch = ways_usd(stats, price) if price is not None and price.live else (None,) * 3
+        summary["deadline"] = dict(stats.deadline)
+        summary["ways"] = {
+            way: {"items": row[0], "answers": row[1], "prompt_tokens": row[2], "completion_tokens": row[3]}
+            for way, row in stats.by_way.items()
+        }
+        summary["cost_all_live_usd"], summary["cost_all_batch_usd"] = live, batch
+        summary["deadline"]["cost_usd"] = spent
+    if stats.by_model:
+        summary["models"] = {
+            model: {
+                "items": row[0],
+                "answers": row[1],
+                "prompt_tokens": row[2],
+                "completion_tokens": row[3],
+                "cached_tokens": row[4],
+                "cost_usd": model_usd(price, model, row),
+            }
+            for model, row in stats.by_model.items()
+        }
     summary["price"] = None
     if price is not None:
         summary["price"] = {

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import orjson
 import typer
@@ -19,6 +19,7 @@ from llmbatch.app.options import (
     INPUT,
     OUTPUT,
     REQUEST,
+    AttachOpt,
     ConfigOpt,
     CsvDelimiterOpt,
     CsvEncodingOpt,
@@ -45,6 +46,9 @@ from llmbatch.core.endpoints import DEFAULT_ANSWER_TOKENS
 from llmbatch.core.errors import LLMBatchError
 from llmbatch.input.tables import DEFAULT_CSV_ENCODING
 
+if TYPE_CHECKING:
+    from llmbatch.app.report import Report
+
 __all__ = ["estimate", "export", "merge", "report"]
 
 
@@ -57,6 +61,7 @@ def estimate(
     template: TemplateOpt = None,
     system: SystemOpt = None,
     id_field: IdFieldOpt = None,
+    attach: AttachOpt = None,
     input_format: InputFormatOpt = "auto",
     csv_delimiter: CsvDelimiterOpt = None,
     csv_encoding: CsvEncodingOpt = DEFAULT_CSV_ENCODING,
@@ -118,6 +123,16 @@ def report(
     json_output: Annotated[
         bool, Opt("--json", help="Print the report as JSON.", panel=DISPLAY, metavar="")
     ] = False,
+    html: Annotated[
+        str | None,
+        Opt(
+            "--html",
+            help="Also write one self-contained HTML page of charts to FILE (- for stdout); needs "
+            "the report extra.",
+            panel=DISPLAY,
+            metavar="FILE",
+        ),
+    ] = None,
     price_in: Annotated[
         float | None, Opt(help="USD per million prompt tokens.", panel=DISPLAY, metavar="N")
     ] = None,
@@ -129,13 +144,49 @@ def report(
     from llmbatch.app.report import format_report, read_report
 
     try:
-        found = read_report(outputs, price_in=price_in, price_out=price_out)
+        if html is None:
+            found = read_report(outputs, price_in=price_in, price_out=price_out)
+        else:
+            found = _html_report(outputs, html, price_in=price_in, price_out=price_out)
     except LLMBatchError as exc:
         raise fail(str(exc)) from None
+    if html == "-":
+        return  # standard output holds the page
     if json_output:
         typer.echo(orjson.dumps(found.as_dict(), option=orjson.OPT_INDENT_2).decode())
     else:
         typer.echo(format_report(found))
+
+
+def _html_report(
+    outputs: list[Path], target: str, *, price_in: float | None, price_out: float | None
+) -> Report:
+    """Read the outputs once for the report and the page's charts; write the page."""
+    from llmbatch.app.page import INSTALL, plotly_js, write_page
+
+    script = plotly_js()
+    if script is None:
+        raise fail(f"report --html needs plotly, the report extra: {INSTALL}")
+    from llmbatch.app.aggregate import read_aggregates
+    from llmbatch.app.charts import figures
+
+    found, agg = read_aggregates(outputs, price_in=price_in, price_out=price_out)
+    found.percentiles(50, 95, 99)  # sorted once, before the page is made (the sort is the peak)
+    charts = figures(found, agg)
+    try:
+        if target == "-":
+            write_page(sys.stdout.buffer, found, agg, charts, script)
+            sys.stdout.buffer.flush()
+        else:
+            with Path(target).open("wb") as out:
+                write_page(out, found, agg, charts, script)
+    except BrokenPipeError:
+        raise fail("standard output was closed by its reader") from None
+    except OSError as exc:
+        raise fail(f"cannot write the page: {exc.strerror or exc}: {target}") from None
+    if target != "-":
+        typer.echo(f"report page: {target} ({Path(target).stat().st_size / 1e6:.1f} MB)", err=True)
+    return found
 
 
 def merge(

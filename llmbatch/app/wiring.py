@@ -6,17 +6,22 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from llmbatch.app.checks import DEFAULT_BASE_URL, check_api_key
 from llmbatch.app.settings import Settings
-from llmbatch.core.endpoints import ENDPOINTS, known_endpoints, normalise_endpoint
+from llmbatch.core.cachekey import prompt_cache_key, sends_key
+from llmbatch.core.endpoints import CHAT, ENDPOINTS, MESSAGES, known_endpoints, normalise_endpoint
 from llmbatch.core.errors import ConfigError
 from llmbatch.core.structured import response_format
 from llmbatch.core.tiers import DEFAULT_TIER, FLEX, tier_of
 from llmbatch.core.values import Request
 from llmbatch.cost.prices import FAKE_FREE, Price, price_for, table_price
+from llmbatch.files import sidecars
+from llmbatch.input.attach import LIMITS, Attacher
 from llmbatch.input.build import RequestBuilder, Template
 from llmbatch.input.source import Partition, Source
 from llmbatch.input.tables import INPUT_FORMATS, TableOptions
@@ -26,10 +31,15 @@ from llmbatch.scale.shard import PER_OUTPUT, PLACEHOLDER, parse_shard
 from llmbatch.validate.asked import AskedSchema, asked_schema
 
 if TYPE_CHECKING:
+    from llmbatch.modes.batch.state import BatchState
+    from llmbatch.providers.openai_batches import BatchAPI
     from llmbatch.scale.budget import SharedBudget
 
 __all__ = [
+    "attacher_for",
     "base_url_of",
+    "batch_api",
+    "batches_done",
     "builder_for",
     "for_shard",
     "join_budget",
@@ -64,7 +74,7 @@ def source_for(settings: Settings, shard: Partition | None = None) -> Source:
 
 def builder_for(settings: Settings) -> RequestBuilder:
     """The builder a run's settings ask for (run and estimate alike)."""
-    endpoint = None
+    endpoint = MESSAGES if settings.provider == "anthropic" else None
     if settings.endpoint is not None:
         endpoint = normalise_endpoint(settings.endpoint)
         if endpoint is None:
@@ -73,6 +83,9 @@ def builder_for(settings: Settings) -> RequestBuilder:
     if settings.service_tier is not None:
         params.setdefault("service_tier", settings.service_tier)
     asked = schema_asked(settings)
+    cache_key = None
+    if settings.prompt is not None and sends_key(settings.prompt_cache_key, base_url_of(settings)):
+        cache_key = prompt_cache_key(settings.prompt, settings.system)
     return RequestBuilder(
         model=settings.model,
         template=Template(settings.prompt) if settings.prompt is not None else None,
@@ -84,12 +97,35 @@ def builder_for(settings: Settings) -> RequestBuilder:
         max_tokens=settings.max_tokens,
         schema=response_format(asked.schema, asked.name, asked.strict) if asked is not None else None,
         validating=bool(settings.validate) or settings.schema is not None,
+        attach=attacher_for(settings, endpoint),
+        cache_key=cache_key,
     )
+
+
+def attacher_for(settings: Settings, endpoint: str | None) -> Attacher | None:
+    """What --attach reads: the fields named, relative paths from the input's folder,
+    the provider's size limits. Only data items filling a template carry attachments, and
+    only to chat and the Responses API."""
+    if not settings.attach:
+        return None
+    if settings.prompt is None:
+        raise ConfigError("--attach adds files to data items' prompts: give --prompt or --template")
+    if not ENDPOINTS[endpoint or CHAT].takes_attachments:
+        takes = ", ".join(path for path, e in ENDPOINTS.items() if e.takes_attachments)
+        raise ConfigError(f"--attach: {endpoint} takes no attachments ({takes} do)")
+    folder = Path.cwd() if str(settings.input) == "-" else settings.input.absolute().parent
+    # A provider with limits of its own has its row in LIMITS; the others are OpenAI-compatible.
+    return Attacher(tuple(settings.attach), folder, LIMITS.get(settings.provider, LIMITS["openai"]))
 
 
 def schema_asked(settings: Settings) -> AskedSchema | None:
     """What --schema asks for; with --strict, a schema outside the strict subset is a
     ConfigError naming the first reason."""
+    if settings.strict and settings.provider == "anthropic":
+        raise ConfigError(
+            "--strict is OpenAI's (strict: true in response_format); with --provider anthropic, --schema "
+            "goes as a forced tool and every answer is checked against it"
+        )
     if settings.schema is None:
         if settings.strict:
             raise ConfigError("--strict needs --schema (the schema to send with strict: true)")
@@ -105,8 +141,8 @@ def schema_asked(settings: Settings) -> AskedSchema | None:
 def schema_note(settings: Settings) -> str | None:
     """The one line a run says when its schema goes without strict: true, and why."""
     asked = schema_asked(settings)
-    if asked is None or asked.problem is None:
-        return None
+    if asked is None or asked.problem is None or settings.provider == "anthropic":
+        return None  # Anthropic's forced tool has no strict flag to go without
     return (
         f"--schema {settings.schema} is sent without strict: true (outside OpenAI's strict subset: "
         f"{asked.problem}); answers are still checked against it (--strict makes this an error)"
@@ -120,6 +156,15 @@ def make_provider(settings: Settings) -> Provider:
         return FakeProvider(latency_ms=settings.fake_latency_ms, jitter_ms=settings.fake_latency_ms / 2)
     key = check_api_key(settings)
     assert key is not None
+    if settings.provider == "anthropic":
+        from llmbatch.providers.anthropic import AnthropicProvider
+
+        return AnthropicProvider(
+            api_key=key,
+            base_url=settings.base_url,
+            concurrency=settings.concurrency,
+            timeout=settings.timeout,
+        )
     from llmbatch.providers.openai import OpenAIProvider
 
     return OpenAIProvider(
@@ -129,6 +174,39 @@ def make_provider(settings: Settings) -> Provider:
         transport=settings.transport,
         timeout=settings.timeout,
     )
+
+
+def batch_api(
+    settings: Settings, provider: Provider, state: BatchState, log: Callable[[str], None]
+) -> BatchAPI:
+    """The provider's batches for --batch-api: OpenAI's Batch API through the SDK, or
+    Anthropic's Message Batches (their requests spooled beside the output)."""
+    if settings.provider == "anthropic":
+        from llmbatch.modes.batch.state import ChunkState
+        from llmbatch.providers.anthropic import AnthropicProvider
+        from llmbatch.providers.anthropic_batches import AnthropicBatches
+
+        assert isinstance(provider, AnthropicProvider)
+
+        def claimed() -> set[str]:
+            chunks = state.chunks(ChunkState.RUNNING, ChunkState.COLLECTED)
+            return {c.batch_id for c in chunks if c.batch_id}
+
+        spool = sidecars.batch_spool(settings.output)
+        return AnthropicBatches(provider, spool=spool, claimed=claimed, log=log)
+    from llmbatch.providers.openai import OpenAIProvider
+    from llmbatch.providers.openai_batches import RemoteBatches
+
+    assert isinstance(provider, OpenAIProvider)
+    return RemoteBatches(provider.client, log=log)
+
+
+def batches_done(settings: Settings, state: BatchState) -> None:
+    """Every batch collected: the Message Batches spool is no longer needed (it maps
+    hashed custom_ids back while a batch may still be collected, and is rebuilt by the
+    next run that makes batches)."""
+    if settings.provider == "anthropic" and not state.open_batches():
+        shutil.rmtree(sidecars.batch_spool(settings.output), ignore_errors=True)
 
 
 def run_price(settings: Settings, model: str | None = None, tier: str | None = None) -> Price | None:
@@ -155,6 +233,14 @@ def run_price(settings: Settings, model: str | None = None, tier: str | None = N
     )
     if price is not None and tier == FLEX and settings.flex_fallback is not None:
         price = dataclasses.replace(price, fallback=run_price(settings, model, DEFAULT_TIER))
+    if price is not None and settings.batch_api and settings.deadline is not None:
+        live = run_price(dataclasses.replace(settings, batch_api=False, deadline=None), model, tier)
+        price = dataclasses.replace(price, live=live)
+    if price is not None and settings.escalate:  # each --escalate model at its own price
+        alone = dataclasses.replace(settings, escalate=())
+        escalate = settings.escalate
+        others = tuple((m, run_price(dataclasses.replace(alone, model=m), m, tier)) for m in escalate)
+        price = dataclasses.replace(price, escalation=others)
     return price
 
 
@@ -193,6 +279,10 @@ def base_url_of(settings: Settings) -> str:
     """Where this run's requests go."""
     if settings.provider == "fake":
         return "fake"
+    if settings.provider == "anthropic":
+        from llmbatch.providers.anthropic import anthropic_root
+
+        return anthropic_root(settings.base_url)
     return settings.base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL
 
 

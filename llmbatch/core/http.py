@@ -21,7 +21,14 @@ from llmbatch.core.errors import (
     TransientError,
 )
 
-__all__ = ["CAPACITY_CODE", "MAX_SERVER_DELAY", "error_for_status", "parse_duration", "server_delay"]
+__all__ = [
+    "CAPACITY_CODE",
+    "MAX_SERVER_DELAY",
+    "error_for_status",
+    "parse_duration",
+    "reset_seconds",
+    "server_delay",
+]
 
 # A server asking us to wait longer than this is more likely confused than right.
 MAX_SERVER_DELAY = 600.0
@@ -48,6 +55,21 @@ def parse_duration(text: str) -> float | None:
         return None
     scale = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
     return sum(float(n) * scale[u] for n, u in parts)
+
+
+def reset_seconds(text: str) -> float | None:
+    """Seconds until a rate-limit reset: OpenAI's duration ('6m0s', '20ms') or
+    Anthropic's RFC 3339 time ('2026-12-03T12:00:30Z'; 0 when past); None for neither."""
+    seconds = parse_duration(text)
+    if seconds is not None or "T" not in text:
+        return seconds
+    try:
+        when = dt.datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=dt.UTC)
+    return min(max((when - dt.datetime.now(dt.UTC)).total_seconds(), 0.0), MAX_SERVER_DELAY)
 
 
 def _seconds(value: str, scale: float = 1.0) -> float | None:

@@ -3,22 +3,31 @@ the hot path formats, locks or allocates); the display and the summary only read
 
 from __future__ import annotations
 
+import bisect
 import time
 from collections import Counter
 from typing import Any, Protocol
 
 from llmbatch.core.errors import Stop
 
-__all__ = ["NOT_VALID_SHOWN", "Pacer", "Stats"]
+__all__ = ["LATENCY_BUCKETS_MS", "NOT_VALID_SHOWN", "Pacer", "Stats", "add_answer", "add_item"]
 
 # How many of the items written not valid the summary names.
 NOT_VALID_SHOWN = 10
+# The upper bounds of the answers' latency histogram, in milliseconds (the metrics'
+# `llmbatch_request_latency_seconds`): from a local server's tens of milliseconds to a
+# long answer's minutes.
+LATENCY_BUCKETS_MS = (50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 30_000, 60_000, 120_000, 300_000)
 
 
 class Pacer(Protocol):
     """What the display reads of the limits (see `llmbatch.schedule.limits.Limits`)."""
 
     def status(self) -> str | None: ...
+
+    def condition(self) -> tuple[str, str | None]:
+        """The state in one word, and `status`'s words."""
+        ...
 
     def paced_rpm(self) -> float | None: ...
 
@@ -35,12 +44,17 @@ class Stats:
         "answers",
         "batches",
         "blank",
+        "by_model",
+        "by_way",
+        "cache_write_tokens",
         "cached",
         "cached_tokens",
         "capacity_429",
         "completion_tokens",
         "counts_skipped",
+        "deadline",
         "done",
+        "escalated",
         "failed",
         "fallback_tokens",
         "fallbacks",
@@ -50,6 +64,8 @@ class Stats:
         "invalid",
         "kept",
         "last_error",
+        "latency_counts",
+        "latency_sum_ms",
         "model",
         "not_valid",
         "pacer",
@@ -113,10 +129,19 @@ class Stats:
         # Of the tokens above, those of answers on the default tier after a fallback
         # (prompt, completion, cached): they cost the default tier's price.
         self.fallback_tokens = [0, 0, 0]
+        # --escalate: items moved on to the next model, and per model (in the order first
+        # met) [items written, answers, prompt, completion, cached tokens].
+        self.escalated = 0
+        self.by_model: dict[str, list[int]] = {}
+        # --deadline: the same rows by way (batch, live), and what the deadline assumed
+        # and did (`llmbatch.modes.batch.golive`), for the panel and the summary.
+        self.by_way: dict[str, list[int]] = {}
+        self.deadline: dict[str, Any] | None = None
         self.prompt_tokens = 0
         self.completion_tokens = 0
         self.cached_tokens = 0  # of the prompt tokens, read from the provider's cache
         self.reasoning_tokens = 0  # of the completion tokens, spent reasoning
+        self.cache_write_tokens = 0  # of the prompt tokens, written to the provider's cache
         self.started = time.monotonic()
         self.finished: float | None = None
         # Why the run is stopping early, once it is: the one place that says so.
@@ -127,6 +152,15 @@ class Stats:
         self.phases: dict[str, float] = {}
         self.rpm_limit: float | None = None
         self.tpm_limit: float | None = None
+        # The live answers' latencies: a count per bucket of LATENCY_BUCKETS_MS (the last
+        # one: slower than all), and their sum.
+        self.latency_counts = [0] * (len(LATENCY_BUCKETS_MS) + 1)
+        self.latency_sum_ms = 0.0
+
+    def answered_in(self, latency_ms: float) -> None:
+        """Count one live answer's latency in the histogram."""
+        self.latency_counts[bisect.bisect_left(LATENCY_BUCKETS_MS, latency_ms)] += 1
+        self.latency_sum_ms += latency_ms
 
     @property
     def elapsed(self) -> float:
@@ -202,11 +236,13 @@ class Stats:
             "http_429": self.http_429,
             "capacity_429": self.capacity_429,
             "fallbacks": self.fallbacks,
+            "escalated": self.escalated,
             "pace_cuts": self.pacer.cuts if self.pacer is not None else 0,
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
             "cached_tokens": self.cached_tokens,
             "reasoning_tokens": self.reasoning_tokens,
+            "cache_write_tokens": self.cache_write_tokens,
             "elapsed_s": round(self.elapsed, 3),
             "requests_per_min": round(self.rpm, 1),
             "tokens_per_min": round(self.tpm, 1),
@@ -215,3 +251,25 @@ class Stats:
             "model": self.model,
             "phases_s": {k: round(v, 3) for k, v in self.phases.items()},
         }
+
+
+def _row(table: dict[str, list[int]], key: str) -> list[int]:
+    row = table.get(key)
+    if row is None:
+        row = table[key] = [0, 0, 0, 0, 0]
+    return row
+
+
+def add_answer(table: dict[str, list[int]], key: str, prompt: int, completion: int, cached: int) -> None:
+    """An answer's usage in `key`'s row of `table` (`Stats.by_model`, `Stats.by_way`:
+    [items, answers, prompt, completion, cached tokens])."""
+    row = _row(table, key)
+    row[1] += 1
+    row[2] += prompt
+    row[3] += completion
+    row[4] += cached
+
+
+def add_item(table: dict[str, list[int]], key: str) -> None:
+    """An item written, in `key`'s row of `table`."""
+    _row(table, key)[0] += 1

@@ -1,5 +1,6 @@
 """What an answer used: the tokens the provider bills, in chat's terms (prompt,
-completion) whatever the endpoint calls them (the Responses API's input and output)."""
+completion) whatever the endpoint calls them (the Responses API's and Anthropic's input
+and output)."""
 
 from __future__ import annotations
 
@@ -19,6 +20,9 @@ class Usage:
     # Of the completion tokens, those the model spent reasoning: billed as output, never
     # seen in the answer text.
     reasoning_tokens: int = 0
+    # Of the prompt tokens, those written to the provider's cache (Anthropic's
+    # cache_creation_input_tokens): billed above the input price.
+    cache_write_tokens: int = 0
 
     @property
     def total_tokens(self) -> int:
@@ -62,3 +66,17 @@ class Usage:
             int(cached or 0),
             int(reasoning or 0),
         )
+
+    @classmethod
+    def from_messages(cls, body: Mapping[str, Any]) -> Usage:
+        """The usage of an Anthropic Messages body: ``input_tokens`` (what the cache did
+        not hold), ``cache_read_input_tokens``, ``cache_creation_input_tokens`` and
+        ``output_tokens``; the prompt tokens are all three inputs, of which cached (read)
+        and cache writes."""
+        u = body.get("usage")
+        if not isinstance(u, dict):
+            return cls()
+        read = int(u.get("cache_read_input_tokens") or 0)
+        write = int(u.get("cache_creation_input_tokens") or 0)
+        fresh = int(u.get("input_tokens") or 0)
+        return cls(fresh + read + write, int(u.get("output_tokens") or 0), read, 0, write)

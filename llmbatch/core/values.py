@@ -47,6 +47,9 @@ class Request:
     # The fingerprint an older llmbatch gave this body, when it differs (a body with a
     # key fingerprints now leave out): a line carrying it is not stale. 0: the same.
     fp_before: int = 0
+    # Bytes of attached files (images, PDFs) the body carries, as base64: what bounds the
+    # bytes in flight (--max-inflight-bytes). 0 for a body without.
+    attached: int = 0
 
 
 class Cause(enum.StrEnum):
@@ -146,6 +149,7 @@ class Finished:
     completion_tokens: int = 0
     cached_tokens: int = 0  # of the prompt tokens, those the provider read from its cache
     reasoning_tokens: int = 0  # of the completion tokens, those spent reasoning
+    cache_write_tokens: int = 0  # of the prompt tokens, those written to the provider's cache
     last: Completion | None = None  # the last answer, if any
     reason: str | None = None  # why the last answer is invalid
     cause: Cause | None = None  # the last answer refused or truncated (not for failures)
@@ -153,3 +157,7 @@ class Finished:
     via: str = "live"  # live, cached or batch
     batch_id: str | None = None
     order: int = 0  # the item's place among this run's items (for --ordered on a stream)
+    # --escalate: the model that answered (0: the first; n: the n-th --escalate model),
+    # and its name when the run escalates (the output's `model`; None: not escalating).
+    rung: int = 0
+    model: str | None = None

@@ -45,27 +45,58 @@ class Price:
     output: float
     cached_input: float | None = None
     source: str = ""
+    # Prompt tokens written to the provider's cache (Anthropic bills them above the
+    # input price); None: at the input price.
+    cache_write: float | None = None
     # A flex run's default-tier price, for the requests it sent there after capacity
     # 429s (--flex-fallback): they are charged at it, reserved for and counted apart.
     fallback: Price | None = None
+    # --escalate: each model an item may go on to, with its price (None: unknown).
+    escalation: tuple[tuple[str, Price | None], ...] = ()
+    # A Batch API run's price for what it sends live (--deadline, --then live): the
+    # list price, where this one is the batch's.
+    live: Price | None = None
+
+    def for_model(self, model: str | None) -> Price | None:
+        """The price of `model`'s tokens: an --escalate model's own, else this one."""
+        for name, price in self.escalation:
+            if name == model:
+                return price
+        return self
 
     def halved(self, why: str) -> Price:
         cached = None if self.cached_input is None else self.cached_input * BATCH_DISCOUNT
+        write = None if self.cache_write is None else self.cache_write * BATCH_DISCOUNT
         return Price(
-            self.input * BATCH_DISCOUNT, self.output * BATCH_DISCOUNT, cached, f"{self.source}, {why}"
+            self.input * BATCH_DISCOUNT,
+            self.output * BATCH_DISCOUNT,
+            cached,
+            f"{self.source}, {why}",
+            cache_write=write,
         )
 
 
 def cost(
-    price: Price | None, prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0
+    price: Price | None,
+    prompt_tokens: int,
+    completion_tokens: int,
+    cached_tokens: int = 0,
+    cache_write_tokens: int = 0,
 ) -> float | None:
     """USD for the given tokens, or None when the price is unknown. `cached_tokens` are
-    the part of the prompt tokens the provider read from its cache."""
+    the part of the prompt tokens the provider read from its cache, `cache_write_tokens`
+    the part it wrote to it."""
     if price is None:
         return None
     cached = min(cached_tokens, prompt_tokens) if price.cached_input is not None else 0
-    fresh = prompt_tokens - cached
-    total = fresh * price.input + cached * (price.cached_input or 0.0) + completion_tokens * price.output
+    written = min(cache_write_tokens, prompt_tokens - cached) if price.cache_write is not None else 0
+    fresh = prompt_tokens - cached - written
+    total = (
+        fresh * price.input
+        + cached * (price.cached_input or 0.0)
+        + written * (price.cache_write or 0.0)
+        + completion_tokens * price.output
+    )
     return total / 1_000_000
 
 
@@ -125,13 +156,22 @@ def _database(model: str, base_url: str | None, batch: bool, tier: str | None = 
     return _price(batched, f"{source}, {why}its Batch API price")
 
 
+def _mtok(value: Any) -> float | None:
+    """A genai-prices price per million tokens as a float: a tiered price (Claude's above
+    200k prompt tokens) by its base, the price of every request llmbatch sends in bulk."""
+    if value is None:
+        return None
+    return float(getattr(value, "base", value))
+
+
 def _price(found: Any, source: str) -> Price:
     """Our `Price` of a genai-prices ModelPrice."""
     return Price(
-        float(found.input_mtok or 0),
-        float(found.output_mtok or 0),
-        None if found.cache_read_mtok is None else float(found.cache_read_mtok),
+        _mtok(found.input_mtok) or 0.0,
+        _mtok(found.output_mtok) or 0.0,
+        _mtok(found.cache_read_mtok),
         source,
+        cache_write=_mtok(getattr(found, "cache_write_mtok", None)),
     )
 
 
@@ -172,6 +212,7 @@ def price_for(
         input=base.input if price_in is None else price_in,
         output=base.output if price_out is None else price_out,
         cached_input=base.cached_input if price_in is None else None,
+        cache_write=base.cache_write if price_in is None else None,
         source="--price-in/--price-out"
         + (f" and {base.source}" if found and None in (price_in, price_out) else ""),
     )

@@ -9,6 +9,9 @@ did no work (a 429, a refused request, a failed connection), or kept whole when 
 have (a timeout, a cancel: the provider may bill it). So the spend, counted from the
 server's usage, never passes the cap.
 
+A request for an ``--escalate`` model is reserved and charged at that model's price
+(`Price.escalation`); the cap needs each of those prices.
+
 A request a flex run sends on the default tier after its capacity 429s
 (``--flex-fallback``) is reserved and charged at the default tier's price
 (`Price.fallback`), when the price has one.
@@ -42,6 +45,12 @@ class SpendingCap:
                 "honoured: give --price-in and --price-out (USD per million tokens)"
                 + (", or [prices.MODEL] in the config file" if not on else "")
             )
+        unknown = [model for model, known in price.escalation if known is None]
+        if unknown:
+            raise ConfigError(
+                f"--max-cost needs the price of --escalate {unknown[0]}, and it has none: give its "
+                "[prices.MODEL] in the config file"
+            )
         self.cap = cap
         self.price = price
         self.spent = 0.0
@@ -50,10 +59,15 @@ class SpendingCap:
     def price_of(self, request: Request | None) -> Price:
         """The price `request` is charged at: the default tier's for one a flex run sent
         there (when known), else the run's."""
-        fallback = self.price.fallback
+        price = self.price
+        if price.escalation and request is not None:
+            found = price.for_model(request.body.get("model"))
+            assert found is not None  # checked when the cap was made
+            return found
+        fallback = price.fallback
         if fallback is not None and request is not None and tier_of(request.body) == DEFAULT_TIER:
             return fallback
-        return self.price
+        return price
 
     def worst_case(self, request: Request) -> float:
         """USD the request can cost at most; an InputError (a reject) when nothing
@@ -96,7 +110,13 @@ class SpendingCap:
         self.reserved -= amount
         if isinstance(outcome, Usage):
             price = self.price_of(request)
-            real = cost(price, outcome.prompt_tokens, outcome.completion_tokens, outcome.cached_tokens)
+            real = cost(
+                price,
+                outcome.prompt_tokens,
+                outcome.completion_tokens,
+                outcome.cached_tokens,
+                outcome.cache_write_tokens,
+            )
             self.spent += real or 0.0
         elif (
             outcome is None

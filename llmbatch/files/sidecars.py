@@ -2,7 +2,8 @@
 
 A run on ``OUTPUT`` may make ``OUTPUT.lock`` (one run at a time), ``OUTPUT.rejects.jsonl``
 (bad input lines, unless ``--rejects`` names another file), ``OUTPUT.batches.db`` (the Batch
-API mode's record, with SQLite's ``-wal`` and ``-shm`` beside it) and, for the moment of a
+API mode's record, with SQLite's ``-wal`` and ``-shm`` beside it), ``OUTPUT.batches.spool/``
+(Anthropic's Message Batches: each batch's requests, streamed inline at its create) and, for the moment of a
 rewrite, ``OUTPUT.compacting`` (a resume's compaction) or ``OUTPUT.merging`` (``llmbatch
 merge``). A newcomer, a cleanup or a test finds every name here.
 """
@@ -11,7 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-__all__ = ["batches", "beside", "compacting", "lock", "merging", "rejects", "sqlite_files"]
+__all__ = ["batch_spool", "batches", "beside", "compacting", "lock", "merging", "rejects", "sqlite_files"]
 
 
 def beside(path: Path, suffix: str) -> Path:
@@ -32,6 +33,12 @@ def rejects(output: Path) -> Path:
 def batches(output: Path) -> Path:
     """The Batch API mode's record of an output's remote batches (SQLite)."""
     return beside(output, ".batches.db")
+
+
+def batch_spool(output: Path) -> Path:
+    """The folder of a Message Batches run's requests, one file per batch (Anthropic takes
+    them inline: the create streams its file), with the intent of each create."""
+    return beside(output, ".batches.spool")
 
 
 def compacting(output: Path) -> Path:

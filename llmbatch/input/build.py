@@ -22,6 +22,8 @@ from typing import Any
 
 import orjson
 
+from llmbatch.core.attachments import attached_bytes
+from llmbatch.core.cachekey import CACHE_KEY, CACHE_KEY_ENDPOINTS
 from llmbatch.core.endpoints import (
     CHAT,
     CHAT_ENDPOINT,
@@ -35,6 +37,7 @@ from llmbatch.core.endpoints import (
 from llmbatch.core.errors import ConfigError, InputError
 from llmbatch.core.structured import STRICT_KEYS
 from llmbatch.core.values import Request
+from llmbatch.input.attach import Attacher
 
 __all__ = [
     "SETUP_KINDS",
@@ -50,6 +53,7 @@ SETUP_KINDS = {
     "no_model": "",
     "template_field": "check the template's {placeholders} against the input's fields",
     "id_field": "check --id-field against the input's fields",
+    "attach_field": "check --attach against the input's fields",
     "shape": "for data items, give --prompt or --template",
     "bare_endpoint": "give --endpoint, or write Batch API lines with their url",
     "no_max_tokens": "leave out --max-tokens for this endpoint",
@@ -182,6 +186,11 @@ class RequestBuilder:
     # it asks for it (`Endpoint.schema_params`).
     schema: dict[str, Any] | None = None
     validating: bool = False  # validators given: refused for endpoints whose answers are not text
+    # --attach: the data item fields whose files (images, PDFs) the request carries.
+    attach: Attacher | None = None
+    # The prompt cache key a templated request carries (`llmbatch.core.cachekey`), unless
+    # its body has one; None: none.
+    cache_key: str | None = None
 
     def build(self, line: int, obj: dict[str, Any]) -> Request:
         if self.template is not None:
@@ -195,6 +204,11 @@ class RequestBuilder:
         request = Request(cid, body, url, line, metadata, item, fingerprint(url, body))
         if not ASKED_BEFORE.isdisjoint(body):
             request.fp_before = fingerprint_before(url, body)
+        if self.attach is not None:
+            request.attached = attached_bytes(body.get("messages")) + attached_bytes(body.get("input"))
+        if self.cache_key is not None and url in CACHE_KEY_ENDPOINTS:
+            # After the fingerprints: it is left out of them, and no older line asked it.
+            body.setdefault(CACHE_KEY, self.cache_key)
         return request
 
     def custom_id(self, line: int, obj: dict[str, Any]) -> str | None:
@@ -240,6 +254,8 @@ class RequestBuilder:
             elif not own:
                 message = f"--max-tokens has no meaning for {endpoint.path} (its answers have no length)"
                 raise InputError(message, line=line, kind="no_max_tokens")
+        if endpoint.default_max_tokens is not None and endpoint.max_tokens_key is not None:
+            body.setdefault(endpoint.max_tokens_key, endpoint.default_max_tokens)
         if self.schema is not None:
             for key, value in endpoint.schema_params(self.schema).items():
                 body.setdefault(key, value)
@@ -309,4 +325,9 @@ class RequestBuilder:
             custom_id = f"line-{line}"
         endpoint = CHAT_ENDPOINT if self.endpoint is None else ENDPOINTS[self.endpoint]
         body = endpoint.from_text(text, self.system)
+        if self.attach is not None and (attachments := self.attach.read(obj, line)):
+            try:
+                body = endpoint.attach(body, attachments)
+            except ValueError as exc:
+                raise InputError(str(exc), line=line) from None
         return custom_id, self._finish_body(line, body, endpoint), endpoint.path, None, obj

@@ -105,7 +105,8 @@ def input_format(path: Path | None, options: TableOptions) -> Literal["jsonl", "
     if form == "auto":
         form = _by_name(path) if path is not None else "jsonl"
         if form == "auto" and path is not None:
-            form = "parquet" if _first_bytes(path) == PARQUET_MAGIC else "jsonl"
+            # Only a regular file is peeked at: a named pipe's bytes are read once.
+            form = "parquet" if path.is_file() and _first_bytes(path) == PARQUET_MAGIC else "jsonl"
     if form == "parquet" and path is None:
         raise ConfigError("Parquet is not read from standard input (it is read from its end): give the file")
     return form  # type: ignore[return-value]

@@ -4,6 +4,8 @@ and the library executor.
     answer ──► validate ──► valid ................................ FINISH (written)
                        └──► invalid, requests left ............... REASK
                        └──► invalid, none left ................... FINISH (invalid)
+                       └──► invalid, none left, a model above ..... REASK on that model
+                            (--escalate: `llmbatch.modes.escalate`), with a fresh count
                        └──► the validator itself is broken ....... stop the run (exit 2)
            └──► a refusal (valid or not) ......................... FINISH (invalid, cause
                 refused); with --reask-refusals as an invalid answer
@@ -47,11 +49,12 @@ from llmbatch.core.errors import (
     Stop,
 )
 from llmbatch.core.retry import DEFAULT_MAX_RETRIES, BackoffStrategy, RetryConfig, RetryPolicy
-from llmbatch.core.stats import NOT_VALID_SHOWN, Stats
+from llmbatch.core.stats import NOT_VALID_SHOWN, Stats, add_answer, add_item
 from llmbatch.core.tiers import DEFAULT_TIER, FLEX, on_tier, tier_of
 from llmbatch.core.values import Cause, Completion, Finished, Request, State, Usage
 from llmbatch.files.jsonl import write_failure
 from llmbatch.modes.control import RunControl
+from llmbatch.modes.escalate import Ladder, model_of
 
 __all__ = [
     "DEFAULT_MAX_REQUESTS",
@@ -165,6 +168,8 @@ class Outcomes:
         log: Callable[[str], None] = _silent,
         error: Callable[[str], None] | None = None,
         flex_fallback: int | None = None,
+        escalate: tuple[str, ...] = (),
+        count_ways: bool = False,
     ) -> None:
         self.validator = validator
         self.output = output
@@ -181,6 +186,10 @@ class Outcomes:
         self.error = error or log  # errors are shown even when quiet
         # After this many capacity 429s, a flex item is asked on the default tier.
         self.flex_fallback = flex_fallback
+        # --escalate: the models an item still invalid after its requests goes on to.
+        self.ladder = Ladder(escalate) if escalate else None
+        # --deadline: answers and items counted by way (batch, live), priced apart.
+        self.count_ways = count_ways
 
     def with_output(self, output: Output) -> Outcomes:
         """The same judge writing elsewhere (a Batch API follow-up that records what it
@@ -204,15 +213,30 @@ class Outcomes:
         stats.completion_tokens += usage.completion_tokens
         stats.cached_tokens += usage.cached_tokens
         stats.reasoning_tokens += usage.reasoning_tokens
+        stats.cache_write_tokens += usage.cache_write_tokens
         item.requests += 1
         item.prompt_tokens += usage.prompt_tokens
         item.completion_tokens += usage.completion_tokens
         item.cached_tokens += usage.cached_tokens
         item.reasoning_tokens += usage.reasoning_tokens
+        item.cache_write_tokens += usage.cache_write_tokens
         item.last = completion
         item.latency_ms = completion.latency_ms
+        if via == "live":
+            stats.answered_in(completion.latency_ms)
         if item.capacity_429s and self.flex_fallback is not None:
             self._fallen_back(item, usage)
+        ladder = self.ladder
+        if ladder is not None:
+            add_answer(
+                stats.by_model,
+                model_of(item, stats.model),
+                usage.prompt_tokens,
+                usage.completion_tokens,
+                usage.cached_tokens,
+            )
+        if self.count_ways:
+            add_answer(stats.by_way, via, usage.prompt_tokens, usage.completion_tokens, usage.cached_tokens)
         reason = self._validate(item.request, completion)
         if reason is _BROKEN:
             return Verdict.RELEASE
@@ -227,10 +251,19 @@ class Outcomes:
             self.finish(item, State.VALID, via=via)
             return Verdict.FINISH
         item.reason = reason
-        if item.requests >= self.max_requests or (refused and not self.reask_refusals):
-            item.cause = cause
-            self.finish(item, State.INVALID, via=via)
-            return Verdict.FINISH
+        kept = refused and not self.reask_refusals
+        limit = self.max_requests if ladder is None else ladder.limit(item.rung, self.max_requests)
+        if item.requests >= limit or kept:
+            if ladder is None or kept or not ladder.above(item):
+                item.cause = cause
+                self.finish(item, State.INVALID, via=via)
+                return Verdict.FINISH
+            if hold:
+                return Verdict.RELEASE
+            stats.escalated += 1
+            self._reask(item, completion, reason)
+            ladder.climb(item)
+            return Verdict.REASK  # on the next model, with a fresh count
         if hold:
             return Verdict.RELEASE
         stats.reasks += 1
@@ -242,7 +275,7 @@ class Outcomes:
         """What the re-ask sends, by the endpoint: the same request (chat), or one that
         carries the answer and the reason (Responses, completions). It keeps the first
         request's fingerprint: it is still that request's answer."""
-        body = completion.endpoint.reask(item.request.body, completion.text, reason)
+        body = completion.endpoint.reask_after(item.request.body, completion.body, completion.text, reason)
         if body is not None:
             item.request = dataclasses.replace(item.request, body=body)
 
@@ -386,6 +419,11 @@ class Outcomes:
             else:
                 stats.truncated += 1
         item.state, item.error, item.via = state, error, via
+        if self.ladder is not None:
+            item.model = model = model_of(item, stats.model)
+            add_item(stats.by_model, model)
+        if self.count_ways:
+            add_item(stats.by_way, via)
         if batch_id is not None:
             item.batch_id = batch_id
         output = self.output

@@ -22,7 +22,10 @@ the server it was sent to (``server``: a hash of the base URL, never the URL its
 and how it was answered (``via``: ``live``, ``cached``, or ``batch`` with the batch id).
 An answer that was a refusal or was cut at its ceiling says so in ``cause``
 (``refused``: written invalid; ``truncated``: valid or not, as the validators said);
-a line without it (none, or an older llmbatch's) has no cause. The Batch-shaped line
+a line without it (none, or an older llmbatch's) has no cause. ``t`` is when the line
+was written (Unix time in milliseconds: `finish_ms`), what a report draws its timeline
+from; an older llmbatch's lines have none. A run with ``--escalate`` says which model
+answered in ``model`` (after ``t``, before the tail). The Batch-shaped line
 keeps these in its ``llmbatch`` block, the merged row in ``llm_*`` columns.
 `llmbatch.output.readback` reads them back from either; `llmbatch.output.writers`
 appends them to the output.
@@ -31,6 +34,7 @@ appends them to the output.
 from __future__ import annotations
 
 import hashlib
+import time
 from typing import Any, Literal
 
 from llmbatch.core.errors import InputError, PermanentError, ProviderError
@@ -40,6 +44,7 @@ __all__ = [
     "Format",
     "batch_record",
     "fault_of",
+    "finish_ms",
     "fp_hex",
     "merged_record",
     "reject_record",
@@ -52,6 +57,11 @@ Format = Literal["batch", "merged"]
 def fault_of(error: ProviderError) -> str:
     """Whose fault a failure was: the request's (retrying cannot help) or transient."""
     return "request" if isinstance(error, PermanentError) else "transient"
+
+
+def finish_ms() -> int:
+    """Now, as a line's finish time ``t``: Unix time in whole milliseconds."""
+    return int(time.time() * 1000)
 
 
 def _error_block(f: Finished) -> dict[str, Any] | None:
@@ -82,6 +92,8 @@ def batch_record(f: Finished, server: str = "") -> dict[str, Any]:
         usage["cached_tokens"] = f.cached_tokens
     if f.reasoning_tokens:
         usage["reasoning_tokens"] = f.reasoning_tokens
+    if f.cache_write_tokens:
+        usage["cache_write_tokens"] = f.cache_write_tokens
     meta: dict[str, Any] = {
         "line": req.line,
         "requests": f.requests,
@@ -96,6 +108,9 @@ def batch_record(f: Finished, server: str = "") -> dict[str, Any]:
         meta["batch_id"] = f.batch_id
     if f.cause is not None:
         meta["cause"] = f.cause  # refused, truncated
+    meta["t"] = finish_ms()
+    if f.model is not None:
+        meta["model"] = f.model  # --escalate: the model that answered
     # What a rerun reads comes last, in this order, and nothing of the user's after it:
     # `read_tail` finds it at the end of the line without parsing the whole answer.
     if f.error is not None:
@@ -156,9 +171,11 @@ def merged_record(f: Finished, server: str = "") -> dict[str, Any]:
             "llm_prompt_tokens": f.prompt_tokens,
             "llm_completion_tokens": f.completion_tokens,
             "llm_cached_tokens": f.cached_tokens,
+            "llm_cache_write_tokens": f.cache_write_tokens,
             "llm_reasoning_tokens": f.reasoning_tokens,
-            "llm_model": _model(f.last),
+            "llm_model": f.model or _model(f.last),
             "llm_latency_ms": round(f.latency_ms, 1),
+            "llm_t": finish_ms(),
             "llm_fp": fp_hex(req.fp),
             "llm_server": server,
             "llm_via": f.via,

@@ -1,7 +1,8 @@
 """The fake model's answer bodies, one maker per endpoint, shaped as OpenAI's: a chat
 completion, embeddings, a Responses API response, a text completion, moderation
-results. The in-process `fake` provider, the loopback server's live endpoints and its
-batches all answer through `answer_body`, so a request gets the same answer each way.
+results; and as Anthropic's: a Messages answer. The in-process `fake` provider, the
+loopback server's live endpoints and its batches all answer through `answer_body`, so a
+request gets the same answer each way.
 
 Like a real model, an answer stops at the request's ceiling (``max_tokens``,
 ``max_completion_tokens``, ``max_output_tokens``, read by the endpoint as everything
@@ -14,13 +15,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from llmbatch.core.endpoints import CHAT, COMPLETIONS, EMBEDDINGS, ENDPOINTS, MODERATIONS, RESPONSES
-from llmbatch.providers.script import Step, asked_texts, count_tokens, digest, prompt_texts
+import orjson
+
+from llmbatch.core.attachments import attachment_parts, part_tokens
+from llmbatch.core.endpoints import CHAT, COMPLETIONS, EMBEDDINGS, ENDPOINTS, MESSAGES, MODERATIONS, RESPONSES
+from llmbatch.providers.script import Step, asked_texts, count_tokens, digest, forced_tool, prompt_texts
 
 __all__ = [
     "MODERATION_CATEGORIES",
     "answer_body",
     "billed",
+    "cached",
     "chat_body",
     "completion_body",
     "count_tokens",
@@ -58,7 +63,10 @@ def prompt_tokens(url: str, body: dict[str, Any]) -> int:
         return 0
     if url == EMBEDDINGS:
         return sum(count_tokens(t) for t in _inputs(body))
-    return sum(count_tokens(c) + 4 for c in prompt_texts(body))
+    attached = sum(
+        part_tokens(p) or 0 for key in ("messages", "input") for p in attachment_parts(body.get(key))
+    )
+    return sum(count_tokens(c) + 4 for c in prompt_texts(body)) + attached  # images as OpenAI bills them
 
 
 # What bounds each endpoint's answer, read as the limits and the cap read it.
@@ -177,6 +185,55 @@ def responses_body(body: dict[str, Any], step: Step, request_id: str) -> dict[st
     }
 
 
+def messages_body(body: dict[str, Any], step: Step, request_id: str) -> dict[str, Any]:
+    """An Anthropic Messages answer: a ``tool_use`` block when the request forces a tool
+    (``--schema``) and the step's text is a JSON object, else a ``text`` block; cut at
+    ``max_tokens`` as the API cuts (``stop_reason: max_tokens``); a refusal's
+    ``stop_reason`` is ``refusal``. Its usage parts the prompt into what the cache read
+    (the step's ``cached``), wrote (``written``) and the rest."""
+    prompt = prompt_tokens(MESSAGES, body)
+    tool = forced_tool(body)
+    content: list[dict[str, Any]]
+    if step.refusal is not None:
+        stop, completion = "refusal", count_tokens(step.refusal)
+        content = [{"type": "text", "text": step.refusal}]
+    else:
+        text, completion, cut = _cut(step.text, _CEILING[MESSAGES](body), 0)
+        stop = "max_tokens" if cut or step.finish == "length" else "end_turn"
+        content = [{"type": "text", "text": text}]
+        given = _json_object(text) if tool is not None and not cut else None
+        if given is not None and tool is not None:
+            stop = "tool_use"
+            content = [
+                {"type": "tool_use", "id": f"toolu_{request_id}", "name": tool["name"], "input": given}
+            ]
+    read = min(step.cached, prompt)
+    written = min(step.written, prompt - read)
+    return {
+        "id": request_id,
+        "type": "message",
+        "role": "assistant",
+        "model": body.get("model") or "fake",
+        "content": content,
+        "stop_reason": stop,
+        "stop_sequence": None,
+        "usage": {
+            "input_tokens": prompt - read - written,
+            "cache_creation_input_tokens": written,
+            "cache_read_input_tokens": read,
+            "output_tokens": completion,
+        },
+    }
+
+
+def _json_object(text: str) -> dict[str, Any] | None:
+    try:
+        value = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
 def _inputs(body: dict[str, Any]) -> list[str]:
     inputs = body.get("input")
     if isinstance(inputs, str):
@@ -235,10 +292,17 @@ _MAKERS = {
     RESPONSES: responses_body,
     COMPLETIONS: completion_body,
     MODERATIONS: moderation_body,
+    MESSAGES: messages_body,
 }
 
 
-_ID_PREFIXES = {CHAT: "chatcmpl-", RESPONSES: "resp_", COMPLETIONS: "cmpl-", MODERATIONS: "modr-"}
+_ID_PREFIXES = {
+    CHAT: "chatcmpl-",
+    RESPONSES: "resp_",
+    COMPLETIONS: "cmpl-",
+    MODERATIONS: "modr-",
+    MESSAGES: "msg_",
+}
 
 
 def id_prefix(url: str) -> str:
@@ -259,11 +323,29 @@ def empty_body(url: str) -> dict[str, Any]:
         return {"id": "modr-empty", "results": []}
     if url == EMBEDDINGS:
         return {"object": "list", "data": []}
+    if url == MESSAGES:
+        return {
+            "id": "msg_empty",
+            "type": "message",
+            "role": "assistant",
+            "content": [],
+            "stop_reason": "end_turn",
+        }
     return {
         "id": "x",
         "object": "text_completion" if url == COMPLETIONS else "chat.completion",
         "choices": [],
     }
+
+
+def cached(payload: dict[str, Any]) -> int:
+    """The cached prompt tokens an answer body reports (chat's, completions' or the
+    Responses API's usage; none: 0)."""
+    usage = payload.get("usage")
+    if not isinstance(usage, dict):
+        return 0
+    details = usage.get("prompt_tokens_details") or usage.get("input_tokens_details")
+    return int(details.get("cached_tokens") or 0) if isinstance(details, dict) else 0
 
 
 def billed(payload: dict[str, Any]) -> tuple[int, int]:
@@ -272,5 +354,7 @@ def billed(payload: dict[str, Any]) -> tuple[int, int]:
     if not isinstance(usage, dict):
         return 0, 0
     if "input_tokens" in usage:
-        return int(usage["input_tokens"]), int(usage.get("output_tokens") or 0)
+        prompt = int(usage["input_tokens"]) + int(usage.get("cache_read_input_tokens") or 0)
+        prompt += int(usage.get("cache_creation_input_tokens") or 0)
+        return prompt, int(usage.get("output_tokens") or 0)
     return int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import IO, Any, Literal
+from typing import IO, Any, Literal, Protocol
 
 import openai
 
@@ -17,7 +17,7 @@ from llmbatch.core.errors import ProviderError, TransientError
 from llmbatch.core.retry import BackoffStrategy, RetryConfig
 from llmbatch.providers.openai_errors import redact, secret_of, translate
 
-__all__ = ["COMPLETION_WINDOW", "Remote", "RemoteBatches"]
+__all__ = ["COMPLETION_WINDOW", "BatchAPI", "Remote", "RemoteBatches"]
 
 COMPLETION_WINDOW: Literal["24h"] = "24h"
 # Control-plane calls (upload, create, retrieve) are retried with this when transient.
@@ -66,6 +66,19 @@ class Remote:
             metadata=dict(batch.metadata or {}),
             queue_full="token_limit" in reason or "enqueued" in reason,
         )
+
+
+class BatchAPI(Protocol):
+    """What the Batch API mode asks of a provider's batches: OpenAI's (`RemoteBatches`)
+    or Anthropic's Message Batches (`llmbatch.providers.anthropic_batches`)."""
+
+    async def upload(self, name: str, data: IO[bytes]) -> str: ...
+    async def find_file(self, name: str) -> str | None: ...
+    async def create(self, file_id: str, endpoint: str, metadata: dict[str, str]) -> Remote: ...
+    async def find_batch(self, metadata: dict[str, str]) -> Remote | None: ...
+    async def retrieve(self, batch_id: str) -> Remote: ...
+    async def cancel(self, batch_id: str) -> Remote: ...
+    async def download(self, file_id: str, dest: IO[bytes]) -> None: ...
 
 
 class RemoteBatches:

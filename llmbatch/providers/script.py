@@ -14,6 +14,8 @@ A message may script its own answer with a line ``@fake {...}`` (JSON):
 - ``latency_ms``: this request's latency;
 - ``cached``: prompt tokens the answer reports as read from the provider's cache
   (``usage.prompt_tokens_details.cached_tokens``, at most the prompt's);
+- ``written``: prompt tokens an Anthropic answer reports as written to its cache
+  (``cache_creation_input_tokens``);
 - ``reasoning``: completion tokens the answer reports as spent reasoning (added to
   them, as a reasoning model bills them);
 - ``flag``: moderation categories to flag (a moderation request).
@@ -49,6 +51,7 @@ __all__ = [
     "asked_texts",
     "count_tokens",
     "digest",
+    "forced_tool",
     "parse_script",
     "prompt_texts",
     "script_root",
@@ -72,6 +75,7 @@ class Script:
     flag: tuple[str, ...] = ()
     refuse: str | None = None
     refusals: int | None = None  # how many answers refuse; None: every one
+    written: int = 0  # prompt tokens written to the cache (Anthropic's cache_creation_input_tokens)
 
     @property
     def counted(self) -> bool:
@@ -90,6 +94,7 @@ class Step:
     reasoning: int = 0
     flag: tuple[str, ...] = ()
     refusal: str | None = None  # the model declines: this is its refusal
+    written: int = 0
 
 
 def _texts(value: Any, out: list[str], *, asked: bool) -> None:
@@ -113,7 +118,7 @@ def _texts(value: Any, out: list[str], *, asked: bool) -> None:
 def prompt_texts(body: dict[str, Any]) -> list[str]:
     """Every text of the request's prompt, in order (what its prompt tokens count)."""
     out: list[str] = []
-    for key in ("instructions", "messages", "input", "prompt"):
+    for key in ("instructions", "system", "messages", "input", "prompt"):
         if key in body:
             _texts(body[key], out, asked=False)
     return out
@@ -175,6 +180,7 @@ def parse_script(body: dict[str, Any]) -> Script:
             flag=tuple(str(c) for c in spec.get("flag", ())),
             refuse=str(spec["refuse"]) if spec.get("refuse") else None,
             refusals=int(spec["refusals"]) if "refusals" in spec else None,
+            written=int(spec.get("written", 0)),
         )
     return Script()
 
@@ -189,7 +195,9 @@ def step(script: Script, attempt: int, body: dict[str, Any]) -> Step:
     if script.refuse is not None and (script.refusals is None or answer - script.bad < script.refusals):
         return Step(None, "", "stop", script.cached, script.reasoning, refusal=script.refuse)
     text = script.answer if script.answer is not None else answer_for(body)
-    return Step(None, text, script.finish, script.cached, script.reasoning, script.flag)
+    return Step(
+        None, text, script.finish, script.cached, script.reasoning, script.flag, written=script.written
+    )
 
 
 def digest(text: str) -> int:
@@ -243,6 +251,8 @@ def answer_for(body: dict[str, Any]) -> str:
         fmt = text.get("format")
         if isinstance(fmt, dict) and fmt.get("type") == "json_schema":
             fmt = {"type": "json_schema", "json_schema": fmt}
+    if fmt is None and (tool := forced_tool(body)) is not None:  # Anthropic's --schema
+        fmt = {"type": "json_schema", "json_schema": {"schema": tool.get("input_schema") or {}}}
     if isinstance(fmt, dict):
         if fmt.get("type") == "json_schema":
             schema = (fmt.get("json_schema") or {}).get("schema", {})
@@ -253,6 +263,17 @@ def answer_for(body: dict[str, Any]) -> str:
     if "json" in last.lower():
         return orjson.dumps({"answer": last[:80]}).decode()
     return "echo: " + last
+
+
+def forced_tool(body: dict[str, Any]) -> dict[str, Any] | None:
+    """The tool a Messages request forces (``tool_choice: {"type": "tool", "name"}``), or None."""
+    choice = body.get("tool_choice")
+    if not isinstance(choice, dict) or choice.get("type") != "tool":
+        return None
+    for tool in body.get("tools") or ():
+        if isinstance(tool, dict) and tool.get("name") == choice.get("name"):
+            return tool
+    return None
 
 
 def count_tokens(text: str) -> int:

@@ -25,7 +25,7 @@ __all__ = ["PER_OUTPUT", "PLACEHOLDER", "Shard", "parse_shard", "shard_of"]
 
 PLACEHOLDER = "{shard}"
 # The settings that name a file of this run's own: {shard} expands in each.
-PER_OUTPUT = ("output", "rejects", "summary_json", "cache")
+PER_OUTPUT = ("output", "rejects", "summary_json", "cache", "metrics_file")
 
 
 def shard_of(custom_id: str, n: int) -> int:

@@ -46,18 +46,20 @@ import asyncio
 from collections.abc import Callable, Mapping
 
 from llmbatch.core.endpoints import endpoint_of
-from llmbatch.core.http import parse_duration
+from llmbatch.core.http import reset_seconds
 from llmbatch.core.retry import DEFAULT_MAX_RETRY_WAIT
 from llmbatch.core.values import Request
 from llmbatch.schedule.buckets import Bucket, LocalBucket
-from llmbatch.schedule.headers import ANY_NAMES, FAMILIES, FAMILY_PROBES, KINDS
+from llmbatch.schedule.headers import ANY_NAMES, FAMILIES, FAMILY_PROBES, OUTPUT
 from llmbatch.schedule.pace import CUT_HOLD, SHARE_MIN, SIGNIFICANT_SHARE, AdaptivePace
 from llmbatch.schedule.permit import Permit
 from llmbatch.schedule.shared import Shared
 from llmbatch.schedule.tokens import TokenEstimator
 
-__all__ = ["Limits"]
+__all__ = ["PACER_STATES", "Limits"]
 
+# The words `Limits.condition` says the pacer's state in.
+PACER_STATES = ("free", "paused", "waiting", "lowered", "drained", "burst", "smooth")
 # While the server's budget is empty, pace at this share of the limit: at exactly the
 # refill rate, network jitter makes every other request arrive a moment too early.
 DRAINED_PACE = 0.97
@@ -81,16 +83,26 @@ class Limits(AdaptivePace):
         tpm: float | None = None,
         shared: Shared | None = None,
         max_pause: float = DEFAULT_MAX_RETRY_WAIT,
+        output_tpm: float | None = None,
+        split_tokens: bool = False,
     ) -> None:
         self.rpm = rpm
         self.tpm = tpm
+        # Input and output tokens limited apart (Anthropic's): the token bucket is then
+        # charged the prompt only (less what the cache read), and the output bucket
+        # (--output-tpm, or learned) the answer expected, settled against the real
+        # output tokens.
+        self.split_tokens = split_tokens
+        self._output: Bucket | None = self._new_bucket(OUTPUT, output_tpm) if output_tpm else None
         self.max_pause = max_pause  # a server's delay pauses the run this long at most
         self._shared = shared  # several processes on one key (--redis), else None
         self._requests: Bucket | None = self._new_bucket("requests", rpm) if rpm else None
         self._tokens: Bucket | None = self._new_bucket("tokens", tpm) if tpm else None
         # The limits per minute, given or learned, by kind; and the kinds whose
         # budget the server last said was empty (paced at DRAINED_PACE meanwhile).
-        self._limit: dict[str, float] = {k: v for k, v in (("requests", rpm), ("tokens", tpm)) if v}
+        self._limit: dict[str, float] = {
+            k: v for k, v in (("requests", rpm), ("tokens", tpm), (OUTPUT, output_tpm)) if v
+        }
         self._given = frozenset(self._limit)
         self._drained: set[str] = set()
         # The header family the server announces by (see FAMILIES), and how many more
@@ -103,6 +115,9 @@ class Limits(AdaptivePace):
         # 429 came in the middle of such a burst (the server enforces a shorter window).
         self._offered: set[str] = set()
         self._smooth: set[str] = set()
+        # The last token charge of a request, by kind (split tokens: what one request on
+        # its way may still cost of an offered token budget).
+        self._charges: dict[str, int] = {}
         self._announced: str | None = None  # the requests limit announced beside a given --rpm
         # Where a lesson the run learned is told once (the engine's log), else nowhere.
         self.notify: Callable[[str], None] | None = None
@@ -120,7 +135,9 @@ class Limits(AdaptivePace):
     @property
     def may_wait(self) -> bool:
         """Whether `acquire` can block at all (no limits and no pushback: never)."""
-        return bool(self._requests or self._tokens or self._pace or self._paused_until or self._shared)
+        return bool(
+            self._requests or self._tokens or self._output or self._pace or self._paused_until or self._shared
+        )
 
     def clamp(self, tokens: int) -> int:
         """A token charge the bucket can grant: an oversized request must not hang."""
@@ -128,8 +145,9 @@ class Limits(AdaptivePace):
             return tokens
         return min(tokens, int(self._tokens.capacity))
 
-    async def acquire(self, tokens: int = 0) -> None:
-        """Wait until a request costing `tokens` (an estimate) may be sent."""
+    async def acquire(self, tokens: int = 0, output: int = 0) -> None:
+        """Wait until a request costing `tokens` (an estimate; with `split_tokens`, of
+        its prompt, and `output` of its answer) may be sent."""
         loop = self._loop = asyncio.get_running_loop()
         await self._wait_pause(loop)
         if self._pace is not None:
@@ -145,6 +163,10 @@ class Limits(AdaptivePace):
             amount = self.clamp(tokens)
             self.waiting = ("tokens", amount)
             await self._tokens.acquire(amount)
+        if self._output is not None and output > 0:
+            amount = min(output, int(self._output.capacity))
+            self.waiting = (OUTPUT, amount)
+            await self._output.acquire(amount)
         self.waiting = None
         await self._wait_pause(loop)  # a 429 may have come back while this one waited
         self._sending(loop)
@@ -165,14 +187,26 @@ class Limits(AdaptivePace):
         """Wait until `request` may be sent; the permit it returns must be settled once
         with the attempt's outcome. `chars` is its prompt size when the caller has it
         already (it does not change between attempts)."""
-        charged = 0
-        if self._tokens is not None:
+        charged = charged_out = 0
+        if self._tokens is not None or self._output is not None:
             endpoint = endpoint_of(request.url)
             if chars is None:
                 chars = endpoint.prompt_chars(request.body)
-            charged = self.clamp(self.estimator.estimate(endpoint, request.body, chars))
-        await self.acquire(charged)
-        return Permit(self, charged, chars or 0)
+            if self.split_tokens:
+                prompt, answer = self.estimator.split(endpoint, request.body, chars)
+                charged = self.clamp(prompt) if self._tokens is not None else 0
+                # The answer expected (the average so far, within its ceiling), not the
+                # ceiling: a max_tokens of 1,024 is often more than a second of the
+                # output limit, and most answers are far shorter. Anthropic reserves
+                # max_tokens on its side while a request runs; what that leaves is in
+                # its headers' remaining, which caps this bucket as any budget does.
+                answer = min(answer, int(self.estimator.answer_tokens) + 1)
+                charged_out = answer if self._output is not None else 0
+                self._charges["tokens"], self._charges[OUTPUT] = prompt, answer
+            elif self._tokens is not None:
+                charged = self.clamp(self.estimator.estimate(endpoint, request.body, chars))
+        await self.acquire(charged, charged_out)
+        return Permit(self, charged, chars or 0, charged_out)
 
     def oversized(self, request: Request, chars: int | None = None) -> int:
         """The token estimate of a request bigger than a minute of --tpm allows (0 for
@@ -184,6 +218,8 @@ class Limits(AdaptivePace):
         return tokens if tokens > tpm else 0
 
     def _bucket(self, kind: str) -> Bucket | None:
+        if kind == OUTPUT:
+            return self._output
         return self._requests if kind == "requests" else self._tokens
 
     async def _wait_pause(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -201,6 +237,11 @@ class Limits(AdaptivePace):
         """
         if self._tokens is not None:
             self._tokens.adjust(actual - charged)
+
+    def settle_output(self, charged: int, actual: int) -> None:
+        """`settle` for the output tokens' bucket (split tokens only)."""
+        if self._output is not None:
+            self._output.adjust(actual - min(charged, int(self._output.capacity)))
 
     def pushed_back(self, delay: float | None, headers: Mapping[str, str] | None = None) -> None:
         """The server said 429: pause for `delay`, and lower the pace once per burst.
@@ -264,7 +305,7 @@ class Limits(AdaptivePace):
         ):
             return False
         names = self._names
-        for kind in KINDS:
+        for kind in names:
             limit = get(names[kind][0])
             if limit and kind in self._given:
                 if kind == "requests":
@@ -277,7 +318,7 @@ class Limits(AdaptivePace):
                 if per_minute > 0 and self._limit.get(kind) != per_minute:
                     self._learn_limit(kind, per_minute)
         drained = False
-        for kind in KINDS:
+        for kind in names:
             _, left_name, reset_name = names[kind]
             left = get(left_name)
             if left is None:
@@ -293,7 +334,7 @@ class Limits(AdaptivePace):
                     self._spent = True
                 if bucket is None:  # no known rate: the reset is all there is
                     reset = get(reset_name) if reset_name else None
-                    wait = parse_duration(reset) if reset else None
+                    wait = reset_seconds(reset) if reset else None
                     if wait:
                         self._pause(min(wait, UNKNOWN_RATE_WAIT), f"the server's {kind} budget is spent")
                     continue
@@ -308,6 +349,8 @@ class Limits(AdaptivePace):
                 bucket.cap_available(remaining)
                 if answer and kind == "requests" and kind not in self._smooth:
                     self._offer(bucket, remaining)
+                elif answer and self.split_tokens and kind not in self._smooth:
+                    self._offer_tokens(kind, bucket, remaining)
         return drained
 
     def _find_family(self, headers: Mapping[str, str]) -> bool:
@@ -334,6 +377,21 @@ class Limits(AdaptivePace):
             bucket.offer(0)
             self._offered.discard("requests")
 
+    def _offer_tokens(self, kind: str, bucket: Bucket, remaining: float) -> None:
+        """`_offer` for a token budget (input or output, limited apart: Anthropic's
+        buckets refill continuously up to a minute's worth): what is left less what the
+        requests on their way may cost, at the last charge each."""
+        if self._shared is not None or kind in self._given:
+            return
+        charge = self._charges.get(kind, 0)
+        spare = remaining - max(0, self._sent - self._answers - 1) * charge
+        if charge and spare >= charge:
+            bucket.offer(spare)
+            self._offered.add(kind)
+        elif kind in self._offered:
+            bucket.offer(0)
+            self._offered.discard(kind)
+
     def _above_given(self) -> bool:
         """Whether the server announces a higher request limit than the --rpm given (the
         user's share of the key, say): its budget is not the run's to spend at once."""
@@ -347,7 +405,7 @@ class Limits(AdaptivePace):
         theirs is empty): the server refused a burst its headers allowed."""
         get = headers.get
         said = False
-        for kind in KINDS:
+        for kind in self._names:
             left = get(self._names[kind][1])
             if left is None:
                 continue
@@ -364,7 +422,11 @@ class Limits(AdaptivePace):
         limit over a shorter window than a minute. Pace smoothly (one second's worth at
         a time) for the rest of the run, say so once; the burst's other 429s, on their way
         already, pause but do not cut the pace."""
-        self._offered.discard("requests")
+        for kind in self._offered - {"requests"}:  # token budgets offered: smooth too
+            if (tokens := self._bucket(kind)) is not None:
+                tokens.offer(0)
+            self._smooth.add(kind)
+        self._offered.clear()
         self._smooth.add("requests")
         bucket = self._requests
         if bucket is not None:
@@ -384,6 +446,9 @@ class Limits(AdaptivePace):
 
     def _learn_limit(self, kind: str, per_minute: float) -> None:
         self._limit[kind] = per_minute
+        if kind == OUTPUT:
+            self._output = self._new_bucket(kind, per_minute)
+            return
         if kind == "tokens":
             self.tpm = per_minute
             self._tokens = self._new_bucket(kind, per_minute)
@@ -410,37 +475,44 @@ class Limits(AdaptivePace):
 
     def status(self) -> str | None:
         """What holds requests back right now, or the mode the pacer is in, in words (for
-        the display), or None: paused, waiting for a budget, a lowered pace, pacing at the
-        refill rate (the server's budget spent), spending an announced budget at once,
-        pacing smoothly (a shorter window learned)."""
+        the display), or None: see `condition`."""
+        return self.condition()[1]
+
+    def condition(self) -> tuple[str, str | None]:
+        """The pacer's state, as one word (for the metrics) and in words (None when
+        nothing holds requests back): `paused`, `waiting` for a budget, `lowered` pace,
+        `drained` (pacing at the refill rate, the server's budget spent), `burst`
+        (spending an announced budget at once), `smooth` (a shorter window learned), or
+        `free`."""
         if self._loop is None:
-            return None
+            return "free", None
         loop_time = self._loop.time()  # from the display's thread too: a monotonic clock
         left, cause = self._paused_until - loop_time, self._pause_cause
         if self._shared is not None and (shared := self._shared.pause_left())[0] > left:
             left, cause = shared
         if left > 0.05:
-            return f"paused {left:.0f} s ({cause})" if left >= 1 else f"paused ({cause})"
+            return "paused", f"paused {left:.0f} s ({cause})" if left >= 1 else f"paused ({cause})"
         waiting = self.waiting
         if waiting is not None:
             kind, amount = waiting
             bucket = self._bucket(kind)
             wait = bucket.wait_for(amount) if bucket is not None else 0.0
             if wait >= 1.0:
-                return f"waiting for {kind[:-1]} budget (next in {wait:.0f} s)"
+                what = "output token" if kind == OUTPUT else kind[:-1]
+                return "waiting", f"waiting for {what} budget (next in {wait:.0f} s)"
         if self._pace is not None:
             limit = f"; limit {self._ceiling * 60:,.0f}/min" if self._ceiling else ""
-            return f"pace {self._pace * 60:,.0f}/min (lowered after 429s{limit})"
+            return "lowered", f"pace {self._pace * 60:,.0f}/min (lowered after 429s{limit})"
         if self._drained:
-            return (
+            return "drained", (
                 "pacing at the refill rate: the server's "
                 f"{' and '.join(sorted(self._drained))} budget is empty"
             )
         if self._offered:
-            return "spending the budget the server announced, at once"
+            return "burst", "spending the budget the server announced, at once"
         if self._smooth:
-            return "pacing smoothly: the server enforces its limit over a shorter window"
-        return None
+            return "smooth", "pacing smoothly: the server enforces its limit over a shorter window"
+        return "free", None
 
     # --- shared with other processes on the key (--redis); unused without -------------
 

@@ -31,12 +31,13 @@ class Permit:
     counted it) all the same.
     """
 
-    __slots__ = ("_limits", "charged", "chars", "settled")
+    __slots__ = ("_limits", "charged", "charged_out", "chars", "settled")
 
-    def __init__(self, limits: Limits, charged: int, chars: int) -> None:
+    def __init__(self, limits: Limits, charged: int, chars: int, charged_out: int = 0) -> None:
         self._limits = limits
         self.charged = charged  # tokens charged to the budget up front (0 without --tpm)
         self.chars = chars  # the prompt's characters, to calibrate the estimator
+        self.charged_out = charged_out  # output tokens charged (input and output limited apart)
         self.settled = False
 
     def settle(self, outcome: Completion | BaseException) -> None:
@@ -46,7 +47,12 @@ class Permit:
         limits = self._limits
         if isinstance(outcome, Completion):
             usage = outcome.usage
-            if limits.tpm is not None:
+            if limits.split_tokens:
+                # Anthropic counts input tokens less cache reads against the input limit.
+                limits.settle(self.charged, usage.prompt_tokens - usage.cached_tokens)
+                limits.settle_output(self.charged_out, usage.completion_tokens)
+                limits.estimator.observe(self.chars, usage.prompt_tokens, usage.completion_tokens)
+            elif limits.tpm is not None:
                 limits.settle(self.charged, usage.total_tokens)
                 limits.estimator.observe(self.chars, usage.prompt_tokens, usage.completion_tokens)
             if outcome.headers:
@@ -57,6 +63,8 @@ class Permit:
             return
         if getattr(outcome, "code", None) != "timeout":
             limits.settle(self.charged, 0)
+            if self.charged_out:
+                limits.settle_output(self.charged_out, 0)
         if isinstance(outcome, RateLimited):
             limits.pushed_back(outcome.retry_after, outcome.headers or None)
         elif not isinstance(outcome, AuthError):

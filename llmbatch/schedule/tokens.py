@@ -39,6 +39,15 @@ class TokenEstimator:
         answer = self.answer_tokens if ceiling is None else ceiling
         return int(chars / self.chars_per_token + answer) + 1
 
+    def split(self, endpoint: Endpoint, body: Mapping[str, Any], chars: int | None = None) -> tuple[int, int]:
+        """`estimate` in its two parts, for limits that count them apart: (the prompt's
+        tokens, the answer's: its ceiling, else the average answer so far)."""
+        if chars is None:
+            chars = endpoint.prompt_chars(body)
+        ceiling = endpoint.answer_ceiling(body)
+        answer = self.answer_tokens if ceiling is None else ceiling
+        return int(chars / self.chars_per_token) + 1, int(answer)
+
     def observe(self, chars: int, prompt_tokens: int, completion_tokens: int) -> None:
         if prompt_tokens > 0 and chars > 0:
             self._seen_chars += chars

@@ -28,6 +28,7 @@ from llmbatch.testing.api import ApiError, Reply, new_id, page, query_int
 from llmbatch.testing.batchlines import ENDPOINTS, InputFile, Result, answer, not_run, read_input
 from llmbatch.testing.counts import Attempts, ServerStats
 from llmbatch.testing.files import OUTPUT_PURPOSE, FileStore
+from llmbatch.testing.quality import Quality
 
 __all__ = ["Batch", "BatchBehaviour", "BatchQueue"]
 
@@ -60,9 +61,13 @@ class BatchBehaviour:
     ``token_limit_exceeded``. ``lose_create_answers``: the first k creates make their
     batch and then drop the connection without an answer. ``fail_creates``: the first k
     creates are refused with ``fail_status``, the message quoting the request's
-    Authorization header back (as a badly behaved gateway does)."""
+    Authorization header back (as a badly behaved gateway does). ``min_seconds``: a batch
+    stays ``in_progress`` at least this long after it starts, its lines run or not (a
+    batch that would take ten minutes whose answers are all in after two: they are only
+    out when it ends, or is cancelled)."""
 
     start_delay: float = 0.0
+    min_seconds: float = 0.0
     lines_per_second: float | None = None
     expire_after: int | None = None
     enqueued_token_limit: int | None = None
@@ -189,8 +194,10 @@ class BatchQueue:
         stats: ServerStats,
         reply: Reply,
         seed: int = 0,
+        quality: Quality | None = None,
     ) -> None:
         self.behaviour = behaviour
+        self.quality = quality  # a share of each model's answers spoiled
         self.files = files
         self.attempts = attempts
         self.stats = stats
@@ -321,7 +328,7 @@ class BatchQueue:
             if behaviour.expire_after is not None and batch.run >= behaviour.expire_after:
                 self._finish(batch, "expired", "batch_expired")
                 return None
-            result = answer(line, batch.endpoint, self.attempts)
+            result = answer(line, batch.endpoint, self.attempts, self.stats, self.quality)
             batch.add(result)
             batch.run += 1
             if result.fault is not None:
@@ -333,6 +340,8 @@ class BatchQueue:
             elif batch.run % YIELD_EVERY == 0:
                 await asyncio.sleep(0)
         if batch.cancel.is_set():
+            return await self._cancelled(batch)
+        if await batch.cancelled_within(started + behaviour.min_seconds - loop.time()):
             return await self._cancelled(batch)
         batch.become("finalizing")
         await asyncio.sleep(0)

@@ -23,7 +23,9 @@ import orjson
 from llmbatch.core import endpoints
 from llmbatch.providers import answers, script
 from llmbatch.testing.api import injected_error, new_id
-from llmbatch.testing.counts import Attempts, request_digest
+from llmbatch.testing.counts import Attempts, ServerStats, request_digest
+from llmbatch.testing.parts import bad_part
+from llmbatch.testing.quality import Quality
 
 __all__ = ["ENDPOINTS", "MAX_LINES", "InputFile", "Line", "Result", "answer", "not_run", "read_input"]
 
@@ -134,16 +136,24 @@ def _check(row: Any, endpoint: str, seen: set[str]) -> tuple[str, str, str | Non
     return None
 
 
-def answer(line: Line, endpoint: str, attempts: Attempts) -> Result:
-    """Run one line: the fake model's answer to its attempt, counted."""
+def answer(
+    line: Line, endpoint: str, attempts: Attempts, stats: ServerStats, quality: Quality | None = None
+) -> Result:
+    """Run one line: the fake model's answer to its attempt, counted (in `stats` by way
+    and model; spoiled by `quality`, maybe)."""
     key = attempts.line(line.custom_id, line.digest)
     outcome = script.step(script.parse_script(line.body), attempts.count(key), line.body)
     attempts.answered(key)
     request_id = new_id("req_")
+    if (problem := bad_part(endpoint, line.body)) is not None:
+        error = {"message": problem, "type": "invalid_request_error", "code": "invalid_image_format"}
+        return Result(False, _record(line.custom_id, 400, request_id, {"error": error}), fault="400")
     fault = outcome.fault
     if fault is None or fault == "nochoices":
         body = answers.answer_body(endpoint, line.body, outcome, new_id(answers.id_prefix(endpoint)))
         prompt, completion = answers.billed(body)
+        spoiled = fault is None and quality is not None and quality.spoil(endpoint, line.body, body)
+        stats.answered("batch", line.body.get("model"), prompt, completion, answers.cached(body), spoiled)
         if fault == "nochoices":
             body = {**answers.empty_body(endpoint), "usage": body.get("usage")}
         return Result(True, _record(line.custom_id, 200, request_id, body), prompt, completion, fault)

@@ -15,6 +15,8 @@ import gc
 
 from llmbatch.testing import server as fake_server
 from llmbatch.testing.buckets import RESET_MEANINGS
+from llmbatch.testing.promptcache import PromptCache
+from llmbatch.testing.quality import parse_quality
 from llmbatch.testing.server import LOOP_KINDS, FakeServer, new_event_loop
 
 __all__ = ["main"]
@@ -69,6 +71,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--loop", choices=LOOP_KINDS, default="auto", help="event loop (auto: uvloop when installed)"
     )
+    parser.add_argument(
+        "--quality",
+        action="append",
+        default=[],
+        metavar="MODEL=SHARE",
+        help="a share of MODEL's answers spoiled (not valid JSON); repeatable",
+    )
+    parser.add_argument(
+        "--prompt-cache",
+        action="store_true",
+        help="report cached_tokens for prompt prefixes sent before (routed by prompt_cache_key)",
+    )
     batch = parser.add_argument_group("Batch API")
     batch.add_argument(
         "--batch-start-delay", type=float, default=0.0, help="seconds a batch stays validating"
@@ -78,6 +92,9 @@ def main(argv: list[str] | None = None) -> None:
         type=float,
         default=None,
         help="the pace of a running batch (default: unpaced)",
+    )
+    batch.add_argument(
+        "--batch-min-seconds", type=float, default=0.0, help="a batch stays in progress at least this long"
     )
     batch.add_argument("--batch-expire-after", type=int, default=None, help="a batch expires after N lines")
     batch.add_argument(
@@ -113,9 +130,12 @@ def main(argv: list[str] | None = None) -> None:
         port=args.port,
         batch_start_delay=args.batch_start_delay,
         batch_lines_per_second=args.batch_lines_per_second,
+        batch_min_seconds=args.batch_min_seconds,
         batch_expire_after=args.batch_expire_after,
         enqueued_token_limit=args.enqueued_token_limit,
         lose_create_answers=args.lose_create_answers,
+        quality=parse_quality(args.quality),
+        prompt_cache=PromptCache() if args.prompt_cache else None,
     )
 
     async def run() -> None:

@@ -27,6 +27,9 @@ from llmbatch.providers import answers, script
 from llmbatch.testing.api import JSON, Reply, error_body, injected_error
 from llmbatch.testing.buckets import KeyLimit, RateLimits
 from llmbatch.testing.counts import Attempts, ServerStats, request_digest
+from llmbatch.testing.parts import bad_part
+from llmbatch.testing.promptcache import PromptCache
+from llmbatch.testing.quality import Quality
 
 __all__ = ["FAULT_KINDS", "MODEL_PATHS", "ModelEndpoints"]
 
@@ -65,6 +68,8 @@ class ModelEndpoints:
     attempts: Attempts
     limits: RateLimits | None
     key_limit: KeyLimit | None  # a LiteLLM-style key limit in front of the model
+    quality: Quality | None  # a share of each model's answers spoiled
+    prompt_cache: PromptCache | None  # cached_tokens for prefixes sent before
     reply: Reply
     _seq: int
 
@@ -103,6 +108,9 @@ class ModelEndpoints:
         except (orjson.JSONDecodeError, ValueError) as exc:
             return self.reply(400, error_body(f"Invalid JSON body: {exc}", "invalid_request_error", None))
 
+        # Images and PDFs are checked as OpenAI checks them (a body without any: not looked at).
+        if (b"image" in raw or b"file" in raw) and (problem := bad_part(path, body)) is not None:
+            return self.reply(400, error_body(problem, "invalid_request_error", "invalid_image_format"))
         plan = script.parse_script(body) if DIRECTIVE in raw or b"\\u" in raw else NO_SCRIPT
         # Only a script's outcome depends on the attempt, and only a body seen in a batch
         # has a custom_id to count its answers under: the others need no count.
@@ -127,6 +135,8 @@ class ModelEndpoints:
                     hdrs.append(("retry-after", str(max(1, round(refused.wait)))))
                 return self.reply(429, error_body(refused.message, refused.kind, "rate_limit_exceeded"), hdrs)
         limit_headers = self._limit_headers()
+        if self.prompt_cache is not None:  # at arrival: the prefix is held from now
+            self.prompt_cache.serve(path, body, payload)
         tier = body.get("service_tier")
         if tier == "flex" and self.flex_capacity_429 and self.rng.random() < self.flex_capacity_429:
             self.stats.faults["capacity_429"] = self.stats.faults.get("capacity_429", 0) + 1
@@ -161,6 +171,8 @@ class ModelEndpoints:
                 payload["id"] = f"{answers.id_prefix(path)}{self._seq}"
             stats.prompt_tokens += prompt
             stats.completion_tokens += completion
+            spoiled = self.quality is not None and self.quality.spoil(path, body, payload)
+            stats.answered("live", body.get("model"), prompt, completion, answers.cached(payload), spoiled)
             hdrs = [("x-request-id", f"req_{self._seq:08d}"), *limit_headers]
             return self.reply(200, orjson.dumps(payload), hdrs)
         finally:

@@ -36,7 +36,10 @@ class ServerStats:
     The Batch API's: ``uploads`` files uploaded, ``creates`` batches made (a create
     whose answer was lost included), ``cancels`` cancel requests for a batch that
     exists; ``answers`` how often each ``custom_id`` was answered, by batches and by live
-    requests carrying its body (see :class:`Attempts`)."""
+    requests carrying its body (see :class:`Attempts`).
+
+    ``by_way`` counts the 200 answers by way (``live``, ``batch``), ``by_model`` them and
+    their usage per model (``spoiled``: made invalid by the quality knob)."""
 
     requests: int = 0
     by_status: dict[int, int] = field(default_factory=dict)
@@ -51,6 +54,25 @@ class ServerStats:
     creates: int = 0
     cancels: int = 0
     answers: dict[str, int] = field(default_factory=dict)
+    # The 200 answers by way (live, batch), and per model: answers, their usage, and
+    # how many the quality knob spoiled (llmbatch.testing.quality).
+    by_way: dict[str, int] = field(default_factory=dict)
+    by_model: dict[str, dict[str, int]] = field(default_factory=dict)
+
+    def answered(
+        self, way: str, model: Any, prompt: int, completion: int, cached: int = 0, spoiled: bool = False
+    ) -> None:
+        """A 200 answer sent (`way`: live, or a batch's line) by `model`."""
+        self.by_way[way] = self.by_way.get(way, 0) + 1
+        name = model if isinstance(model, str) else ""
+        row = self.by_model.get(name)
+        if row is None:
+            row = self.by_model[name] = dict.fromkeys(_MODEL_COUNTS, 0)
+        row["answers"] += 1
+        row["prompt_tokens"] += prompt
+        row["completion_tokens"] += completion
+        row["cached_tokens"] += cached
+        row["spoiled"] += spoiled
 
     def as_dict(self) -> dict[str, Any]:
         """The counters as ``GET /_stats`` sends them (the authorizations are left out)."""
@@ -67,7 +89,12 @@ class ServerStats:
             "creates": self.creates,
             "cancels": self.cancels,
             "answers": dict(self.answers),
+            "by_way": dict(self.by_way),
+            "by_model": {m: dict(row) for m, row in self.by_model.items()},
         }
+
+
+_MODEL_COUNTS = ("answers", "prompt_tokens", "completion_tokens", "cached_tokens", "spoiled")
 
 
 def digest(body: bytes) -> bytes:

@@ -32,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import random
 import threading
+from collections.abc import Mapping
 from typing import Literal, cast
 
 import orjson
@@ -44,6 +45,8 @@ from llmbatch.testing.buckets import RESET_MEANINGS, KeyLimit, RateLimits, Reset
 from llmbatch.testing.completions import FAULT_KINDS, MODEL_PATHS, ModelEndpoints
 from llmbatch.testing.counts import Attempts, ServerStats
 from llmbatch.testing.files import FileStore
+from llmbatch.testing.promptcache import PromptCache
+from llmbatch.testing.quality import Quality
 
 __all__ = ["LOOP_KINDS", "FakeServer", "LoopKind", "ServerStats", "error_body", "new_event_loop"]
 
@@ -91,13 +94,18 @@ class FakeServer(ModelEndpoints):
     an answer says which tier served it (``service_tier``) when the request named one.
 
     The Batch API: a batch stays ``validating`` for ``batch_start_delay`` seconds, then
-    runs ``batch_lines_per_second`` lines a second (None: unpaced); it expires after
+    runs ``batch_lines_per_second`` lines a second (None: unpaced) and stays in progress at
+    least ``batch_min_seconds`` from its start; it expires after
     ``batch_expire_after`` lines; it fails with ``token_limit_exceeded`` when its input
     tokens and those of its model's batches still validating or in progress pass
     ``enqueued_token_limit``; the first ``lose_create_answers`` creates make their batch
     and drop the connection unanswered; the first ``fail_creates`` creates are refused
     with ``fail_create_status``, quoting the caller's Authorization header (see
     :class:`~llmbatch.testing.batches.BatchBehaviour`).
+
+    ``quality`` spoils a share of each named model's answers, live and in batches (see
+    :mod:`llmbatch.testing.quality`); ``prompt_cache`` reports ``cached_tokens`` for
+    prefixes sent before (see :mod:`llmbatch.testing.promptcache`).
     """
 
     def __init__(
@@ -126,11 +134,14 @@ class FakeServer(ModelEndpoints):
         loop: LoopKind = "auto",
         batch_start_delay: float = 0.0,
         batch_lines_per_second: float | None = None,
+        batch_min_seconds: float = 0.0,
         batch_expire_after: int | None = None,
         enqueued_token_limit: int | None = None,
         lose_create_answers: int = 0,
         fail_creates: int = 0,
         fail_create_status: int = 500,
+        quality: Mapping[str, float] | None = None,
+        prompt_cache: PromptCache | None = None,
     ) -> None:
         if reset_means not in RESET_MEANINGS:
             raise ValueError(f"reset_means must be one of {', '.join(RESET_MEANINGS)}")
@@ -160,11 +171,14 @@ class FakeServer(ModelEndpoints):
         self.port = port
         self.loop_kind: LoopKind = loop
         self.stats = ServerStats()
+        self.quality = Quality(quality, seed=seed) if quality else None
+        self.prompt_cache = prompt_cache
         self.attempts = Attempts(self.stats.answers)
         self.files = FileStore(self.stats, self.reply)
         behaviour = BatchBehaviour(
             start_delay=batch_start_delay,
             lines_per_second=batch_lines_per_second,
+            min_seconds=batch_min_seconds,
             expire_after=batch_expire_after,
             enqueued_token_limit=enqueued_token_limit,
             lose_create_answers=lose_create_answers,
@@ -172,7 +186,13 @@ class FakeServer(ModelEndpoints):
             fail_status=fail_create_status,
         )
         self.batches = BatchQueue(
-            behaviour, files=self.files, attempts=self.attempts, stats=self.stats, reply=self.reply, seed=seed
+            behaviour,
+            files=self.files,
+            attempts=self.attempts,
+            stats=self.stats,
+            reply=self.reply,
+            seed=seed,
+            quality=self.quality,
         )
         self.limits: RateLimits | None = None
         self.key_limit: KeyLimit | None = None

@@ -1,5 +1,6 @@
 """The endpoints llmbatch speaks, one class each (:mod:`.base` says what a class holds):
-chat completions, embeddings, the Responses API, completions and moderations. Every
+chat completions, embeddings, the Responses API, completions, moderations and
+Anthropic's Messages API. Every
 layer reads request bodies and answers through them, so a ``max_tokens`` or an answer
 text means the same to the limits, the spending cap, `estimate`, the validators and the
 output.
@@ -22,6 +23,7 @@ from llmbatch.core.endpoints.base import CHARS_PER_TOKEN, DEFAULT_ANSWER_TOKENS,
 from llmbatch.core.endpoints.chat import CHAT, Chat
 from llmbatch.core.endpoints.completions import COMPLETIONS, Completions
 from llmbatch.core.endpoints.embeddings import EMBEDDINGS, Embeddings
+from llmbatch.core.endpoints.messages import DEFAULT_MESSAGES_MAX_TOKENS, MESSAGES, Messages
 from llmbatch.core.endpoints.moderations import MODERATIONS, Moderations
 from llmbatch.core.endpoints.responses import RESPONSES, Responses, text_format_of
 
@@ -31,8 +33,10 @@ __all__ = [
     "CHAT_ENDPOINT",
     "COMPLETIONS",
     "DEFAULT_ANSWER_TOKENS",
+    "DEFAULT_MESSAGES_MAX_TOKENS",
     "EMBEDDINGS",
     "ENDPOINTS",
+    "MESSAGES",
     "MODERATIONS",
     "RESPONSES",
     "Endpoint",
@@ -44,7 +48,7 @@ __all__ = [
 ]
 
 ENDPOINTS: dict[str, Endpoint] = {
-    e.path: e for e in (Chat(), Embeddings(), Responses(), Completions(), Moderations())
+    e.path: e for e in (Chat(), Embeddings(), Responses(), Completions(), Moderations(), Messages())
 }
 CHAT_ENDPOINT = ENDPOINTS[CHAT]
 # A bare body's endpoint when --endpoint does not say: the first of these whose key it

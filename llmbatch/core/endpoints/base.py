@@ -16,11 +16,12 @@ An endpoint is one place for everything that differs between the APIs llmbatch s
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import orjson
 
+from llmbatch.core.attachments import Attachment, attachment_parts, part_tokens
 from llmbatch.core.usage import Usage
 
 __all__ = [
@@ -60,7 +61,8 @@ def tokens(value: Any) -> int | None:
 
 def text_chars(value: Any) -> int:
     """Characters of text in a content value: a string, or a list of parts (strings or
-    objects with a "text")."""
+    objects with a "text"); an attached image or PDF as the characters of the tokens it
+    costs (:mod:`llmbatch.core.attachments`)."""
     if isinstance(value, str):
         return len(value)
     if isinstance(value, list):
@@ -68,8 +70,12 @@ def text_chars(value: Any) -> int:
         for part in value:
             if isinstance(part, str):
                 n += len(part)
-            elif isinstance(part, dict) and isinstance(text := part.get("text"), str):
-                n += len(text)
+            elif isinstance(part, dict):
+                if isinstance(text := part.get("text"), str):
+                    n += len(text)
+                elif (attached := part_tokens(part)) is not None:
+                    # An image or PDF counts what it is billed, not its base64.
+                    n += int(attached * CHARS_PER_TOKEN)
         return n
     return 0
 
@@ -86,7 +92,8 @@ class Endpoint:
     field that makes a bare body this endpoint's when ``--endpoint`` is not given.
     `text_answers` is False for answers the validators cannot read as text (vectors,
     moderation results): they get the usability check only; one that does not
-    `takes_validators` refuses ``--validate`` and ``--schema`` outright."""
+    `takes_validators` refuses ``--validate`` and ``--schema`` outright;
+    `default_max_tokens` fills `max_tokens_key` when nothing else does."""
 
     path: str = ""
     name: str = ""
@@ -98,6 +105,13 @@ class Endpoint:
     bare_key: str | None = None
     text_answers: bool = True
     takes_validators: bool = True
+    # Whether `attach` puts images and PDFs in its body (--attach): chat's and the
+    # Responses API's do; another endpoint that can (the Messages API's image and
+    # document blocks) sets it and overrides `attach`.
+    takes_attachments: bool = False
+    # The ceiling a body gets when neither it nor --max-tokens gives one: for an API
+    # that refuses a request without (Anthropic's); None: the body goes without.
+    default_max_tokens: int | None = None
 
     # --- the request ---------------------------------------------------------------
 
@@ -123,6 +137,19 @@ class Endpoint:
     def reask(self, body: Mapping[str, Any], answer: str | None, reason: str) -> dict[str, Any] | None:
         """The body of a re-ask after an invalid `answer`; None: the same body again."""
         return None
+
+    def reask_after(
+        self, body: Mapping[str, Any], answer_body: Any, answer: str | None, reason: str
+    ) -> dict[str, Any] | None:
+        """`reask` for an endpoint whose re-ask needs the whole answer (`answer_body`:
+        the Messages API's tool_use id); the others' is `reask`'s."""
+        return self.reask(body, answer, reason)
+
+    def attach(self, body: dict[str, Any], attachments: Sequence[Attachment]) -> dict[str, Any]:
+        """The body a template filled, carrying `attachments` (images, PDFs) as content
+        parts after the prompt's text. Raises ValueError saying what this endpoint cannot
+        take: here, anything (chat and the Responses API take attachments)."""
+        raise ValueError(f"--attach: {self.path} takes no attachments (chat completions and responses do)")
 
     # --- the answer ----------------------------------------------------------------
 
@@ -191,8 +218,16 @@ class Endpoint:
 
     def prompt_bound(self, body: Mapping[str, Any]) -> int:
         """An upper bound on the prompt's tokens: the UTF-8 bytes of what carries it
-        (a token is at least a byte)."""
-        return sum(len(orjson.dumps(part)) for key in self.prompt_keys if (part := body.get(key)) is not None)
+        (a token is at least a byte); an attached image or PDF counts the tokens it
+        costs instead of its bytes."""
+        n = 0
+        for key in self.prompt_keys:
+            value = body.get(key)
+            if value is not None:
+                n += len(orjson.dumps(value))
+                for part in attachment_parts(value):
+                    n += (part_tokens(part) or 0) - len(orjson.dumps(part))
+        return n
 
     def __repr__(self) -> str:
         return f"<endpoint {self.path}>"

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
+from llmbatch.core.attachments import Attachment
 from llmbatch.core.endpoints.base import MESSAGE_FRAMING, Endpoint, text_chars
 
 __all__ = ["CHAT", "Chat", "choice_text", "first_choice", "refusal_part"]
@@ -64,6 +65,7 @@ class Chat(Endpoint):
     max_tokens_key = "max_tokens"
     prompt_keys = ("messages",)
     bare_key = "messages"
+    takes_attachments = True
 
     def from_text(self, text: str, system: str | None) -> dict[str, Any]:
         messages = [{"role": "user", "content": text}]
@@ -76,6 +78,25 @@ class Chat(Endpoint):
 
     def schema_params(self, response_format: dict[str, Any]) -> dict[str, Any]:
         return {"response_format": response_format}
+
+    def attach(self, body: dict[str, Any], attachments: Sequence[Attachment]) -> dict[str, Any]:
+        """The user message's content becomes parts: its text, then an ``image_url`` for
+        each image and a ``file`` (base64 file data) for each PDF."""
+        parts: list[dict[str, Any]] = []
+        for a in attachments:
+            if a.kind == "image":
+                parts.append({"type": "image_url", "image_url": {"url": a.url}})
+            elif a.inline:
+                parts.append({"type": "file", "file": {"filename": a.filename, "file_data": a.url}})
+            else:
+                raise ValueError(
+                    f"--attach: {a.name}: chat completions take a PDF as file data, not a URL "
+                    "(give a local path, or --endpoint /v1/responses)"
+                )
+        messages = [dict(m) for m in body["messages"]]
+        user = messages[-1]
+        user["content"] = [{"type": "text", "text": user["content"]}, *parts]
+        return {**body, "messages": messages}
 
     # A re-ask is the same request again (what a chat run has always sent).
 

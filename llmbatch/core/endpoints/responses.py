@@ -13,9 +13,10 @@ validator's message are appended to ``input``.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
+from llmbatch.core.attachments import Attachment
 from llmbatch.core.endpoints.base import MESSAGE_FRAMING, Endpoint, reask_message, text_chars
 from llmbatch.core.endpoints.chat import refusal_part
 from llmbatch.core.usage import Usage
@@ -61,6 +62,7 @@ class Responses(Endpoint):
     ceiling_keys = ("max_output_tokens",)
     max_tokens_key = "max_output_tokens"
     prompt_keys = ("input", "instructions")
+    takes_attachments = True
 
     def from_text(self, text: str, system: str | None) -> dict[str, Any]:
         body: dict[str, Any] = {"input": text}
@@ -70,6 +72,20 @@ class Responses(Endpoint):
 
     def schema_params(self, response_format: dict[str, Any]) -> dict[str, Any]:
         return {"text": {"format": text_format_of(response_format)}}
+
+    def attach(self, body: dict[str, Any], attachments: Sequence[Attachment]) -> dict[str, Any]:
+        """``input`` becomes one user item whose content is the text (``input_text``),
+        an ``input_image`` for each image and an ``input_file`` for each PDF (its file
+        data, or its URL)."""
+        parts: list[dict[str, Any]] = [{"type": "input_text", "text": body["input"]}]
+        for a in attachments:
+            if a.kind == "image":
+                parts.append({"type": "input_image", "image_url": a.url, "detail": "auto"})
+            elif a.inline:
+                parts.append({"type": "input_file", "filename": a.filename, "file_data": a.url})
+            else:
+                parts.append({"type": "input_file", "file_url": a.url})
+        return {**body, "input": [{"role": "user", "content": parts}]}
 
     def reask(self, body: Mapping[str, Any], answer: str | None, reason: str) -> dict[str, Any] | None:
         given = body.get("input")

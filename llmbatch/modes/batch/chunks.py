@@ -52,10 +52,19 @@ class Chunker:
     def place(self, req: Request, *, moving: bool = False) -> None:
         """Put an item in the filling chunk of its endpoint and model (`moving`: an item
         of this record going on to another round, with what it has used). Raises
-        InputError when nothing bounds its answer under --max-cost."""
+        InputError when nothing bounds its answer under --max-cost, or when the request
+        alone is bigger than a file may be."""
         worst = self.cap.worst_case(req) if self.cap is not None else 0.0
         line = orjson.dumps({"custom_id": req.custom_id, "method": "POST", "url": req.url, "body": req.body})
         size = len(line) + 1
+        if size > self.bytes_per_file and not moving:
+            # A request its file cannot hold (its attachments, most often) would make a
+            # file over the limit: that item is a reject, the others go on.
+            raise InputError(
+                f"the request is {size:,} bytes (attachments included), more than a batch file holds "
+                f"(--batch-bytes {self.bytes_per_file:,})",
+                line=req.line,
+            )
         model = str(req.body.get("model") or "")
         key = (req.url, model, self.live)
         chunk = self._filling.get(key)

@@ -13,6 +13,7 @@ compaction keeps one line per id; what was moved on is not looked at twice).
 from __future__ import annotations
 
 import tempfile
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
@@ -29,7 +30,7 @@ from llmbatch.modes.batch.chunks import Chunker, FollowUp
 from llmbatch.modes.batch.state import BatchState, Chunk, ChunkState
 from llmbatch.modes.live.job import Job
 from llmbatch.modes.outcome import Outcomes, Output, Verdict
-from llmbatch.providers.openai_batches import Remote, RemoteBatches
+from llmbatch.providers.openai_batches import BatchAPI, Remote
 
 __all__ = ["NOT_RUN", "Collector", "LiveRun"]
 
@@ -48,7 +49,7 @@ class Collector:
         self,
         *,
         state: BatchState,
-        remote: RemoteBatches,
+        remote: BatchAPI,
         outcomes: Outcomes,
         chunker: Callable[[int], Chunker | None],
         cap: SpendingCap | None,
@@ -116,7 +117,7 @@ class Collector:
             self.cap.settle(self.reserved.pop(chunk.id, 0.0), used)
         if not whole or output.error is not None:
             return
-        self.state.update(chunk.id, state=ChunkState.COLLECTED, status=remote.status)
+        self.state.update(chunk.id, state=ChunkState.COLLECTED, status=remote.status, completed=time.time())
         self.log(f"batch {remote.id} {remote.status}: {len(done):,} written, {follow.count:,} sent on")
 
     async def _results(self, remote: Remote) -> AsyncIterator[dict[str, Any]]:
@@ -187,7 +188,9 @@ class Collector:
             done.append(item.request.custom_id)
         self.outcomes.output.sync()
         self.state.mark_done(done)
-        self.state.update(chunk.id, state=ChunkState.COLLECTED, status="failed", error=message)
+        self.state.update(
+            chunk.id, state=ChunkState.COLLECTED, status="failed", error=message, completed=time.time()
+        )
         self.log(f"batch {remote.id} failed: {message}")
 
     # --- --then live ---------------------------------------------------------------

@@ -24,9 +24,11 @@ from llmbatch.core.values import Request
 from llmbatch.cost.spend import SpendingCap
 from llmbatch.modes.batch.chunks import Chunker, split
 from llmbatch.modes.batch.collect import Collector, LiveRun
+from llmbatch.modes.batch.golive import LiveLimits, LiveSwitch
 from llmbatch.modes.batch.state import BatchState, Chunk, ChunkState
+from llmbatch.modes.deadline import Deadline
 from llmbatch.modes.outcome import Outcomes
-from llmbatch.providers.openai_batches import Remote, RemoteBatches
+from llmbatch.providers.openai_batches import BatchAPI, Remote
 
 __all__ = ["DEFAULT_BATCH_BYTES", "DEFAULT_BATCH_REQUESTS", "DEFAULT_POLL_EVERY", "BatchConfig", "BatchMode"]
 
@@ -57,7 +59,7 @@ class BatchMode:
     def __init__(
         self,
         *,
-        remote: RemoteBatches,
+        remote: BatchAPI,
         state: BatchState,
         outcomes: Outcomes,
         config: BatchConfig,
@@ -87,6 +89,23 @@ class BatchMode:
             live=self.live,
             log=log,
         )
+        # --deadline: when to stop waiting for the batches and send the rest live.
+        self.switch: LiveSwitch | None = None
+
+    def set_deadline(self, deadline: Deadline, limits: LiveLimits) -> None:
+        """--deadline: go live (cancel, collect, send the rest live) when the live time
+        for what is left would pass it (`llmbatch.modes.batch.golive`)."""
+        assert self.live is not None
+        self.switch = LiveSwitch(
+            deadline,
+            state=self.state,
+            remote=self.remote,
+            outcomes=self.outcomes,
+            live=self.live,
+            chunker=lambda round_: self._chunker(round_, live=True),
+            limits=limits,
+            log=self.log,
+        )
 
     @property
     def stopping(self) -> bool:
@@ -105,6 +124,8 @@ class BatchMode:
     def _follow_up_chunker(self, round_: int) -> Chunker | None:
         if self.config.cancel:
             return None  # --cancel: what a cancelled batch did not finish is left for a later run
+        if self.switch is not None and self.switch.gone:
+            return self._chunker(round_, live=True)  # past the point of going live: all live
         return self._chunker(round_, live=self.config.then_live and self.live is not None)
 
     # --- the run -----------------------------------------------------------------
@@ -119,7 +140,11 @@ class BatchMode:
             if self.config.cancel:
                 await self._cancel_all()
             else:
+                if self.switch is not None:
+                    requests = await self.switch.probe(requests)
                 split(requests, self._chunker(0), reject=reject, outcomes=self.outcomes)
+                if self.switch is not None:
+                    self.switch.set_rate()
             return await self._loop()
         except AuthError as exc:
             self.control.stop(Stop(f"the provider refused the credentials or quota: {exc}"))
@@ -135,6 +160,8 @@ class BatchMode:
             await self.collector.run_live()
             await self._submit_ready()
             changed = await self._poll()
+            if self.switch is not None:
+                await self.switch.check(self.config.poll_every)
             open_ = self.state.open_batches()
             sealed = self.state.chunks(ChunkState.SEALED)
             if not open_ and not sealed:
@@ -150,6 +177,8 @@ class BatchMode:
                 else min(delay * POLL_BACKOFF, self.config.poll_every * POLL_MAX_FACTOR)
             )
             if any(c.state is ChunkState.RUNNING for c in open_) and not self._live_pending(sealed):
+                if self.switch is not None:
+                    delay = self.switch.wait(delay, self.config.poll_every)
                 await self.control.sleep(delay)
         return ExitCode.STOPPED
 

@@ -33,7 +33,7 @@ from llmbatch.core.errors import ConfigError
 from llmbatch.core.values import Finished, Request, State
 from llmbatch.files import sidecars
 
-__all__ = ["BatchState", "Chunk", "ChunkState", "Item"]
+__all__ = ["Batch", "BatchState", "Chunk", "ChunkState", "Item"]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -55,7 +55,8 @@ CREATE TABLE IF NOT EXISTS chunks (
     error TEXT,
     created REAL NOT NULL,
     submitted REAL,
-    held INTEGER NOT NULL DEFAULT 0
+    held INTEGER NOT NULL DEFAULT 0,
+    completed REAL
 );
 CREATE TABLE IF NOT EXISTS items (
     custom_id TEXT PRIMARY KEY,
@@ -68,7 +69,9 @@ CREATE TABLE IF NOT EXISTS items (
     completion_tokens INTEGER NOT NULL DEFAULT 0,
     done INTEGER NOT NULL DEFAULT 0,
     cached_tokens INTEGER NOT NULL DEFAULT 0,
-    reasoning_tokens INTEGER NOT NULL DEFAULT 0
+    reasoning_tokens INTEGER NOT NULL DEFAULT 0,
+    rung INTEGER NOT NULL DEFAULT 0,
+    cache_write_tokens INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS items_by_chunk ON items (chunk, done);
 """
@@ -107,6 +110,19 @@ class Chunk:
     created: float
     submitted: float | None
     held: bool  # refused for the enqueued-token limit: created again once the others end
+    completed: float | None  # when it was collected (a report's timeline of batches)
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """One batch on a report's timeline."""
+
+    batch_id: str
+    model: str
+    items: int
+    created: float | None
+    completed: float | None
+    status: str | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,6 +135,8 @@ class Item:
     completion_tokens: int
     cached_tokens: int
     reasoning_tokens: int
+    rung: int = 0  # --escalate: the model it is on (0: the first)
+    cache_write_tokens: int = 0
 
     def tally(self) -> Finished:
         """The item's outcome so far, to build on with its next answer."""
@@ -131,6 +149,8 @@ class Item:
             completion_tokens=self.completion_tokens,
             cached_tokens=self.cached_tokens,
             reasoning_tokens=self.reasoning_tokens,
+            rung=self.rung,
+            cache_write_tokens=self.cache_write_tokens,
         )
 
 
@@ -148,9 +168,13 @@ def _request(custom_id: str, line: int, blob: bytes) -> Request:
 class BatchState:
     """The record, open for one run (the output's lock keeps it to one at a time)."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, read_only: bool = False) -> None:
         self.path = path
         try:
+            if read_only:  # a report's look: never create or migrate (mode=ro would leave -wal, -shm)
+                self._db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=rw", uri=True)
+                self.run_id, self._pending = "", 0
+                return
             self._db = sqlite3.connect(path, isolation_level=None)
             self._db.execute("PRAGMA journal_mode = WAL")
             self._db.executescript(_SCHEMA)
@@ -233,6 +257,17 @@ class BatchState:
         with self.transaction():
             self._db.execute(f"UPDATE chunks SET {assignments} WHERE id = ?", (*values, chunk_id))
 
+    def timeline(self) -> list[Batch]:
+        """The batches this record ran, each from when it was created to when it was
+        collected (None: not yet), in the order they were created."""
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(chunks)")}
+        completed = "completed" if "completed" in columns else "NULL"  # an older record, read only
+        rows = self._db.execute(
+            f"SELECT batch_id, model, items, submitted, {completed}, status FROM chunks "
+            "WHERE batch_id IS NOT NULL AND live = 0 ORDER BY submitted, id"
+        )
+        return [Batch(*row) for row in rows]
+
     # --- items -------------------------------------------------------------------
 
     def add(
@@ -255,7 +290,8 @@ class BatchState:
                 "INSERT INTO items (custom_id, chunk, line, request) VALUES (?, ?, ?, ?) "
                 "ON CONFLICT (custom_id) DO UPDATE SET chunk = excluded.chunk, line = excluded.line, "
                 "request = excluded.request, requests = 0, retries = 0, prompt_tokens = 0, "
-                "completion_tokens = 0, cached_tokens = 0, reasoning_tokens = 0, done = 0",
+                "completion_tokens = 0, cached_tokens = 0, reasoning_tokens = 0, rung = 0, "
+                "cache_write_tokens = 0, done = 0",
                 (req.custom_id, chunk_id, req.line, _request_blob(req)),
             )
         else:  # its request too: a re-ask may carry the conversation (Responses, completions)
@@ -308,7 +344,7 @@ class BatchState:
         self.begin()
         self._db.execute(
             "UPDATE items SET requests = ?, retries = ?, prompt_tokens = ?, completion_tokens = ?, "
-            "cached_tokens = ?, reasoning_tokens = ? WHERE custom_id = ?",
+            "cached_tokens = ?, reasoning_tokens = ?, rung = ?, cache_write_tokens = ? WHERE custom_id = ?",
             (
                 tally.requests,
                 tally.retries,
@@ -316,6 +352,8 @@ class BatchState:
                 tally.completion_tokens,
                 tally.cached_tokens,
                 tally.reasoning_tokens,
+                tally.rung,
+                tally.cache_write_tokens,
                 tally.request.custom_id,
             ),
         )
@@ -342,13 +380,24 @@ class BatchState:
 
 _ITEM = (
     "custom_id, line, request, chunk, requests, retries, prompt_tokens, completion_tokens, cached_tokens, "
-    "reasoning_tokens"
+    "reasoning_tokens, rung, cache_write_tokens"
 )
 
 
 def _item(row: tuple[Any, ...]) -> Item:
-    cid, line, blob, chunk, requests, retries, prompt, completion, cached, reasoning = row
-    return Item(_request(cid, line, blob), chunk, requests, retries, prompt, completion, cached, reasoning)
+    cid, line, blob, chunk, requests, retries, prompt, completion, cached, reasoning, rung, written = row
+    return Item(
+        _request(cid, line, blob),
+        chunk,
+        requests,
+        retries,
+        prompt,
+        completion,
+        cached,
+        reasoning,
+        rung,
+        written,
+    )
 
 
 def _migrate(db: sqlite3.Connection) -> None:
@@ -361,15 +410,21 @@ def _migrate(db: sqlite3.Connection) -> None:
         db.execute("ALTER TABLE items ADD COLUMN cached_tokens INTEGER NOT NULL DEFAULT 0")
     if "reasoning_tokens" not in columns["items"]:
         db.execute("ALTER TABLE items ADD COLUMN reasoning_tokens INTEGER NOT NULL DEFAULT 0")
+    if "rung" not in columns["items"]:  # --escalate
+        db.execute("ALTER TABLE items ADD COLUMN rung INTEGER NOT NULL DEFAULT 0")
+    if "cache_write_tokens" not in columns["items"]:
+        db.execute("ALTER TABLE items ADD COLUMN cache_write_tokens INTEGER NOT NULL DEFAULT 0")
     if "held" not in columns["chunks"]:
         db.execute("ALTER TABLE chunks ADD COLUMN held INTEGER NOT NULL DEFAULT 0")
         db.execute("UPDATE chunks SET held = 1 WHERE error LIKE 'enqueued token limit:%'")
+    if "completed" not in columns["chunks"]:
+        db.execute("ALTER TABLE chunks ADD COLUMN completed REAL")
 
 
 def _chunk(row: tuple[Any, ...]) -> Chunk:
     """A chunk from its row (the columns in the order of its fields)."""
     id_, round_, endpoint, model, items, size, tokens, worst = row[:8]
-    state, live, file_id, batch_id, status, counts, error, created, submitted, held = row[8:]
+    state, live, file_id, batch_id, status, counts, error, created, submitted, held, completed = row[8:]
     return Chunk(
         id_,
         round_,
@@ -389,4 +444,5 @@ def _chunk(row: tuple[Any, ...]) -> Chunk:
         created,
         submitted,
         bool(held),
+        completed,
     )

@@ -13,7 +13,8 @@ goes back at once, a retry waits in the retry heap until its not-before time (ho
 no slot), a released item leaves the window unwritten. Every attempt's permit is
 settled exactly once, whatever its outcome (see `llmbatch.schedule.permit.Permit`).
 Memory is bounded by the window (jobs alive: in flight plus waiting to retry), never by
-the input's size. A stop (`RunControl`) wakes the dispatcher, its wait for a permit and
+the input's size; the attachments those jobs hold, by `max_inflight_bytes` (plus one
+request's). A stop (`RunControl`) wakes the dispatcher, its wait for a permit and
 its retry heap at once. An engine may `run` several item streams one after another
 (the Batch API mode's live follow-ups); each run ends when its stream is done.
 """
@@ -41,12 +42,23 @@ from llmbatch.providers.base import DEFAULT_TIMEOUT, Provider
 from llmbatch.schedule.limits import Limits
 from llmbatch.schedule.permit import Permit
 
-__all__ = ["DEFAULT_CONCURRENCY", "DEFAULT_CONNECT_GRACE", "Engine", "EngineConfig", "Job", "Rejects"]
+__all__ = [
+    "DEFAULT_CONCURRENCY",
+    "DEFAULT_CONNECT_GRACE",
+    "DEFAULT_MAX_INFLIGHT_BYTES",
+    "Engine",
+    "EngineConfig",
+    "Job",
+    "Rejects",
+]
 
 DEFAULT_CONCURRENCY = 64  # requests in flight at most
 # A run in which every attempt fails to connect for this long stops (exit 3): nothing
 # is listening, or the name or the certificate is wrong.
 DEFAULT_CONNECT_GRACE = 30.0
+# Attachments (base64) the jobs alive hold at most: a window of 128 requests with 20 MB
+# images each would be gigabytes.
+DEFAULT_MAX_INFLIGHT_BYTES = 256 * 1024 * 1024
 # The outcome of an attempt that was never sent: its reservation is given back.
 _NOT_SENT = ProviderError("not sent", code="not_sent")
 
@@ -68,6 +80,8 @@ class EngineConfig:
     concurrency: int = DEFAULT_CONCURRENCY
     timeout: float | None = DEFAULT_TIMEOUT
     window: int | None = None  # jobs alive at once; default 2 x concurrency
+    # Bytes of attachments the jobs alive may hold at once (one more request may pass it).
+    max_inflight_bytes: int = DEFAULT_MAX_INFLIGHT_BYTES
     connect_grace: float | None = DEFAULT_CONNECT_GRACE
 
     @property
@@ -103,6 +117,8 @@ class Engine:
         self._identical = Identical(cache, outcomes) if cache is not None else None
         self._retry_heap: list[Job] = []
         self._alive = 0
+        self._bytes = 0  # attachments held by the jobs alive (Request.attached)
+        self._max_bytes = config.max_inflight_bytes
         self._tasks: set[asyncio.Task[None]] = set()
         self._permits: dict[asyncio.Task[None], Permit] = {}
         self._jobs: dict[asyncio.Task[None], Job] = {}
@@ -163,6 +179,7 @@ class Engine:
         loop = asyncio.get_running_loop()
         conc = self.config.concurrency
         window = self._window
+        top = self._max_bytes  # attachments' bytes
         heap = self._retry_heap
         stats = self.stats
         idle_reads = 0
@@ -175,7 +192,7 @@ class Engine:
             job: Job | None = None
             if heap and heap[0].not_before <= loop.time():
                 job = heapq.heappop(heap)
-            elif not self._exhausted and self._alive + self.output.backlog < window:
+            elif not self._exhausted and self._alive + self.output.backlog < window and self._bytes < top:
                 nxt = self._read()
                 if nxt is None:
                     continue
@@ -356,7 +373,11 @@ class Engine:
         heap = self._retry_heap
         if heap and heap[0].not_before <= asyncio.get_running_loop().time():
             job = heapq.heappop(heap)
-        elif not self._exhausted and self._alive + self.output.backlog < self._window:
+        elif (
+            not self._exhausted
+            and self._alive + self.output.backlog < self._window
+            and self._bytes < self._max_bytes
+        ):
             try:
                 nxt = self._read()
             except Exception as exc:  # the dispatcher raises it, as if it had read
@@ -388,8 +409,16 @@ class Engine:
         self._alive += 1
         if isinstance(item, Job):  # carried in (rare): a Request is not a Job
             item.order = next(self._orders)
+            self._bytes += item.request.attached
             return item
+        self._bytes += item.attached
         return Job(request=item, order=next(self._orders))
+
+    def _gone(self, job: Job | None) -> None:
+        """A job leaves the window (written, released, or never sent)."""
+        self._alive -= 1
+        if job is not None:
+            self._bytes -= job.request.attached
 
     def _failed(self, job: Job, exc: BaseException) -> None:
         if isinstance(exc, ProviderError):
@@ -406,7 +435,7 @@ class Engine:
     def _ended(self, job: Job, verdict: Verdict) -> None:
         """Act on an attempt's verdict."""
         if verdict is Verdict.FINISH:
-            self._alive -= 1
+            self._gone(job)
             if self._identical is not None and job.via == "live":
                 self._lead_done(job, job.last if job.state is State.VALID else None)
         elif verdict is Verdict.RELEASE or self.stopping:
@@ -426,7 +455,7 @@ class Engine:
         job = self._jobs.pop(task, None)
         if not permit.settled:  # never ran: nothing was sent
             permit.settle(asyncio.CancelledError())
-            self._alive -= 1
+            self._gone(job)
             if job is not None:
                 self._unreserve(job)
         self.stats.in_flight -= 1
@@ -434,7 +463,7 @@ class Engine:
 
     def _release(self, job: Job) -> None:
         """The job leaves the window unwritten: a rerun does it."""
-        self._alive -= 1
+        self._gone(job)
         self.output.discard(job.order)
         self._lead_done(job, None)
 

@@ -4,6 +4,7 @@ when it is valid for them (validators may look at the item, not only the request
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 
 from llmbatch.core.endpoints import endpoint_of
@@ -41,6 +42,19 @@ class Identical:
         self._waiting[fp] = (job, [])
         return True, None
 
+    def _answered_by(self, follower: Job, leader: Job, answer: Completion) -> Verdict | None:
+        """The leader's answer for a follower: on the model that gave it (--escalate: the
+        leader may have gone on to another), which the follower's line then names."""
+        if leader.rung == follower.rung:
+            return self.outcomes.from_cache(follower, answer)
+        asked = follower.request
+        follower.request = dataclasses.replace(asked, body=leader.request.body)
+        follower.rung = leader.rung
+        verdict = self.outcomes.from_cache(follower, answer)
+        if verdict is None:  # not valid for this item: it is asked itself, from its own start
+            follower.request, follower.rung = asked, 0
+        return verdict
+
     def lead_done(
         self,
         job: Job,
@@ -62,7 +76,7 @@ class Identical:
             if stopping:
                 finished(follower, Verdict.RELEASE)
                 continue
-            verdict = self.outcomes.from_cache(follower, answer) if answer is not None else None
+            verdict = self._answered_by(follower, job, answer) if answer is not None else None
             if verdict is None:
                 again(follower)
             else:

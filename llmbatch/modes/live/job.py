@@ -42,4 +42,6 @@ class Job(Finished):
             completion_tokens=tally.completion_tokens,
             cached_tokens=tally.cached_tokens,
             reasoning_tokens=tally.reasoning_tokens,
+            rung=tally.rung,
+            cache_write_tokens=tally.cache_write_tokens,
         )

@@ -1,0 +1,527 @@
+"""A fake Anthropic API on loopback (aiohttp.web), for tests, benchmarks and trying
+``--provider anthropic`` out: ``POST /v1/messages`` and the Message Batches API
+(``/v1/messages/batches``: create with the requests inline, list, retrieve, cancel,
+results as JSONL), answered by the fake model's rules (:mod:`llmbatch.providers.script`,
+the ``@fake`` scripts included) in Anthropic's shapes (`answers.messages_body`).
+
+Its limits are Anthropic's: requests, input tokens and output tokens per minute, each a
+token bucket (:class:`~llmbatch.testing.buckets.Bucket`) holding ``bucket_seconds`` of
+its rate, announced only in ``anthropic-ratelimit-{requests,input-tokens,output-tokens}-
+{limit,remaining,reset}`` (the reset an RFC 3339 time); a request over one is a 429
+``rate_limit_error`` with ``retry-after`` (whole seconds, as Anthropic sends). An input
+token is what the prompt holds less what the cache read; an output token is what the
+answer holds. ``overload_share`` of requests get a 529 ``overloaded_error`` for the first
+``overload_seconds`` (None: always), as Anthropic does when it is overloaded.
+
+Batches end ``batch_seconds`` after their create; a request whose custom_id hashes into
+``errored_share`` is errored (an ``api_error``) and into ``expired_share`` expired, the
+first time the server sees that id only (so a follow-up of it succeeds). ``read_delay``
+holds each create before its body is read (a client killed meanwhile made no batch),
+``results_delay`` each results download halfway;
+the first ``lose_create_answers`` creates make their batch and drop the connection.
+
+Run it alone: ``python -m llmbatch.testing.anthropic --port 8901 --rpm 600 --itpm 40000``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import itertools
+import random
+import re
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from llmbatch.core.endpoints import MESSAGES
+from llmbatch.providers import answers, script
+from llmbatch.testing.buckets import Bucket
+
+__all__ = ["AnthropicServer", "AnthropicStats"]
+
+CUSTOM_ID = re.compile(r"[a-zA-Z0-9_-]{1,64}")
+# Anthropic's limits on one batch.
+MAX_BATCH_REQUESTS = 100_000
+MAX_BATCH_BYTES = 256_000_000
+_KINDS = (("requests", "requests"), ("input-tokens", "input"), ("output-tokens", "output"))
+
+
+def _error(kind: str, message: str) -> bytes:
+    return orjson.dumps({"type": "error", "error": {"type": kind, "message": message}})
+
+
+def _rfc3339(when: dt.datetime) -> str:
+    return when.isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+class _Fault(Exception):
+    """A scripted HTTP status (``@fake {"fail": [529]}``) instead of an answer."""
+
+    def __init__(self, status: int) -> None:
+        super().__init__(status)
+        self.status = status
+
+
+_FAULT_KINDS = {
+    429: "rate_limit_error",
+    500: "api_error",
+    529: "overloaded_error",
+    400: "invalid_request_error",
+}
+
+
+@dataclass(slots=True)
+class AnthropicStats:
+    """What the server saw: requests to /v1/messages, their answers, 429s and 529s, the
+    loop time of each admitted request, batches created and their requests."""
+
+    requests: int = 0
+    answered: int = 0
+    http_429: int = 0
+    http_529: int = 0
+    admitted_at: list[float] = field(default_factory=list)
+    batches_created: int = 0
+    batch_requests: int = 0
+    batch_sizes: list[int] = field(default_factory=list)
+    batch_ids: list[frozenset[str]] = field(default_factory=list)  # each batch's custom_ids
+    creates_started: int = 0
+    retrieves: int = 0
+    results_started: int = 0
+    api_keys: set[str] = field(default_factory=set)
+    versions: set[str] = field(default_factory=set)
+    bodies: list[dict[str, Any]] = field(default_factory=list)  # the /v1/messages bodies, in order
+
+
+@dataclass(slots=True)
+class _Batch:
+    id: str
+    requests: list[dict[str, Any]]
+    created: dt.datetime
+    ends: float  # the loop time it ends
+    results: list[bytes] = field(default_factory=list)
+    canceled: bool = False
+    ended: dt.datetime | None = None
+
+
+class AnthropicServer:
+    """The fake Anthropic API (see the module docstring)."""
+
+    def __init__(
+        self,
+        *,
+        rpm: float | None = None,
+        itpm: float | None = None,
+        otpm: float | None = None,
+        bucket_seconds: float = 60.0,
+        latency_ms: float = 0.0,
+        overload_share: float = 0.0,
+        overload_seconds: float | None = None,
+        api_key: str | None = None,
+        batch_seconds: float = 0.5,
+        errored_share: float = 0.0,
+        expired_share: float = 0.0,
+        read_delay: float = 0.0,
+        results_delay: float = 0.0,
+        lose_create_answers: int = 0,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        seed: int = 0,
+    ) -> None:
+        self.limits = {"requests": rpm, "input": itpm, "output": otpm}
+        self.bucket_seconds = bucket_seconds
+        self.latency = latency_ms / 1000
+        self.overload_share = overload_share
+        self.overload_seconds = overload_seconds
+        self.api_key = api_key
+        self.batch_seconds = batch_seconds
+        self.errored_share = errored_share
+        self.expired_share = expired_share
+        self.read_delay = read_delay
+        self.results_delay = results_delay
+        self.lose_create_answers = lose_create_answers
+        self.host, self.port = host, port
+        self.stats = AnthropicStats()
+        self.batches: dict[str, _Batch] = {}
+        self._buckets: dict[str, Bucket] = {}
+        self._rng = random.Random(seed)
+        self._ids = itertools.count(1)
+        self._attempts: dict[str, int] = {}
+        self._seen: set[str] = set()  # custom_ids batched before (their second time succeeds)
+        self._started: float | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._runner: web.AppRunner | None = None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    # --- the limits -------------------------------------------------------------------
+
+    def _now(self) -> float:
+        assert self._loop is not None
+        return self._loop.time()
+
+    def _bucket(self, kind: str) -> Bucket | None:
+        limit = self.limits[kind]
+        if not limit:
+            return None
+        bucket = self._buckets.get(kind)
+        if bucket is None:
+            bucket = self._buckets[kind] = Bucket(
+                limit, seconds=self.bucket_seconds, spent=False, now=self._now()
+            )
+        bucket.refill(self._now())
+        return bucket
+
+    def _headers(self) -> dict[str, str]:
+        out: dict[str, str] = {}
+        now = dt.datetime.now(dt.UTC)
+        for name, kind in _KINDS:
+            bucket = self._bucket(kind)
+            if bucket is not None:
+                full = (bucket.capacity - bucket.level) / bucket.rate
+                out[f"anthropic-ratelimit-{name}-limit"] = f"{bucket.limit:.0f}"
+                out[f"anthropic-ratelimit-{name}-remaining"] = str(bucket.remaining)
+                out[f"anthropic-ratelimit-{name}-reset"] = _rfc3339(now + dt.timedelta(seconds=max(full, 0)))
+        return out
+
+    def _admit(self, charges: dict[str, float]) -> float | None:
+        """Charge the buckets, or charge none and return the seconds to wait."""
+        waits = [b.wait(n) for kind, n in charges.items() if (b := self._bucket(kind)) is not None]
+        if any(w > 0 for w in waits):
+            return max(waits)
+        for kind, n in charges.items():
+            if (b := self._bucket(kind)) is not None:
+                b.take(n)
+        return None
+
+    # --- requests -----------------------------------------------------------------------
+
+    def _authorized(self, request: web.Request) -> bool:
+        key = request.headers.get("x-api-key", "")
+        self.stats.api_keys.add(key)
+        return self.api_key is None or key == self.api_key
+
+    def _answer(self, body: dict[str, Any], key: str) -> dict[str, Any]:
+        plan = script.parse_script(body)
+        attempt = self._attempts.get(key, 0) if plan.counted else 0
+        if plan.counted:
+            self._attempts[key] = attempt + 1
+        step = script.step(plan, attempt, body)
+        if isinstance(step.fault, int):
+            raise _Fault(step.fault)
+        return answers.messages_body(body, step, f"msg_fake_{next(self._ids)}")
+
+    async def _messages(self, request: web.Request) -> web.StreamResponse:
+        stats = self.stats
+        stats.requests += 1
+        if not self._authorized(request):
+            return web.Response(status=401, body=_error("authentication_error", "invalid x-api-key"))
+        if request.headers.get("anthropic-version") is None:
+            return web.Response(status=400, body=_error("invalid_request_error", "anthropic-version missing"))
+        try:
+            body = orjson.loads(await request.read())
+        except orjson.JSONDecodeError:
+            return web.Response(status=400, body=_error("invalid_request_error", "body is not JSON"))
+        stats.versions.add(request.headers["anthropic-version"])
+        stats.bodies.append(body)
+        if (
+            not isinstance(body, dict)
+            or "max_tokens" not in body
+            or not isinstance(body.get("messages"), list)
+        ):
+            return web.Response(
+                status=400, body=_error("invalid_request_error", "max_tokens: Field required")
+            )
+        now = self._now()
+        if self._started is None:
+            self._started = now
+        storm = self.overload_seconds is None or now - self._started < self.overload_seconds
+        if storm and self.overload_share and self._rng.random() < self.overload_share:
+            stats.http_529 += 1
+            return web.Response(status=529, body=_error("overloaded_error", "Overloaded"))
+        try:
+            answer = self._answer(body, script.script_root(body) or "")
+        except _Fault as fault:
+            kind = _FAULT_KINDS.get(fault.status, "api_error")
+            stats.http_529 += fault.status == 529
+            return web.Response(status=fault.status, body=_error(kind, f"simulated {fault.status}"))
+        usage = answer["usage"]
+        charges = {
+            "requests": 1.0,
+            "input": float(usage["input_tokens"] + usage["cache_creation_input_tokens"]),
+        }
+        charges["output"] = float(usage["output_tokens"])
+        wait = self._admit(charges)
+        if wait is not None:
+            stats.http_429 += 1
+            headers = {**self._headers(), "retry-after": str(max(1, int(wait + 0.999)))}
+            message = "This request would exceed your organization's rate limit. Please retry later."
+            return web.Response(status=429, body=_error("rate_limit_error", message), headers=headers)
+        stats.admitted_at.append(now)
+        if self.latency:
+            await asyncio.sleep(self.latency)
+        stats.answered += 1
+        headers = {**self._headers(), "request-id": f"req_{answer['id']}", "content-type": "application/json"}
+        return web.Response(body=orjson.dumps(answer), headers=headers)
+
+    # --- Message Batches ------------------------------------------------------------------
+
+    def _batch_object(self, batch: _Batch) -> dict[str, Any]:
+        ended = batch.ended is not None
+        counts = dict.fromkeys(("processing", "succeeded", "errored", "canceled", "expired"), 0)
+        if ended:
+            for line in batch.results:
+                counts[orjson.loads(line)["result"]["type"]] += 1
+        else:
+            counts["processing"] = len(batch.requests)
+        status = "ended" if ended else ("canceling" if batch.canceled else "in_progress")
+        return {
+            "id": batch.id,
+            "type": "message_batch",
+            "processing_status": status,
+            "request_counts": counts,
+            "created_at": _rfc3339(batch.created),
+            "ended_at": _rfc3339(batch.ended) if batch.ended else None,
+            "expires_at": _rfc3339(batch.created + dt.timedelta(hours=24)),
+            "cancel_initiated_at": None,
+            "archived_at": None,
+            "results_url": f"{self.base_url}/v1/messages/batches/{batch.id}/results" if ended else None,
+        }
+
+    def _end_due(self) -> None:
+        """End the batches whose time has come: each request answered, errored,
+        expired, or (cancelled) canceled."""
+        now = self._now()
+        for batch in self.batches.values():
+            if batch.ended is None and (batch.canceled or now >= batch.ends):
+                batch.results = [self._result(r, batch.canceled) for r in batch.requests]
+                batch.ended = dt.datetime.now(dt.UTC)
+
+    def _result(self, req: dict[str, Any], canceled: bool) -> bytes:
+        cid = req["custom_id"]
+        first = cid not in self._seen
+        self._seen.add(cid)
+        share = script.digest(cid) % 10_000 / 10_000
+        result: dict[str, Any]
+        if canceled:
+            result = {"type": "canceled"}
+        elif first and share < self.errored_share:
+            result = {
+                "type": "errored",
+                "error": {
+                    "type": "error",
+                    "error": {"type": "api_error", "message": "Internal server error"},
+                },
+            }
+        elif first and share < self.errored_share + self.expired_share:
+            result = {"type": "expired"}
+        else:
+            try:
+                result = {"type": "succeeded", "message": self._answer(req["params"], f"{cid}\0batch")}
+            except _Fault as fault:
+                error = {
+                    "type": _FAULT_KINDS.get(fault.status, "api_error"),
+                    "message": f"simulated {fault.status}",
+                }
+                result = {"type": "errored", "error": {"type": "error", "error": error}}
+        return orjson.dumps({"custom_id": cid, "result": result})
+
+    async def _create_batch(self, request: web.Request) -> web.StreamResponse:
+        if not self._authorized(request):
+            return web.Response(status=401, body=_error("authentication_error", "invalid x-api-key"))
+        self.stats.creates_started += 1
+        if self.read_delay:
+            await asyncio.sleep(self.read_delay)
+            if request.transport is None or request.transport.is_closing():
+                return web.Response(status=499)  # the client went away mid-create: no batch
+        raw = await request.read()
+        if len(raw) > MAX_BATCH_BYTES:
+            return web.Response(status=413, body=_error("request_too_large", "batch over 256 MB"))
+        requests = orjson.loads(raw).get("requests")
+        if not isinstance(requests, list) or not 0 < len(requests) <= MAX_BATCH_REQUESTS:
+            return web.Response(status=400, body=_error("invalid_request_error", "requests: 1 to 100,000"))
+        seen: set[str] = set()
+        for i, req in enumerate(requests):
+            cid = req.get("custom_id") if isinstance(req, dict) else None
+            if not isinstance(cid, str) or not CUSTOM_ID.fullmatch(cid) or cid in seen:
+                message = f"requests.{i}.custom_id: must match ^[a-zA-Z0-9_-]{{1,64}}$ and be unique"
+                return web.Response(status=400, body=_error("invalid_request_error", message))
+            seen.add(cid)
+        batch = _Batch(
+            id=f"msgbatch_fake{next(self._ids):06d}",
+            requests=requests,
+            created=dt.datetime.now(dt.UTC),
+            ends=self._now() + self.batch_seconds,
+        )
+        self.batches[batch.id] = batch
+        self.stats.batches_created += 1
+        self.stats.batch_requests += len(requests)
+        self.stats.batch_sizes.append(len(requests))
+        self.stats.batch_ids.append(frozenset(seen))
+        if self.lose_create_answers > 0:
+            self.lose_create_answers -= 1
+            assert request.transport is not None
+            request.transport.close()
+            return web.Response(status=500)
+        return web.json_response(self._batch_object(batch))
+
+    def _found(self, request: web.Request) -> _Batch:
+        batch = self.batches.get(request.match_info["id"])
+        if batch is None:
+            raise web.HTTPNotFound(body=_error("not_found_error", "no such batch"))
+        self._end_due()
+        return batch
+
+    async def _list(self, request: web.Request) -> web.StreamResponse:
+        self._end_due()
+        newest = sorted(self.batches.values(), key=lambda b: b.id, reverse=True)
+        after = request.query.get("after_id")
+        if after:
+            newest = [b for b in newest if b.id < after]
+        limit = int(request.query.get("limit", "20"))
+        page = newest[:limit]
+        data = [self._batch_object(b) for b in page]
+        return web.json_response(
+            {
+                "data": data,
+                "has_more": len(newest) > limit,
+                "first_id": data[0]["id"] if data else None,
+                "last_id": data[-1]["id"] if data else None,
+            }
+        )
+
+    async def _retrieve(self, request: web.Request) -> web.StreamResponse:
+        self.stats.retrieves += 1
+        return web.json_response(self._batch_object(self._found(request)))
+
+    async def _cancel(self, request: web.Request) -> web.StreamResponse:
+        batch = self._found(request)
+        if batch.ended is None:
+            batch.canceled = True
+        return web.json_response(self._batch_object(batch))
+
+    async def _results(self, request: web.Request) -> web.StreamResponse:
+        batch = self._found(request)
+        if batch.ended is None:
+            return web.Response(status=400, body=_error("invalid_request_error", "batch has not ended"))
+        self.stats.results_started += 1
+        resp = web.StreamResponse(headers={"content-type": "application/binary"})
+        await resp.prepare(request)
+        half = len(batch.results) // 2
+        await resp.write(b"".join(line + b"\n" for line in batch.results[:half]))
+        if self.results_delay:
+            await asyncio.sleep(self.results_delay)
+        await resp.write(b"".join(line + b"\n" for line in batch.results[half:]))
+        await resp.write_eof()
+        return resp
+
+    # --- running ----------------------------------------------------------------------
+
+    def application(self) -> web.Application:
+        app = web.Application(client_max_size=0)
+        app.router.add_post(MESSAGES, self._messages)
+        app.router.add_post("/v1/messages/batches", self._create_batch)
+        app.router.add_get("/v1/messages/batches", self._list)
+        app.router.add_get("/v1/messages/batches/{id}", self._retrieve)
+        app.router.add_post("/v1/messages/batches/{id}/cancel", self._cancel)
+        app.router.add_get("/v1/messages/batches/{id}/results", self._results)
+        app.router.add_get("/_stats", self._stats)
+        return app
+
+    async def _stats(self, request: web.Request) -> web.StreamResponse:
+        """What the server counted, for a client in another process (the benchmarks)."""
+        s = self.stats
+        started = s.admitted_at[0] if s.admitted_at else 0.0
+        counts = {
+            "requests": s.requests,
+            "answered": s.answered,
+            "http_429": s.http_429,
+            "http_529": s.http_529,
+            "batches_created": s.batches_created,
+            "admitted_s": [round(t - started, 3) for t in s.admitted_at],
+        }
+        return web.json_response(counts)
+
+    async def serve(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        runner = web.AppRunner(self.application(), access_log=None, shutdown_timeout=0.1)
+        await runner.setup()
+        site = web.TCPSite(runner, self.host, self.port, backlog=1024)
+        await site.start()
+        self._runner = runner
+        self.port = runner.addresses[0][1]
+
+    def start(self) -> AnthropicServer:
+        """Serve from a background thread with its own event loop."""
+        ready = threading.Event()
+
+        def run() -> None:
+            loop = asyncio.new_event_loop()
+            loop.run_until_complete(self.serve())
+            ready.set()
+            loop.run_forever()
+            if self._runner is not None:
+                loop.run_until_complete(self._runner.cleanup())
+            loop.close()
+
+        self._thread = threading.Thread(target=run, name="fake-anthropic-server", daemon=True)
+        self._thread.start()
+        ready.wait(10)
+        return self
+
+    def stop(self) -> None:
+        if self._loop is not None and self._thread is not None:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(10)
+            self._thread = None
+
+    def __enter__(self) -> AnthropicServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m llmbatch.testing.anthropic", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument("--port", type=int, default=8901)
+    parser.add_argument("--rpm", type=float)
+    parser.add_argument("--itpm", type=float)
+    parser.add_argument("--otpm", type=float)
+    parser.add_argument("--bucket-seconds", type=float, default=60.0)
+    parser.add_argument("--latency-ms", type=float, default=0.0)
+    parser.add_argument("--overload-share", type=float, default=0.0)
+    parser.add_argument("--overload-seconds", type=float)
+    parser.add_argument("--batch-seconds", type=float, default=5.0)
+    args = parser.parse_args(argv)
+    server = AnthropicServer(
+        rpm=args.rpm,
+        itpm=args.itpm,
+        otpm=args.otpm,
+        bucket_seconds=args.bucket_seconds,
+        latency_ms=args.latency_ms,
+        overload_share=args.overload_share,
+        overload_seconds=args.overload_seconds,
+        batch_seconds=args.batch_seconds,
+        port=args.port,
+    )
+
+    async def run() -> None:
+        await server.serve()
+        print(f"fake Anthropic API on {server.base_url}", flush=True)
+        await asyncio.Event().wait()
+
+    asyncio.run(run())
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
