@@ -98,7 +98,9 @@ def test_merged_rows_of_a_csv_are_the_rows_of_its_jsonl(run_cli, tmp_path):
         result = run_cli("run", files[form], "-o", out, "--merged", "--provider", "fake", "--fake-latency-ms",
                          "0", "--prompt", "Say {text}", "--ordered", "-q")  # fmt: skip
         assert result.exit_code == 0, result.output
-        merged[form] = [{k: v for k, v in r.items() if k != "llm_latency_ms"} for r in read_jsonl(out)]
+        merged[form] = [
+            {k: v for k, v in r.items() if k not in ("llm_latency_ms", "llm_t")} for r in read_jsonl(out)
+        ]
     assert merged["csv"] == merged["jsonl"]
     assert [r["llm_line"] for r in merged["csv"]] == list(range(1, 41))
     assert merged["csv"][3]["llm_custom_id"] == "line-4" and merged["csv"][3]["text"] == "two\nlines 3"

@@ -52,6 +52,7 @@ NULL_TYPES = {
     **dict.fromkeys(_TEXT, "string"),
     **dict.fromkeys(("llm_cost_usd", "llm_latency_ms"), "double"),
     **dict.fromkeys(("llm_line", "llm_requests", "llm_prompt_tokens", "llm_completion_tokens"), "int64"),
+    "llm_t": "int64",
 }  # fmt: skip
 
 
@@ -160,7 +161,8 @@ class _Prices:
                 if offline
                 else price_for(model or None, price_in=self.price_in, price_out=self.price_out, batch=key[1])
             )
-        spent = cost(self.known[key], prompt, completion, int(row.get("llm_cached_tokens") or 0))
+        cached, written = int(row.get("llm_cached_tokens") or 0), int(row.get("llm_cache_write_tokens") or 0)
+        spent = cost(self.known[key], prompt, completion, cached, written)
         return None if spent is None else round(spent, 8)
 
 
