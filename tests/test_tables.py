@@ -335,3 +335,11 @@ def test_a_table_run_killed_twice_resumes_with_each_id_once(spawn, fake_server, 
     records = by_id(out)
     assert set(records) == {r["id"] for r in items}
     assert all(records[f"r{i}"]["llmbatch"]["line"] == i + 1 for i in range(1500))
+
+
+def test_a_compressed_parquet_file_is_refused_saying_why(run_cli, tmp_path):
+    """rows.parquet.gz: exit 2, saying Parquet is compressed inside, nothing sent."""
+    src = tmp_path / "rows.parquet.gz"
+    src.write_bytes(gzip.compress(write_parquet(tmp_path / "rows.parquet", rows(3)).read_bytes()))
+    result = run_cli("run", src, "-o", tmp_path / "out.jsonl", "--provider", "fake", "--prompt", "{text}")
+    assert result.exit_code == 2 and "compressed inside" in result.stderr

@@ -116,8 +116,10 @@ def _by_name(path: Path) -> str:
     suffixes = [s.lower() for s in path.suffixes]
     if suffixes and suffixes[-1] in _COMPRESSED:
         suffixes.pop()
-    if suffixes and suffixes[-1] == ".parquet" and len(path.suffixes) > len(suffixes):
-        return "auto"  # a compressed Parquet name: told by its bytes
+    if suffixes and suffixes[-1] in (".parquet", ".pq") and len(path.suffixes) > len(suffixes):
+        raise ConfigError(
+            f"{path}: a Parquet file is compressed inside (its columns): give it as it is, uncompressed"
+        )
     return _SUFFIXES.get(suffixes[-1], "auto") if suffixes else "auto"
 
 
