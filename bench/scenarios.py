@@ -496,7 +496,15 @@ def _answered(server: Server) -> int:
     return sum(int(v) for v in server.stats().get("by_status", {}).values())
 
 
-from bench import anthropic, cheaper, deadline, modes, pressure, report_page  # noqa: E402 (they use the Context and Row above)
+from bench import (  # noqa: E402 (they use the Context and Row above)
+    anthropic,
+    cheaper,
+    deadline,
+    modes,
+    pressure,
+    report_page,
+    tables,
+)
 
 SCENARIOS: dict[str, Callable[[Context], list[Row]]] = {
     "overhead": overhead,
@@ -517,4 +525,5 @@ SCENARIOS: dict[str, Callable[[Context], list[Row]]] = {
     "escalate": cheaper.escalate,
     "promptcache": cheaper.prompt_cache,
     "anthropic": anthropic.rows,
+    "tables": tables.tables,
 }

@@ -55,7 +55,8 @@ def test_a_batch_output_exports_to_parquet_with_its_inputs_columns(run_cli, tmp_
     assert schema.names[:3] == ["id", "text", "n"]
     expected = {"n": pa.int64(), "llm_line": pa.int64(), "llm_answer": pa.string(), "llm_valid": pa.bool_(),
                 "llm_state": pa.string(), "llm_prompt_tokens": pa.int64(), "llm_cost_usd": pa.float64(),
-                "llm_error_code": pa.string(), "llm_latency_ms": pa.float64()}  # fmt: skip
+                "llm_error_code": pa.string(), "llm_latency_ms": pa.float64(),
+                "llm_t": pa.int64()}  # fmt: skip
     assert {name: schema.field(name).type for name in expected} == expected
     rows = table.to_pylist()
     assert rows[9]["llm_state"] == "failed" and rows[9]["llm_error_code"] == "400"

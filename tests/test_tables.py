@@ -98,7 +98,9 @@ def test_merged_rows_of_a_csv_are_the_rows_of_its_jsonl(run_cli, tmp_path):
         result = run_cli("run", files[form], "-o", out, "--merged", "--provider", "fake", "--fake-latency-ms",
                          "0", "--prompt", "Say {text}", "--ordered", "-q")  # fmt: skip
         assert result.exit_code == 0, result.output
-        merged[form] = [{k: v for k, v in r.items() if k != "llm_latency_ms"} for r in read_jsonl(out)]
+        merged[form] = [
+            {k: v for k, v in r.items() if k not in ("llm_latency_ms", "llm_t")} for r in read_jsonl(out)
+        ]
     assert merged["csv"] == merged["jsonl"]
     assert [r["llm_line"] for r in merged["csv"]] == list(range(1, 41))
     assert merged["csv"][3]["llm_custom_id"] == "line-4" and merged["csv"][3]["text"] == "two\nlines 3"
@@ -333,3 +335,11 @@ def test_a_table_run_killed_twice_resumes_with_each_id_once(spawn, fake_server, 
     records = by_id(out)
     assert set(records) == {r["id"] for r in items}
     assert all(records[f"r{i}"]["llmbatch"]["line"] == i + 1 for i in range(1500))
+
+
+def test_a_compressed_parquet_file_is_refused_saying_why(run_cli, tmp_path):
+    """rows.parquet.gz: exit 2, saying Parquet is compressed inside, nothing sent."""
+    src = tmp_path / "rows.parquet.gz"
+    src.write_bytes(gzip.compress(write_parquet(tmp_path / "rows.parquet", rows(3)).read_bytes()))
+    result = run_cli("run", src, "-o", tmp_path / "out.jsonl", "--provider", "fake", "--prompt", "{text}")
+    assert result.exit_code == 2 and "compressed inside" in result.stderr

@@ -44,6 +44,16 @@ from llmbatch.validate.validator import extract_json
 __all__ = ["Exported", "Join", "export_table"]
 
 ExportFormat = Literal["csv", "parquet", "jsonl"]
+# The Parquet types of the llm_* columns that the first rows may all leave null (all valid
+# so far: no error), so that a failure later needs no widening of the schema.
+_TEXT = ("llm_error", "llm_error_code", "llm_fault", "llm_finish_reason", "llm_cause", "llm_model",
+         "llm_batch_id", "llm_custom_id", "llm_fp", "llm_server", "llm_via", "llm_state")  # fmt: skip
+NULL_TYPES = {
+    **dict.fromkeys(_TEXT, "string"),
+    **dict.fromkeys(("llm_cost_usd", "llm_latency_ms"), "double"),
+    **dict.fromkeys(("llm_line", "llm_requests", "llm_prompt_tokens", "llm_completion_tokens"), "int64"),
+    "llm_t": "int64",
+}  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -109,7 +119,7 @@ def export_table(
             if to == "csv":
                 done.rows = tables.write_csv(output, _read_spool(spool), columns)
             else:
-                done.rows = tables.write_parquet(output, _read_spool(spool), columns)
+                done.rows = tables.write_parquet(output, _read_spool(spool), columns, null_types=NULL_TYPES)
     return done
 
 
@@ -151,7 +161,8 @@ class _Prices:
                 if offline
                 else price_for(model or None, price_in=self.price_in, price_out=self.price_out, batch=key[1])
             )
-        spent = cost(self.known[key], prompt, completion, int(row.get("llm_cached_tokens") or 0))
+        cached, written = int(row.get("llm_cached_tokens") or 0), int(row.get("llm_cache_write_tokens") or 0)
+        spent = cost(self.known[key], prompt, completion, cached, written)
         return None if spent is None else round(spent, 8)
 
 

@@ -23,7 +23,7 @@ import csv
 import io
 import os
 import sys
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -133,9 +133,11 @@ def write_parquet(
     columns: Sequence[str],
     *,
     group_rows: int = GROUP_ROWS,
+    null_types: Mapping[str, str] | None = None,
 ) -> int:
-    """Write `rows` as Parquet with `columns` (see the module docstring). Returns the
-    number of rows."""
+    """Write `rows` as Parquet with `columns` (see the module docstring). `null_types`:
+    the type (an Arrow type name: ``string``, ``double``...) of a column that is null
+    in all of the first rows, instead of widening later. Returns the number of rows."""
     pa = import_pyarrow()
     parts: list[tuple[Path, Any]] = []  # part files and their schemas, the last one open
     writer: Any = None
@@ -145,6 +147,8 @@ def write_parquet(
     try:
         for group in _groups(rows, group_rows):
             table = _table(pa, group, columns, schema)
+            if schema is None and null_types:
+                table = _typed_nulls(pa, table, null_types)
             if schema is None or not table.schema.equals(schema):
                 schema = table.schema if schema is None else _widened(pa, schema, table.schema)
                 table = table.cast(schema) if not table.schema.equals(schema) else table
@@ -191,6 +195,17 @@ def _table(pa: Any, group: list[dict[str, Any]], columns: Sequence[str], schema:
             except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
                 raise ConfigError(_mixed(c, str(exc))) from None
         raise ConfigError(f"cannot write Parquet: {exc}") from None
+
+
+def _typed_nulls(pa: Any, table: Any, types: Mapping[str, str]) -> Any:
+    fields = [
+        pa.field(f.name, pa.type_for_alias(types[f.name]))
+        if pa.types.is_null(f.type) and f.name in types
+        else f
+        for f in table.schema
+    ]
+    schema = pa.schema(fields)
+    return table if schema.equals(table.schema) else table.cast(schema)
 
 
 def _widened(pa: Any, schema: Any, other: Any) -> Any:

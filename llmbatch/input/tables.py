@@ -116,8 +116,10 @@ def _by_name(path: Path) -> str:
     suffixes = [s.lower() for s in path.suffixes]
     if suffixes and suffixes[-1] in _COMPRESSED:
         suffixes.pop()
-    if suffixes and suffixes[-1] == ".parquet" and len(path.suffixes) > len(suffixes):
-        return "auto"  # a compressed Parquet name: told by its bytes
+    if suffixes and suffixes[-1] in (".parquet", ".pq") and len(path.suffixes) > len(suffixes):
+        raise ConfigError(
+            f"{path}: a Parquet file is compressed inside (its columns): give it as it is, uncompressed"
+        )
     return _SUFFIXES.get(suffixes[-1], "auto") if suffixes else "auto"
 
 
@@ -285,7 +287,14 @@ def _parquet_rows(pf: Any, name: str) -> Iterator[bytes]:
     pa = import_pyarrow()
     dumps, default, option = orjson.dumps, _json_default, orjson.OPT_APPEND_NEWLINE
     fine = not any(_nanoseconds(f.type, pa) for f in pf.schema_arrow)
-    for batch in pf.iter_batches(batch_size=PARQUET_BATCH_ROWS, use_threads=False):
+    # A reader a row group: one reader over the whole file kept ~12 MB of buffers of the
+    # groups already read, growing a 1,000,000-row read by 13 MB more than this (measured).
+    batches = (
+        batch
+        for group in range(pf.num_row_groups)
+        for batch in pf.iter_batches(batch_size=PARQUET_BATCH_ROWS, row_groups=[group], use_threads=False)
+    )
+    for batch in batches:
         try:
             rows = (batch if fine else _no_nanoseconds(batch, pa)).to_pylist()
         except (pa.ArrowException, ValueError) as exc:

@@ -4,10 +4,11 @@
 A merged row is already flat: it is taken as it is. A Batch-shaped line gives the
 ``llm_*`` columns alone (its data columns come from the input, joined by the caller):
 the answer as its endpoint shows it (told by the response body's ``object``), the state,
-the error, usage, the model, and every field of the ``llmbatch`` block with no column of
-its own as ``llm_FIELD`` (``t`` becomes ``llm_t``, a later ``model`` overrides the
-body's). With `spread`, a JSON object answer also gives one ``llm_answer.PROP`` column per
-top-level property.
+the error, usage, the model (the block's ``model`` when --escalate wrote one, else the
+body's), the finish time ``t`` as ``llm_t``, and every other field of the ``llmbatch``
+block with no column of its own as ``llm_FIELD`` (what a later llmbatch adds). With
+`spread`, a JSON object answer also gives one ``llm_answer.PROP`` column per top-level
+property.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ _BY_OBJECT = {
 # Fields of the llmbatch block that a column of their own already shows (or that are
 # the rerun's, shown under their own names).
 _SHOWN = frozenset({"line", "requests", "retries", "valid", "latency_ms", "usage", "state", "fault", "cause",
-                    "via", "server", "fp", "batch_id", "metadata"})  # fmt: skip
+                    "via", "server", "fp", "batch_id", "metadata", "t", "model"})  # fmt: skip
 
 
 def endpoint_of_body(body: Any) -> Endpoint:
@@ -77,9 +78,11 @@ def batch_row(rec: dict[str, Any]) -> dict[str, Any]:
         "llm_prompt_tokens": usage.get("prompt_tokens", 0),
         "llm_completion_tokens": usage.get("completion_tokens", 0),
         "llm_cached_tokens": usage.get("cached_tokens", 0),
+        "llm_cache_write_tokens": usage.get("cache_write_tokens", 0),
         "llm_reasoning_tokens": usage.get("reasoning_tokens", 0),
-        "llm_model": model,
+        "llm_model": meta["model"] if isinstance(meta.get("model"), str) else model,  # --escalate's
         "llm_latency_ms": meta.get("latency_ms"),
+        "llm_t": meta.get("t"),
         "llm_fp": meta.get("fp"),
         "llm_server": meta.get("server"),
         "llm_via": meta.get("via"),
