@@ -13,6 +13,7 @@ import contextlib
 import itertools
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
 from collections.abc import AsyncIterator
@@ -153,7 +154,8 @@ class _DevTools:
 @contextlib.asynccontextmanager
 async def _chromium(binary: str, width: int, height: int) -> AsyncIterator[str]:
     """A headless browser of its own profile; yields its DevTools port's base URL."""
-    with tempfile.TemporaryDirectory(prefix="llmbatch-chromium-") as profile:
+    # Chromium's helper processes may still write to the profile as it is removed.
+    with tempfile.TemporaryDirectory(prefix="llmbatch-chromium-", ignore_cleanup_errors=True) as profile:
         argv = [
             binary, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
             "--no-default-browser-check", "--disable-extensions", "--disable-background-networking",
@@ -162,7 +164,8 @@ async def _chromium(binary: str, width: int, height: int) -> AsyncIterator[str]:
             "--remote-debugging-address=127.0.0.1", "--remote-debugging-port=0", "about:blank",
         ]  # fmt: skip
         quiet = subprocess.DEVNULL
-        proc = subprocess.Popen(argv, stdin=quiet, stdout=quiet, stderr=quiet)
+        # A session of its own: its helper processes (renderer, crash handler) end with it.
+        proc = subprocess.Popen(argv, stdin=quiet, stdout=quiet, stderr=quiet, start_new_session=True)
         try:
             active = Path(profile) / "DevToolsActivePort"
             loop = asyncio.get_running_loop()
@@ -173,12 +176,15 @@ async def _chromium(binary: str, width: int, height: int) -> AsyncIterator[str]:
                 await asyncio.sleep(0.05)
             yield f"http://127.0.0.1:{active.read_text().split()[0]}"
         finally:
-            proc.terminate()
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
             try:
                 proc.wait(10)
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)  # any helper left behind
 
 
 def _errors(events: list[dict[str, Any]]) -> list[str]:
