@@ -129,10 +129,16 @@ def test_sigkill_at_random_moments_pays_for_nothing_twice(fake_server, tmp_path)
     server = fake_server(**behaviour)
     out = tmp_path / "out.jsonl"
     args = (src, "-o", out, *flags(server, "--batch-requests", "5"))
+    # The kills are timed from when a run can have begun its work: the start-up of the
+    # interpreter and the CLI, measured now (seconds on a loaded machine, not 0.5).
+    began = time.monotonic()
+    help_argv = [sys.executable, "-m", "llmbatch", "run", "--help"]
+    subprocess.run(help_argv, env=_env(), capture_output=True, check=True)
+    startup = time.monotonic() - began
     moments = []
     for _ in range(8):
         proc = _start(tmp_path, *args)
-        moment = rng.uniform(0.8, 2.0)
+        moment = startup + rng.uniform(0.3, 1.5)
         time.sleep(moment)
         proc.send_signal(signal.SIGKILL)
         proc.communicate(timeout=10)
