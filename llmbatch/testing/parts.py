@@ -15,7 +15,7 @@ from llmbatch.core.attachments import attachment_parts, image_size, split_data_u
 from llmbatch.core.endpoints import CHAT, MESSAGES, RESPONSES
 from llmbatch.input.attach import sniff
 
-__all__ = ["IMAGE_TYPES", "bad_part"]
+__all__ = ["IMAGE_TYPES", "MESSAGES_IMAGE_BASE64", "bad_part"]
 
 IMAGE_TYPES = frozenset({"image/png", "image/jpeg", "image/gif", "image/webp"})
 _OWN = {
