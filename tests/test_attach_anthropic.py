@@ -153,6 +153,8 @@ def test_live_rows_send_image_and_document_blocks(anthropic, claude, tmp_path):
     for body in server.stats.bodies:
         text, sent = blocks(body)
         assert sent == expect["s" + text.split()[-1].rstrip("?")], text
+    # The server bills an image as Anthropic does: a 2048 x 4096 WebP is 1,600 tokens.
+    assert 1600 < records["s7"]["llmbatch"]["usage"]["prompt_tokens"] < 1700
     assert KEY not in out.read_text() + result.output
 
 
