@@ -105,7 +105,7 @@ def builder_for(settings: Settings) -> RequestBuilder:
 def attacher_for(settings: Settings, endpoint: str | None) -> Attacher | None:
     """What --attach reads: the fields named, relative paths from the input's folder,
     the provider's size limits. Only data items filling a template carry attachments, and
-    only to chat and the Responses API."""
+    only to chat, the Responses API and the Messages API."""
     if not settings.attach:
         return None
     if settings.prompt is None:

@@ -9,8 +9,14 @@ by an http(s) URL is not fetched, and counts as `DEFAULT_IMAGE_SIZE`. A PDF coun
 `PDF_TOKENS_PER_PAGE` for each `PDF_BYTES_PER_PAGE` of its size (at least one page):
 its text plus an image of each page, as the provider bills it, guessed without reading it.
 
+Anthropic's ``image`` blocks are counted as Anthropic documents it: scaled so the long
+edge is at most `ANTHROPIC_MAX_EDGE` px (and the image at most `ANTHROPIC_MAX_IMAGE_TOKENS`),
+an image costs width x height / 750 tokens; its ``document`` blocks (PDFs) count as
+a PDF above (Anthropic bills each page's text plus an image of it).
+
 The content parts themselves (chat's ``image_url`` and ``file``, the Responses API's
-``input_image`` and ``input_file``) are made in :mod:`llmbatch.input.attach`.
+``input_image`` and ``input_file``, Anthropic's ``image`` and ``document`` blocks) are
+made by each endpoint's ``attach``, from what :mod:`llmbatch.input.attach` read.
 """
 
 from __future__ import annotations
@@ -24,6 +30,8 @@ from dataclasses import dataclass
 from typing import Any
 
 __all__ = [
+    "ANTHROPIC_MAX_EDGE",
+    "ANTHROPIC_MAX_IMAGE_TOKENS",
     "DEFAULT_IMAGE_SIZE",
     "PART_TYPES",
     "PDF_BYTES_PER_PAGE",
@@ -34,6 +42,7 @@ __all__ = [
     "data_url",
     "image_size",
     "image_tokens",
+    "messages_image_tokens",
     "part_tokens",
     "split_data_url",
 ]
@@ -44,7 +53,19 @@ DEFAULT_IMAGE_SIZE = (1024, 1024)  # 765 tokens
 PDF_TOKENS_PER_PAGE = 1_500
 PDF_BYTES_PER_PAGE = 100_000
 # The content part types that carry an attachment, and where each keeps its URL.
-PART_TYPES = {"image_url": "image", "input_image": "image", "file": "file", "input_file": "file"}
+# Anthropic's blocks keep theirs in a "source" (base64 "data", or a "url").
+PART_TYPES = {
+    "image_url": "image",
+    "input_image": "image",
+    "file": "file",
+    "input_file": "file",
+    "image": "source",
+    "document": "source",
+}
+# Anthropic: an image is scaled to this long edge, and to this many tokens, at most.
+ANTHROPIC_MAX_EDGE = 1568
+ANTHROPIC_MAX_IMAGE_TOKENS = 1600
+_ANTHROPIC_PIXELS_PER_TOKEN = 750
 _TILE = 512
 _BASE, _PER_TILE = 85, 170
 # How much of a data URL's base64 is decoded to find an image's size: a JPEG's size
@@ -154,6 +175,25 @@ def image_tokens(width: int, height: int, detail: str = "auto") -> int:
     return _BASE + _PER_TILE * math.ceil(w / _TILE) * math.ceil(h / _TILE)
 
 
+def messages_image_tokens(width: int, height: int) -> int:
+    """Tokens an image of this size costs Anthropic (see the module)."""
+    if width <= 0 or height <= 0:
+        width, height = DEFAULT_IMAGE_SIZE
+    fit = min(1.0, ANTHROPIC_MAX_EDGE / max(width, height))
+    tokens = (width * fit) * (height * fit) / _ANTHROPIC_PIXELS_PER_TOKEN
+    return max(1, math.ceil(min(tokens, ANTHROPIC_MAX_IMAGE_TOKENS)))
+
+
+def _source_tokens(part: Mapping[str, Any]) -> int:
+    """An Anthropic ``image`` or ``document`` block's tokens, from its source."""
+    source = part.get("source")
+    data = source.get("data") if isinstance(source, dict) else None
+    if part.get("type") == "image":
+        size = _data_image_size(data) if isinstance(data, str) else None
+        return messages_image_tokens(*(size or DEFAULT_IMAGE_SIZE))
+    return pdf_tokens(len(data) * 3 // 4 if isinstance(data, str) else PDF_BYTES_PER_PAGE)
+
+
 def pdf_tokens(size: int) -> int:
     return PDF_TOKENS_PER_PAGE * max(1, math.ceil(size / PDF_BYTES_PER_PAGE))
 
@@ -177,6 +217,8 @@ def part_tokens(part: Mapping[str, Any]) -> int | None:
     kind = PART_TYPES.get(part.get("type"))  # type: ignore[arg-type]
     if kind is None:
         return None
+    if kind == "source":
+        return _source_tokens(part)
     if kind == "image":
         url = part.get("image_url")
         detail = "auto"
@@ -198,9 +240,9 @@ def attached_bytes(value: Any) -> int:
     """Characters of attached data (data: URLs, file data) in a prompt value."""
     n = 0
     for part in attachment_parts(value):
-        for holder in (part, part.get("image_url"), part.get("file")):
+        for holder in (part, part.get("image_url"), part.get("file"), part.get("source")):
             if isinstance(holder, dict):
-                for key in ("url", "image_url", "file_data"):
+                for key in ("url", "image_url", "file_data", "data"):
                     if isinstance(data := holder.get(key), str):
                         n += len(data)
     return n

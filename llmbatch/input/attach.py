@@ -38,19 +38,27 @@ SUPPORTED = "images (PNG, JPEG, GIF, WebP) and PDFs"
 
 @dataclass(frozen=True, slots=True)
 class AttachLimits:
-    """A provider's documented limits: bytes an image, a PDF, and all of a request's."""
+    """A provider's documented limits: bytes an image, a PDF, and all of a request's
+    (`base64`: counted as the base64 the request carries, as Anthropic counts them)."""
 
     image: int
     pdf: int
     request: int
     provider: str
+    base64: bool = False
+
+    def size(self, raw: int) -> int:
+        """The bytes a file of `raw` bytes counts against these limits."""
+        return 4 * -(-raw // 3) if self.base64 else raw
 
 
-# Per provider (a provider with limits of its own, Anthropic's 5 MB an image, adds its
-# row here and its endpoint's content blocks in `Endpoint.attach`).
+# Per provider (a provider with limits of its own adds its row here and its endpoint's
+# content blocks in `Endpoint.attach`).
 LIMITS = {
     # OpenAI: 20 MB an image; 32 MB of PDF content a request; 50 MB a request's payload.
     "openai": AttachLimits(image=20 * MB, pdf=32 * MB, request=50 * MB, provider="OpenAI"),
+    # Anthropic: 5 MB an image (its base64, on the API); 32 MB a request, PDFs included.
+    "anthropic": AttachLimits(image=5 * MB, pdf=32 * MB, request=32 * MB, provider="Anthropic", base64=True),
 }
 
 
@@ -92,10 +100,11 @@ class Attacher:
                         f"--attach {name}: expected a path, a URL or a list of them, not {one!r}", line=line
                     )
                 out.append(self._one(one, name, line))
-        total = sum(a.size for a in out)
+        total = sum(self.limits.size(a.size) for a in out)
         if total > self.limits.request:
             raise InputError(
-                f"--attach: the attachments ({', '.join(a.name for a in out)}) hold {total / MB:.1f} MB, "
+                f"--attach: the attachments ({', '.join(a.name for a in out)}) hold {total / MB:.1f} MB"
+                f"{' as base64' if self.limits.base64 else ''}, "
                 f"more than the {self.limits.request // MB} MB a request to {self.limits.provider} may carry",
                 line=line,
             )
@@ -159,9 +168,10 @@ class Attacher:
         else:
             what = f"type {media_type}" if media_type else "an unknown type (not an image or a PDF)"
             raise InputError(f"--attach {field}: {name} is {what}: only {SUPPORTED} are attached", line=line)
-        if size > limit:
+        if (counted := self.limits.size(size)) > limit:
+            encoded = f" ({counted / MB:.1f} MB as base64)" if self.limits.base64 else ""
             raise InputError(
-                f"--attach {field}: {name} is {size / MB:.1f} MB, more than the {limit // MB} MB "
+                f"--attach {field}: {name} is {size / MB:.1f} MB{encoded}, more than the {limit // MB} MB "
                 f"{self.limits.provider} takes for {'an image' if kind == 'image' else 'a PDF'}",
                 line=line,
             )

@@ -44,6 +44,7 @@ from llmbatch.testing.anthropic_wire import AnthropicStats, Fault
 from llmbatch.testing.anthropic_wire import error as _error
 from llmbatch.testing.anthropic_wire import rfc3339 as _rfc3339
 from llmbatch.testing.buckets import Bucket
+from llmbatch.testing.parts import bad_part
 
 __all__ = ["AnthropicServer", "AnthropicStats"]
 
@@ -181,6 +182,9 @@ class AnthropicServer(MessageBatches):
             return web.Response(
                 status=400, body=_error("invalid_request_error", "max_tokens: Field required")
             )
+        if (problem := bad_part(MESSAGES, body)) is not None:
+            stats.bad_blocks.append(problem)
+            return web.Response(status=400, body=_error("invalid_request_error", problem))
         now = self._now()
         if self._started is None:
             self._started = now

@@ -16,11 +16,13 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from llmbatch.core.endpoints import MESSAGES
 from llmbatch.providers import script
 from llmbatch.testing.anthropic_wire import FAULT_KINDS as _FAULT_KINDS
 from llmbatch.testing.anthropic_wire import AnthropicStats, Fault
 from llmbatch.testing.anthropic_wire import error as _error
 from llmbatch.testing.anthropic_wire import rfc3339 as _rfc3339
+from llmbatch.testing.parts import bad_part
 
 __all__ = ["MAX_BATCH_BYTES", "MAX_BATCH_REQUESTS", "MessageBatches"]
 
@@ -118,6 +120,10 @@ class MessageBatches:
             }
         elif first and share < self.errored_share + self.expired_share:
             result = {"type": "expired"}
+        elif (problem := bad_part(MESSAGES, req.get("params") or {})) is not None:
+            self.stats.bad_blocks.append(problem)
+            error = {"type": "invalid_request_error", "message": problem}
+            result = {"type": "errored", "error": {"type": "error", "error": error}}
         else:
             try:
                 result = {"type": "succeeded", "message": self._answer(req["params"], f"{cid}\0batch")}

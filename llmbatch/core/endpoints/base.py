@@ -105,9 +105,8 @@ class Endpoint:
     bare_key: str | None = None
     text_answers: bool = True
     takes_validators: bool = True
-    # Whether `attach` puts images and PDFs in its body (--attach): chat's and the
-    # Responses API's do; another endpoint that can (the Messages API's image and
-    # document blocks) sets it and overrides `attach`.
+    # Whether `attach` puts images and PDFs in its body (--attach): chat's, the
+    # Responses API's and the Messages API's (image and document blocks) do.
     takes_attachments: bool = False
     # The ceiling a body gets when neither it nor --max-tokens gives one: for an API
     # that refuses a request without (Anthropic's); None: the body goes without.
@@ -148,8 +147,8 @@ class Endpoint:
     def attach(self, body: dict[str, Any], attachments: Sequence[Attachment]) -> dict[str, Any]:
         """The body a template filled, carrying `attachments` (images, PDFs) as content
         parts after the prompt's text. Raises ValueError saying what this endpoint cannot
-        take: here, anything (chat and the Responses API take attachments)."""
-        raise ValueError(f"--attach: {self.path} takes no attachments (chat completions and responses do)")
+        take: here, anything (chat, the Responses API and the Messages API take attachments)."""
+        raise ValueError(f"--attach: {self.path} takes no attachments (chat, responses and messages do)")
 
     # --- the answer ----------------------------------------------------------------
 

@@ -16,19 +16,31 @@ is ``length`` (a truncation); ``refusal`` is a refusal. The usage is ``input_tok
 (not counting the cache), ``cache_read_input_tokens``, ``cache_creation_input_tokens``
 and ``output_tokens``: told as prompt tokens (all three inputs), of which cached (read)
 and cache writes, and completion tokens.
+
+``--attach`` puts each image in an ``image`` block and each PDF in a ``document`` block,
+before the user turn's text (as Anthropic advises): a local file (or a ``data:`` URL) as
+a base64 source with its media type, an http(s) URL as a url source.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import orjson
 
+from llmbatch.core.attachments import Attachment, split_data_url
 from llmbatch.core.endpoints.base import MESSAGE_FRAMING, Endpoint, reask_message, text_chars
 from llmbatch.core.usage import Usage
 
-__all__ = ["DEFAULT_MESSAGES_MAX_TOKENS", "MESSAGES", "SCHEMA_TOOL", "Messages", "schema_tool"]
+__all__ = [
+    "DEFAULT_MESSAGES_MAX_TOKENS",
+    "MESSAGES",
+    "SCHEMA_TOOL",
+    "Messages",
+    "attachment_block",
+    "schema_tool",
+]
 
 MESSAGES = "/v1/messages"
 # The answer ceiling a Messages request gets when neither its body nor --max-tokens
@@ -48,6 +60,16 @@ def schema_tool(response_format: Mapping[str, Any]) -> dict[str, Any]:
     schema = spec.get("schema") if isinstance(spec.get("schema"), dict) else {"type": "object"}
     tool = {"name": name, "description": "Give the answer through this tool.", "input_schema": schema}
     return {"tools": [tool], "tool_choice": {"type": "tool", "name": name}}
+
+
+def attachment_block(a: Attachment) -> dict[str, Any]:
+    """The content block carrying one attachment: ``image`` or ``document``."""
+    split = split_data_url(a.url)
+    if split is None:
+        source: dict[str, Any] = {"type": "url", "url": a.url}
+    else:
+        source = {"type": "base64", "media_type": split[0], "data": split[1]}
+    return {"type": "image" if a.kind == "image" else "document", "source": source}
 
 
 def _blocks(body: Any) -> list[Any]:
@@ -78,6 +100,7 @@ class Messages(Endpoint):
     max_tokens_key = "max_tokens"
     prompt_keys = ("system", "messages")
     default_max_tokens = DEFAULT_MESSAGES_MAX_TOKENS
+    takes_attachments = True
 
     def from_text(self, text: str, system: str | None) -> dict[str, Any]:
         body: dict[str, Any] = {"messages": [{"role": "user", "content": text}]}
@@ -92,6 +115,16 @@ class Messages(Endpoint):
 
     def schema_params(self, response_format: dict[str, Any]) -> dict[str, Any]:
         return schema_tool(response_format)
+
+    def attach(self, body: dict[str, Any], attachments: Sequence[Attachment]) -> dict[str, Any]:
+        """The user turn's content becomes blocks: an ``image`` or ``document`` block for
+        each attachment, then its text."""
+        messages = [dict(m) for m in body["messages"]]
+        user = messages[-1]
+        text = user["content"]
+        tail = [{"type": "text", "text": text}] if isinstance(text, str) else list(text)
+        user["content"] = [*(attachment_block(a) for a in attachments), *tail]
+        return {**body, "messages": messages}
 
     def reask_after(
         self, body: Mapping[str, Any], answer_body: Any, answer: str | None, reason: str
