@@ -221,6 +221,7 @@ class AnthropicServer(MessageBatches):
         if self.latency:
             await asyncio.sleep(self.latency)
         stats.answered += 1
+        stats.usages.append(usage)
         headers = {**self._headers(), "request-id": f"req_{answer['id']}", "content-type": "application/json"}
         return web.Response(body=orjson.dumps(answer), headers=headers)
 

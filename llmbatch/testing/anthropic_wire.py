@@ -58,3 +58,4 @@ class AnthropicStats:
     api_keys: set[str] = field(default_factory=set)
     versions: set[str] = field(default_factory=set)
     bodies: list[dict[str, Any]] = field(default_factory=list)  # the /v1/messages bodies, in order
+    usages: list[dict[str, Any]] = field(default_factory=list)  # the usage of each answer given
