@@ -124,4 +124,5 @@ def test_the_default_sends_breakpoints_to_anthropics_own_api_only() -> None:
     host = "api.anthropic.com"
     assert sends_key("openai", "https://api.anthropic.com", host)
     assert not sends_key("openai", "http://127.0.0.1:8901", host)
-    assert sends_key("auto", "http://127.0.0.1:8901", host) and not sends_key("off", "https://api.anthropic.com", host)
+    assert sends_key("auto", "http://127.0.0.1:8901", host)
+    assert not sends_key("off", "https://api.anthropic.com", host)
