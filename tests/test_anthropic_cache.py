@@ -106,6 +106,30 @@ def test_off_sends_no_breakpoints_and_the_answers_are_the_same(
     assert again.exit_code == 0 and len(server.stats.bodies) == sent
 
 
+def test_message_batches_carry_the_breakpoints_and_read_the_cache(
+    claude: Callable[..., Result], tmp_path: Path
+) -> None:
+    """--batch-api: the batch's requests carry the same breakpoints, one answer writes the
+    prefix and every other reads it, priced at the batch's cache prices."""
+    out, summary = tmp_path / "out.jsonl", tmp_path / "summary.json"
+    with AnthropicServer(api_key=KEY, prompt_cache=AnthropicPromptCache(), batch_seconds=0.2) as server:
+        result = claude(
+            server, out, "--prompt-cache-key", "auto", "--batch-api", "--poll-every", "0.2",
+            "--summary-json", summary,
+        )  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    usages = [r["llmbatch"]["usage"] for r in by_id(out).values()]
+    assert len(usages) == 240
+    assert sum(1 for u in usages if u.get("cache_write_tokens")) == 1
+    assert sum(1 for u in usages if u.get("cached_tokens")) == 239
+    data = orjson.loads(summary.read_bytes())
+    fresh = data["prompt_tokens"] - data["cached_tokens"] - data["cache_write_tokens"]
+    # the batch price: half of $1 in, $5 out, $0.10 cache read, $1.25 cache write per million
+    want = fresh * 0.5 + data["cached_tokens"] * 0.05 + data["cache_write_tokens"] * 0.625
+    want += data["completion_tokens"] * 2.5
+    assert data["cost_usd"] == pytest.approx(want / 1e6, rel=1e-6)
+
+
 def test_a_body_marking_its_own_breakpoints_is_left_alone() -> None:
     """A body with a cache_control of its own keeps it and gets none added; a short fixed
     prefix stays inside the user message while the system is still marked."""
