@@ -80,6 +80,8 @@ def test_the_fixed_prefix_is_read_from_the_cache_after_the_first_request(
     )
     assert data["cost_usd"] == pytest.approx(want / 1e6, rel=1e-6)
     assert data["cached_tokens"] == read
+    writes = sum(u["cache_creation_input_tokens"] for u in usages)
+    assert data["cache_saved_usd"] == pytest.approx((read * 0.9 - writes * 0.25) / 1e6, rel=1e-6)
 
 
 def test_off_sends_no_breakpoints_and_the_answers_are_the_same(
