@@ -348,7 +348,9 @@ def run(
         Opt(
             help="The prompt_cache_key templated requests carry (from the template's fixed prefix and "
             "--system, so the provider's prompt cache serves them): openai sends it to OpenAI's API "
-            "only, auto (or on) to any server, off never. A body's own key is kept.",
+            "only, auto (or on) to any server, off never. A body's own key is kept. With --provider "
+            "anthropic: cache_control breakpoints on --system and the fixed prefix, by default to "
+            "Anthropic's own API only (auto/on: any server; off: none); a body's own are kept.",
             panel=RERUN,
             metavar="openai|auto|on|off",
         ),

@@ -47,8 +47,9 @@ def by_model_usd(stats: Stats, price: Price) -> float | None:
 
 def saved_usd(stats: Stats, price: Price | None) -> float | None:
     """What the prompt cache saved: the cached prompt tokens at the cached price rather
-    than the input price (each model's, with --escalate); None when nothing was cached or
-    the price has no cached rate."""
+    than the input price (each model's, with --escalate), less what its writes cost above
+    the input price (Anthropic's); None when nothing was cached or the price has no
+    cached rate."""
     if price is None or not stats.cached_tokens:
         return None
     rows = list(stats.by_model.items()) if stats.by_model else [(None, [0, 0, 0, 0, stats.cached_tokens])]
@@ -58,6 +59,9 @@ def saved_usd(stats: Stats, price: Price | None) -> float | None:
         if known is None or known.cached_input is None:
             continue
         saved += row[4] * (known.input - known.cached_input) / 1_000_000
+    if stats.cache_write_tokens and price.cache_write is not None:
+        # Anthropic bills writes above the input price: that premium is part of the deal.
+        saved -= stats.cache_write_tokens * (price.cache_write - price.input) / 1_000_000
     return saved or None
 
 

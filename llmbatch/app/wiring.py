@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 from llmbatch.app.checks import DEFAULT_BASE_URL, check_api_key
 from llmbatch.app.settings import Settings
-from llmbatch.core.cachekey import prompt_cache_key, sends_key
+from llmbatch.core.cachekey import ANTHROPIC_HOST, fixed_prefix, prompt_cache_key, sends_key
 from llmbatch.core.endpoints import CHAT, ENDPOINTS, MESSAGES, known_endpoints, normalise_endpoint
 from llmbatch.core.errors import ConfigError
 from llmbatch.core.structured import response_format
@@ -83,8 +83,11 @@ def builder_for(settings: Settings) -> RequestBuilder:
     if settings.service_tier is not None:
         params.setdefault("service_tier", settings.service_tier)
     asked = schema_asked(settings)
-    cache_key = None
-    if settings.prompt is not None and sends_key(settings.prompt_cache_key, base_url_of(settings)):
+    cache_key = cache_prefix = None
+    if settings.prompt is not None and settings.provider == "anthropic":
+        if sends_key(settings.prompt_cache_key, base_url_of(settings), ANTHROPIC_HOST):
+            cache_prefix = fixed_prefix(settings.prompt)
+    elif settings.prompt is not None and sends_key(settings.prompt_cache_key, base_url_of(settings)):
         cache_key = prompt_cache_key(settings.prompt, settings.system)
     return RequestBuilder(
         model=settings.model,
@@ -99,6 +102,7 @@ def builder_for(settings: Settings) -> RequestBuilder:
         validating=bool(settings.validate) or settings.schema is not None,
         attach=attacher_for(settings, endpoint),
         cache_key=cache_key,
+        cache_prefix=cache_prefix,
     )
 
 

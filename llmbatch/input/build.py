@@ -23,12 +23,13 @@ from typing import Any
 import orjson
 
 from llmbatch.core.attachments import attached_bytes
-from llmbatch.core.cachekey import CACHE_KEY, CACHE_KEY_ENDPOINTS
+from llmbatch.core.cachekey import CACHE_KEY, CACHE_KEY_ENDPOINTS, with_breakpoints
 from llmbatch.core.endpoints import (
     CHAT,
     CHAT_ENDPOINT,
     EMBEDDINGS,
     ENDPOINTS,
+    MESSAGES,
     Endpoint,
     bare_endpoint,
     known_endpoints,
@@ -191,6 +192,9 @@ class RequestBuilder:
     # The prompt cache key a templated request carries (`llmbatch.core.cachekey`), unless
     # its body has one; None: none.
     cache_key: str | None = None
+    # The fixed prefix a templated Messages request marks for Anthropic's prompt cache
+    # (`llmbatch.core.cachekey.with_breakpoints`); None: no breakpoints.
+    cache_prefix: str | None = None
 
     def build(self, line: int, obj: dict[str, Any]) -> Request:
         if self.template is not None:
@@ -209,6 +213,8 @@ class RequestBuilder:
         if self.cache_key is not None and url in CACHE_KEY_ENDPOINTS:
             # After the fingerprints: it is left out of them, and no older line asked it.
             body.setdefault(CACHE_KEY, self.cache_key)
+        elif self.cache_prefix is not None and url == MESSAGES and self.template is not None:
+            with_breakpoints(body, self.cache_prefix)  # after the fingerprints, as the key
         return request
 
     def custom_id(self, line: int, obj: dict[str, Any]) -> str | None:

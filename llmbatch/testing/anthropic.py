@@ -19,6 +19,9 @@ first time the server sees that id only (so a follow-up of it succeeds). ``read_
 holds each create before its body is read (a client killed meanwhile made no batch),
 ``results_delay`` each results download halfway;
 the first ``lose_create_answers`` creates make their batch and drop the connection.
+With ``prompt_cache`` (:mod:`llmbatch.testing.anthropic_cache`, ``--prompt-cache``) a
+prefix up to a ``cache_control`` breakpoint seen before is read from the cache, else
+written; text blocks split at a breakpoint are read (and answered) as one text.
 
 Run it alone: ``python -m llmbatch.testing.anthropic --port 8901 --rpm 600 --itpm 40000``.
 """
@@ -27,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import datetime as dt
 import itertools
 import random
@@ -39,6 +43,7 @@ from aiohttp import web
 from llmbatch.core.endpoints import MESSAGES
 from llmbatch.providers import answers, script
 from llmbatch.testing.anthropic_batches import MessageBatches, _Batch
+from llmbatch.testing.anthropic_cache import AnthropicPromptCache, readable
 from llmbatch.testing.anthropic_wire import FAULT_KINDS as _FAULT_KINDS
 from llmbatch.testing.anthropic_wire import AnthropicStats, Fault
 from llmbatch.testing.anthropic_wire import error as _error
@@ -74,6 +79,7 @@ class AnthropicServer(MessageBatches):
         host: str = "127.0.0.1",
         port: int = 0,
         seed: int = 0,
+        prompt_cache: AnthropicPromptCache | None = None,
     ) -> None:
         self.limits = {"requests": rpm, "input": itpm, "output": otpm}
         self.bucket_seconds = bucket_seconds
@@ -89,6 +95,7 @@ class AnthropicServer(MessageBatches):
         self.lose_create_answers = lose_create_answers
         self.host, self.port = host, port
         self.stats = AnthropicStats()
+        self.prompt_cache = prompt_cache
         self.batches: dict[str, _Batch] = {}
         self._buckets: dict[str, Bucket] = {}
         self._rng = random.Random(seed)
@@ -152,14 +159,18 @@ class AnthropicServer(MessageBatches):
         return self.api_key is None or key == self.api_key
 
     def _answer(self, body: dict[str, Any], key: str) -> dict[str, Any]:
-        plan = script.parse_script(body)
+        read = readable(body)  # what the model reads: split text blocks whole again
+        plan = script.parse_script(read)
         attempt = self._attempts.get(key, 0) if plan.counted else 0
         if plan.counted:
             self._attempts[key] = attempt + 1
-        step = script.step(plan, attempt, body)
+        step = script.step(plan, attempt, read)
         if isinstance(step.fault, int):
             raise Fault(step.fault)
-        return answers.messages_body(body, step, f"msg_fake_{next(self._ids)}")
+        if self.prompt_cache is not None and not (step.cached or step.written):
+            cached, written = self.prompt_cache.serve(body)
+            step = dataclasses.replace(step, cached=cached, written=written)
+        return answers.messages_body(read, step, f"msg_fake_{next(self._ids)}")
 
     async def _messages(self, request: web.Request) -> web.StreamResponse:
         stats = self.stats
@@ -214,6 +225,7 @@ class AnthropicServer(MessageBatches):
         if self.latency:
             await asyncio.sleep(self.latency)
         stats.answered += 1
+        stats.usages.append(usage)
         headers = {**self._headers(), "request-id": f"req_{answer['id']}", "content-type": "application/json"}
         return web.Response(body=orjson.dumps(answer), headers=headers)
 
@@ -297,6 +309,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--overload-share", type=float, default=0.0)
     parser.add_argument("--overload-seconds", type=float)
     parser.add_argument("--batch-seconds", type=float, default=5.0)
+    parser.add_argument("--prompt-cache", action="store_true", help="model Anthropic's prompt cache")
     args = parser.parse_args(argv)
     server = AnthropicServer(
         rpm=args.rpm,
@@ -308,6 +321,7 @@ def main(argv: list[str] | None = None) -> None:
         overload_seconds=args.overload_seconds,
         batch_seconds=args.batch_seconds,
         port=args.port,
+        prompt_cache=AnthropicPromptCache() if args.prompt_cache else None,
     )
 
     async def run() -> None:

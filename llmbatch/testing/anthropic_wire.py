@@ -59,3 +59,4 @@ class AnthropicStats:
     versions: set[str] = field(default_factory=set)
     bodies: list[dict[str, Any]] = field(default_factory=list)  # the /v1/messages bodies, in order
     bad_blocks: list[str] = field(default_factory=list)  # why image/document blocks were refused
+    usages: list[dict[str, Any]] = field(default_factory=list)  # the usage of each answer given
