@@ -30,9 +30,8 @@ import orjson
 
 from llmbatch.core.endpoints import MESSAGES, endpoint_of
 from llmbatch.core.errors import PermanentError, TransientError
-from llmbatch.core.http import error_for_status
-from llmbatch.core.values import Completion, Request, Usage
-from llmbatch.providers.base import DEFAULT_TIMEOUT
+from llmbatch.core.values import Completion, Request
+from llmbatch.providers.base import DEFAULT_TIMEOUT, completion_of
 from llmbatch.providers.openai_errors import connection_error, redact, secret_of
 
 __all__ = ["ANTHROPIC_VERSION", "DEFAULT_ANTHROPIC_URL", "AnthropicProvider", "anthropic_root"]
@@ -135,17 +134,7 @@ class AnthropicProvider:
         payload: bytes | io.BytesIO = io.BytesIO(data) if len(data) > _LARGE_BODY else data
         started = time.perf_counter()
         status, raw, headers = await self.call("POST", MESSAGES, data=payload, timeout=timeout)
-        latency = (time.perf_counter() - started) * 1000
-        if status >= 300:
-            raise error_for_status(status, raw, headers)
-        body: Any
-        try:
-            body = orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            body = raw[:2000].decode("utf-8", "replace")
-        endpoint = endpoint_of(MESSAGES)
-        usage = endpoint.usage(body) if isinstance(body, dict) else Usage()
-        return Completion(body, status, usage, headers, headers.get("request-id"), latency, endpoint)
+        return completion_of(status, raw, headers, started, endpoint_of(MESSAGES), request_id="request-id")
 
     async def aclose(self) -> None:
         if self._session is not None:

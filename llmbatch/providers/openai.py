@@ -22,7 +22,7 @@ import io
 import time
 import urllib.request
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Literal
 
 import aiohttp
 import httpx2
@@ -32,9 +32,8 @@ from yarl import URL
 
 from llmbatch.core.endpoints import Endpoint, endpoint_of
 from llmbatch.core.errors import ConfigError, TransientError
-from llmbatch.core.http import error_for_status
-from llmbatch.core.values import Completion, Request, Usage
-from llmbatch.providers.base import DEFAULT_TIMEOUT
+from llmbatch.core.values import Completion, Request
+from llmbatch.providers.base import DEFAULT_TIMEOUT, completion_of
 from llmbatch.providers.openai_errors import connection_error, redact, secret_of, translate
 
 __all__ = ["OpenAIProvider"]
@@ -200,7 +199,7 @@ class OpenAIProvider:
             raise TransientError(f"no answer within {timeout:g}s", code="timeout") from None
         except aiohttp.ClientError as exc:
             raise connection_error(exc, self._secret) from None
-        return _completion(status, self._redact(raw), resp_headers, started, endpoint)
+        return completion_of(status, self._redact(raw), resp_headers, started, endpoint)
 
     async def _complete_sdk(self, request: Request, timeout: float | None) -> Completion:
         started = time.perf_counter()
@@ -218,7 +217,7 @@ class OpenAIProvider:
             raise connection_error(exc, self._secret, timeout=timeout) from None
         except openai.OpenAIError as exc:
             raise translate(exc, self._secret) from None
-        return _completion(
+        return completion_of(
             resp.status_code, self._redact(resp.content), resp.headers, started, endpoint_of(request.url)
         )
 
@@ -230,21 +229,3 @@ class OpenAIProvider:
             await self._session.close()
             self._session = None
         await self.client.close()
-
-
-def _completion(
-    status: int, raw: bytes, headers: Mapping[str, str], started: float, endpoint: Endpoint
-) -> Completion:
-    latency = (time.perf_counter() - started) * 1000
-    if status >= 300:
-        raise error_for_status(status, raw, headers)
-    body: Any
-    try:
-        body = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        # Not an answer; the validate stage says so and the item is asked again.
-        body = raw[:2000].decode("utf-8", "replace")
-    usage = endpoint.usage(body) if isinstance(body, dict) else Usage()
-    # body, status_code, usage, headers, request_id, latency_ms, endpoint (positional:
-    # once per answer)
-    return Completion(body, status, usage, headers, headers.get("x-request-id"), latency, endpoint)
