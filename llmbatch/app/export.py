@@ -29,6 +29,7 @@ from typing import Any, Literal
 
 import orjson
 
+from llmbatch.app.checks import check_files
 from llmbatch.core.errors import ConfigError
 from llmbatch.cost.prices import FAKE_FREE, FAKE_MODEL, Price, cost, price_for
 from llmbatch.files import tables
@@ -95,11 +96,7 @@ def export_table(
         for path in dict.fromkeys(p.resolve() for p in inputs):
             stack.enter_context(OutputLock(path))
         chosen = select(inputs)
-        if len(chosen.formats) > 1:
-            raise ConfigError(
-                f"{chosen.formats['batch']} holds Batch lines and {chosen.formats['merged']} merged rows: "
-                "export files of one format"
-            )
+        chosen.check_one_format("export")
         done.dropped = chosen.dropped
         batch = "batch" in chosen.formats
         if join is not None and not batch:
@@ -124,18 +121,10 @@ def export_table(
 
 
 def _check(inputs: Sequence[Path], output: Path) -> None:
-    if not inputs:
-        raise ConfigError("export needs at least one output file to read")
+    check_files(inputs, output, none="export needs at least one output file to read")
     for path in inputs:
-        if not path.is_file():
-            raise ConfigError(f"not a file: {path}" if path.exists() else f"file not found: {path}")
         if output.exists() and output.resolve() == path.resolve():
             raise ConfigError(f"the table would be written over {path}, which it reads: choose another -o")
-    if output.is_dir():
-        raise ConfigError(f"output is a directory, not a file: {output}")
-    folder = output.parent if str(output.parent) else Path(".")
-    if not folder.is_dir():
-        raise ConfigError(f"output folder does not exist: {folder}")
 
 
 class _Prices:
