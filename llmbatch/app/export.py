@@ -38,7 +38,7 @@ from llmbatch.input.build import RequestBuilder
 from llmbatch.input.source import Source
 from llmbatch.input.tables import TableOptions
 from llmbatch.output.flat import SPREAD_PREFIX, batch_row, spread
-from llmbatch.output.readback import read_line
+from llmbatch.output.readback import record_of
 from llmbatch.output.rewrite import kept_lines, select
 from llmbatch.validate.validator import extract_json
 
@@ -145,15 +145,11 @@ def _rows(
     lines: Iterator[bytes], done: Exported, *, spread_answers: bool, prices: Prices
 ) -> Iterator[dict[str, Any]]:
     for raw in lines:
-        try:
-            rec = orjson.loads(raw)
-        except orjson.JSONDecodeError:
+        ours = record_of(raw)
+        if ours is None:
             done.other += 1
             continue
-        line = read_line(rec)
-        if line is None:
-            done.other += 1
-            continue
+        rec, line = ours
         row = rec if line.format == "merged" else batch_row(rec)
         row["llm_cost_usd"] = _cost(row, prices)
         if spread_answers:

@@ -20,15 +20,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import orjson
-
 from llmbatch.app.format import usd
 from llmbatch.core.errors import ConfigError
 from llmbatch.core.values import State
 from llmbatch.cost.prices import Prices, cost
 from llmbatch.files.idset import IdSet
 from llmbatch.files.jsonl import open_lines
-from llmbatch.output.readback import Line, read_line
+from llmbatch.output.readback import Line, record_of
 
 __all__ = ["Observer", "Report", "format_report", "read_report"]
 
@@ -145,15 +143,11 @@ def _count(
     observe: Observer | None = None,
 ) -> None:
     report.lines += 1
-    try:
-        rec = orjson.loads(raw)
-    except orjson.JSONDecodeError:
+    ours = record_of(raw)
+    if ours is None:
         report.other += 1
         return
-    line = read_line(rec)
-    if line is None:
-        report.other += 1
-        return
+    rec, line = ours
     if not seen.add(line.custom_id):
         report.repeated += 1
     report.states[line.state.value] += 1
