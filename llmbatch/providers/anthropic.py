@@ -21,7 +21,6 @@ from __future__ import annotations
 import io
 import os
 import time
-import urllib.request
 from collections.abc import Mapping
 from typing import Any
 
@@ -31,6 +30,7 @@ import orjson
 from llmbatch.core.endpoints import MESSAGES, endpoint_of
 from llmbatch.core.errors import PermanentError, TransientError
 from llmbatch.core.values import Completion, Request
+from llmbatch.providers.aio import Timeouts, open_session
 from llmbatch.providers.base import DEFAULT_TIMEOUT, completion_of
 from llmbatch.providers.openai_errors import connection_error, redact, secret_of
 
@@ -73,7 +73,7 @@ class AnthropicProvider:
             "anthropic-version": version,
             "content-type": "application/json",
         }
-        self._timeouts: dict[float | None, aiohttp.ClientTimeout] = {}
+        self._timeout = Timeouts()
         self._session: aiohttp.ClientSession | None = None
 
     @property
@@ -83,21 +83,8 @@ class AnthropicProvider:
     @property
     def session(self) -> aiohttp.ClientSession:
         if self._session is None:
-            connector = aiohttp.TCPConnector(
-                limit=self.concurrency, limit_per_host=self.concurrency, ttl_dns_cache=300
-            )
-            self._session = aiohttp.ClientSession(
-                connector=connector,
-                headers=self._headers,
-                trust_env=any(scheme != "no" for scheme in urllib.request.getproxies()),
-            )
+            self._session = open_session(self.concurrency, self._headers)
         return self._session
-
-    def _timeout(self, seconds: float | None) -> aiohttp.ClientTimeout:
-        cached = self._timeouts.get(seconds)
-        if cached is None:
-            cached = self._timeouts[seconds] = aiohttp.ClientTimeout(total=seconds)
-        return cached
 
     async def call(
         self,

@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import io
 import time
-import urllib.request
 from collections.abc import Mapping
 from typing import Literal
 
@@ -33,6 +32,7 @@ from yarl import URL
 from llmbatch.core.endpoints import Endpoint, endpoint_of
 from llmbatch.core.errors import ConfigError, TransientError
 from llmbatch.core.values import Completion, Request
+from llmbatch.providers.aio import Timeouts, open_session
 from llmbatch.providers.base import DEFAULT_TIMEOUT, completion_of
 from llmbatch.providers.openai_errors import connection_error, redact, secret_of, translate
 
@@ -103,7 +103,7 @@ class OpenAIProvider:
         )
         self._prepared: dict[str, _Prepared] = {}
         self._session_headers: dict[str, str] | None = None
-        self._timeouts: dict[float | None, aiohttp.ClientTimeout] = {}
+        self._timeout = Timeouts()
         self._preparing: dict[str, asyncio.Task[_Prepared]] = {}
         self._session: aiohttp.ClientSession | None = None
 
@@ -152,27 +152,9 @@ class OpenAIProvider:
         return prepared
 
     def _open_session(self, headers: dict[str, str]) -> aiohttp.ClientSession:
-        connector = aiohttp.TCPConnector(
-            limit=self.concurrency, limit_per_host=self.concurrency, ttl_dns_cache=300
-        )
-        self._session = aiohttp.ClientSession(
-            connector=connector,
-            # The SDK's headers as the session's own: aiohttp merges per-request
-            # headers on every call, session headers once.
-            headers=headers,
-            # aiohttp looks up proxies and .netrc in a thread on every request when
-            # trust_env is on; pay that only when the environment names a proxy.
-            trust_env=any(scheme != "no" for scheme in urllib.request.getproxies()),
-            auto_decompress=True,
-        )
+        self._session = open_session(self.concurrency, headers)
         self._session_headers = headers
         return self._session
-
-    def _timeout(self, seconds: float | None) -> aiohttp.ClientTimeout:
-        cached = self._timeouts.get(seconds)
-        if cached is None:
-            cached = self._timeouts[seconds] = aiohttp.ClientTimeout(total=seconds)
-        return cached
 
     async def complete(self, request: Request, *, timeout: float | None = None) -> Completion:
         if self.transport == "sdk":
