@@ -28,18 +28,12 @@ import urllib.request
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from llmbatch.testing.reviews import REVIEW_SCHEMA as SCHEMA
+
 if TYPE_CHECKING:
     from bench.scenarios import Context, Row
 
 KEY = "sk-ant-bench"
-SCHEMA = {
-    "type": "object",
-    "properties": {
-        "sentiment": {"enum": ["pos", "neg"]},
-        "score": {"type": "integer", "minimum": 1, "maximum": 5},
-    },
-    "required": ["sentiment", "score"],
-}
 CONCURRENCY = 32
 
 

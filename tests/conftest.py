@@ -23,10 +23,13 @@ from typer.testing import CliRunner, Result
 
 from llmbatch.app.cli import app
 from llmbatch.core import retry
+from llmbatch.testing.anthropic import AnthropicServer
 from llmbatch.testing.server import FakeServer
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = ROOT / "samples"
+# A distinctive Anthropic key the `anthropic` fixture's server takes (leaks are easy to grep for).
+ANTHROPIC_KEY = "sk-ant-test-LEAKCHECK-91c2d7e4"
 # The interpreter running the tests: `python -m llmbatch` in subprocess tests uses it.
 PYTHON = sys.executable
 
@@ -89,9 +92,9 @@ class RecordingServer(FakeServer):
 def serve() -> Iterator[Callable[..., Any]]:
     """`serve(ServerClass, *args, **kwargs)`: a started loopback server of that FakeServer
     subclass (a test's own faults), stopped at teardown."""
-    servers: list[FakeServer] = []
+    servers: list[Any] = []  # FakeServer or AnthropicServer: each has start() and stop()
 
-    def start(cls: type[FakeServer], *args: Any, **kwargs: Any) -> Any:
+    def start(cls: type[Any], *args: Any, **kwargs: Any) -> Any:
         server = cls(*args, **kwargs)
         server.start()
         servers.append(server)
@@ -106,6 +109,13 @@ def serve() -> Iterator[Callable[..., Any]]:
 def fake_server(serve: Callable[..., Any]) -> Callable[..., RecordingServer]:
     """`fake_server(**FakeServer kwargs)`: a started loopback server, stopped at teardown."""
     return lambda **kwargs: serve(RecordingServer, **kwargs)
+
+
+@pytest.fixture
+def anthropic(serve: Callable[..., Any]) -> Callable[..., AnthropicServer]:
+    """`anthropic(**AnthropicServer kwargs)`: a started fake Anthropic API that takes
+    ANTHROPIC_KEY, stopped at teardown."""
+    return lambda **kwargs: serve(AnthropicServer, api_key=ANTHROPIC_KEY, **kwargs)
 
 
 @pytest.fixture

@@ -3,7 +3,7 @@ server (llmbatch.testing.anthropic) on loopback."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -13,32 +13,9 @@ from typer.testing import Result
 
 from llmbatch.core.http import reset_seconds
 from llmbatch.testing.anthropic import AnthropicServer
+from llmbatch.testing.reviews import REVIEW_SCHEMA as SCHEMA
+from tests.conftest import ANTHROPIC_KEY as KEY
 from tests.conftest import by_id, write_jsonl
-
-KEY = "sk-ant-test-LEAKCHECK-91c2d7e4"
-SCHEMA = {
-    "type": "object",
-    "properties": {
-        "sentiment": {"enum": ["pos", "neg"]},
-        "score": {"type": "integer", "minimum": 1, "maximum": 5},
-    },
-    "required": ["sentiment", "score"],
-}
-
-
-@pytest.fixture
-def anthropic() -> Iterator[Callable[..., AnthropicServer]]:
-    """`anthropic(**AnthropicServer kwargs)`: a started fake Anthropic API, stopped at teardown."""
-    servers: list[AnthropicServer] = []
-
-    def start(**kwargs: Any) -> AnthropicServer:
-        server = AnthropicServer(api_key=KEY, **kwargs).start()
-        servers.append(server)
-        return server
-
-    yield start
-    for server in servers:
-        server.stop()
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,17 +19,9 @@ from typer.testing import Result
 
 from llmbatch.providers.anthropic_batches import batch_id_of
 from llmbatch.testing.anthropic import AnthropicServer
+from llmbatch.testing.reviews import REVIEW_SCHEMA as SCHEMA
+from tests.conftest import ANTHROPIC_KEY as KEY
 from tests.conftest import by_id, reap, write_jsonl
-
-KEY = "sk-ant-test-LEAKCHECK-5be81f0a"
-SCHEMA = {
-    "type": "object",
-    "properties": {
-        "sentiment": {"enum": ["pos", "neg"]},
-        "score": {"type": "integer", "minimum": 1, "maximum": 5},
-    },
-    "required": ["sentiment", "score"],
-}
 
 
 def odd_id(i: int) -> str:
@@ -39,20 +31,6 @@ def odd_id(i: int) -> str:
     if i % 5 == 0:
         return f"r-{i}-" + "x" * 80
     return f"r{i}"
-
-
-@pytest.fixture
-def anthropic() -> Iterator[Callable[..., AnthropicServer]]:
-    servers: list[AnthropicServer] = []
-
-    def start(**kwargs: Any) -> AnthropicServer:
-        server = AnthropicServer(api_key=KEY, **kwargs).start()
-        servers.append(server)
-        return server
-
-    yield start
-    for server in servers:
-        server.stop()
 
 
 @pytest.fixture

@@ -1,11 +1,12 @@
 """What a run checks before anything is sent: the output (writable, not the input, not
 someone else's file), the API key, what `-o -` refuses, `--fresh`, and the Batch API
-mode's open batches that bind an output."""
+mode's open batches that bind an output; and the files `merge` and `export` read and write."""
 
 from __future__ import annotations
 
 import contextlib
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 
 from llmbatch.app.settings import Settings, read_api_key
@@ -20,6 +21,7 @@ __all__ = [
     "BATCH_WAYS",
     "DEFAULT_BASE_URL",
     "check_api_key",
+    "check_files",
     "check_output",
     "check_stdout",
     "open_batches_check",
@@ -51,6 +53,21 @@ def check_output(settings: Settings, source: Source) -> None:
             raise ConfigError(f"cannot write {path}: {exc.strerror}") from None
         if not existed:
             path.unlink()  # a run that stops at a later check must leave no empty files
+
+
+def check_files(inputs: Sequence[Path], output: Path, *, none: str) -> None:
+    """`inputs` are files (at least one, else `none` is the error) and `output` may be
+    written: not a directory, in a folder that exists."""
+    if not inputs:
+        raise ConfigError(none)
+    for path in inputs:
+        if not path.is_file():
+            raise ConfigError(f"not a file: {path}" if path.exists() else f"file not found: {path}")
+    if output.is_dir():
+        raise ConfigError(f"output is a directory, not a file: {output}")
+    folder = output.parent if str(output.parent) else Path(".")
+    if not folder.is_dir():
+        raise ConfigError(f"output folder does not exist: {folder}")
 
 
 def check_api_key(settings: Settings) -> str | None:

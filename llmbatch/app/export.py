@@ -29,15 +29,16 @@ from typing import Any, Literal
 
 import orjson
 
+from llmbatch.app.checks import check_files
 from llmbatch.core.errors import ConfigError
-from llmbatch.cost.prices import FAKE_FREE, FAKE_MODEL, Price, cost, price_for
+from llmbatch.cost.prices import Prices, cost
 from llmbatch.files import tables
 from llmbatch.files.locking import OutputLock
 from llmbatch.input.build import RequestBuilder
 from llmbatch.input.source import Source
 from llmbatch.input.tables import TableOptions
 from llmbatch.output.flat import SPREAD_PREFIX, batch_row, spread
-from llmbatch.output.readback import read_line
+from llmbatch.output.readback import record_of
 from llmbatch.output.rewrite import kept_lines, select
 from llmbatch.validate.validator import extract_json
 
@@ -95,18 +96,16 @@ def export_table(
         for path in dict.fromkeys(p.resolve() for p in inputs):
             stack.enter_context(OutputLock(path))
         chosen = select(inputs)
-        if len(chosen.formats) > 1:
-            raise ConfigError(
-                f"{chosen.formats['batch']} holds Batch lines and {chosen.formats['merged']} merged rows: "
-                "export files of one format"
-            )
+        chosen.check_one_format("export")
         done.dropped = chosen.dropped
         batch = "batch" in chosen.formats
         if join is not None and not batch:
             done.notes.append("--input left unused: merged rows carry their data columns")
             join = None
         lines = kept_lines(inputs, chosen, ordered=ordered or join is not None)
-        rows = _rows(lines, done, spread_answers=spread_answers, prices=_Prices(price_in, price_out))
+        rows = _rows(
+            lines, done, spread_answers=spread_answers, prices=Prices(price_in=price_in, price_out=price_out)
+        )
         if join is not None:
             rows = _joined(rows, join, done)
         if to == "jsonl":
@@ -124,63 +123,35 @@ def export_table(
 
 
 def _check(inputs: Sequence[Path], output: Path) -> None:
-    if not inputs:
-        raise ConfigError("export needs at least one output file to read")
+    check_files(inputs, output, none="export needs at least one output file to read")
     for path in inputs:
-        if not path.is_file():
-            raise ConfigError(f"not a file: {path}" if path.exists() else f"file not found: {path}")
         if output.exists() and output.resolve() == path.resolve():
             raise ConfigError(f"the table would be written over {path}, which it reads: choose another -o")
-    if output.is_dir():
-        raise ConfigError(f"output is a directory, not a file: {output}")
-    folder = output.parent if str(output.parent) else Path(".")
-    if not folder.is_dir():
-        raise ConfigError(f"output folder does not exist: {folder}")
 
 
-class _Prices:
-    """Each (model, batch) price looked up once."""
-
-    def __init__(self, price_in: float | None, price_out: float | None) -> None:
-        self.price_in, self.price_out = price_in, price_out
-        self.known: dict[tuple[str, bool], Price | None] = {}
-
-    def cost(self, row: dict[str, Any]) -> float | None:
-        prompt = int(row.get("llm_prompt_tokens") or 0)
-        completion = int(row.get("llm_completion_tokens") or 0)
-        if not (prompt or completion):
-            return 0.0
-        model = row.get("llm_model")
-        if not isinstance(model, str):
-            model = ""
-        key = (model, row.get("llm_via") == "batch")
-        if key not in self.known:
-            offline = model == FAKE_MODEL and self.price_in is None and self.price_out is None
-            self.known[key] = (
-                FAKE_FREE
-                if offline
-                else price_for(model or None, price_in=self.price_in, price_out=self.price_out, batch=key[1])
-            )
-        cached, written = int(row.get("llm_cached_tokens") or 0), int(row.get("llm_cache_write_tokens") or 0)
-        spent = cost(self.known[key], prompt, completion, cached, written)
-        return None if spent is None else round(spent, 8)
+def _cost(row: dict[str, Any], prices: Prices) -> float | None:
+    prompt = int(row.get("llm_prompt_tokens") or 0)
+    completion = int(row.get("llm_completion_tokens") or 0)
+    if not (prompt or completion):
+        return 0.0
+    model = row.get("llm_model")
+    price = prices.of(model if isinstance(model, str) else None, batch=row.get("llm_via") == "batch")
+    cached, written = int(row.get("llm_cached_tokens") or 0), int(row.get("llm_cache_write_tokens") or 0)
+    spent = cost(price, prompt, completion, cached, written)
+    return None if spent is None else round(spent, 8)
 
 
 def _rows(
-    lines: Iterator[bytes], done: Exported, *, spread_answers: bool, prices: _Prices
+    lines: Iterator[bytes], done: Exported, *, spread_answers: bool, prices: Prices
 ) -> Iterator[dict[str, Any]]:
     for raw in lines:
-        try:
-            rec = orjson.loads(raw)
-        except orjson.JSONDecodeError:
+        ours = record_of(raw)
+        if ours is None:
             done.other += 1
             continue
-        line = read_line(rec)
-        if line is None:
-            done.other += 1
-            continue
+        rec, line = ours
         row = rec if line.format == "merged" else batch_row(rec)
-        row["llm_cost_usd"] = prices.cost(row)
+        row["llm_cost_usd"] = _cost(row, prices)
         if spread_answers:
             spread(row, extract_json)
         yield row

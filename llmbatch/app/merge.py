@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from llmbatch.core.errors import ConfigError
+from llmbatch.app.checks import check_files
 from llmbatch.files import sidecars
 from llmbatch.files.locking import OutputLock
 from llmbatch.files.ordering import RUN_BYTES
@@ -43,30 +43,13 @@ def merge(
     inputs: Sequence[Path], output: Path, *, ordered: bool = False, run_bytes: int = RUN_BYTES
 ) -> Merged:
     """Join `inputs` into `output` (see the module docstring)."""
-    _check(inputs, output)
+    check_files(inputs, output, none="merge needs at least one file to merge")
     with contextlib.ExitStack() as stack:
         for path in dict.fromkeys(p.resolve() for p in [*inputs, output]):
             stack.enter_context(OutputLock(path))
         chosen = select(inputs)
-        if len(chosen.formats) > 1:
-            raise ConfigError(
-                f"{chosen.formats['batch']} holds Batch lines and {chosen.formats['merged']} merged rows: "
-                "merge files of one format"
-            )
+        chosen.check_one_format("merge")
         written = rewrite(
             inputs, chosen, output, temp=sidecars.merging(output), ordered=ordered, run_bytes=run_bytes
         )
     return Merged(files=len(inputs), lines=written, dropped=chosen.dropped, torn=chosen.torn)
-
-
-def _check(inputs: Sequence[Path], output: Path) -> None:
-    if not inputs:
-        raise ConfigError("merge needs at least one file to merge")
-    for path in inputs:
-        if not path.is_file():
-            raise ConfigError(f"not a file: {path}" if path.exists() else f"file not found: {path}")
-    if output.is_dir():
-        raise ConfigError(f"output is a directory, not a file: {output}")
-    folder = output.parent if str(output.parent) else Path(".")
-    if not folder.is_dir():
-        raise ConfigError(f"output folder does not exist: {folder}")

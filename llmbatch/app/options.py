@@ -137,6 +137,10 @@ PriceInOpt = Annotated[
 PriceOutOpt = Annotated[
     float | None, Opt(help="USD per million completion tokens.", panel=DISPLAY, metavar="N")
 ]
+# `merge` and `export`'s.
+OrderedOpt = Annotated[
+    bool, Opt("--ordered", help="In input line order (an external sort: memory stays bounded).", panel=OUTPUT)
+]
 ConfigOpt = Annotated[
     Path | None, Opt(help="Config file (default ./llmbatch.toml if present).", panel=DISPLAY, metavar="FILE")
 ]

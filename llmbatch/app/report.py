@@ -20,15 +20,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import orjson
-
 from llmbatch.app.format import usd
 from llmbatch.core.errors import ConfigError
 from llmbatch.core.values import State
-from llmbatch.cost.prices import FAKE_FREE, FAKE_MODEL, Price, cost, price_for
+from llmbatch.cost.prices import Prices, cost
 from llmbatch.files.idset import IdSet
 from llmbatch.files.jsonl import open_lines
-from llmbatch.output.readback import Line, read_line
+from llmbatch.output.readback import Line, record_of
 
 __all__ = ["Observer", "Report", "format_report", "read_report"]
 
@@ -126,12 +124,12 @@ def read_report(
             raise ConfigError(f"output file not found: {path}")
     seen = IdSet()  # grows as it goes: counting the lines first would read every file twice
     report = Report(files=[str(p) for p in paths])
-    prices: dict[tuple[str, bool], Price | None] = {}
+    prices = Prices(price_in=price_in, price_out=price_out)
     for index, path in enumerate(paths):
         with open_lines(path) as f:
             for raw in f:
                 if raw.strip():
-                    _count(report, raw, seen, prices, price_in, price_out, index, observe)
+                    _count(report, raw, seen, prices, index, observe)
     report.ids = len(seen)
     return report
 
@@ -140,22 +138,16 @@ def _count(
     report: Report,
     raw: bytes,
     seen: IdSet,
-    prices: dict[tuple[str, bool], Price | None],
-    price_in: float | None,
-    price_out: float | None,
+    prices: Prices,
     index: int = 0,
     observe: Observer | None = None,
 ) -> None:
     report.lines += 1
-    try:
-        rec = orjson.loads(raw)
-    except orjson.JSONDecodeError:
+    ours = record_of(raw)
+    if ours is None:
         report.other += 1
         return
-    line = read_line(rec)
-    if line is None:
-        report.other += 1
-        return
+    rec, line = ours
     if not seen.add(line.custom_id):
         report.repeated += 1
     report.states[line.state.value] += 1
@@ -186,15 +178,7 @@ def _count(
         report.models[model] += 1
     spent: float | None = 0.0
     if prompt or completion:
-        key = (model or "", via == "batch")
-        if key not in prices:
-            offline = model == FAKE_MODEL and price_in is None and price_out is None
-            prices[key] = (
-                FAKE_FREE
-                if offline
-                else price_for(model, price_in=price_in, price_out=price_out, batch=key[1])
-            )
-        spent = cost(prices[key], prompt, completion, cached)
+        spent = cost(prices.of(model, batch=via == "batch"), prompt, completion, cached)
         if spent is None:
             report.unpriced[model or "(no model)"] += 1
         else:

@@ -29,6 +29,7 @@ from llmbatch.app.options import (
     MaxTokensOpt,
     ModelOpt,
     Opt,
+    OrderedOpt,
     ParamOpt,
     PriceInOpt,
     PriceOutOpt,
@@ -197,10 +198,7 @@ def merge(
     output: Annotated[
         Path, Opt("--output", "-o", help="The merged file (replaced), or - for stdout.", panel=OUTPUT)
     ],
-    ordered: Annotated[
-        bool,
-        Opt("--ordered", help="In input line order (an external sort: memory stays bounded).", panel=OUTPUT),
-    ] = False,
+    ordered: OrderedOpt = False,
 ) -> None:
     """Join outputs into one file, one line per id (the newest: a later file is newer)."""
     import shutil
@@ -252,10 +250,7 @@ def export(
             metavar="csv|parquet|jsonl",
         ),
     ] = None,
-    ordered: Annotated[
-        bool,
-        Opt("--ordered", help="In input line order (an external sort: memory stays bounded).", panel=OUTPUT),
-    ] = False,
+    ordered: OrderedOpt = False,
     spread: Annotated[
         bool,
         Opt(

@@ -25,7 +25,7 @@ from typing import Any
 
 from llmbatch.core.tiers import FLEX, PRIORITY
 
-__all__ = ["BATCH_DISCOUNT", "FAKE_FREE", "FAKE_MODEL", "Price", "cost", "price_for", "table_price"]
+__all__ = ["BATCH_DISCOUNT", "FAKE_FREE", "FAKE_MODEL", "Price", "Prices", "cost", "price_for", "table_price"]
 
 # The Batch API's discount, where the database has no batch price of its own.
 BATCH_DISCOUNT = 0.5
@@ -220,3 +220,23 @@ def price_for(
 
 FAKE_MODEL = "fake"  # the model name the offline provider answers with when none was asked
 FAKE_FREE = Price(0.0, 0.0, source="the offline fake model is free")
+
+
+class Prices:
+    """Each (model, batch) price looked up once, for readers of many output lines: the
+    fake model is free unless a price flag is given, the flags win for every other."""
+
+    def __init__(self, *, price_in: float | None = None, price_out: float | None = None) -> None:
+        self.price_in, self.price_out = price_in, price_out
+        self._known: dict[tuple[str, bool], Price | None] = {}
+
+    def of(self, model: str | None, *, batch: bool) -> Price | None:
+        key = (model or "", batch)
+        if key not in self._known:
+            offline = model == FAKE_MODEL and self.price_in is None and self.price_out is None
+            self._known[key] = (
+                FAKE_FREE
+                if offline
+                else price_for(model or None, price_in=self.price_in, price_out=self.price_out, batch=batch)
+            )
+        return self._known[key]

@@ -29,6 +29,7 @@ __all__ = [
     "line_of",
     "read_line",
     "read_tail",
+    "record_of",
 ]
 
 
@@ -196,6 +197,17 @@ def line_of(raw: bytes) -> Line | None:
         return read_line(orjson.loads(raw))
     except orjson.JSONDecodeError:
         return None
+
+
+def record_of(raw: bytes) -> tuple[dict[str, Any], Line] | None:
+    """A raw output line parsed whole, with its `Line`: for readers that want every field
+    (report, export); None when it is not ours."""
+    try:
+        rec = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+    line = read_line(rec)
+    return None if line is None else (rec, line)
 
 
 def id_of(raw: bytes) -> tuple[str, Format] | None:

@@ -54,6 +54,15 @@ class Selection:
     torn: int  # torn last lines left out
     formats: dict[Format, Path]  # each format of our lines found, and the first file with it
 
+    def check_one_format(self, doing: str) -> None:
+        """Refuse (ConfigError) inputs that mix Batch lines and merged rows: `doing` is
+        what would have been done with them ("merge", "export")."""
+        if len(self.formats) > 1:
+            raise ConfigError(
+                f"{self.formats['batch']} holds Batch lines and {self.formats['merged']} merged rows: "
+                f"{doing} files of one format"
+            )
+
 
 def select(inputs: Sequence[Path]) -> Selection:
     """Pass one: per id, its newest line; every line not ours is kept."""

@@ -21,7 +21,6 @@ from __future__ import annotations
 import io
 import os
 import time
-import urllib.request
 from collections.abc import Mapping
 from typing import Any
 
@@ -30,9 +29,9 @@ import orjson
 
 from llmbatch.core.endpoints import MESSAGES, endpoint_of
 from llmbatch.core.errors import PermanentError, TransientError
-from llmbatch.core.http import error_for_status
-from llmbatch.core.values import Completion, Request, Usage
-from llmbatch.providers.base import DEFAULT_TIMEOUT
+from llmbatch.core.values import Completion, Request
+from llmbatch.providers.aio import Timeouts, open_session
+from llmbatch.providers.base import DEFAULT_TIMEOUT, completion_of
 from llmbatch.providers.openai_errors import connection_error, redact, secret_of
 
 __all__ = ["ANTHROPIC_VERSION", "DEFAULT_ANTHROPIC_URL", "AnthropicProvider", "anthropic_root"]
@@ -74,7 +73,7 @@ class AnthropicProvider:
             "anthropic-version": version,
             "content-type": "application/json",
         }
-        self._timeouts: dict[float | None, aiohttp.ClientTimeout] = {}
+        self._timeout = Timeouts()
         self._session: aiohttp.ClientSession | None = None
 
     @property
@@ -84,21 +83,8 @@ class AnthropicProvider:
     @property
     def session(self) -> aiohttp.ClientSession:
         if self._session is None:
-            connector = aiohttp.TCPConnector(
-                limit=self.concurrency, limit_per_host=self.concurrency, ttl_dns_cache=300
-            )
-            self._session = aiohttp.ClientSession(
-                connector=connector,
-                headers=self._headers,
-                trust_env=any(scheme != "no" for scheme in urllib.request.getproxies()),
-            )
+            self._session = open_session(self.concurrency, self._headers)
         return self._session
-
-    def _timeout(self, seconds: float | None) -> aiohttp.ClientTimeout:
-        cached = self._timeouts.get(seconds)
-        if cached is None:
-            cached = self._timeouts[seconds] = aiohttp.ClientTimeout(total=seconds)
-        return cached
 
     async def call(
         self,
@@ -135,17 +121,7 @@ class AnthropicProvider:
         payload: bytes | io.BytesIO = io.BytesIO(data) if len(data) > _LARGE_BODY else data
         started = time.perf_counter()
         status, raw, headers = await self.call("POST", MESSAGES, data=payload, timeout=timeout)
-        latency = (time.perf_counter() - started) * 1000
-        if status >= 300:
-            raise error_for_status(status, raw, headers)
-        body: Any
-        try:
-            body = orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            body = raw[:2000].decode("utf-8", "replace")
-        endpoint = endpoint_of(MESSAGES)
-        usage = endpoint.usage(body) if isinstance(body, dict) else Usage()
-        return Completion(body, status, usage, headers, headers.get("request-id"), latency, endpoint)
+        return completion_of(status, raw, headers, started, endpoint_of(MESSAGES), request_id="request-id")
 
     async def aclose(self) -> None:
         if self._session is not None:

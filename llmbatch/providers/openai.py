@@ -20,9 +20,8 @@ from __future__ import annotations
 import asyncio
 import io
 import time
-import urllib.request
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Literal
 
 import aiohttp
 import httpx2
@@ -32,9 +31,9 @@ from yarl import URL
 
 from llmbatch.core.endpoints import Endpoint, endpoint_of
 from llmbatch.core.errors import ConfigError, TransientError
-from llmbatch.core.http import error_for_status
-from llmbatch.core.values import Completion, Request, Usage
-from llmbatch.providers.base import DEFAULT_TIMEOUT
+from llmbatch.core.values import Completion, Request
+from llmbatch.providers.aio import Timeouts, open_session
+from llmbatch.providers.base import DEFAULT_TIMEOUT, completion_of
 from llmbatch.providers.openai_errors import connection_error, redact, secret_of, translate
 
 __all__ = ["OpenAIProvider"]
@@ -104,7 +103,7 @@ class OpenAIProvider:
         )
         self._prepared: dict[str, _Prepared] = {}
         self._session_headers: dict[str, str] | None = None
-        self._timeouts: dict[float | None, aiohttp.ClientTimeout] = {}
+        self._timeout = Timeouts()
         self._preparing: dict[str, asyncio.Task[_Prepared]] = {}
         self._session: aiohttp.ClientSession | None = None
 
@@ -153,27 +152,9 @@ class OpenAIProvider:
         return prepared
 
     def _open_session(self, headers: dict[str, str]) -> aiohttp.ClientSession:
-        connector = aiohttp.TCPConnector(
-            limit=self.concurrency, limit_per_host=self.concurrency, ttl_dns_cache=300
-        )
-        self._session = aiohttp.ClientSession(
-            connector=connector,
-            # The SDK's headers as the session's own: aiohttp merges per-request
-            # headers on every call, session headers once.
-            headers=headers,
-            # aiohttp looks up proxies and .netrc in a thread on every request when
-            # trust_env is on; pay that only when the environment names a proxy.
-            trust_env=any(scheme != "no" for scheme in urllib.request.getproxies()),
-            auto_decompress=True,
-        )
+        self._session = open_session(self.concurrency, headers)
         self._session_headers = headers
         return self._session
-
-    def _timeout(self, seconds: float | None) -> aiohttp.ClientTimeout:
-        cached = self._timeouts.get(seconds)
-        if cached is None:
-            cached = self._timeouts[seconds] = aiohttp.ClientTimeout(total=seconds)
-        return cached
 
     async def complete(self, request: Request, *, timeout: float | None = None) -> Completion:
         if self.transport == "sdk":
@@ -200,7 +181,7 @@ class OpenAIProvider:
             raise TransientError(f"no answer within {timeout:g}s", code="timeout") from None
         except aiohttp.ClientError as exc:
             raise connection_error(exc, self._secret) from None
-        return _completion(status, self._redact(raw), resp_headers, started, endpoint)
+        return completion_of(status, self._redact(raw), resp_headers, started, endpoint)
 
     async def _complete_sdk(self, request: Request, timeout: float | None) -> Completion:
         started = time.perf_counter()
@@ -218,7 +199,7 @@ class OpenAIProvider:
             raise connection_error(exc, self._secret, timeout=timeout) from None
         except openai.OpenAIError as exc:
             raise translate(exc, self._secret) from None
-        return _completion(
+        return completion_of(
             resp.status_code, self._redact(resp.content), resp.headers, started, endpoint_of(request.url)
         )
 
@@ -230,21 +211,3 @@ class OpenAIProvider:
             await self._session.close()
             self._session = None
         await self.client.close()
-
-
-def _completion(
-    status: int, raw: bytes, headers: Mapping[str, str], started: float, endpoint: Endpoint
-) -> Completion:
-    latency = (time.perf_counter() - started) * 1000
-    if status >= 300:
-        raise error_for_status(status, raw, headers)
-    body: Any
-    try:
-        body = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        # Not an answer; the validate stage says so and the item is asked again.
-        body = raw[:2000].decode("utf-8", "replace")
-    usage = endpoint.usage(body) if isinstance(body, dict) else Usage()
-    # body, status_code, usage, headers, request_id, latency_ms, endpoint (positional:
-    # once per answer)
-    return Completion(body, status, usage, headers, headers.get("x-request-id"), latency, endpoint)
