@@ -52,7 +52,7 @@ def _marks(body: dict[str, Any]) -> int:
 
 
 def test_the_fixed_prefix_is_read_from_the_cache_after_the_first_request(
-    server: AnthropicServer, claude: Callable[..., Result], tmp_path: Path
+    server: AnthropicServer, claude: Callable[..., Result], run_cli: Callable[..., Result], tmp_path: Path
 ) -> None:
     """240 templated items, a 1,500-token fixed prefix and --system, --prompt-cache-key auto:
     each request marks the system and the prefix; after the first, at least 90% of the
@@ -80,6 +80,9 @@ def test_the_fixed_prefix_is_read_from_the_cache_after_the_first_request(
     )
     assert data["cost_usd"] == pytest.approx(want / 1e6, rel=1e-6)
     assert data["cached_tokens"] == read
+    # `llmbatch report` prices the written output the same way, cache writes included.
+    shown = orjson.loads(run_cli("report", out, "--json").stdout)
+    assert shown["cost_usd"] == pytest.approx(want / 1e6, rel=1e-5)
     writes = sum(u["cache_creation_input_tokens"] for u in usages)
     assert data["cache_saved_usd"] == pytest.approx((read * 0.9 - writes * 0.25) / 1e6, rel=1e-6)
 

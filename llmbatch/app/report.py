@@ -178,7 +178,8 @@ def _count(
         report.models[model] += 1
     spent: float | None = 0.0
     if prompt or completion:
-        spent = cost(prices.of(model, batch=via == "batch"), prompt, completion, cached)
+        written = fields["written"]  # cache writes: Anthropic bills them above the input price
+        spent = cost(prices.of(model, batch=via == "batch"), prompt, completion, cached, written)
         if spent is None:
             report.unpriced[model or "(no model)"] += 1
         else:
@@ -208,6 +209,7 @@ def _fields(rec: dict[str, Any]) -> dict[str, Any]:
             "prompt": int(rec.get("llm_prompt_tokens") or 0),
             "completion": int(rec.get("llm_completion_tokens") or 0),
             "cached": int(rec.get("llm_cached_tokens") or 0),
+            "written": int(rec.get("llm_cache_write_tokens") or 0),
             "reasoning": int(rec.get("llm_reasoning_tokens") or 0),
             "latency": rec.get("llm_latency_ms"),
             "requests": rec.get("llm_requests"),
@@ -230,6 +232,7 @@ def _fields(rec: dict[str, Any]) -> dict[str, Any]:
         "prompt": int(usage.get("prompt_tokens") or 0),
         "completion": int(usage.get("completion_tokens") or 0),
         "cached": int(usage.get("cached_tokens") or 0),
+        "written": int(usage.get("cache_write_tokens") or 0),
         "reasoning": int(usage.get("reasoning_tokens") or 0),
         "latency": meta.get("latency_ms"),
         "requests": meta.get("requests"),
