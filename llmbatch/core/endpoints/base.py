@@ -171,14 +171,21 @@ class Endpoint:
     # completions and embeddings share: the class method itself, no call in between.
     usage = staticmethod(Usage.from_body)
 
+    # What `unusable` says of a body without the text `text` reads.
+    no_text = "response has no content"
+
     def unusable(self, body: Any, require_finish: str | None) -> str | None:
-        """Why the answer is not an answer at all (before any validator), or None."""
+        """Why the answer is not an answer at all (before any validator), or None: not
+        JSON, an error object in its place, the wrong finish reason, no text."""
         if not isinstance(body, dict):
             return "response body is not JSON"
+        error = body.get("error")
+        if isinstance(error, dict) and error.get("message"):
+            return f"response failed (error: {error['message']})"
         if require_finish is not None and (finish := self.finish_reason(body)) != require_finish:
             return f"finish_reason was {finish!r}, expected {require_finish!r}"
         if self.text(body) is None:
-            return "response has no content"
+            return self.no_text
         return None
 
     def answer(self, body: Any) -> Any:

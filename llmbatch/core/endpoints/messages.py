@@ -101,6 +101,7 @@ class Messages(Endpoint):
     prompt_keys = ("system", "messages")
     default_max_tokens = DEFAULT_MESSAGES_MAX_TOKENS
     takes_attachments = True
+    no_text = "response has no text content"
 
     def from_text(self, text: str, system: str | None) -> dict[str, Any]:
         body: dict[str, Any] = {"messages": [{"role": "user", "content": text}]}
@@ -168,19 +169,6 @@ class Messages(Endpoint):
 
     def usage(self, body: Mapping[str, Any]) -> Usage:
         return Usage.from_messages(body)
-
-    def unusable(self, body: Any, require_finish: str | None) -> str | None:
-        if not isinstance(body, dict):
-            return "response body is not JSON"
-        error = body.get("error")
-        if isinstance(error, dict) and error.get("message"):
-            return f"response failed (error: {error['message']})"
-        finish = self.finish_reason(body)
-        if require_finish is not None and finish != require_finish:
-            return f"finish_reason was {finish!r}, expected {require_finish!r}"
-        if self.text(body) is None:
-            return "response has no text content"
-        return None
 
     def body_of(self, answer: Any, finish_reason: str | None) -> Any | None:
         if not isinstance(answer, str):
