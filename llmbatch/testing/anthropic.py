@@ -50,14 +50,17 @@ from llmbatch.testing.anthropic_wire import error as _error
 from llmbatch.testing.anthropic_wire import rfc3339 as _rfc3339
 from llmbatch.testing.buckets import Bucket
 from llmbatch.testing.parts import bad_part
+from llmbatch.testing.threaded import InThread
 
 __all__ = ["AnthropicServer", "AnthropicStats"]
 
 _KINDS = (("requests", "requests"), ("input-tokens", "input"), ("output-tokens", "output"))
 
 
-class AnthropicServer(MessageBatches):
+class AnthropicServer(MessageBatches, InThread):
     """The fake Anthropic API (see the module docstring)."""
+
+    thread_name = "fake-anthropic-server"
 
     def __init__(
         self,
@@ -265,35 +268,11 @@ class AnthropicServer(MessageBatches):
         self._runner = runner
         self.port = runner.addresses[0][1]
 
-    def start(self) -> AnthropicServer:
-        """Serve from a background thread with its own event loop."""
-        ready = threading.Event()
-
-        def run() -> None:
-            loop = asyncio.new_event_loop()
-            loop.run_until_complete(self.serve())
-            ready.set()
-            loop.run_forever()
-            if self._runner is not None:
-                loop.run_until_complete(self._runner.cleanup())
-            loop.close()
-
-        self._thread = threading.Thread(target=run, name="fake-anthropic-server", daemon=True)
-        self._thread.start()
-        ready.wait(10)
-        return self
-
-    def stop(self) -> None:
-        if self._loop is not None and self._thread is not None:
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join(10)
-            self._thread = None
-
-    def __enter__(self) -> AnthropicServer:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+    async def close(self) -> None:
+        """Stop listening and close the connections."""
+        if self._runner is not None:
+            runner, self._runner = self._runner, None
+            await runner.cleanup()
 
 
 def main(argv: list[str] | None = None) -> None:

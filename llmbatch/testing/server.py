@@ -33,7 +33,7 @@ import asyncio
 import random
 import threading
 from collections.abc import Mapping
-from typing import Literal, cast
+from typing import cast
 
 import orjson
 from aiohttp import web
@@ -47,12 +47,10 @@ from llmbatch.testing.counts import Attempts, ServerStats
 from llmbatch.testing.files import FileStore
 from llmbatch.testing.promptcache import PromptCache
 from llmbatch.testing.quality import Quality
+from llmbatch.testing.threaded import LOOP_KINDS, InThread, LoopKind, new_event_loop
 
 __all__ = ["LOOP_KINDS", "FakeServer", "LoopKind", "ServerStats", "error_body", "new_event_loop"]
 
-LoopKind = Literal["auto", "uvloop", "asyncio"]
-"""The event loop a server of its own runs on: ``auto`` is uvloop when it is installed."""
-LOOP_KINDS: tuple[LoopKind, ...] = ("auto", "uvloop", "asyncio")
 
 STATS_PATH = "/_stats"
 # Long enough for requests in flight to see their answer out, short enough that
@@ -60,20 +58,7 @@ STATS_PATH = "/_stats"
 SHUTDOWN_GRACE_S = 0.1
 
 
-def new_event_loop(kind: LoopKind = "auto") -> asyncio.AbstractEventLoop:
-    """A new event loop of that kind (``uvloop`` raises ImportError when it is missing)."""
-    if kind != "asyncio":
-        try:
-            import uvloop
-        except ImportError:
-            if kind == "uvloop":
-                raise
-        else:
-            return uvloop.new_event_loop()
-    return asyncio.new_event_loop()
-
-
-class FakeServer(ModelEndpoints):
+class FakeServer(ModelEndpoints, InThread):
     """An OpenAI-compatible server on loopback; start it in a thread or serve it in a loop.
 
     ``rpm`` and ``tpm`` are enforced by buckets holding ``bucket_seconds`` of their rate,
@@ -107,6 +92,8 @@ class FakeServer(ModelEndpoints):
     :mod:`llmbatch.testing.quality`); ``prompt_cache`` reports ``cached_tokens`` for
     prefixes sent before (see :mod:`llmbatch.testing.promptcache`).
     """
+
+    thread_name = "fake-openai-server"
 
     def __init__(
         self,
@@ -270,56 +257,6 @@ class FakeServer(ModelEndpoints):
         if self._runner is not None:
             runner, self._runner = self._runner, None
             await runner.cleanup()
-
-    def start(self) -> FakeServer:
-        """Serve from a background thread with its own event loop."""
-        ready = threading.Event()
-        failed: list[BaseException] = []
-
-        def run() -> None:
-            try:
-                loop = new_event_loop(self.loop_kind)
-            except BaseException as exc:
-                failed.append(exc)
-                ready.set()
-                return
-            self._loop = loop
-            try:
-                loop.run_until_complete(self.serve())
-            except BaseException as exc:
-                failed.append(exc)
-                ready.set()
-                loop.close()
-                return
-            ready.set()
-            loop.run_forever()
-            loop.run_until_complete(self.close())
-            left = asyncio.all_tasks(loop)
-            for task in left:
-                task.cancel()
-            if left:  # gather() of nothing would look for this thread's (absent) current loop
-                loop.run_until_complete(asyncio.gather(*left, return_exceptions=True))
-            loop.close()
-
-        self._thread = threading.Thread(target=run, name="fake-openai-server", daemon=True)
-        self._thread.start()
-        ready.wait(10)
-        if failed:
-            self._thread = None
-            raise failed[0]
-        return self
-
-    def stop(self) -> None:
-        if self._loop is not None and self._thread is not None:
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join(10)
-            self._thread = None
-
-    def __enter__(self) -> FakeServer:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
     # --- the extension points ----------------------------------------------------
 
