@@ -70,6 +70,12 @@ IMAGES = {
 }
 
 
+def estimated_prompt_tokens(output: str) -> int:
+    """The prompt tokens `llmbatch estimate` printed (its "~N" figure)."""
+    line = next(line for line in output.splitlines() if "prompt tokens" in line)
+    return int(line.split("~")[1].split()[0].replace(",", ""))
+
+
 def folder_of_scans(tmp_path: Path, n: int = 200) -> tuple[Path, dict[str, Any]]:
     """n rows: an image each (every kind, named by its kind's suffix), every third one
     with a list of PDFs too; rows 7, 50, 123, 180 name files that are not there, row 99 an
@@ -245,12 +251,7 @@ def test_the_estimate_counts_an_image_by_its_size(run_cli, tmp_path):
     result = run_cli("estimate", src, "--provider", "fake", "--prompt", "Look.", "--attach", "p")
     assert result.exit_code == 0, result.output
     # 1,105 + 255 (one tile) + 765 (a URL: 1024 x 1024 stated) + the prompts' few tokens
-    tokens = int(
-        next(line for line in result.output.splitlines() if "prompt tokens" in line)
-        .split("~")[1]
-        .split()[0]
-        .replace(",", "")
-    )
+    tokens = estimated_prompt_tokens(result.output)
     assert 1105 + 255 + 765 <= tokens < 1105 + 255 + 765 + 30, result.output
 
 

@@ -15,7 +15,7 @@ from typing import Any
 import orjson
 import pytest
 from conftest import by_id, read_jsonl, write_jsonl
-from test_attach import gif, jpeg, pdf, png, webp
+from test_attach import estimated_prompt_tokens, gif, jpeg, pdf, png, webp
 
 from llmbatch.core.attachments import messages_image_tokens
 from llmbatch.core.endpoints import MESSAGES
@@ -245,10 +245,5 @@ def test_the_estimate_counts_an_image_as_anthropic_does(claude, tmp_path):
         "p",
     )
     assert result.exit_code == 0, result.output
-    tokens = int(
-        next(line for line in result.output.splitlines() if "prompt tokens" in line)
-        .split("~")[1]
-        .split()[0]
-        .replace(",", "")
-    )
+    tokens = estimated_prompt_tokens(result.output)
     assert 1600 + 2 + 1399 <= tokens < 1600 + 2 + 1399 + 40, result.output
